@@ -1,0 +1,268 @@
+"""Byte pipes: the layer below secure transforms and mux (a TCP socket, a WebSocket, box-stream).
+
+A ``Pipe`` is one bidirectional byte stream with half-close and no stream ids. Transforms take a
+pipe and return a pipe (shs, noauth) or a Connection (mux). A chain that ends in a pipe becomes a
+``SingleStreamConnection``: a connection with exactly one stream, as multiserver peers expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+
+from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
+from .stream import Connection, RemoteIdentity, Stream
+
+
+class Pipe(ABC):
+    """A bidirectional byte stream with half-close."""
+
+    #: a multiserver-style description of the far end, e.g. ``net:127.0.0.1:51234``
+    peer: str = ""
+    #: what a secure transform proved about the far end
+    remote: RemoteIdentity = RemoteIdentity()
+    #: True when EOF from ``read`` is a real end-of-stream marker (shs goodbye); False when the
+    #: pipe cannot tell a FIN from a crash (raw TCP: any close reads as EOF)
+    eof_is_authenticated: bool = False
+
+    @abstractmethod
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Some bytes, or ``b""`` at end of stream; raises ``StreamError`` on a broken pipe."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data``, waiting for the transport to drain."""
+
+    @abstractmethod
+    async def close_write(self) -> None:
+        """Half-close: the peer reads EOF."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Tear the pipe down at once (no orderly end)."""
+
+    async def close(self) -> None:
+        """Orderly close of both directions."""
+        with contextlib.suppress(Exception):
+            await self.close_write()
+        self.abort()
+
+    async def readexactly(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = await self.read(n - got)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+
+class StreamPipe(Pipe):
+    """A pipe over asyncio's StreamReader/StreamWriter (TCP, Unix sockets, SOCKS)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peer: str = "") -> None:
+        self._reader = reader
+        self._writer = writer
+        self.peer = peer
+        self._write_closed = False
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._reader.read(max_bytes)
+        except (ConnectionError, OSError) as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except (ConnectionError, OSError) as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+
+    async def write(self, data: bytes) -> None:
+        if self._write_closed:
+            raise StreamError(Code.CLOSED, "write after close_write")
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+
+    async def close_write(self) -> None:
+        if self._write_closed:
+            return
+        self._write_closed = True
+        try:
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+
+    def abort(self) -> None:
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.close_write()
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+
+
+class PipeStream(Stream):
+    """The one stream of a chain without multiplexing.
+
+    A plain pipe carries no codes: ``reset`` aborts the pipe (the peer sees network-error),
+    ``stop_sending`` stops delivering what arrives and fails local reads with the code.
+    """
+
+    def __init__(self, pipe: Pipe, on_done: asyncio.Event) -> None:
+        self._pipe = pipe
+        self._read_error: StreamError | None = None
+        self._write_error: StreamError | None = None
+        self._read_eof = False
+        self._write_closed = False
+        self._done = on_done
+        self._reading = False
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._read_error is not None:
+            raise self._read_error
+        if self._read_eof:
+            return b""
+        if self._reading:
+            raise RuntimeError("read() called while another read is waiting on this stream")
+        self._reading = True
+        try:
+            data = await self._pipe.read(65536 if n < 0 else n)
+        except StreamError as exc:
+            self._read_error = exc
+            self._check_done()
+            raise
+        finally:
+            self._reading = False
+        if self._read_error is not None:
+            raise self._read_error
+        if not data:
+            self._read_eof = True
+            self._check_done()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self._write_error is not None:
+            raise self._write_error
+        if self._write_closed:
+            raise StreamError(Code.CLOSED, "write after close_write")
+        try:
+            await self._pipe.write(data)
+        except StreamError as exc:
+            self._write_error = exc
+            raise
+
+    async def close_write(self) -> None:
+        if self._write_closed or self._write_error is not None:
+            return
+        self._write_closed = True
+        try:
+            await self._pipe.close_write()
+        except StreamError as exc:
+            self._write_error = exc
+        self._check_done()
+
+    def reset(self, code: int = Code.RESET) -> None:
+        if self._write_error is None:
+            self._write_error = StreamError(code, "stream was reset")
+        if self._read_error is None and not self._read_eof:
+            self._read_error = StreamError(code, "stream was reset")
+        self._pipe.abort()
+        self._done.set()
+
+    def stop_sending(self, code: int = Code.CANCELLED) -> None:
+        if self._read_error is None and not self._read_eof:
+            self._read_error = StreamError(code, "reading was stopped locally")
+        self._check_done()
+
+    async def close(self, code: int | None = None) -> None:
+        if code is not None:
+            self.reset(code)
+            return
+        await self.close_write()
+        self.stop_sending(Code.CLOSED)
+        await self._pipe.close()
+        self._done.set()
+
+    def _check_done(self) -> None:
+        read_done = self._read_eof or self._read_error is not None
+        write_done = self._write_closed or self._write_error is not None
+        if read_done and write_done:
+            self._done.set()
+
+
+class SingleStreamConnection(Connection):
+    """A connection with exactly one stream, for chains without ``~mux``.
+
+    Whichever of ``open_stream`` / ``accept_stream`` is called first gets the stream; a second
+    stream is unsupported (add ``~mux`` to the address for many streams).
+    """
+
+    def __init__(self, pipe: Pipe, address: str, remote: RemoteIdentity | None = None) -> None:
+        self._pipe = pipe
+        self.address = address
+        self.remote = remote if remote is not None else pipe.remote
+        self._done = asyncio.Event()
+        self._stream = PipeStream(pipe, self._done)
+        self._taken = False
+        self._closed: ConnectionClosed | None = None
+
+    def _take(self) -> Stream:
+        if self._closed is not None:
+            raise self._closed
+        if self._taken:
+            raise UnsupportedError(
+                f"{self.address or 'this chain'} carries one stream; add ~mux for more"
+            )
+        self._taken = True
+        return self._stream
+
+    async def open_stream(self) -> Stream:
+        return self._take()
+
+    async def accept_stream(self) -> Stream:
+        if self._taken:
+            # the one stream is out: wait for the connection to end, as there will be no other
+            await self._done.wait()
+            raise self._closed or ConnectionClosed(Code.NONE, "single-stream connection ended")
+        return self._take()
+
+    async def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        if self._closed is None:
+            self._closed = ConnectionClosed(code, reason or "closed locally")
+        if code == Code.NONE:
+            await self._pipe.close()
+        else:
+            self._pipe.abort()
+        self._done.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None or self._done.is_set()
+
+    @property
+    def close_error(self) -> ConnectionClosed | None:
+        if self._closed is None and self._done.is_set():
+            return ConnectionClosed(Code.NONE, "stream ended")
+        return self._closed
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._done.wait()
+        return self.close_error or ConnectionClosed(Code.NONE)
+
+    @property
+    def transport_name(self) -> str:
+        return self.address.split("~", 1)[0].split(":", 1)[0] or "pipe"
