@@ -213,7 +213,8 @@ class Identity:
                     raise IdentityError(f"unreadable private key{where}: {exc}") from None
                 if isinstance(key, ec.EllipticCurvePrivateKey):
                     if not isinstance(key.curve, ec.SECP256R1):
-                        raise IdentityError(f"the EC key must be P-256, got {key.curve.name}{where}")
+                        raise IdentityError(
+                            f"the EC key must be P-256, got {key.curve.name}{where}")
                     p256 = key
                 elif isinstance(key, ed25519.Ed25519PrivateKey):
                     seed = key.private_bytes(serialization.Encoding.Raw,

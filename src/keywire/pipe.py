@@ -25,6 +25,10 @@ class Pipe(ABC):
     #: True when EOF from ``read`` is a real end-of-stream marker (shs goodbye); False when the
     #: pipe cannot tell a FIN from a crash (raw TCP: any close reads as EOF)
     eof_is_authenticated: bool = False
+    #: False where the carrier cannot half-close (WebSocket: ending the write side closes the
+    #: socket); framing layers with an in-band end (box-stream goodbye) then keep the carrier
+    #: open until both directions are done
+    supports_half_close: bool = True
 
     @abstractmethod
     async def read(self, max_bytes: int = 65536) -> bytes:

@@ -15,8 +15,6 @@ BUILTIN: tuple[str, ...] = (
     "transports.ws",
     "transports.onion",
     "noauth",
-    "shs.transform",
-    "mux.transform",
 )
 
 

@@ -1,0 +1,158 @@
+"""``ws://HOST[:PORT][/PATH]`` and ``wss://…`` — binary WebSocket messages carry a byte stream.
+
+As with multiserver: any path is accepted by the server, ports 80/443 are left out of announced
+addresses, and text messages are a protocol error. WebSocket has no half-close, so this pipe
+says ``supports_half_close = False``: ``close_write`` ends the whole socket unless a framing
+layer above (box-stream's goodbye, mux's FIN) carries the end in band.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+
+from ..address import DEFAULT_PORTS, Section, format_url_host
+from ..chain import Listening, Options, PipeHandler, Registry, Transport
+from ..errors import Code, StreamError
+from ..pipe import Pipe
+from .base import ServerListening, run_pipe_handler
+from .net import bind_tcp
+
+MAX_MESSAGE = 1 << 20
+WRITE_LIMIT = 1 << 20
+
+
+class WsPipe(Pipe):
+    """A pipe over one WebSocket connection (client or server side)."""
+
+    supports_half_close = False
+
+    def __init__(self, ws: ClientConnection | ServerConnection, peer: str) -> None:
+        self._ws = ws
+        self.peer = peer
+        self._pending: memoryview = memoryview(b"")
+        self._eof = False
+        self._write_closed = False
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if not self._pending:
+            if self._eof:
+                return b""
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosedOK:
+                self._eof = True
+                return b""
+            except ConnectionClosed as exc:
+                raise StreamError(Code.NETWORK_ERROR,
+                                  f"{self.peer}: websocket lost ({exc})") from None
+            if isinstance(message, str):
+                await self._ws.close(1003, "binary messages only")
+                raise StreamError(Code.PROTOCOL_ERROR, f"{self.peer}: text message on a byte pipe")
+            self._pending = memoryview(message)
+        take = self._pending[:max_bytes] if max_bytes >= 0 else self._pending
+        self._pending = self._pending[len(take):]
+        return bytes(take)
+
+    async def write(self, data: bytes) -> None:
+        if self._write_closed:
+            raise StreamError(Code.CLOSED, "write after close_write")
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), MAX_MESSAGE):
+                await self._ws.send(view[start:start + MAX_MESSAGE])
+        except ConnectionClosed as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})") from None
+
+    async def close_write(self) -> None:
+        if self._write_closed:
+            return
+        self._write_closed = True
+        await self._ws.close(1000)
+
+    def abort(self) -> None:
+        transport = self._ws.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    async def close(self) -> None:
+        self._write_closed = True
+        try:
+            await self._ws.close(1000)
+        except Exception:
+            self.abort()
+
+
+def _client_ssl(options: Options, scheme: str) -> ssl.SSLContext | None:
+    if scheme != "wss":
+        return None
+    ctx = options.extra.get("ws.ssl_client")
+    if isinstance(ctx, ssl.SSLContext):
+        return ctx
+    return ssl.create_default_context()
+
+
+class WsTransport(Transport):
+    """Registered twice, as ``ws`` and ``wss``."""
+
+    def __init__(self, scheme: str) -> None:
+        self.name = scheme
+
+    async def connect(self, section: Section, options: Options) -> Pipe:
+        url = section.url or ""
+        try:
+            ws = await connect(
+                url, compression=None, max_size=MAX_MESSAGE, write_limit=WRITE_LIMIT,
+                open_timeout=options.timeout, proxy=options.extra.get("ws.proxy"),
+                user_agent_header=None, ssl=_client_ssl(options, self.name),
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"cannot open {url}: {exc}") from None
+        return WsPipe(ws, url)
+
+    async def listen(self, section: Section, options: Options, on_pipe: PipeHandler) -> Listening:
+        host, port = section.url_host_port()
+        parts = section.split_url()
+        if parts.port is None and section.name in DEFAULT_PORTS:
+            port = DEFAULT_PORTS[section.name]
+        server_ssl: Any = options.extra.get("ws.ssl")
+        if section.name == "wss" and not isinstance(server_ssl, ssl.SSLContext):
+            raise ValueError("listening on wss:// needs Options.extra['ws.ssl'] (an SSLContext "
+                             "with the server certificate); or serve ws:// behind a TLS proxy")
+        sock = bind_tcp(host, port)
+
+        async def accepted(ws: ServerConnection) -> None:
+            remote = ws.remote_address
+            peer = f"{self.name}:{remote[0]}:{remote[1]}" if remote else self.name
+            pipe = WsPipe(ws, peer)
+            await run_pipe_handler(on_pipe, pipe)
+            await ws.wait_closed()
+
+        server = await serve(
+            accepted, sock=sock, compression=None, max_size=MAX_MESSAGE,
+            write_limit=WRITE_LIMIT, ssl=server_ssl, server_header=None,
+        )
+        bound = sock.getsockname()[1]
+        path = parts.path
+
+        def make(h: str, p: int) -> Section:
+            return url_section(self.name, h, p, path)
+
+        return ServerListening(server, host, bound, make)  # type: ignore[arg-type]
+
+
+def url_section(scheme: str, host: str, port: int, path: str = "") -> Section:
+    default = DEFAULT_PORTS.get(scheme)
+    netloc = format_url_host(host) + ("" if port == default else f":{port}")
+    url = urlunsplit((scheme, netloc, path, "", ""))
+    return Section(scheme, (), url)
+
+
+def register(registry: Registry) -> None:
+    registry.add_transport(WsTransport("ws"))
+    registry.add_transport(WsTransport("wss"))
