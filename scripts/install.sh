@@ -55,8 +55,7 @@ lock=requirements/run.lock
 [ "$mode" = "--test" ] && lock=requirements/test.lock
 say "pip install -r $lock"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$lock"
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
-  || .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 if [ "$mode" = "--test" ]; then
   apt_install redis-server chromium ca-certificates
