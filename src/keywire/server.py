@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .address import Alternative, MultiAddress, Scope, parse
+from .address import Alternative, MultiAddress, Scope, Section, parse
 from .chain import Listening, Options, registry, with_timeout
 from .dial import make_options
 from .errors import Code, ConnectionClosed, KeywireError, UnsupportedError
@@ -188,15 +188,21 @@ class Server:
         await self._accept_connection(conn)
 
     async def _compose(self, alt: Alternative, pipe: Pipe) -> Connection:
+        """The server side of each transform; the address names what the peer proved."""
         result: Pipe | Connection = pipe
         address = pipe.peer
         for section in alt.transforms:
             if not isinstance(result, Pipe):
                 raise KeywireError(f"{section.name!r} cannot follow a multiplexing section")
             transform = registry.transforms[section.name]
-            announced = transform.announce(section, self.options)
-            result = await transform.server(result, section, self.options, address)
-            address = f"{address}~{announced}"
+            before = result
+            result = await transform.server(result, section, self.options,
+                                            f"{address}~{section.name}")
+            key = result.remote.public_key if isinstance(result, Pipe) else None
+            if key is not None and key != before.remote.public_key:
+                address = f"{address}~{Section(section.name, (result.remote.shs_id or '',))}"
+            else:
+                address = f"{address}~{transform.announce(section, self.options)}"
         if isinstance(result, Pipe):
             return SingleStreamConnection(result, address)
         return result
