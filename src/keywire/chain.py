@@ -106,6 +106,10 @@ class Transform(ABC):
         """The section as a dialer must write it (e.g. ``shs`` → ``shs:KEY``)."""
         return section
 
+    def check(self, section: Section) -> None:
+        """Reject a malformed dial section before anything is connected (default: accept)."""
+        return None
+
 
 class ChainHandler(ABC):
     """Owns whole alternatives whose shape it recognises."""

@@ -56,6 +56,8 @@ async def dial_alternative(alt: Alternative, options: Options) -> Connection:
     handler = registry.handler_for(alt)
     if handler is not None:
         return await handler.dial(alt, options)
+    for section in alt.transforms:
+        registry.transforms[section.name].check(section)
     transport = registry.transports[alt.transport.name]
     pipe = await transport.connect(alt.transport, options)
     try:
