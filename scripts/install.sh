@@ -58,7 +58,7 @@ say "pip install -r $lock"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 if [ "$mode" = "--test" ]; then
-  apt_install redis-server chromium ca-certificates
+  apt_install redis-server chromium ca-certificates golang-go golang-github-hashicorp-yamux-dev
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   for dir in tests/interop/npm web; do
     if [ -f "$dir/package-lock.json" ]; then

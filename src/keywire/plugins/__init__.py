@@ -15,6 +15,8 @@ BUILTIN: tuple[str, ...] = (
     "transports.ws",
     "transports.onion",
     "noauth",
+    "shs.transform",
+    "mux.transform",
 )
 
 

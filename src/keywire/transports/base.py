@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -37,9 +36,9 @@ class ServerListening(Listening):
 
     async def close(self) -> None:
         if self.server is not None:
+            # stops accepting at once; wait_closed() would also wait for every accepted
+            # connection, which the keywire Server closes itself, with its own code
             self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2.0)
         if self._closer is not None:
             self._closer()
 

@@ -1,0 +1,68 @@
+"""The ``mux`` address section: multiplexing over whatever byte pipe the chain built below it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..address import Section
+from ..chain import Options, Registry, Transform
+from ..errors import KeywireError
+from ..pipe import Pipe
+from ..stream import Connection
+from .connection import MuxConnection
+from .session import MuxConfig
+
+#: ``Options.extra`` keys this transform reads, with the ``MuxConfig`` field each sets
+EXTRA_KEYS: dict[str, str] = {
+    "mux.window": "window",
+    "mux.max_window": "max_window",
+    "mux.connection_window": "connection_window",
+    "mux.max_frame": "max_frame",
+    "mux.keepalive_interval": "keepalive_interval",
+    "mux.keepalive_timeout": "keepalive_timeout",
+}
+
+
+def config_from_options(options: Options) -> MuxConfig:
+    """``max_streams`` from Options, windows and keep-alive from ``options.extra['mux.*']``."""
+    fields: dict[str, Any] = {"max_streams": options.max_streams}
+    for key, value in options.extra.items():
+        if key.startswith("mux."):
+            if key not in EXTRA_KEYS:
+                known = ", ".join(sorted(EXTRA_KEYS))
+                raise KeywireError(f"unknown mux option {key!r} (known: {known})")
+            fields[EXTRA_KEYS[key]] = value
+    try:
+        return MuxConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise KeywireError(f"bad mux option: {exc}") from None
+
+
+def _check_section(section: Section) -> None:
+    if section.args or section.url is not None:
+        raise KeywireError(f"the mux section takes no arguments, got {str(section)!r}")
+
+
+class MuxTransform(Transform):
+    """Wraps a pipe into a ``MuxConnection``; the dialer is the yamux client."""
+
+    name = "mux"
+
+    async def client(self, pipe: Pipe, section: Section, options: Options,
+                     address: str) -> Pipe | Connection:
+        _check_section(section)
+        return MuxConnection(pipe, client=True, config=config_from_options(options),
+                             address=address)
+
+    async def server(self, pipe: Pipe, section: Section, options: Options,
+                     address: str) -> Pipe | Connection:
+        _check_section(section)
+        return MuxConnection(pipe, client=False, config=config_from_options(options),
+                             address=address)
+
+    def announce(self, section: Section, options: Options) -> Section:
+        return Section("mux")
+
+
+def register(registry: Registry) -> None:
+    registry.add_transform(MuxTransform())
