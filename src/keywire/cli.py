@@ -16,14 +16,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import __version__
 from .address import Scope, parse
 from .bridge import splice_process, splice_stdio, splice_tcp
 from .chain import SSB_APP_KEY, Options
-from .dial import dial
+from .dial import dial, dial_retrying
 from .errors import (
     AddressError,
     Code,
@@ -42,7 +42,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 #: what ``keywire listen`` serves when given no spec
 DEFAULT_LISTEN = ("net:0.0.0.0:0~shs~mux", "ws://0.0.0.0:0~shs~mux")
 #: optional subcommand modules; each has ``add_parser(subparsers)``
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("keywire.link.cli",)
 SCOPE_ORDER = (Scope.PUBLIC, Scope.PRIVATE, Scope.DEVICE)
 
 
@@ -157,6 +157,8 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     specs = args.specs or list(DEFAULT_LISTEN)
     opts = options_from(args)
     opts.max_connections = args.max_connections
+    if args.pairing_code is not None:
+        opts.extra["link.pairing_code"] = args.pairing_code
     server = Server(specs, opts)
     try:
         await server.start()
@@ -210,17 +212,35 @@ async def listen_stdio(server: Server) -> int:
 # keywire dial
 
 
+def retry_rounds(args: argparse.Namespace) -> int:
+    """--retry, or by default a few rounds for relayed (Link) addresses, whose host may be
+    re-registering, and none for direct ones."""
+    if args.retry is not None:
+        return int(args.retry)
+    names = {s.name for alt in parse(args.address).alternatives for s in alt.sections}
+    return 5 if "link" in names else 0
+
+
+async def dial_for_cli(args: argparse.Namespace, opts: Options) -> Connection:
+    def on_retry(exc: DialError, delay: float) -> None:
+        status(f"{exc}; retrying in {delay:.1f} s")
+
+    return await dial_retrying(args.address, opts, retries=retry_rounds(args),
+                               on_retry=on_retry)
+
+
 async def cmd_dial(args: argparse.Namespace) -> int:
     opts = options_from(args)
     try:
-        conn = await dial(args.address, opts)
+        conn = await dial_for_cli(args, opts)
     except DialError as exc:
         status(str(exc))
         return EXIT_UNREACHABLE
     status(f"connected to {conn.remote} on {conn.address}")
     try:
         if args.forward_local:
-            return await forward_local(conn, args.forward_local)
+            return await forward_local(conn, args.forward_local,
+                                       lambda: dial_for_cli(args, opts))
         stream = await conn.open_stream()
         try:
             await splice_stdio(stream)
@@ -233,14 +253,20 @@ async def cmd_dial(args: argparse.Namespace) -> int:
             await asyncio.wait_for(conn.close(), 2.0)
 
 
-async def forward_local(conn: Connection, spec: str) -> int:
-    """Accept local TCP connections; each rides its own stream of ``conn``."""
+async def forward_local(conn: Connection, spec: str,
+                        redial: Callable[[], Awaitable[Connection]] | None = None) -> int:
+    """Accept local TCP connections; each rides its own stream of ``conn``.
+
+    When the connection is lost and ``redial`` is given, a new one is dialed (with the dial's
+    retries) and later local connections ride it; streams in flight fail.
+    """
     host, _, port_text = spec.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
+    current = conn
 
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            stream = await conn.open_stream()
+            stream = await current.open_stream()
         except KeywireError as exc:
             status(f"cannot open a stream: {exc}")
             writer.close()
@@ -253,7 +279,17 @@ async def forward_local(conn: Connection, spec: str) -> int:
     print(f"{sock[0]}:{sock[1]}", flush=True)
     status(f"forwarding {sock[0]}:{sock[1]} to {conn.address}")
     async with server:
-        reason = await conn.wait_closed()
+        while True:
+            reason = await current.wait_closed()
+            if reason.code == Code.NONE or redial is None:
+                break
+            status(f"connection lost ({reason}); reconnecting")
+            try:
+                current = await redial()
+            except DialError as exc:
+                status(str(exc))
+                return EXIT_UNREACHABLE
+            status(f"reconnected on {current.address}")
     status(f"connection ended: {reason}")
     return EXIT_OK if reason.code == Code.NONE else EXIT_FAILED
 
@@ -345,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print a QR code of the address on stderr (default: when a terminal)")
     qr.add_argument("--no-qr", dest="qr", action="store_false", help="never print a QR code")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-connection status lines")
+    p.add_argument("--pairing-code", nargs="?", const=True, metavar="CODE",
+                   help="Link specs: open a one-time pairing code (random, or CODE) and print "
+                        "it with a QR code of address + code on stderr")
     add_common(p)
     p.set_defaults(func=cmd_listen)
 
@@ -355,7 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", help="a multiaddress, e.g. 'net:host:8008~shs:KEY'")
     p.add_argument("--forward-local", metavar="[HOST:]PORT",
                    help="accept local TCP connections and carry each over its own stream "
-                        "(prints the local address first)")
+                        "(prints the local address first); reconnects when the connection "
+                        "is lost")
+    p.add_argument("--retry", type=int, metavar="N",
+                   help="dial N more rounds with backoff (0.4 s doubling to 8 s) before "
+                        "giving up (default: 5 for Link addresses, else 0)")
     add_common(p)
     p.set_defaults(func=cmd_dial)
 

@@ -87,8 +87,27 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
         try:
             return await with_timeout(dial_alternative(alt, opts), opts.timeout, f"dialing {alt}")
         except Exception as exc:  # every failure becomes one line of the DialError
-            attempts.append(Attempt(str(alt), describe(exc)))
+            attempts.append(Attempt(str(alt), describe(exc), exc))
     raise DialError(str(addr), attempts)
+
+
+async def dial_retrying(address: str | MultiAddress, options: Options | None = None, *,
+                        retries: int = 0, backoff: float = 0.4, max_backoff: float = 8.0,
+                        on_retry: Any = None, **overrides: Any) -> Connection:
+    """``dial`` with up to ``retries`` more rounds and doubling backoff; a permanent refusal
+    (wrong key, revoked credential) is raised at once."""
+    delay = backoff
+    for round_ in range(retries + 1):
+        try:
+            return await dial(address, options, **overrides)
+        except DialError as exc:
+            if exc.permanent or round_ == retries:
+                raise
+            if on_retry is not None:
+                on_retry(exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+    raise AssertionError("unreachable")
 
 
 async def open_stream(address: str | MultiAddress, options: Options | None = None,

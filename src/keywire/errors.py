@@ -8,7 +8,7 @@ re-learning what a failure means.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -44,6 +44,9 @@ class Code(IntEnum):
 
 class KeywireError(Exception):
     """Base of every error keywire raises on purpose."""
+
+    #: True when trying again cannot help (a pin mismatch, a revoked credential)
+    permanent: bool = False
 
 
 class CodedError(KeywireError):
@@ -104,6 +107,8 @@ class HandshakeError(KeywireError):
 class PinMismatch(HandshakeError):
     """The peer's certificate does not hash to the pinned certhash."""
 
+    permanent = True
+
     def __init__(self, expected: str, actual: str) -> None:
         self.expected = expected
         self.actual = actual
@@ -114,10 +119,11 @@ class PinMismatch(HandshakeError):
 
 @dataclass(frozen=True)
 class Attempt:
-    """One alternative the dialer tried, and why it failed."""
+    """One alternative the dialer tried, and why it failed (``error`` when it raised)."""
 
     address: str
     reason: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 class DialError(KeywireError):
@@ -132,3 +138,10 @@ class DialError(KeywireError):
             lines = "; ".join(f"{a.address}: {a.reason}" for a in self.attempts)
             text = f"could not dial any of {len(self.attempts)} alternative(s): {lines}"
         super().__init__(text)
+
+    @property
+    def permanent(self) -> bool:
+        """True when retrying cannot help: every attempt failed permanently (a pin mismatch,
+        a revoked credential) or was not understood."""
+        return all(a.error is None or getattr(a.error, "permanent", False)
+                   for a in self.attempts)

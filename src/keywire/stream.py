@@ -31,12 +31,15 @@ DEFAULT_READ_SIZE = 65536
 class RemoteIdentity:
     """Who is on the other end, as far as the chain proved it.
 
-    ``public_key`` is the Ed25519 key an shs or Link peer authenticated with; ``certhash`` is
-    the pinned certificate hash of a KPS server. Either may be None (``noauth``, a KPS client).
+    ``public_key`` is the Ed25519 key an shs peer authenticated with; ``certhash`` is the
+    pinned certificate hash of a KPS server; ``host_key`` is the X25519 static key of a Link
+    host (its address is derived from the register key, not this). Any may be None
+    (``noauth``, a KPS or Link client seen from the server).
     """
 
     public_key: bytes | None = None
     certhash: str | None = None
+    host_key: bytes | None = None
 
     @property
     def shs_id(self) -> str | None:
@@ -49,6 +52,10 @@ class RemoteIdentity:
             return f"@{self.shs_id}.ed25519"
         if self.certhash is not None:
             return self.certhash
+        if self.host_key is not None:
+            import base64
+
+            return "link host " + base64.urlsafe_b64encode(self.host_key).decode().rstrip("=")
         return "anonymous"
 
 

@@ -27,7 +27,9 @@ async def run(*args: str, stdin: bytes = b"", timeout: float = 20.0) -> tuple[in
 
 
 @contextlib.asynccontextmanager
-async def listener(*args: str, timeout: float = 20.0) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+async def listener(
+    *args: str, timeout: float = 20.0
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """``keywire listen ARGS``; yields the first stdout line (the address) and the process."""
     proc = await asyncio.create_subprocess_exec(
         *KEYWIRE, "listen", "--no-qr", *args, stdin=asyncio.subprocess.DEVNULL,

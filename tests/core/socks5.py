@@ -25,10 +25,10 @@ class Socks5Server:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            ver, n = await reader.readexactly(2)
+            _, n = await reader.readexactly(2)
             await reader.readexactly(n)
             writer.write(b"\x05\x00")
-            ver, cmd, _, atyp = await reader.readexactly(4)
+            _, _, _, atyp = await reader.readexactly(4)
             if atyp == 3:
                 (length,) = await reader.readexactly(1)
                 host = (await reader.readexactly(length)).decode()

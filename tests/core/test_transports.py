@@ -48,7 +48,6 @@ async def test_echo_over_transport(spec: str) -> None:
     payload = os.urandom(300_000)
     async with keywire.Server([spec], handler=echo) as server:
         address = server.address()
-        assert roundtrip
         assert await roundtrip(address, payload) == payload
 
 
@@ -79,7 +78,8 @@ async def test_onion_goes_through_socks5_in_order() -> None:
             dead_port = dead.getsockname()[1]
             dead.close()
             opts = Options(socks_proxies=(("127.0.0.1", dead_port), ("127.0.0.1", socks.port)))
-            got = await roundtrip(f"onion:abcdefghijklmnop.onion:{port}~noauth", b"tor", options=opts)
+            onion = f"onion:abcdefghijklmnop.onion:{port}~noauth"
+            got = await roundtrip(onion, b"tor", options=opts)
             assert got == b"tor"
             assert socks.requests == [("abcdefghijklmnop.onion", int(port))]
             with pytest.raises(UnsupportedError):
@@ -208,7 +208,7 @@ async def test_garbage_clients_leave_server_serving() -> None:
     async with keywire.Server(["net:127.0.0.1:0~noauth"], handler=echo) as server:
         host, port = "127.0.0.1", int(server.address().split(":")[2].split("~")[0])
         for _ in range(200):
-            r, w = await asyncio.open_connection(host, port)
+            _, w = await asyncio.open_connection(host, port)
             w.write(os.urandom(64))
             w.close()
         assert await roundtrip(server.address(), b"still here") == b"still here"

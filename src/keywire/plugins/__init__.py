@@ -17,6 +17,7 @@ BUILTIN: tuple[str, ...] = (
     "noauth",
     "shs.transform",
     "mux.transform",
+    "link.handler",
 )
 
 

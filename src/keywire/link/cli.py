@@ -1,0 +1,145 @@
+"""Command-line subcommands for Link: ``relay``, ``pair`` and ``credentials``.
+
+``add_parser(subparsers)`` adds all three; each sets ``func`` to an ``async def`` that takes the
+parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from ..errors import KeywireError
+
+
+def _relay_parser(parser: argparse.ArgumentParser) -> None:
+    from .relay import config
+
+    config.add_arguments(parser)
+    parser.set_defaults(func=run_relay)
+
+
+async def run_relay(args: argparse.Namespace) -> int:
+    """Run a relay until SIGTERM/SIGINT; prints its WebSocket URL as the first stdout line."""
+    from .relay import config as relay_config
+    from .relay.server import RelayServer, setup_json_logging
+
+    try:
+        cfg = relay_config.load(args=args)
+    except ValueError as exc:
+        print(f"keywire relay: {exc}", file=sys.stderr)
+        return 2
+    setup_json_logging()
+    server = RelayServer(cfg)
+    try:
+        port = await server.start()
+    except OSError as exc:
+        print(f"keywire relay: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+    print(f"ws://{shown}:{port}/v1/link", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    try:
+        await asyncio.wait_for(server.stop(grace=4.5), 5.0)
+    except TimeoutError:
+        pass
+    return 0
+
+
+def relay_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="keywire relay",
+                                     description="Run a Link relay (content-blind).")
+    _relay_parser(parser)
+    args = parser.parse_args(argv)
+    return asyncio.run(run_relay(args))
+
+
+def _pair_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", help="the host's link address, e.g. "
+                        "wss://R1/v1/link~link:ADDRESS;wss://R2/v1/link~link:ADDRESS")
+    parser.add_argument("code", help="the pairing code the host shows (XXXX-XXXX)")
+    parser.add_argument("--code-id", default=None, help="the code id, if the host gave one")
+    parser.add_argument("--timeout", type=float, default=20.0)
+    parser.set_defaults(func=run_pair)
+
+
+async def run_pair(args: argparse.Namespace) -> int:
+    from .client import pair
+
+    try:
+        credential, via = await pair(args.address, args.code, code_id=args.code_id,
+                                     timeout=args.timeout)
+    except (KeywireError, ValueError, OSError) as exc:
+        print(f"keywire pair: {exc}", file=sys.stderr)
+        return 1
+    print(f"paired with {credential.address} via {via}; credential saved", file=sys.stderr)
+    return 0
+
+
+def _credentials_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="credentials this device holds, and devices paired "
+                             "with this host")
+    listing.set_defaults(func=run_credentials_list)
+    revoke = sub.add_parser("revoke", help="revoke a paired device (by key id) on this host")
+    revoke.add_argument("key_id", help="the device's keyId (base64url), from 'list'")
+    revoke.set_defaults(func=run_credentials_revoke)
+    forget = sub.add_parser("forget", help="delete this device's credential for a host")
+    forget.add_argument("address", help="the host's link address (43 characters)")
+    forget.set_defaults(func=run_credentials_forget)
+
+
+async def run_credentials_list(args: argparse.Namespace) -> int:
+    from .store import ClientStore, HostStore
+
+    client = ClientStore()
+    for cred in client.all():
+        print(f"credential  host={cred.address}  keyId={_b64(cred.key_id)}")
+    for host in HostStore.all_hosts():
+        for key_id, info in host.devices().items():
+            print(f"device      host={host.address}  keyId={key_id}  paired={info}")
+    return 0
+
+
+async def run_credentials_revoke(args: argparse.Namespace) -> int:
+    from .store import HostStore
+
+    for host in HostStore.all_hosts():
+        if host.revoke(args.key_id):
+            print(f"revoked {args.key_id} on host {host.address}", file=sys.stderr)
+            return 0
+    print(f"keywire credentials: no paired device with keyId {args.key_id}", file=sys.stderr)
+    return 1
+
+
+async def run_credentials_forget(args: argparse.Namespace) -> int:
+    from .store import ClientStore
+
+    if ClientStore().forget(args.address):
+        return 0
+    print(f"keywire credentials: no credential for {args.address}", file=sys.stderr)
+    return 1
+
+
+def _b64(data: bytes) -> str:
+    from .wire import b64u
+
+    return b64u(data)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``relay``, ``pair`` and ``credentials`` to the keywire CLI."""
+    _relay_parser(subparsers.add_parser("relay", help="run a Link relay"))
+    _pair_parser(subparsers.add_parser("pair", help="pair with a Link host using its code"))
+    _credentials_parser(subparsers.add_parser("credentials",
+                                              help="list or revoke Link credentials"))

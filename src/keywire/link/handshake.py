@@ -1,0 +1,367 @@
+"""Link's two handshakes as sans-IO state machines, and the host's book of pairing codes.
+
+* Pairing (mode 1): header + pA → pB → cA → cB + sealed welcome. SPAKE2 with the code as the
+  password; the header is the confirmation AAD, so the mode and code id are bound in.
+* Reconnect (mode 3): header + Noise NKpsk0 message 1 → message 2 (or a refusal frame).
+
+Each machine takes whole relayed frames and returns the frames to send; the shell moves them.
+The host counts failed code guesses on the *code* it handed out (not on the code's text), so
+two codes with the same text never share a counter, and reopening a code starts a new one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ..errors import HandshakeError
+from . import codes
+from .noise import CipherState, HandshakeState, Keys, public_bytes
+from .sealed import SealedChannel
+from .spake2 import Role, Spake2, Spake2Error, scalar_from_password
+from .wire import (
+    CODE_ID_SIZE,
+    KEY_ID_SIZE,
+    NOISE_PROTOCOL,
+    SPAKE2_ID_CLIENT,
+    SPAKE2_ID_HOST,
+    SPAKE2_W_INFO,
+    TOKEN_SIZE,
+    Credential,
+    Header,
+    LinkProtocolError,
+    Mode,
+    Refusal,
+    decode_welcome,
+    encode_welcome,
+    parse_refusal,
+    refusal_frame,
+    transport_keys,
+)
+
+MAX_PAIR_ATTEMPTS = 5
+CONFIRM_SIZE = 32
+
+
+class DeviceRevoked(HandshakeError):
+    """The host no longer knows this credential (it was revoked): do not retry with it."""
+
+    permanent = True
+
+
+class PairingRefused(HandshakeError):
+    """The host has no live code for this attempt (unknown id, spent, expired or locked)."""
+
+
+def password_scalar(code: str) -> int:
+    """SPAKE2's ``w`` from a code, after normalising it as a person would have typed it."""
+    return scalar_from_password(codes.normalise(code).encode(), SPAKE2_W_INFO, 40)
+
+
+# -- the host's pairing codes ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class PairingCode:
+    """One code the host handed out: single use, optional expiry, locked after 5 failures."""
+
+    code: str
+    code_id: bytes | None
+    expires_at: float | None
+    max_attempts: int = MAX_PAIR_ATTEMPTS
+    failures: int = 0
+    in_flight: int = 0
+    spent: bool = False
+
+    @property
+    def locked(self) -> bool:
+        return self.failures >= self.max_attempts
+
+    def unavailable_reason(self, now: float) -> str | None:
+        if self.spent:
+            return "already used"
+        if self.locked:
+            return f"locked after {self.failures} failed attempts"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        if self.failures + self.in_flight >= self.max_attempts:
+            return "too many attempts in progress"
+        return None
+
+
+class CodeBook:
+    """Live pairing codes; ``reserve`` takes an attempt slot atomically before SPAKE2 starts."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._by_id: dict[bytes, PairingCode] = {}
+        self.default: PairingCode | None = None
+
+    def open(self, code: str | None = None, ttl: float | None = None, *, with_id: bool = True,
+             max_attempts: int = MAX_PAIR_ATTEMPTS) -> PairingCode:
+        """Open a code (random if None). ``with_id=False`` makes it the default code, the one
+        a client reaches without a code id (Link's ``setPairingCode``)."""
+        canonical = codes.normalise(code) if code is not None else codes.generate()
+        expires = self._clock() + ttl if ttl is not None else None
+        if with_id:
+            code_id = secrets.token_bytes(CODE_ID_SIZE)
+            entry = PairingCode(canonical, code_id, expires, max_attempts)
+            self._by_id[code_id] = entry
+        else:
+            entry = PairingCode(canonical, None, expires, max_attempts)
+            self.default = entry
+        return entry
+
+    def close(self, entry: PairingCode) -> None:
+        entry.spent = True
+        if entry.code_id is not None:
+            self._by_id.pop(entry.code_id, None)
+        if self.default is entry:
+            self.default = None
+
+    def live(self) -> list[PairingCode]:
+        now = self._clock()
+        entries = [*self._by_id.values(), *([self.default] if self.default else [])]
+        return [e for e in entries if e.unavailable_reason(now) is None]
+
+    def reserve(self, code_id: bytes | None) -> PairingCode:
+        entry = self.default if code_id is None else self._by_id.get(code_id)
+        if entry is None:
+            raise PairingRefused("no such pairing code" if code_id else "no pairing code is open")
+        reason = entry.unavailable_reason(self._clock())
+        if reason is not None:
+            raise PairingRefused(f"the pairing code is {reason}")
+        entry.in_flight += 1
+        return entry
+
+    def refund(self, entry: PairingCode) -> None:
+        entry.in_flight = max(0, entry.in_flight - 1)
+
+    def failed(self, entry: PairingCode) -> None:
+        self.refund(entry)
+        entry.failures += 1
+
+    def succeeded(self, entry: PairingCode) -> None:
+        self.refund(entry)
+        self.close(entry)
+
+
+class TokenBook:
+    """keyId → token for paired devices; the token is the Noise PSK so it is kept as is."""
+
+    def __init__(self, tokens: dict[bytes, bytes] | None = None) -> None:
+        self.tokens: dict[bytes, bytes] = dict(tokens or {})
+
+    def issue(self) -> tuple[bytes, bytes]:
+        key_id, token = secrets.token_bytes(KEY_ID_SIZE), secrets.token_bytes(TOKEN_SIZE)
+        self.tokens[key_id] = token
+        return key_id, token
+
+    def get(self, key_id: bytes) -> bytes | None:
+        return self.tokens.get(key_id)
+
+    def revoke(self, key_id: bytes) -> bool:
+        return self.tokens.pop(key_id, None) is not None
+
+
+# -- state machines ------------------------------------------------------------------------------
+
+
+class Step(Enum):
+    HEADER = "header"
+    SHARE = "share"
+    CONFIRM = "confirm"
+    WELCOME = "welcome"
+    NOISE = "noise"
+    DONE = "done"
+    REFUSED = "refused"
+
+
+@dataclass
+class HostContext:
+    """What the host side needs: its static key, address, codes and device tokens."""
+
+    static: X25519PrivateKey
+    address: str
+    codebook: CodeBook
+    tokens: TokenBook
+    on_paired: Callable[[bytes], None] | None = None
+
+
+@dataclass
+class HostHandshake:
+    """The host end: reads the header, then runs pairing or reconnect for it."""
+
+    ctx: HostContext
+    step: Step = Step.HEADER
+    header: Header | None = None
+    channel: SealedChannel | None = None
+    key_id: bytes | None = None
+    refusal: str | None = None
+    _slot: PairingCode | None = None
+    _spake: Spake2 | None = None
+    _noise: HandshakeState | None = None
+    _keys: tuple[bytes, bytes] | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.step in (Step.DONE, Step.REFUSED)
+
+    def receive(self, frame: bytes) -> list[bytes]:
+        try:
+            return self._receive(frame)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _receive(self, frame: bytes) -> list[bytes]:
+        if self.step is Step.HEADER:
+            self.header = Header.decode(frame)
+            if self.header.mode is Mode.RECOVER:
+                raise LinkProtocolError("recover mode (recovery keys) is not supported here")
+            if self.header.mode is Mode.PAIR:
+                try:
+                    self._slot = self.ctx.codebook.reserve(self.header.code_id)
+                except PairingRefused as exc:
+                    self.step, self.refusal = Step.REFUSED, str(exc)
+                    return [refusal_frame(Refusal.CODE_UNAVAILABLE)]
+                self._spake = Spake2(Role.B, password_scalar(self._slot.code), SPAKE2_ID_CLIENT,
+                                     SPAKE2_ID_HOST, aad=frame)
+                self.step = Step.SHARE
+                return []
+            assert self.header.key_id is not None
+            token = self.ctx.tokens.get(self.header.key_id)
+            if token is None:
+                self.step, self.refusal = Step.REFUSED, "unknown or revoked keyId"
+                return [refusal_frame(Refusal.REVOKED)]
+            self.key_id = self.header.key_id
+            self._noise = HandshakeState(NOISE_PROTOCOL, False,
+                                         Keys(s=self.ctx.static, psks=(token,)), prologue=frame)
+            self.step = Step.NOISE
+            return []
+        if self.step is Step.SHARE:
+            assert self._spake is not None
+            result = self._spake.finish(frame)
+            self._keys = transport_keys(result.ke, result.ke + result.ka)
+            self.step = Step.CONFIRM
+            return [self._spake.share()]
+        if self.step is Step.CONFIRM:
+            assert self._spake is not None and self._spake.result is not None
+            assert self._slot is not None and self._keys is not None
+            try:
+                self._spake.result.check_peer_confirmation(Role.B, frame)
+            except Spake2Error:
+                self.ctx.codebook.failed(self._slot)
+                self._slot = None
+                raise
+            self.ctx.codebook.succeeded(self._slot)
+            self._slot = None
+            key_id, token = self.ctx.tokens.issue()
+            self.key_id = key_id
+            c2h, h2c = self._keys
+            self.channel = SealedChannel(CipherState(h2c), CipherState(c2h))
+            welcome = Credential(self.ctx.address, public_bytes(self.ctx.static), token, key_id)
+            sealed = self.channel.seal(encode_welcome(welcome))
+            self.step = Step.DONE
+            if self.ctx.on_paired is not None:
+                self.ctx.on_paired(key_id)
+            return [self._spake.result.confirm_b, sealed]
+        if self.step is Step.NOISE:
+            assert self._noise is not None
+            self._noise.read_message(frame)
+            reply = self._noise.write_message()
+            assert self._noise.send_cipher and self._noise.receive_cipher
+            self.channel = SealedChannel(self._noise.send_cipher, self._noise.receive_cipher)
+            self.step = Step.DONE
+            return [reply]
+        raise LinkProtocolError(f"no handshake frame expected in step {self.step.value}")
+
+    def abort(self) -> None:
+        """The attempt ended early (timeout, network): give back a reserved code attempt."""
+        if self._slot is not None:
+            self.ctx.codebook.refund(self._slot)
+            self._slot = None
+
+
+class ClientPairing:
+    """The client end of pairing: ``start()`` frames, then ``receive`` until ``credential``."""
+
+    def __init__(self, code: str, address: str, code_id: bytes | None = None) -> None:
+        self.header = Header.pair(code_id)
+        self._address = address
+        self._spake = Spake2(Role.A, password_scalar(code), SPAKE2_ID_CLIENT, SPAKE2_ID_HOST,
+                             aad=self.header.encode())
+        self.step = Step.SHARE
+        self.channel: SealedChannel | None = None
+        self.credential: Credential | None = None
+
+    def start(self) -> list[bytes]:
+        return [self.header.encode(), self._spake.share()]
+
+    @property
+    def finished(self) -> bool:
+        return self.step is Step.DONE
+
+    def receive(self, frame: bytes) -> list[bytes]:
+        if self.step is Step.SHARE:
+            if parse_refusal(frame) is not None:
+                raise PairingRefused("the host has no live pairing code for this attempt "
+                                     "(unknown code id, used, expired or locked)")
+            result = self._spake.finish(frame)
+            self.step = Step.CONFIRM
+            return [result.confirm_a]
+        if self.step is Step.CONFIRM:
+            confirmed = self._spake.result
+            assert confirmed is not None
+            if len(frame) != CONFIRM_SIZE:
+                raise Spake2Error("the host refused the code (wrong code?): no confirmation")
+            confirmed.check_peer_confirmation(Role.A, frame)
+            c2h, h2c = transport_keys(confirmed.ke, confirmed.ke + confirmed.ka)
+            self.channel = SealedChannel(CipherState(c2h), CipherState(h2c))
+            self.step = Step.WELCOME
+            return []
+        if self.step is Step.WELCOME:
+            assert self.channel is not None
+            credential = decode_welcome(self.channel.open(frame))
+            if credential.address != self._address:
+                raise LinkProtocolError(
+                    f"the host welcomed us as {credential.address!r}, not {self._address!r}")
+            self.credential = credential
+            self.step = Step.DONE
+            return []
+        raise LinkProtocolError("no pairing frame expected after the welcome")
+
+
+class ClientReconnect:
+    """The client end of a reconnect with a saved credential (Noise NKpsk0)."""
+
+    def __init__(self, credential: Credential) -> None:
+        self.header = Header.reconnect(credential.key_id)
+        self._noise = HandshakeState(
+            NOISE_PROTOCOL, True, Keys(rs=credential.host_static, psks=(credential.token,)),
+            prologue=self.header.encode())
+        self.channel: SealedChannel | None = None
+
+    def start(self) -> list[bytes]:
+        return [self.header.encode(), self._noise.write_message()]
+
+    @property
+    def finished(self) -> bool:
+        return self.channel is not None
+
+    def receive(self, frame: bytes) -> list[bytes]:
+        if self.channel is not None:
+            raise LinkProtocolError("no handshake frame expected after Noise message 2")
+        refusal = parse_refusal(frame)
+        if refusal is Refusal.REVOKED:
+            raise DeviceRevoked("the host refused this device's credential: it was revoked")
+        if refusal is not None:
+            raise LinkProtocolError(f"the host refused the reconnect ({refusal.name})")
+        self._noise.read_message(frame)
+        assert self._noise.send_cipher and self._noise.receive_cipher
+        self.channel = SealedChannel(self._noise.send_cipher, self._noise.receive_cipher)
+        return []

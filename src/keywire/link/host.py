@@ -1,0 +1,256 @@
+"""The host side of Link: register with relays, answer dial-backs, pair and reconnect devices.
+
+One ``LinkHost`` per identity serves every relay it is registered with, so all relays share
+the same address, pairing codes and paired devices. Each relay has an ``Uplink`` that keeps the
+registration alive and re-registers with backoff (0.5 s doubling to 10 s) when the relay drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from websockets.exceptions import ConnectionClosed as WsClosed
+
+from ..errors import HandshakeError
+from ..identity import Identity
+from ..stream import RemoteIdentity
+from .handshake import CodeBook, HostContext, HostHandshake, PairingCode
+from .relayconn import RelayError, expect, open_socket, recv_json, register_message, send_json
+from .session import LinkPipe
+from .store import HostStore
+from .wire import address_for_register_key, register_seed_from_static
+
+log = logging.getLogger("keywire.link.host")
+
+HANDSHAKE_TIMEOUT = 15.0
+MAX_DIALBACKS = 64
+_HOST_KEY_INFO = b"keywire link host x25519 v1"
+
+PipeHandler = Callable[[LinkPipe], Awaitable[None]]
+
+
+def host_static_from_identity(identity: Identity) -> X25519PrivateKey:
+    """The host's X25519 key, derived from the identity's Ed25519 seed (one key file)."""
+    raw = HKDF(hashes.SHA256(), 32, salt=None, info=_HOST_KEY_INFO).derive(identity.ed25519_seed)
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+class Uplink:
+    """The registration on one relay, kept alive by a background task."""
+
+    def __init__(self, host: LinkHost, url: str) -> None:
+        self.host = host
+        self.url = url
+        self.registered = asyncio.Event()
+        self.first_error: BaseException | None = None
+        self._first = asyncio.get_running_loop().create_future()
+        self._dialbacks = asyncio.Semaphore(MAX_DIALBACKS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.backoff = (0.5, 10.0)
+
+    async def wait_first(self, timeout: float) -> None:
+        """Wait for the first registration; raise why it failed."""
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._first)
+
+    async def _run(self) -> None:
+        delay = self.backoff[0]
+        while True:
+            try:
+                ws = await open_socket(self.url, HANDSHAKE_TIMEOUT)
+                try:
+                    await send_json(ws, register_message(self.host.signer, self.host.address,
+                                                         self.url, self.host.next_ts()))
+                    await expect(ws, "registered", f"registering on {self.url}")
+                    self.registered.set()
+                    if not self._first.done():
+                        self._first.set_result(None)
+                    log.info("registered on %s", self.url)
+                    delay = self.backoff[0]
+                    await self._control(ws)
+                finally:
+                    self.registered.clear()
+                    await ws.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: report the first, then keep retrying
+                if not self._first.done():
+                    self._first.set_exception(exc)
+                log.info("relay %s: %s; re-registering in %.1f s", self.url, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(self.backoff[1], delay * 2)
+
+    async def _control(self, ws: object) -> None:
+        from websockets.asyncio.client import ClientConnection
+
+        assert isinstance(ws, ClientConnection)
+        while True:
+            message = await recv_json(ws)
+            kind = message.get("type")
+            if kind == "relay" and isinstance(message.get("linkId"), str):
+                if self._dialbacks.locked():
+                    log.info("dial-back cap reached on %s; ignoring a client", self.url)
+                    continue
+                task = asyncio.get_running_loop().create_task(
+                    self._dial_back(message["linkId"], message.get("ticket")))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _dial_back(self, link_id: str, ticket: object) -> None:
+        async with self._dialbacks:
+            try:
+                pipe = await self._handshake(link_id, ticket)
+            except (HandshakeError, OSError, TimeoutError) as exc:
+                log.info("link %s on %s failed: %s", link_id, self.url, exc)
+                return
+        if pipe is not None:
+            await self.host.serve(pipe)
+
+    async def _handshake(self, link_id: str, ticket: object) -> LinkPipe | None:
+        ws = await open_socket(self.url, HANDSHAKE_TIMEOUT)
+        machine = HostHandshake(self.host.ctx)
+        try:
+            accept: dict[str, object] = {"type": "accept", "linkId": link_id}
+            if isinstance(ticket, str):
+                accept["ticket"] = ticket
+            await send_json(ws, accept)
+            await expect(ws, "relaying", "accepting a link")
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                while not machine.finished:
+                    try:
+                        frame = await ws.recv()
+                    except WsClosed as exc:
+                        raise RelayError(f"client left during the handshake ({exc})") from None
+                    if isinstance(frame, str):
+                        raise HandshakeError("text frame during the Link handshake")
+                    for out in machine.receive(frame):
+                        await ws.send(out)
+        except BaseException:
+            machine.abort()
+            await ws.close()
+            raise
+        if machine.channel is None:
+            log.info("refused a client: %s", machine.refusal)
+            await asyncio.sleep(0.2)  # let the refusal frame cross the relay first
+            await ws.close()
+            return None
+        pipe = LinkPipe(ws, machine.channel, f"{self.url}~link:{self.host.address}",
+                        RemoteIdentity())
+        pipe.key_id = machine.key_id
+        return pipe
+
+    async def close(self) -> None:
+        self._task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        if not self._first.done():
+            self._first.cancel()
+
+
+class LinkHost:
+    """A host reachable through relays by its address."""
+
+    def __init__(self, static: X25519PrivateKey, on_pipe: PipeHandler | None = None,
+                 store_dir: Path | None = None) -> None:
+        self.static = static
+        raw = static.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        self.signer = Ed25519PrivateKey.from_private_bytes(register_seed_from_static(raw))
+        self.address = address_for_register_key(
+            self.signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self.tokens = HostStore(self.address, store_dir)
+        loop = asyncio.get_running_loop()
+        self.codebook = CodeBook(loop.time)
+        self.ctx = HostContext(static, self.address, self.codebook, self.tokens)
+        self.on_pipe = on_pipe
+        self.uplinks: dict[str, Uplink] = {}
+        self.sessions: set[LinkPipe] = set()
+        self._last_ts = 0
+        #: set once a listen spec opened this host's pairing code (one code per host)
+        self.pairing_code_opened = False
+        self._watch = loop.create_task(self._watch_revocations())
+
+    @classmethod
+    def from_identity(cls, identity: Identity, on_pipe: PipeHandler | None = None,
+                      store_dir: Path | None = None) -> LinkHost:
+        return cls(host_static_from_identity(identity), on_pipe, store_dir)
+
+    def next_ts(self) -> int:
+        """Register timestamps are strictly increasing, even within one millisecond."""
+        self._last_ts = max(int(time.time() * 1000), self._last_ts + 1)
+        return self._last_ts
+
+    async def add_relay(self, url: str, timeout: float = 10.0) -> Uplink:
+        """Register on ``url`` and keep the registration alive; raises if the first fails."""
+        if url in self.uplinks:
+            return self.uplinks[url]
+        uplink = Uplink(self, url)
+        self.uplinks[url] = uplink
+        try:
+            await uplink.wait_first(timeout)
+        except BaseException:
+            await self.remove_relay(url)
+            raise
+        return uplink
+
+    async def remove_relay(self, url: str) -> None:
+        uplink = self.uplinks.pop(url, None)
+        if uplink is not None:
+            await uplink.close()
+
+    def open_pairing_code(self, code: str | None = None, ttl: float | None = None, *,
+                          with_id: bool = False) -> PairingCode:
+        """A single-use code (random unless given); ``with_id`` gives it its own code id."""
+        return self.codebook.open(code, ttl, with_id=with_id)
+
+    async def serve(self, pipe: LinkPipe) -> None:
+        self.sessions.add(pipe)
+        try:
+            if self.on_pipe is not None:
+                await self.on_pipe(pipe)
+            else:
+                await pipe.closed.wait()
+        finally:
+            self.sessions.discard(pipe)
+
+    def revoke(self, key_id: bytes | str) -> bool:
+        """Forget a device; its live sessions end now and its next reconnect is refused."""
+        found = self.tokens.revoke(key_id)
+        self._end_revoked()
+        return found
+
+    def _end_revoked(self) -> None:
+        for pipe in list(self.sessions):
+            if pipe.key_id is not None and pipe.key_id not in self.tokens.tokens:
+                pipe.abort()
+
+    async def _watch_revocations(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                if self.tokens.reload():
+                    self._end_revoked()
+
+    async def close(self) -> None:
+        self._watch.cancel()
+        for url in list(self.uplinks):
+            await self.remove_relay(url)
+        for pipe in list(self.sessions):
+            pipe.abort()
