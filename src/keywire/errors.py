@@ -138,10 +138,7 @@ class DialError(KeywireError):
             lines = "; ".join(f"{a.address}: {a.reason}" for a in self.attempts)
             text = f"could not dial any of {len(self.attempts)} alternative(s): {lines}"
         super().__init__(text)
-
-    @property
-    def permanent(self) -> bool:
-        """True when retrying cannot help: every attempt failed permanently (a pin mismatch,
-        a revoked credential) or was not understood."""
-        return all(a.error is None or getattr(a.error, "permanent", False)
-                   for a in self.attempts)
+        # retrying cannot help when every attempt failed permanently (a pin mismatch, a revoked
+        # credential) or was not understood
+        self.permanent = all(a.error is None or getattr(a.error, "permanent", False)
+                             for a in self.attempts)
