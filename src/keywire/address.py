@@ -198,9 +198,8 @@ class _Parser:
         port_text, certhash = parts
         if not _CERTHASH.fullmatch(certhash):
             return None
-        if not port_text.isdigit() or port_text != str(int(port_text)) or not (
-            1 <= int(port_text) <= 65535
-        ):
+        decimal = port_text.isascii() and port_text.isdigit()
+        if not decimal or port_text != str(int(port_text)) or not 1 <= int(port_text) <= 65535:
             at = offset + len(raw) - len(certhash) - 1 - len(port_text)
             raise self.fail(at, "a decimal port from 1 to 65535")
         return Section("kps", (host, port_text, certhash), None, bare=True)
@@ -306,7 +305,7 @@ def split_host_port(section: Section, *, allow_zero: bool = False) -> tuple[str,
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     low = 0 if allow_zero else 1
-    if not port_text.isdigit() or not low <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
         raise AddressError(format_section(section), len(format_section(section)) - len(port_text),
                            f"a decimal port from {low} to 65535")
     return host, int(port_text)

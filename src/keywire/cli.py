@@ -40,7 +40,7 @@ from .stream import Connection, Stream
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 #: what ``keywire listen`` serves when given no spec
-DEFAULT_LISTEN = ("net:0.0.0.0:0~shs~mux", "ws://0.0.0.0:0~shs~mux")
+DEFAULT_LISTEN = ("kps:0.0.0.0:0", "net:0.0.0.0:0~shs~mux", "ws://0.0.0.0:0~shs~mux")
 #: optional subcommand modules; each has ``add_parser(subparsers)``
 COMMAND_MODULES: tuple[str, ...] = ("keywire.link.cli",)
 SCOPE_ORDER = (Scope.PUBLIC, Scope.PRIVATE, Scope.DEVICE)
@@ -120,9 +120,19 @@ def stream_handler(args: argparse.Namespace) -> Any:
     return echo_stream
 
 
+async def echo_datagrams(conn: Connection) -> None:
+    """Send every datagram back (echo mode, on transports that have datagrams)."""
+    with contextlib.suppress(KeywireError):
+        while True:
+            conn.send_datagram(await conn.receive_datagram())
+
+
 async def serve_streams(conn: Connection, handle: Any, verbose: bool) -> None:
     """Run ``handle`` for every stream of ``conn`` until the connection ends."""
     tasks: set[asyncio.Task[None]] = set()
+    datagrams: asyncio.Future[None] | None = None
+    if handle is echo_stream and conn.max_datagram_size is not None:
+        datagrams = asyncio.ensure_future(echo_datagrams(conn))
 
     async def one(stream: Stream) -> None:
         try:
@@ -134,12 +144,16 @@ async def serve_streams(conn: Connection, handle: Any, verbose: bool) -> None:
             status(f"stream from {conn.address} failed: {exc}")
             stream.reset(Code.INTERNAL_ERROR)
 
-    async for stream in conn:
-        task = asyncio.ensure_future(one(stream))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        async for stream in conn:
+            task = asyncio.ensure_future(one(stream))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if datagrams is not None:
+            datagrams.cancel()
 
 
 def print_qr(text: str) -> None:
@@ -177,10 +191,15 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     status(f"dial with: keywire dial '{address}'")
     if args.qr or (args.qr is None and sys.stderr.isatty()):
         print_qr(address)
+    demo = None
     try:
         if args.stdio:
             return await listen_stdio(server)
         handle = stream_handler(args)
+        if args.web:
+            demo, demo_handle = await start_demo(server, args.web)
+            if handle is echo_stream:
+                handle = demo_handle
 
         async def on_connection(conn: Connection) -> None:
             if not args.quiet:
@@ -190,7 +209,23 @@ async def cmd_listen(args: argparse.Namespace) -> int:
         await server.serve(on_connection)
         return EXIT_OK
     finally:
+        if demo is not None:
+            await demo.close()
         await server.close()
+
+
+async def start_demo(server: Server, spec: str) -> tuple[Any, Any]:
+    """``--web HOST:PORT``: the echo and chat page, dialing this listener's kps address."""
+    from .webrtc.demo import DemoApp, serve_demo
+
+    kps = [a for s in SCOPE_ORDER[::-1] for a in server.addresses(s).alternatives
+           if a.transport.name == "kps"]
+    if not kps:
+        raise KeywireError("--web needs a kps: listen spec (the page dials it over WebRTC)")
+    host, _, port = spec.rpartition(":")
+    demo = await serve_demo(host.strip("[]") or "127.0.0.1", int(port), str(kps[0]))
+    status(f"demo page: {demo.url} (open it in a browser)")
+    return demo, DemoApp().handle_stream
 
 
 async def listen_stdio(server: Server) -> int:
@@ -381,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print a QR code of the address on stderr (default: when a terminal)")
     qr.add_argument("--no-qr", dest="qr", action="store_false", help="never print a QR code")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-connection status lines")
+    p.add_argument("--web", metavar="HOST:PORT",
+                   help="kps specs: serve a demo page (echo and chat over WebRTC) over HTTP")
     p.add_argument("--pairing-code", nargs="?", const=True, metavar="CODE",
                    help="Link specs: open a one-time pairing code (random, or CODE) and print "
                         "it with a QR code of address + code on stderr")

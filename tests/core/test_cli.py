@@ -109,8 +109,15 @@ async def test_bad_key_file(tmp_path: Path) -> None:
     assert code == 2 and b"no P-256" in err
 
 
-async def test_listen_default_specs_need_shs() -> None:
-    """With no SPEC, the listener serves its embedded defaults and prints the address."""
+async def test_listen_defaults_serve_kps_net_and_ws() -> None:
+    """With no SPEC (the README's first command) the listener serves its embedded defaults;
+    every alternative it prints is dialable and echoes."""
     async with listener("--scope", "device") as (address, _):
         alts = address.split(";")
-        assert alts[0].startswith("net:127.0.0.1:") and "~shs:" in alts[0]
+        assert [a.split(":", 1)[0] for a in alts] == ["kps", "net", "ws"]
+        assert alts[0].startswith("kps:127.0.0.1:")
+        assert "~shs:" in alts[1] and alts[1].endswith("~mux")
+        assert alts[2].startswith("ws://127.0.0.1:") and alts[2].endswith("~mux")
+        for alt in alts:
+            code, out, err = await run("dial", alt, stdin=b"default " + alt.encode())
+            assert (code, out) == (0, b"default " + alt.encode()), err

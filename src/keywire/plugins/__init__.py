@@ -18,6 +18,7 @@ BUILTIN: tuple[str, ...] = (
     "shs.transform",
     "mux.transform",
     "link.handler",
+    "kps",
 )
 
 

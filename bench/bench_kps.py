@@ -1,0 +1,466 @@
+"""KPS over QUIC: throughput, handshake latency, many streams, datagrams — as ratios.
+
+Every figure is measured in the same run as its reference:
+
+* one stream of ``--size-mb`` MB, client → server, over keywire ``kps:`` vs bare qh3 with the
+  same settings (ALPN h3, pinned by ``assert_fingerprint``, the same windows and packet size,
+  backpressure on ``get_send_buffer_size``), twice: a minimal driver of ``QuicConnection`` on
+  qh3's batched UDP transport (what keywire's shell adds) and qh3's own asyncio
+  ``serve``/``connect`` (what an application using qh3 directly gets); and raw TCP;
+* handshake p50/p99 over ``--connects`` sequential dials, keywire vs bare qh3;
+* ``--streams`` concurrent request/response streams (100 B each way) on one connection;
+* datagrams per second at 1,000 bytes (``--datagrams`` sent as fast as the sender can).
+
+Servers run in a child process (``--serve MODE``) so client and server do not share one
+event loop. Sizes are modest by default; the issue's sizes are
+``--size-mb 256 --connects 200 --streams 1000 --datagrams 50000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qh3._hazmat import pull_quic_header
+from qh3.asyncio import QuicConnectionProtocol, connect, serve
+from qh3.asyncio._transport import create_optimized_datagram_transport
+from qh3.quic import events as qe
+from qh3.quic.connection import QuicConnection
+
+from keywire.identity import Identity
+from keywire.kps import KpsConnection, KpsListener, KpsSettings, dial
+from keywire.kps.quic import client_configuration, server_configuration
+
+CHUNK = 64 << 10
+SETTINGS = KpsSettings()
+
+
+# -- servers (child process) ----------------------------------------------------------------------
+async def _kps_sink(conn: KpsConnection) -> None:
+    async def one(stream: Any) -> None:
+        with contextlib.suppress(Exception):
+            total = 0
+            first = await stream.read(1)
+            if first == b"E":  # echo mode: request/response streams
+                data = await stream.read_all()
+                await stream.write(data)
+                await stream.close_write()
+                return
+            total += len(first)
+            while chunk := await stream.read():
+                total += len(chunk)
+            await stream.write(str(total).encode())
+            await stream.close_write()
+
+    async def datagrams() -> None:
+        with contextlib.suppress(Exception):
+            count = 0
+            while True:
+                data = await conn.receive_datagram()
+                count += 1
+                if data.startswith(b"COUNT"):
+                    stream = await conn.open_stream()
+                    await stream.write(str(count - 1).encode())
+                    await stream.close_write()
+
+    tasks = {asyncio.ensure_future(datagrams())}
+    async for stream in conn:
+        task = asyncio.ensure_future(one(stream))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+class BareServer(QuicConnectionProtocol):
+    """Bare qh3: counts stream bytes and answers the total on FIN."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.totals: dict[int, int] = {}
+
+    def quic_event_received(self, event: qe.QuicEvent) -> None:
+        if isinstance(event, qe.StreamDataReceived):
+            total = self.totals.get(event.stream_id, 0) + len(event.data)
+            self.totals[event.stream_id] = total
+            if event.end_stream:
+                self._quic.send_stream_data(event.stream_id, str(total).encode(), True)
+                self.transmit()
+
+
+class MinimalDriver(asyncio.DatagramProtocol):
+    """The least code that drives a qh3 ``QuicConnection`` on qh3's batched UDP transport.
+
+    One connection per socket, no streams API: the reference for what keywire's shell costs
+    on identical I/O (server: counts bytes and answers the total on FIN; client: sends).
+    """
+
+    def __init__(self, config: Any, remote: Any = None) -> None:
+        self.config = config
+        self.quic: QuicConnection | None = None
+        self.transport: Any = None
+        self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = None
+        self.remote = remote
+        self.totals: dict[int, int] = {}
+        self.sent = asyncio.Event()
+        self.reply = bytearray()
+        self.done = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def start_client(self) -> None:
+        self.quic = QuicConnection(configuration=self.config)
+        self.quic.connect(self.remote, self.loop.time())
+        self.flush()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams_received([data], addr)
+
+    def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
+        if self.quic is None:
+            dcid = pull_quic_header(datagrams[0], 0, 8)[3]
+            self.quic = QuicConnection(configuration=self.config,
+                                       original_destination_connection_id=dcid)
+            self.remote = addr
+        self.quic.receive_many_datagrams(datagrams, addr, self.loop.time())
+        self.handle_events()
+        self.flush()
+
+    def handle_events(self) -> None:
+        assert self.quic is not None
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, qe.HandshakeCompleted):
+                self.connected.set()
+            elif isinstance(event, qe.StreamDataReceived):
+                if self.config.is_client:
+                    self.reply.extend(event.data)
+                    if event.end_stream:
+                        self.done.set()
+                    continue
+                total = self.totals.get(event.stream_id, 0) + len(event.data)
+                self.totals[event.stream_id] = total
+                if event.end_stream:
+                    self.quic.send_stream_data(event.stream_id, str(total).encode(), True)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        assert self.quic is not None
+        self.quic.handle_timer(self.loop.time())
+        self.handle_events()
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.quic is not None
+        out = [data for data, _ in self.quic.datagrams_to_send(self.loop.time())]
+        if out:
+            self.transport.sendto_many(out, self.remote)
+        if self.timer is not None:
+            self.timer.cancel()
+        deadline = self.quic.get_timer()
+        self.timer = None if deadline is None else self.loop.call_at(deadline, self.on_timer)
+        self.sent.set()
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def run_server(mode: str, key: str) -> None:
+    identity = Identity.load(key)
+    if mode == "kps":
+        listener = KpsListener(identity, SETTINGS, _kps_sink)
+        await listener.start("127.0.0.1", 0)
+        port = listener.port
+    elif mode == "minimal":
+        loop = asyncio.get_running_loop()
+        sock = _udp_socket()
+        port = sock.getsockname()[1]
+        await create_optimized_datagram_transport(
+            loop, lambda: MinimalDriver(server_configuration(identity, SETTINGS)), sock=sock)
+    elif mode == "qh3":
+        server = await serve("127.0.0.1", 0, configuration=server_configuration(identity,
+                                                                                SETTINGS),
+                             create_protocol=BareServer)
+        port = server._transport.get_extra_info("sockname")[1]
+    else:
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            total = 0
+            while chunk := await reader.read(1 << 20):
+                total += len(chunk)
+            writer.write(str(total).encode())
+            await writer.drain()
+            writer.close()
+
+        tcp = await asyncio.start_server(sink, "127.0.0.1", 0)
+        port = tcp.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+@contextlib.asynccontextmanager
+async def child_server(mode: str, key: str):  # type: ignore[no-untyped-def]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", mode, "--key", key,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    port = int((await proc.stdout.readline()).decode())
+    try:
+        yield port
+    finally:
+        proc.stdin.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 3)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# -- clients -------------------------------------------------------------------------------------
+class BareClient(QuicConnectionProtocol):
+    """Bare qh3 client: wakes the sender after each transmit; collects the reply."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent = asyncio.Event()
+        self.reply = bytearray()
+        self.done = asyncio.Event()
+
+    def transmit(self) -> None:
+        super().transmit()
+        self.sent.set()
+
+    def quic_event_received(self, event: qe.QuicEvent) -> None:
+        if isinstance(event, qe.StreamDataReceived):
+            self.reply.extend(event.data)
+            if event.end_stream:
+                self.done.set()
+
+
+def bare_client_config(identity: Identity) -> Any:
+    return client_configuration(identity.cert_digest, SETTINGS)
+
+
+async def throughput_kps(port: int, identity: Identity, payload: bytes) -> float:
+    conn = await dial("127.0.0.1", port, identity.certhash, SETTINGS)
+    stream = await conn.open_stream()
+    started = time.perf_counter()
+    view = memoryview(payload)
+    for offset in range(0, len(payload), CHUNK):
+        await stream.write(view[offset:offset + CHUNK])
+    await stream.close_write()
+    reply = await stream.read_all()
+    elapsed = time.perf_counter() - started
+    assert int(reply) == len(payload), reply
+    await conn.close()
+    return len(payload) / elapsed / 1e6
+
+
+async def throughput_qh3(port: int, identity: Identity, payload: bytes) -> float:
+    limit = SETTINGS.send_buffer
+    async with connect("127.0.0.1", port, configuration=bare_client_config(identity),
+                       create_protocol=BareClient) as client:
+        assert isinstance(client, BareClient)
+        quic = client._quic
+        stream_id = quic.get_next_available_stream_id()
+        started = time.perf_counter()
+        view = memoryview(payload)
+        offset = 0
+        while offset < len(payload):
+            buffered = quic.get_send_buffer_size(stream_id)
+            if buffered > limit // 2:
+                client.sent.clear()
+                await client.sent.wait()
+                continue
+            for _ in range(max(1, (limit - buffered) // CHUNK)):
+                if offset >= len(payload):
+                    break
+                quic.send_stream_data(stream_id, view[offset:offset + CHUNK])
+                offset += CHUNK
+            client.transmit()
+            await asyncio.sleep(0)
+        quic.send_stream_data(stream_id, b"", end_stream=True)
+        client.transmit()
+        await client.done.wait()
+        elapsed = time.perf_counter() - started
+        assert int(client.reply) == len(payload)
+    return len(payload) / elapsed / 1e6
+
+
+async def throughput_minimal(port: int, identity: Identity, payload: bytes) -> float:
+    limit = SETTINGS.send_buffer
+    loop = asyncio.get_running_loop()
+    transport, driver = await create_optimized_datagram_transport(
+        loop, lambda: MinimalDriver(bare_client_config(identity), ("127.0.0.1", port)),
+        sock=_udp_socket())
+    assert isinstance(driver, MinimalDriver)
+    driver.start_client()
+    await driver.connected.wait()
+    quic = driver.quic
+    assert quic is not None
+    stream_id = quic.get_next_available_stream_id()
+    started = time.perf_counter()
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(payload):
+        room = limit - quic.get_send_buffer_size(stream_id)
+        if room <= 0:
+            driver.sent.clear()
+            await driver.sent.wait()
+            continue
+        quic.send_stream_data(stream_id, view[offset:offset + room])
+        offset += room
+        driver.flush()
+        await asyncio.sleep(0)
+    quic.send_stream_data(stream_id, b"", end_stream=True)
+    driver.flush()
+    await driver.done.wait()
+    elapsed = time.perf_counter() - started
+    assert int(driver.reply) == len(payload)
+    quic.close()
+    driver.flush()
+    transport.close()
+    return len(payload) / elapsed / 1e6
+
+
+async def throughput_tcp(port: int, payload: bytes) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.perf_counter()
+    view = memoryview(payload)
+    for offset in range(0, len(payload), CHUNK):
+        writer.write(view[offset:offset + CHUNK])
+        await writer.drain()
+    writer.write_eof()
+    reply = await reader.read()
+    elapsed = time.perf_counter() - started
+    assert int(reply) == len(payload)
+    writer.close()
+    return len(payload) / elapsed / 1e6
+
+
+async def handshakes_kps(port: int, identity: Identity, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn = await dial("127.0.0.1", port, identity.certhash, SETTINGS)
+        times.append(time.perf_counter() - started)
+        await conn.close(1)
+    return times
+
+
+async def handshakes_qh3(port: int, identity: Identity, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        async with connect("127.0.0.1", port, configuration=bare_client_config(identity)) as c:
+            times.append(time.perf_counter() - started)
+            c.close()
+    return times
+
+
+async def many_streams(port: int, identity: Identity, count: int) -> float:
+    conn = await dial("127.0.0.1", port, identity.certhash, SETTINGS)
+    request = b"E" + b"q" * 99
+
+    async def one() -> None:
+        stream = await conn.open_stream()
+        await stream.write(request)
+        await stream.close_write()
+        assert await stream.read_all() == request[1:]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    elapsed = time.perf_counter() - started
+    await conn.close()
+    return elapsed
+
+
+async def datagram_rate(port: int, identity: Identity, count: int) -> tuple[float, float]:
+    conn = await dial("127.0.0.1", port, identity.certhash, SETTINGS)
+    payload = b"d" * 1000
+    started = time.perf_counter()
+    for i in range(count):
+        conn.send_datagram(payload)
+        if i % 32 == 31:
+            await asyncio.sleep(0)
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(0.3)
+    conn.send_datagram(b"COUNT")
+    stream = await asyncio.wait_for(conn.accept_stream(), 5)
+    received = int(await stream.read_all())
+    await conn.close()
+    return count / elapsed, received / count
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    identity = Identity.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        key = str(Path(tmp) / "bench.pem")
+        identity.save(key)
+        payload = os.urandom(args.size_mb << 20)
+        modes = ("minimal", "qh3", "kps", "tcp")
+        rates: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(args.rounds):
+            for mode in modes:
+                async with child_server(mode, key) as port:
+                    if mode == "kps":
+                        rates[mode].append(await throughput_kps(port, identity, payload))
+                    elif mode == "qh3":
+                        rates[mode].append(await throughput_qh3(port, identity, payload))
+                    elif mode == "minimal":
+                        rates[mode].append(await throughput_minimal(port, identity, payload))
+                    else:
+                        rates[mode].append(await throughput_tcp(port, payload))
+        kps, qh3, minimal, tcp = (statistics.median(rates[m])
+                                  for m in ("kps", "qh3", "minimal", "tcp"))
+        print(f"throughput, one stream of {args.size_mb} MB (median of {args.rounds}):")
+        print(f"  kps {kps:.1f} MB/s | qh3 minimal driver {minimal:.1f} MB/s | "
+              f"qh3 asyncio serve/connect {qh3:.1f} MB/s | raw TCP {tcp:.1f} MB/s")
+        print(f"  kps / qh3 minimal = {kps / minimal:.3f}   kps / qh3 asyncio = {kps / qh3:.3f}"
+              f"   kps / TCP = {kps / tcp:.4f}")
+
+        async with child_server("qh3", key) as port:
+            bare = await handshakes_qh3(port, identity, args.connects)
+        async with child_server("kps", key) as port:
+            ours = await handshakes_kps(port, identity, args.connects)
+            streams_s = await many_streams(port, identity, args.streams)
+            sent_rate, delivered = await datagram_rate(port, identity, args.datagrams)
+        print(f"handshake over {args.connects} connects (ms):")
+        print(f"  kps p50 {pct(ours, .5) * 1e3:.2f} p99 {pct(ours, .99) * 1e3:.2f}   "
+              f"bare qh3 p50 {pct(bare, .5) * 1e3:.2f} p99 {pct(bare, .99) * 1e3:.2f}")
+        print(f"  p50 ratio kps / bare qh3 = {pct(ours, .5) / pct(bare, .5):.3f}")
+        print(f"{args.streams} concurrent request/response streams on one connection: "
+              f"{streams_s * 1e3:.0f} ms ({args.streams / streams_s:.0f} streams/s)")
+        print(f"datagrams of 1000 B: {sent_rate:.0f} sent/s, {delivered:.1%} delivered")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=32)
+    parser.add_argument("--connects", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--datagrams", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--serve", choices=("kps", "qh3", "minimal", "tcp"))
+    parser.add_argument("--key")
+    arguments = parser.parse_args()
+    if arguments.serve:
+        asyncio.run(run_server(arguments.serve, arguments.key))
+    else:
+        asyncio.run(main(arguments))

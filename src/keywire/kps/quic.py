@@ -1,0 +1,193 @@
+"""qh3 adapted to KPS: configurations, the in-handshake certhash pin, and receive-credit gating.
+
+Three things qh3 2.1 does not offer through its public API, each done here in one place:
+
+* **Receive windows tied to reading.** qh3's native core grants flow-control credit when a
+  ``StreamDataReceived`` event is *popped* from the core (``poll_event`` consumes credit), and its
+  facade pops every event right after each packet. ``GatedQuicConnection`` stops that popping
+  while the application holds ``connection_window`` unread bytes, so connection-level credit
+  advances only as the application reads (the per-stream window still advances on delivery; see
+  docs/kps.md). Packets are still decrypted and acknowledged while gated.
+* **A configurable stream limit.** The facade hard-codes ``initial_max_streams_bidi = 100`` in
+  both the native core and the transport parameters; ``max_streams`` replaces it in both.
+* **A constant-time pin.** ``assert_fingerprint`` compares with ``!=``; the client also wraps the
+  TLS CertificateVerify step with an ``hmac.compare_digest`` check and records what the server
+  presented, so a mismatch can name both hashes. Both run before the client's Finished, i.e.
+  before any application data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import qh3.quic.connection as _qh3_connection
+from qh3 import tls
+from qh3._hazmat import Buffer, Certificate
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+
+from ..identity import Identity
+from .settings import KpsSettings
+
+#: KPS's ALPN: looks like HTTP/3 on the wire, names no product
+ALPN = "h3"
+#: RFC 9221 max_datagram_frame_size we advertise
+MAX_DATAGRAM_FRAME = 65536
+#: local connection ids are this long (the dispatcher reads short headers with it)
+CID_LENGTH = 8
+
+# positions in QuicConnectionCore's constructor (qh3 2.1 ``_hazmat.pyi``)
+_CORE_ARGS = 28
+_CORE_MAX_STREAMS_BIDI = 21
+_QH3_MAX_STREAMS_BIDI = 100
+
+
+class _QuietNativeClose(logging.Filter):
+    """qh3 logs every peer close at WARNING; a close is normal for us and is reported as an error
+    object, so those records are dropped rather than printed on every CLI run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Native peer close", "Native protocol error"))
+
+
+logging.getLogger("quic").addFilter(_QuietNativeClose())
+
+
+def server_configuration(identity: Identity, settings: KpsSettings) -> QuicConfiguration:
+    """The listener's configuration: the identity's certificate, ALPN h3, datagrams on."""
+    config = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=[ALPN],
+        connection_id_length=CID_LENGTH,
+        idle_timeout=settings.idle_timeout,
+        max_data=settings.connection_window,
+        max_stream_data=settings.stream_window,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
+        max_datagram_size=settings.max_packet_size,
+        initial_rtt=settings.initial_rtt,
+    )
+    config.certificate = Certificate(identity.certificate_der)
+    config.private_key = tls.load_pem_private_key(identity.private_key_pem)
+    return config
+
+
+def client_configuration(pin: bytes, settings: KpsSettings) -> QuicConfiguration:
+    """The dialer's configuration: no CA, no SNI, the server checked only by ``pin``."""
+    return QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        connection_id_length=CID_LENGTH,
+        idle_timeout=settings.idle_timeout,
+        max_data=settings.connection_window,
+        max_stream_data=settings.stream_window,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
+        max_datagram_size=settings.max_packet_size,
+        initial_rtt=settings.initial_rtt,
+        verify_mode=ssl.CERT_NONE,
+        assert_fingerprint=pin.hex(),
+        server_name=None,
+    )
+
+
+def _core_with_stream_limit(native: Callable[..., Any], limit: int) -> Callable[..., Any]:
+    def build(*args: Any) -> Any:
+        if len(args) == _CORE_ARGS:
+            args = (*args[:_CORE_MAX_STREAMS_BIDI], limit, *args[_CORE_MAX_STREAMS_BIDI + 1:])
+        return native(*args)
+
+    return build
+
+
+def _advertise_stream_limit(bridge: Any, limit: int) -> None:
+    """Make the transport parameters say ``initial_max_streams_bidi = limit`` (qh3: 100)."""
+    original = bridge.serialize_transport_parameters
+
+    def serialize() -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=original()))
+        params.initial_max_streams_bidi = limit
+        out = Buffer(capacity=4096)
+        push_quic_transport_parameters(out, params)
+        return bytes(out.data)
+
+    bridge.serialize_transport_parameters = serialize
+    bridge.tls.handshake_extensions = [
+        (tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, serialize())]
+
+
+class GatedQuicConnection(QuicConnection):
+    """A qh3 connection whose events (and so its receive credit) can be held back."""
+
+    def __init__(self, *, max_streams: int = 100, pin: bytes | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold_events = False
+        self.max_streams = max_streams
+        self.pin = pin
+        #: SHA-256 of the certificate the server presented (client side, once seen)
+        self.presented_digest: bytes | None = None
+
+    # -- receive credit -----------------------------------------------------------------------
+    def _drain_core(self) -> None:
+        core = self._core
+        if self.hold_events and core is not None and core.state == "connected":
+            return
+        super()._drain_core()
+
+    def release_events(self) -> None:
+        """Stop holding; pop what the core queued (granting the credit the reads freed)."""
+        self.hold_events = False
+        if self._core is not None:
+            super()._drain_core()
+
+    @property
+    def established(self) -> bool:
+        return self._core is not None and self._core.state == "connected"
+
+    # -- stream limit -------------------------------------------------------------------------
+    def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
+        # the facade builds its core from this module global; swap it for the one call
+        module: Any = _qh3_connection
+        native = module.QuicConnectionCore
+        module.QuicConnectionCore = _core_with_stream_limit(native, self.max_streams)
+        try:
+            super()._create_core(remote_addr, initial_dcid, now)
+        finally:
+            module.QuicConnectionCore = native
+
+    # -- certhash pin -------------------------------------------------------------------------
+    def _create_tls(self, remote_source_cid: bytes | None) -> Any:
+        bridge = super()._create_tls(remote_source_cid)
+        if self.pin is not None:
+            self._wrap_certificate_verify(bridge.tls, self.pin)
+        if self.max_streams != _QH3_MAX_STREAMS_BIDI:
+            _advertise_stream_limit(bridge, self.max_streams)
+        return bridge
+
+    def _wrap_certificate_verify(self, context: Any, pin: bytes) -> None:
+        original = getattr(context, "_client_handle_certificate_verify", None)
+        if original is None:  # a qh3 without the hook: assert_fingerprint still enforces
+            return
+
+        def check_pin(input_buf: Any) -> None:
+            certificate = getattr(context, "_peer_certificate", None)
+            if certificate is not None:
+                presented = hashlib.sha256(certificate.public_bytes()).digest()
+                self.presented_digest = presented
+                if not hmac.compare_digest(presented, pin):
+                    raise tls.AlertBadCertificate("certificate does not match the pinned certhash")
+            original(input_buf)
+
+        context._client_handle_certificate_verify = check_pin
+
+    def peer_certificate_digest(self) -> bytes | None:
+        """SHA-256 of the server's certificate DER, if the handshake got that far."""
+        if self.presented_digest is not None:
+            return self.presented_digest
+        cert = self.get_peercert()
+        return None if cert is None else hashlib.sha256(cert.public_bytes()).digest()

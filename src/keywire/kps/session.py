@@ -1,0 +1,497 @@
+"""The sans-IO core of one KPS connection: qh3's QUIC state plus KPS's stream lifecycle.
+
+``KpsSession`` takes datagrams, timer ticks and application commands, and returns datagrams to
+send, ``SessionEvent``s and its next deadline. It never touches a socket or the event loop, so
+every mapping rule of KPS §2.4 is testable by moving bytes between two sessions by hand:
+
+=====================  ==========================================
+KPS operation          QUIC frame
+=====================  ==========================================
+close_write            FIN
+stop_sending(c)        STOP_SENDING(c)
+reset(c)               RESET_STREAM(c)
+peer STOP_SENDING(c)   writes fail; RESET_STREAM(c) (qh3 sends it)
+close(c)               CONNECTION_CLOSE, application code c
+=====================  ==========================================
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from qh3.quic import events as qe
+from qh3.quic.connection import QuicConnectionError
+
+from ..errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
+from .quic import GatedQuicConnection
+
+Address = tuple[Any, ...]
+
+#: worst-case bytes around a DATAGRAM payload in a 1-RTT packet: first byte, a 20-byte
+#: destination connection id, a 4-byte packet number, the 16-byte AEAD tag, frame type + length
+DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 3
+#: QUIC transport error CONNECTION_REFUSED (RFC 9000 §20.1)
+CONNECTION_REFUSED = 0x2
+
+
+# -- events -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionEvent:
+    """Base of what a session reports to its shell."""
+
+
+@dataclass(frozen=True)
+class HandshakeDone(SessionEvent):
+    alpn: str | None
+
+
+@dataclass(frozen=True)
+class StreamOpened(SessionEvent):
+    """The peer opened a bidirectional stream (its first frame arrived)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamData(SessionEvent):
+    stream_id: int
+    data: bytes
+    fin: bool
+
+
+@dataclass(frozen=True)
+class StreamReset(SessionEvent):
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True)
+class StopSending(SessionEvent):
+    """The peer asked us to stop sending; the stream's writes now fail with ``code``."""
+
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True)
+class DatagramReceived(SessionEvent):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConnectionIdChanged(SessionEvent):
+    """A local connection id was issued (``added``) or retired; the dispatcher routes by them."""
+
+    cid: bytes
+    added: bool
+
+
+@dataclass(frozen=True)
+class Closed(SessionEvent):
+    """The connection ended. ``kind`` is application, transport or timeout."""
+
+    error: ConnectionClosed
+    kind: str
+
+
+# -- per-stream bookkeeping ------------------------------------------------------------------------
+@dataclass
+class _Halves:
+    send_open: bool = True
+    recv_open: bool = True
+    #: the application stopped reading: later data is dropped, not buffered
+    discarding: bool = False
+
+
+def transport_code(error_code: int) -> Code:
+    """Map a QUIC transport error to the registry (refusal, timeout and the rest)."""
+    if error_code == 0:
+        return Code.NONE
+    if error_code == CONNECTION_REFUSED:
+        return Code.QUEUE_FULL
+    if error_code == 0x1:
+        return Code.INTERNAL_ERROR
+    return Code.PROTOCOL_ERROR
+
+
+class KpsSession:
+    """One KPS connection, sans-IO. All times are the caller's monotonic clock in seconds."""
+
+    def __init__(self, quic: GatedQuicConnection, *, connection_window: int,
+                 max_backlog: int = 100) -> None:
+        self.quic = quic
+        #: peer streams announced but not yet accepted by the application; at ``max_backlog``
+        #: events are held like unread bytes (a peer cannot pile up empty streams)
+        self.backlog = 0
+        self._max_backlog = max_backlog
+        self.is_client = quic.configuration.is_client
+        self._window = connection_window
+        self._events: deque[SessionEvent] = deque()
+        self._streams: dict[int, _Halves] = {}
+        self._unread = 0
+        self._local_close: ConnectionClosed | None = None
+        self.closed: Closed | None = None
+        self.handshake_done = False
+        self._in_timer = False
+        self._ping_uid = 0
+        #: times qh3 failed to build a handshake flight (see ``datagrams_to_send``)
+        self.first_flight_errors = 0
+        self._tls_complete = False
+        self._alpn: str | None = None
+        # peer streams: ids below ``_next_peer`` were announced, except those in ``_skipped``
+        # (a peer may send on stream 8 before stream 4; QUIC opens 4 implicitly)
+        self._next_peer = {False: 1 if self.is_client else 0, True: 3 if self.is_client else 2}
+        self._skipped: set[int] = set()
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def connect(self, addr: Address, now: float) -> None:
+        self.quic.connect(addr, now)
+        self._collect()
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        try:
+            self.quic.receive_datagram(data, addr, now)
+        except QuicConnectionError as exc:
+            self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+        self._collect()
+
+    def receive_datagrams(self, datagrams: list[bytes], addr: Address, now: float) -> None:
+        """A burst from one source: qh3 takes it in one call once the handshake is done."""
+        if len(datagrams) == 1:
+            self.receive_datagram(datagrams[0], addr, now)
+            return
+        try:
+            self.quic.receive_many_datagrams(datagrams, addr, now)
+        except QuicConnectionError as exc:
+            self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+        self._collect()
+
+    def handle_timer(self, now: float) -> None:
+        self._in_timer = True
+        try:
+            self.quic.handle_timer(now)
+            self._collect()
+        except QuicConnectionError as exc:
+            self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+        finally:
+            self._in_timer = False
+
+    def consumed(self, n: int) -> None:
+        """The application read (or dropped) ``n`` received bytes: receive credit may advance."""
+        self._unread = max(0, self._unread - n)
+        self._regate()
+
+    def accepted(self) -> None:
+        """The application took one announced peer stream."""
+        self.backlog = max(0, self.backlog - 1)
+        self._regate()
+
+    def tracks(self, stream_id: int) -> bool:
+        """False once both halves of the stream have ended (its state is gone)."""
+        return stream_id in self._streams
+
+    # -- outputs --------------------------------------------------------------------------------
+    def next_event(self) -> SessionEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        try:
+            return self.quic.datagrams_to_send(now)
+        except QuicConnectionError as exc:
+            if not self.handshake_done and self.closed is None:
+                # qh3 2.1 cannot build a server's first flight when a small ServerHello, the
+                # certificate and several NEW_CONNECTION_IDs must share one padded datagram
+                # (clients that offer no ML-KEM share: aioquic, quic-go). The state survives;
+                # the client's retransmitted Initial gets a flight that fits.
+                self.first_flight_errors += 1
+                return []
+            self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+            return []
+
+    def deadline(self) -> float | None:
+        return self.quic.get_timer()
+
+    @property
+    def unread(self) -> int:
+        return self._unread
+
+    @property
+    def gated(self) -> bool:
+        return self.quic.hold_events
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes of ``stream_id`` queued but not yet sent once."""
+        try:
+            return self.quic.get_send_buffer_size(stream_id)
+        except (QuicConnectionError, ValueError):
+            return 0
+
+    def all_acknowledged(self) -> bool:
+        """Nothing queued and nothing in flight: a clean close loses no stream data."""
+        core = self.quic._core
+        if core is None or self.closed is not None:
+            return True
+        return self.send_buffered_total() == 0 and core.bytes_in_flight == 0
+
+    def send_buffered_total(self) -> int:
+        try:
+            return self.quic.get_send_buffer_size()
+        except (QuicConnectionError, ValueError):
+            return 0
+
+    @property
+    def max_datagram_size(self) -> int:
+        """Largest datagram payload that fits one packet on the current path (0 if none)."""
+        core = self.quic._core
+        if core is None or not self.handshake_done:
+            return 0
+        path_mtu = int(core.active_path[5])
+        limit = path_mtu - DATAGRAM_OVERHEAD
+        peer = getattr(self.quic, "_remote_max_datagram_frame_size", None)
+        if peer is None:
+            return 0
+        return max(0, min(limit, int(peer) - 3))
+
+    # -- commands: streams --------------------------------------------------------------------
+    def can_open_stream(self) -> bool:
+        core = self.quic._core
+        if core is None or not self.handshake_done or self.closed is not None:
+            return False
+        allowed, _, opened, _ = core.stream_limits
+        return bool(opened < allowed)
+
+    def open_stream(self) -> int:
+        """Open a bidirectional stream (check ``can_open_stream`` first)."""
+        self._check_open()
+        stream_id = self.quic.get_next_available_stream_id()
+        self._call(self.quic.send_stream_data, stream_id, b"", False)
+        self._streams[stream_id] = _Halves()
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes | memoryview, fin: bool = False) -> None:
+        halves = self._streams.get(stream_id)
+        if halves is None or not halves.send_open:
+            raise StreamError(Code.CLOSED, f"stream {stream_id} can no longer send")
+        self._check_open()
+        self._call(self.quic.send_stream_data, stream_id, data, fin)
+        if fin:
+            halves.send_open = False
+            self._retire(stream_id, halves)
+
+    def reset(self, stream_id: int, code: int) -> bool:
+        """RESET_STREAM(code) unless the sending half already ended; True if sent."""
+        halves = self._streams.get(stream_id)
+        if halves is None or not halves.send_open or self.closed is not None:
+            return False
+        halves.send_open = False
+        self._call(self.quic.reset_stream, stream_id, code)
+        self._retire(stream_id, halves)
+        return True
+
+    def stop_sending(self, stream_id: int, code: int) -> bool:
+        """STOP_SENDING(code) unless the receiving half already ended; True if sent."""
+        halves = self._streams.get(stream_id)
+        if halves is None or not halves.recv_open or self.closed is not None:
+            return False
+        halves.discarding = True
+        self._call(self.quic.stop_stream, stream_id, code)
+        return True
+
+    # -- commands: datagrams, ping, close -------------------------------------------------------
+    def send_datagram(self, data: bytes) -> None:
+        self._check_open()
+        limit = self.max_datagram_size
+        if len(data) > limit:
+            # never hand qh3 a datagram it cannot fit: it would sit at the head of its queue
+            # and stall the connection ("packet builder capacity exhausted")
+            raise DatagramTooLarge(len(data), limit)
+        self._call(self.quic.send_datagram_frame, data)
+
+    def ping(self) -> None:
+        if self.closed is None and self.quic.established:
+            self._ping_uid += 1
+            self._call(self.quic.send_ping, self._ping_uid)
+
+    def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        """CONNECTION_CLOSE with an application ``code`` (0 clean)."""
+        if self.closed is not None or self._local_close is not None:
+            return
+        self._local_close = ConnectionClosed(code, reason or "closed locally")
+        try:
+            self.quic.close(error_code=int(code), frame_type=None, reason_phrase=reason)
+        except QuicConnectionError:
+            pass
+        if self.quic._core is None:
+            # nothing was ever sent: there is no QUIC state to drain
+            self._finish(Closed(self._local_close, "application"))
+        self._collect()
+
+    def refuse(self) -> None:
+        """Close a just-created server connection with CONNECTION_REFUSED (transport error)."""
+        self._local_close = ConnectionClosed(Code.QUEUE_FULL, "refused: connection limit")
+        try:
+            self.quic.close(error_code=CONNECTION_REFUSED, frame_type=0,
+                            reason_phrase="server busy")
+        except QuicConnectionError:
+            pass
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise self.closed.error
+        if self._local_close is not None:
+            raise self._local_close
+
+    def _call(self, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except QuicConnectionError as exc:
+            self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+            self._check_open()
+        except ValueError as exc:
+            raise StreamError(Code.PROTOCOL_ERROR, f"QUIC refused: {exc}") from None
+
+    def _fail(self, code: Code, reason: str) -> None:
+        if self.closed is None and self._local_close is None:
+            self._local_close = ConnectionClosed(code, reason)
+            try:
+                self.quic.close(error_code=int(code), frame_type=None, reason_phrase=reason[:100])
+            except QuicConnectionError:
+                pass
+            self._finish(Closed(self._local_close, "application"))
+
+    def _finish(self, closed: Closed) -> None:
+        if self.closed is None:
+            self.closed = closed
+            self._events.append(closed)
+
+    def _retire(self, stream_id: int, halves: _Halves) -> None:
+        if not halves.send_open and not halves.recv_open:
+            self._streams.pop(stream_id, None)
+
+    def _regate(self) -> None:
+        if self._unread >= self._window or self.backlog >= self._max_backlog:
+            self.quic.hold_events = True
+        elif self.quic.hold_events:
+            self.quic.release_events()
+            self._collect()
+
+    def _is_local(self, stream_id: int) -> bool:
+        return (stream_id & 1) == (0 if self.is_client else 1)
+
+    def _peer_stream(self, stream_id: int) -> _Halves | None:
+        """State of a stream an event names; creates (and announces) peer-opened streams."""
+        halves = self._streams.get(stream_id)
+        if halves is not None:
+            return halves
+        if self._is_local(stream_id) or not self._first_sight(stream_id):
+            return None
+        if stream_id & 2:
+            # KPS has no unidirectional streams
+            try:
+                self.quic.stop_stream(stream_id, Code.UNSUPPORTED)
+            except (QuicConnectionError, ValueError):
+                pass
+            return None
+        halves = _Halves()
+        self._streams[stream_id] = halves
+        self.backlog += 1
+        self._events.append(StreamOpened(stream_id))
+        return halves
+
+    def _first_sight(self, stream_id: int) -> bool:
+        """True the first time a peer stream id shows up (bounded by the peer's stream limit)."""
+        uni = bool(stream_id & 2)
+        nxt = self._next_peer[uni]
+        if stream_id >= nxt:
+            self._skipped.update(range(nxt, stream_id, 4))
+            self._next_peer[uni] = stream_id + 4
+            return True
+        if stream_id in self._skipped:
+            self._skipped.discard(stream_id)
+            return True
+        return False
+
+    def _collect(self) -> None:
+        """Translate qh3 events into session events."""
+        quic = self.quic
+        while True:
+            event = quic.next_event()
+            if event is None:
+                break
+            if isinstance(event, qe.StreamDataReceived):
+                self._on_data(event)
+            elif isinstance(event, qe.StreamReset):
+                halves = self._peer_stream(event.stream_id)
+                if halves is not None and halves.recv_open:
+                    halves.recv_open = False
+                    self._events.append(StreamReset(event.stream_id, event.error_code))
+                    self._retire(event.stream_id, halves)
+            elif isinstance(event, qe.StopSendingReceived):
+                halves = self._peer_stream(event.stream_id)
+                if halves is not None and halves.send_open:
+                    # qh3 answers STOP_SENDING with RESET_STREAM(same code) itself
+                    halves.send_open = False
+                    self._events.append(StopSending(event.stream_id, event.error_code))
+                    self._retire(event.stream_id, halves)
+            elif isinstance(event, qe.DatagramFrameReceived):
+                self._events.append(DatagramReceived(event.data))
+            elif isinstance(event, qe.HandshakeCompleted):
+                self._alpn = event.alpn_protocol
+                self._tls_complete = True
+            elif isinstance(event, qe.ConnectionIdIssued):
+                self._events.append(ConnectionIdChanged(event.connection_id, True))
+            elif isinstance(event, qe.ConnectionIdRetired):
+                self._events.append(ConnectionIdChanged(event.connection_id, False))
+            elif isinstance(event, qe.ConnectionTerminated):
+                self._on_terminated(event)
+        if self._tls_complete and not self.handshake_done and self.closed is None and (
+                not self.is_client or getattr(quic, "_handshake_confirmed", True)):
+            # a dialer waits for HANDSHAKE_DONE: qh3 2.1 does not send its Handshake-space
+            # probes while the congestion window is full, so 1-RTT data sent before the server
+            # has our Finished could starve a lost Finished's retransmission for good
+            self.handshake_done = True
+            self._events.append(HandshakeDone(self._alpn))
+        if self.closed is None:
+            # a peer's CONNECTION_CLOSE puts qh3 into draining at once but reports
+            # ConnectionTerminated only when draining ends; the ending is known now
+            pending = getattr(quic, "_close_event", None)
+            if isinstance(pending, qe.ConnectionTerminated) and not quic.established:
+                self._on_terminated(pending)
+        if self.closed is None:
+            self._regate()
+
+    def _on_data(self, event: qe.StreamDataReceived) -> None:
+        halves = self._peer_stream(event.stream_id)
+        if halves is None or not halves.recv_open:
+            return
+        if event.end_stream:
+            halves.recv_open = False
+        if not halves.discarding:
+            if event.data:
+                self._unread += len(event.data)
+            self._events.append(StreamData(event.stream_id, event.data, event.end_stream))
+        self._retire(event.stream_id, halves)
+
+    def _on_terminated(self, event: qe.ConnectionTerminated) -> None:
+        if self._local_close is not None:
+            self._finish(Closed(self._local_close, "application"))
+            return
+        core = self.quic._core
+        local_error = core.local_error if core is not None else None
+        reason = event.reason_phrase or ""
+        if self._in_timer and local_error is None and event.frame_type is not None:
+            error = ConnectionClosed(Code.TIMEOUT, reason or "idle timeout")
+            self._finish(Closed(error, "timeout"))
+        elif event.frame_type is None and local_error is None:
+            # CONNECTION_CLOSE 0x1d carries no frame type: the peer application's own code
+            error = ConnectionClosed(event.error_code, reason or "closed by peer", remote=True)
+            self._finish(Closed(error, "application"))
+        else:
+            code = transport_code(event.error_code)
+            where = "local" if local_error is not None else "peer"
+            text = f"QUIC transport error 0x{event.error_code:x} ({where}): {reason}".rstrip(": ")
+            error = ConnectionClosed(code, text, remote=local_error is None)
+            self._finish(Closed(error, "transport"))

@@ -1,0 +1,96 @@
+"""KPS settings: every limit and timer, read from ``Options`` with ``kps.``-prefixed overrides.
+
+One frozen value object so the sans-IO parts get plain numbers and a bad setting fails once, at
+dial or listen time, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..chain import Options
+
+PREFIX = "kps."
+
+
+@dataclass(frozen=True)
+class KpsSettings:
+    """Limits and timers of KPS connections (the defaults follow KPS and quic-go)."""
+
+    #: seconds without any packet before a connection fails with ``timeout``
+    idle_timeout: float = 30.0
+    #: seconds between PINGs on an otherwise quiet connection (0 = no keep-alive)
+    keepalive: float = 0.0
+    #: seconds a handshake may take (dialer and listener)
+    handshake_timeout: float = 5.0
+    #: listener: most connections (including handshakes in progress) at once
+    max_connections: int = 1024
+    #: streams the peer may have open at once (QUIC ``initial_max_streams_bidi``)
+    max_streams: int = 100
+    #: per-stream receive window advertised to the peer, bytes
+    stream_window: int = 1 << 20
+    #: per-connection budget of received bytes the application has not read yet
+    connection_window: int = 8 << 20
+    #: a writer waits while this many bytes of its stream are queued and unsent
+    send_buffer: int = 1 << 20
+    #: datagrams held for ``receive_datagram`` before the oldest is dropped
+    datagram_queue: int = 256
+    #: initial UDP payload size in bytes (a dialer probes for more)
+    max_packet_size: int = 1280
+    #: seconds a clean close waits for queued stream data to be sent and acknowledged
+    close_linger: float = 2.0
+    #: listener: refusals (CONNECTION_REFUSED answers) sent per second at most
+    refusals_per_second: float = 20.0
+    #: seconds assumed for the round trip before one is measured (sets the first PTO)
+    initial_rtt: float = 0.1
+
+    @classmethod
+    def from_options(cls, options: Options) -> KpsSettings:
+        """Defaults, then the shared ``Options`` fields, then ``options.extra['kps.*']``."""
+        values: dict[str, Any] = {
+            "handshake_timeout": options.handshake_timeout,
+            "max_connections": options.max_connections,
+        }
+        known = {f.name: f for f in fields(cls)}
+        for key, value in options.extra.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX):]
+            if name not in known:
+                raise ValueError(f"unknown KPS setting {key!r} (known: "
+                                 f"{', '.join(PREFIX + n for n in sorted(known))})")
+            values[name] = value
+        return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+
+    def __post_init__(self) -> None:
+        positive = ("idle_timeout", "handshake_timeout", "initial_rtt", "max_connections",
+                    "max_streams", "stream_window", "connection_window", "send_buffer",
+                    "datagram_queue")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"kps.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("keepalive", "close_linger", "refusals_per_second"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"kps.{name} must not be negative, got {getattr(self, name)!r}")
+        if not 1200 <= self.max_packet_size <= 65527:
+            raise ValueError(f"kps.max_packet_size must be 1200..65527, got {self.max_packet_size}")
+        if self.max_streams > 1 << 60:
+            raise ValueError("kps.max_streams is above QUIC's limit of 2^60")
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Accept numbers given as text (CLI ``--set kps.idle_timeout=5``); reject anything else."""
+    target = float if kind in (float, "float") else int
+    if isinstance(value, bool):
+        raise ValueError(f"kps.{name} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        if target is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"kps.{name} must be a whole number, got {value!r}")
+        return target(value)
+    if isinstance(value, str):
+        try:
+            return target(value)
+        except ValueError:
+            pass
+    raise ValueError(f"kps.{name} must be a number, got {value!r}")
