@@ -42,7 +42,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 #: what ``keywire listen`` serves when given no spec
 DEFAULT_LISTEN = ("kps:0.0.0.0:0", "net:0.0.0.0:0~shs~mux", "ws://0.0.0.0:0~shs~mux")
 #: optional subcommand modules; each has ``add_parser(subparsers)``
-COMMAND_MODULES: tuple[str, ...] = ("keywire.link.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("keywire.link.cli", "keywire.store.cli")
 SCOPE_ORDER = (Scope.PUBLIC, Scope.PRIVATE, Scope.DEVICE)
 
 

@@ -19,6 +19,7 @@ BUILTIN: tuple[str, ...] = (
     "mux.transform",
     "link.handler",
     "kps",
+    "store.handler",
 )
 
 

@@ -1,0 +1,27 @@
+"""Store streams: a reliable encrypted byte stream over a lossy key-value store.
+
+Katzenpost's key schedule and frames, with a pipelined, acknowledged protocol on top, over
+an in-memory store, the HTTP map server (``keywire map-server``) or Redis. See docs/store.md.
+"""
+
+from __future__ import annotations
+
+from .backend import StoreBackend, StoreError, ValueTooLarge
+from .core import StoreCore
+from .frame import Frame, FrameError, FrameType, Geometry
+from .mapclient import HttpStore
+from .mapserver import MapServer
+from .memory import LossyStore, MemoryStore
+from .params import Mode, StoreParams
+from .persist import StateError, new_state_key
+from .redisstore import RedisStore
+from .schedule import KeySchedule, Role
+from .secret import SecretError, format_secret, generate_secret, parse_secret
+from .stream import StoreConnection, StoreStream
+
+__all__ = [
+    "Frame", "FrameError", "FrameType", "Geometry", "HttpStore", "KeySchedule", "LossyStore",
+    "MapServer", "MemoryStore", "Mode", "RedisStore", "Role", "SecretError", "StateError",
+    "StoreBackend", "StoreConnection", "StoreCore", "StoreError", "StoreParams", "StoreStream",
+    "ValueTooLarge", "format_secret", "generate_secret", "new_state_key", "parse_secret",
+]

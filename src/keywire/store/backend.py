@@ -1,0 +1,48 @@
+"""What a store stream needs from a key-value store (reference §5).
+
+A backend stores a value per 32-byte address: puts are atomic and idempotent, gets do not
+consume, a get may wait (long-poll) for a put, and values have a known size limit. It may lose
+puts silently; the stream's acks and read-backs make up for that.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+ADDRESS_SIZE = 32
+
+
+class StoreError(Exception):
+    """A put or get failed at the store (network, refusal, restart); it may be retried."""
+
+
+class ValueTooLarge(StoreError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"value of {size} bytes exceeds the store's limit of {limit}")
+
+
+def check_address(address: bytes) -> None:
+    if len(address) != ADDRESS_SIZE:
+        raise ValueError(f"store address must be {ADDRESS_SIZE} bytes, got {len(address)}")
+
+
+class StoreBackend(ABC):
+    """One store, shared by any number of streams."""
+
+    #: largest value a put accepts
+    max_value: int = 1 << 20
+    #: text for error messages and logs
+    description: str = "store"
+
+    @abstractmethod
+    async def put(self, address: bytes, value: bytes) -> None:
+        """Store ``value`` at ``address`` (overwrites); raises ``StoreError`` on failure."""
+
+    @abstractmethod
+    async def get(self, address: bytes, wait: float) -> bytes | None:
+        """The value at ``address``, waiting up to ``wait`` seconds for one; None if none."""
+
+    async def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
+        """Release connections; the store's data stays."""

@@ -1,0 +1,88 @@
+"""``keywire map-server``: run the embedded HTTP map server for store streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from .mapserver import MapServer
+
+HELP = "run a map server: the HTTP key-value store that carries store streams"
+DESCRIPTION = """\
+Serve PUT /v1/<64 hex> and long-poll GET /v1/<64 hex>?wait=SECONDS, the store behind
+addresses such as http://HOST:PORT~stream:SECRET. The URL is printed as the first line of
+stdout. Entries expire TTL seconds after their last put; with --db they are kept in SQLite
+and survive a restart.
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "map-server", help=HELP, description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="TCP port; 0 picks a free one (default 0)")
+    parser.add_argument("--db", metavar="PATH", default=None,
+                        help="SQLite file that keeps entries across restarts")
+    parser.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
+                        help="lifetime of an entry after its last put (default 3600)")
+    parser.add_argument("--max-value", type=int, default=1 << 16, metavar="BYTES",
+                        help="largest value accepted, larger puts get 413 (default 65536)")
+    parser.add_argument("--max-bytes", type=int, default=256 << 20, metavar="BYTES",
+                        help="total bytes stored before puts get 507 (default 256 MiB)")
+    parser.add_argument("--max-waiters", type=int, default=4096, metavar="N",
+                        help="long-poll gets waiting at once before 503 (default 4096)")
+    parser.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        print(f"keywire map-server: --port {args.port} is not a port", file=sys.stderr)
+        return 2
+    if args.ttl <= 0 or args.max_value < 1 or args.max_bytes < args.max_value:
+        print("keywire map-server: need --ttl > 0 and 1 <= --max-value <= --max-bytes",
+              file=sys.stderr)
+        return 2
+    server = MapServer(args.host, args.port, ttl=args.ttl, max_value=args.max_value,
+                       max_bytes=args.max_bytes, max_waiters=args.max_waiters, db=args.db)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"keywire map-server: cannot listen on {args.host}:{args.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(server.url, flush=True)
+    print(f"map server: max value {args.max_value} bytes, ttl {args.ttl:g} s"
+          + (f", persisted in {args.db}" if args.db else ", in memory only"), file=sys.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await server.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m keywire.store.cli``) until the main CLI wires it."""
+    parser = argparse.ArgumentParser(prog="keywire")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = asyncio.run(args.func(args))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

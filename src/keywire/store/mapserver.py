@@ -1,0 +1,267 @@
+"""The embedded map server: a small HTTP key-value store that store streams can share.
+
+Protocol (all values opaque, addresses 32 bytes as 64 lowercase or uppercase hex digits):
+
+* ``PUT /v1/<hex>`` with a body of 1..max-value bytes → 204; oversized → 413, bad address → 400,
+  store budget exhausted → 507.
+* ``GET /v1/<hex>?wait=SECONDS`` → 200 with the value; if there is none, the request waits (long
+  poll, at most ``max_wait``) for a put, then 404. Too many waiting gets → 503.
+* ``GET /v1`` → a JSON line with the limits, so clients can check their value size.
+
+Entries expire ``ttl`` seconds after their last put. With ``db`` set, entries are written to
+SQLite and reloaded at start, so a restarted server still has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+
+from .http1 import HttpError, RequestHead, format_response, parse_request_head
+from .maptable import MapTable, TableError
+
+log = logging.getLogger("keywire.store.mapserver")
+
+MAX_WAIT = 60.0
+SWEEP_INTERVAL = 5.0
+#: idle keep-alive connections are closed after this long
+IDLE_TIMEOUT = 120.0
+_BINARY = "application/octet-stream"
+
+
+class MapDatabase:
+    """SQLite persistence of the table (wall-clock expiry, so it survives restarts)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS entries (address BLOB PRIMARY KEY, "
+                         "value BLOB NOT NULL, expires REAL NOT NULL)")
+
+    def rows(self) -> Iterator[tuple[bytes, bytes, float]]:
+        yield from self._db.execute("SELECT address, value, expires FROM entries")
+
+    def put(self, address: bytes, value: bytes, expires: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
+                         (address, value, expires))
+
+    def delete(self, addresses: list[bytes]) -> None:
+        self._db.executemany("DELETE FROM entries WHERE address = ?", [(a,) for a in addresses])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def parse_address(path_tail: str) -> bytes:
+    if len(path_tail) != 64:
+        raise HttpError(400, f"address must be 64 hex digits, got {len(path_tail)} characters")
+    try:
+        return bytes.fromhex(path_tail)
+    except ValueError:
+        raise HttpError(400, "address is not hexadecimal") from None
+
+
+class MapServer:
+    """``await MapServer(...).start()``; ``url`` is where it listens."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: float = 3600.0,
+                 max_value: int = 1 << 16, max_bytes: int = 256 << 20,
+                 max_waiters: int = 4096, max_connections: int = 1024,
+                 db: str | Path | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.table = MapTable(max_value=max_value, ttl=ttl, max_bytes=max_bytes,
+                              max_waiters=max_waiters)
+        self.max_connections = max_connections
+        self._db_path = db
+        self._db: MapDatabase | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._waiters: dict[Hashable, asyncio.Future[None]] = {}
+        self._connections: set[asyncio.Task[None]] = set()
+        self.requests = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> MapServer:
+        if self._db_path is not None:
+            self._db = MapDatabase(self._db_path)
+            loaded = 0
+            now = time.time()
+            for address, value, expires in self._db.rows():
+                try:
+                    loaded += self.table.load([(bytes(address), bytes(value), expires)], now)
+                except TableError as exc:
+                    log.warning("map server: skipping a stored entry: %s", exc)
+            log.info("map server: loaded %d entries from %s", loaded, self._db_path)
+        # a deep backlog: each stream opens a connection per pipelined get at once, and a
+        # dropped SYN costs the client a one-second retransmission
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                  reuse_address=True, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> MapServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            gone = self.table.expire(time.time())
+            if gone and self._db is not None:
+                self._db.delete(gone)
+
+    # -- connections -------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            if len(self._connections) > self.max_connections:
+                writer.write(format_response(503, b"too many connections\n", keep_alive=False,
+                                             content_type="text/plain"))
+                return
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            pass   # close() cancels connection tasks; asyncio's server must not see it
+        except asyncio.LimitOverrunError:
+            with contextlib.suppress(Exception):
+                writer.write(format_response(431, b"request head too long\n", keep_alive=False,
+                                             content_type="text/plain"))
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _one_request(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> bool:
+        """Serve one request; False when the connection should close."""
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                head_bytes = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        self.requests += 1
+        try:
+            head = parse_request_head(head_bytes[:-4])
+            status, body, ctype = await self._handle(head, reader)
+            keep = head.keep_alive
+        except HttpError as exc:
+            status, body, ctype = exc.status, (exc.message + "\n").encode(), "text/plain"
+            keep = False   # the body of a refused request may still be on the wire
+        writer.write(format_response(status, body, keep_alive=keep, content_type=ctype))
+        await writer.drain()
+        return keep
+
+    async def _handle(self, head: RequestHead,
+                      reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+        path = head.path
+        if path in ("/v1", "/v1/"):
+            if head.method != "GET":
+                raise HttpError(405, "only GET on /v1")
+            info = {"service": "keywire map", "max_value": self.table.max_value,
+                    "ttl": self.table.ttl, "max_wait": MAX_WAIT}
+            return 200, (json.dumps(info) + "\n").encode(), "application/json"
+        if path == "/":
+            return 200, b"keywire map server: PUT/GET /v1/<64 hex digits>\n", "text/plain"
+        if not path.startswith("/v1/"):
+            raise HttpError(404, f"no such path {path[:80]!r}")
+        address = parse_address(path[4:])
+        if head.method == "PUT":
+            return await self._put(address, head, reader)
+        if head.method == "GET":
+            if head.content_length > 0:
+                raise HttpError(400, "GET with a body")
+            return await self._get(address, head)
+        raise HttpError(405, f"method {head.method} is not allowed (PUT or GET)")
+
+    async def _put(self, address: bytes, head: RequestHead,
+                   reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+        if head.content_length < 0:
+            raise HttpError(411, "PUT needs a Content-Length")
+        try:
+            self.table.check_put(address, head.content_length)
+        except TableError as exc:
+            raise HttpError(exc.status, str(exc)) from None
+        value = await reader.readexactly(head.content_length)
+        now = time.time()
+        try:
+            woken = self.table.put(address, value, now)
+        except TableError as exc:
+            raise HttpError(exc.status, str(exc)) from None
+        if self._db is not None:
+            self._db.put(address, value, now + self.table.ttl)
+        for token in woken:
+            waiter = self._waiters.get(token)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return 204, b"", _BINARY
+
+    async def _get(self, address: bytes,
+                   head: RequestHead) -> tuple[int, bytes, str]:
+        wait_text = head.query.get("wait", "0")
+        try:
+            wait = float(wait_text)
+        except ValueError:
+            raise HttpError(400, f"wait={wait_text[:20]!r} is not a number") from None
+        if not 0 <= wait < float("inf"):
+            raise HttpError(400, "wait must be a non-negative number of seconds")
+        wait = min(wait, MAX_WAIT)
+        value = self.table.get(address, time.time())
+        if value is None and wait > 0:
+            token = object()
+            try:
+                self.table.add_waiter(address, token)
+            except TableError as exc:
+                raise HttpError(exc.status, str(exc)) from None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[token] = waiter
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await waiter
+            finally:
+                self._waiters.pop(token, None)
+                self.table.remove_waiter(address, token)
+            value = self.table.get(address, time.time())
+        if value is None:
+            return 404, b"", _BINARY
+        return 200, value, _BINARY

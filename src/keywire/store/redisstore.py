@@ -1,0 +1,265 @@
+"""A Redis backend: the shared store that lets any number of machines carry store streams.
+
+* **Put** is one Lua script, so it is atomic: it refuses a value over ``max_value`` (Redis would
+  take 512 MB), ``SET``s it with a TTL (``PX``), and ``PUBLISH``es on the address's channel.
+* **Get** reads the key; on a miss it subscribes to the key's channel, reads again (a put between
+  the first read and the subscription is not missed), and waits for the publish or its timeout.
+  One subscriber connection per backend carries every waiting get: no polling at all.
+* **Memory policy** is the operator's: with ``maxmemory``, use ``volatile-ttl`` or
+  ``volatile-lru`` (every stream key has a TTL); an evicted frame is a lost put to the stream,
+  which retransmits what is unacknowledged, but a frame that was acknowledged and then evicted
+  before the peer restarted from saved state is gone. Persistence (AOF/RDB) decides whether
+  frames survive a Redis restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from .backend import StoreBackend, StoreError, ValueTooLarge, check_address
+
+_PUT_SCRIPT = """
+if string.len(ARGV[1]) > tonumber(ARGV[3]) then
+  return redis.error_reply('TOOLARGE ' .. string.len(ARGV[1]))
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[4], '1')
+return 1
+"""
+
+DEFAULT_TTL = 3600.0
+#: a waiting get reads the key again this often, in case a publish was lost (one GET per
+#: interval per waiting get: a safety net, not a polling loop)
+RECHECK = 2.0
+DEFAULT_MAX_VALUE = 1 << 16
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+
+
+class _Subscriber:
+    """One pub/sub connection shared by every waiting get, re-established after errors.
+
+    A get subscribes to its address's channel and waits for Redis to confirm the subscription
+    before its second read, so a put can never fall between the read and the subscription.
+    Channels nobody waits on are unsubscribed in batches.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pubsub: Any = None
+        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
+        self._confirmed: set[bytes] = set()
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _wake(self, channel: bytes | None) -> None:
+        channels = list(self._waiters) if channel is None else [channel]
+        for ch in channels:
+            for fut in self._waiters.get(ch, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def register(self, channel: bytes) -> asyncio.Future[None]:
+        """A future resolved on the next publish to ``channel`` (or when the connection
+        was lost, so the caller reads again)."""
+        if self._closed:
+            raise StoreError("redis subscriber is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, set()).add(fut)
+        try:
+            await self._subscribed(channel)
+        except BaseException:
+            self.unregister(channel, fut)
+            raise
+        return fut
+
+    async def _subscribed(self, channel: bytes) -> None:
+        if channel in self._confirmed:
+            return
+        pending = self._pending.get(channel)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._pending[channel] = pending
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._client.pubsub()
+                await self._pubsub.subscribe(channel)
+            except (RedisError, OSError) as exc:
+                # never reuse a pub/sub connection that failed once: start over cleanly
+                broken = self._reset(f"subscribe failed: {exc}")
+                if broken is not None:
+                    asyncio.get_running_loop().create_task(_close_quietly(broken))
+                raise StoreError(f"redis subscribe failed: {exc}") from None
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run())
+            self._changed.set()
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(pending)
+        except TimeoutError:
+            raise StoreError("redis did not confirm a subscription in 5 s") from None
+
+    def unregister(self, channel: bytes, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(channel)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[channel]
+
+    def _reset(self, error: str) -> Any:
+        pubsub, self._pubsub = self._pubsub, None
+        self._confirmed.clear()
+        for pending in self._pending.values():
+            if not pending.done():
+                pending.set_exception(StoreError(f"redis subscription lost: {error}"))
+                pending.exception()
+        self._pending.clear()
+        self._wake(None)   # every waiting get reads again
+        return pubsub
+
+    async def _run(self) -> None:
+        last_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            pubsub = self._pubsub
+            if pubsub is None:        # lost: the next get's subscribe makes a new one
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._changed.wait()
+                continue
+            try:
+                if loop.time() - last_sweep > 1.0:
+                    last_sweep = loop.time()
+                    idle = [ch for ch in self._confirmed if ch not in self._waiters]
+                    if idle:
+                        self._confirmed.difference_update(idle)
+                        await pubsub.unsubscribe(*idle)
+                if not pubsub.subscribed:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._changed.wait()
+                    continue
+                connection = pubsub.connection
+                if connection is None or not connection.is_connected:
+                    raise RedisError("pub/sub connection was lost")
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                kind, channel = message.get("type"), message.get("channel")
+                if kind == "message":
+                    self._wake(channel)
+                elif kind == "subscribe":
+                    self._confirmed.add(channel)
+                    pending = self._pending.pop(channel, None)
+                    if pending is not None and not pending.done():
+                        pending.set_result(None)
+            except (RedisError, OSError, RuntimeError) as exc:
+                if self._pubsub is pubsub:
+                    self._reset(f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        old = self._reset("closed")
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()
+
+
+class RedisStore(StoreBackend):
+    """``RedisStore("redis://127.0.0.1:6379/0")``."""
+
+    def __init__(self, url: str, *, max_value: int = DEFAULT_MAX_VALUE,
+                 ttl: float = DEFAULT_TTL, prefix: str = "kw:") -> None:
+        self.url = url
+        self.description = f"redis {url.split('@')[-1]}"
+        self.max_value = max_value
+        self.ttl = ttl
+        self._prefix = prefix.encode()
+        # no silent retries inside redis-py: the stream retries with its own backoff, and a
+        # pub/sub connection that reconnects by itself could miss a publish unnoticed
+        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0,
+                                               max_connections=512,
+                                               retry=Retry(NoBackoff(), 0))
+        self._script = self._client.register_script(_PUT_SCRIPT)
+        self._subscriber = _Subscriber(self._client)
+
+    def _key(self, address: bytes) -> bytes:
+        return self._prefix + b"v:" + address.hex().encode()
+
+    def _channel(self, address: bytes) -> bytes:
+        return self._prefix + b"w:" + address.hex().encode()
+
+    async def put(self, address: bytes, value: bytes) -> None:
+        check_address(address)
+        if len(value) > self.max_value:
+            raise ValueTooLarge(len(value), self.max_value)
+        try:
+            await self._script(keys=[self._key(address)],
+                               args=[value, int(self.ttl * 1000), self.max_value,
+                                     self._channel(address)])
+        except ResponseError as exc:
+            if str(exc).startswith("TOOLARGE"):
+                raise ValueTooLarge(len(value), self.max_value) from None
+            raise StoreError(f"{self.description}: {exc}") from None
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
+
+    async def _read(self, address: bytes) -> bytes | None:
+        try:
+            value = await self._client.get(self._key(address))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    async def get(self, address: bytes, wait: float) -> bytes | None:
+        check_address(address)
+        value = await self._read(address)
+        if value is not None or wait <= 0:
+            return value
+        channel = self._channel(address)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            fut = await self._subscriber.register(channel)
+            try:
+                value = await self._read(address)
+                if value is not None:
+                    return value
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, RECHECK)):
+                        await fut
+            finally:
+                self._subscriber.unregister(channel, fut)
+            if loop.time() >= deadline:
+                return await self._read(address)
+            # woken by a publish, or the safety-net interval passed: read and wait again
+
+    async def close(self) -> None:
+        await self._subscriber.close()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()

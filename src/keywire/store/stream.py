@@ -1,0 +1,384 @@
+"""The asyncio shell around ``StoreCore``: runs its puts and gets against a backend.
+
+One task drives the core: it starts the operations ``poll`` returns (each as its own task, so
+puts and gets are pipelined), feeds their outcomes back, hands received bytes to a
+``ReceiveBuffer`` and sleeps until the core's next deadline or the next outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from ..errors import Code, ConnectionClosed, StreamError, UnsupportedError
+from ..stream import Connection, ReceiveBuffer, RemoteIdentity, Stream
+from .backend import StoreBackend, ValueTooLarge
+from .core import StoreCore
+from .ops import (
+    DataReceived,
+    EndReceived,
+    FrameRejected,
+    GetOp,
+    Op,
+    PutOp,
+    ReadFailed,
+    StoreTrouble,
+    WriteFailed,
+)
+from .params import Mode, StoreParams
+from .persist import open_state, seal_state
+from .schedule import Role
+
+log = logging.getLogger("keywire.store")
+
+#: a put or a read-back that takes longer than this counts as failed (and is retried)
+OP_TIMEOUT = 15.0
+
+
+class StoreStream(Stream):
+    """A reliable byte stream over a key-value store; see ``keywire.store.core``."""
+
+    def __init__(self, core: StoreCore, backend: StoreBackend) -> None:
+        if core.params.value_size > backend.max_value:
+            raise ValueError(f"value size {core.params.value_size} exceeds the limit of "
+                             f"{backend.description} ({backend.max_value} bytes)")
+        self._core = core
+        self._backend = backend
+        self._wake = asyncio.Event()
+        self._recv = ReceiveBuffer(on_consumed=self._consumed)
+        self._waiters: list[asyncio.Future[None]] = []
+        self._ops: dict[asyncio.Task[None], Op] = {}
+        self._write_error: StreamError | None = None
+        self._stopped: ConnectionClosed | None = None
+        self._finished = asyncio.Event()
+        #: the latest rejected frames and store troubles, for diagnostics
+        self.rejections: deque[FrameRejected] = deque(maxlen=64)
+        self.troubles: deque[StoreTrouble] = deque(maxlen=64)
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, backend: StoreBackend, secret: bytes, role: Role, *,
+             params: StoreParams | None = None, mode: Mode = Mode.DUPLEX) -> StoreStream:
+        """Start one end of a stream (call from a running event loop)."""
+        return cls(StoreCore(secret, role, params or StoreParams(), mode), backend)
+
+    @classmethod
+    async def restore(cls, backend: StoreBackend, blob: bytes, key: bytes, *,
+                      params: StoreParams | None = None,
+                      timeout: float = 30.0) -> StoreStream:
+        """Resume from ``save()``; returns once the frames put after that save are found, so
+        ``bytes_written`` says where the application should continue writing from."""
+        now = asyncio.get_running_loop().time()
+        core = StoreCore.from_snapshot(open_state(blob, key), params, now)
+        stream = cls(core, backend)
+        try:
+            async with asyncio.timeout(timeout):
+                while core.recovering and core.failed is None:
+                    await stream._progress()
+        except TimeoutError:
+            await stream.abort()
+            raise TimeoutError(f"restoring the stream: the store did not answer in "
+                               f"{timeout:g} s") from None
+        if core.failed is not None:
+            await stream.abort()
+            raise core.failed
+        return stream
+
+    def save(self, key: bytes) -> bytes:
+        """The whole state, sealed under ``key`` (32 bytes); see ``restore``."""
+        return seal_state(self._core.snapshot(), key)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def core(self) -> StoreCore:
+        return self._core
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes the application has handed to this stream since it began (across restores)."""
+        return self._core.bytes_written
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes the application has read since the stream began (across restores)."""
+        return self._core.bytes_read
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def _consumed(self, n: int) -> None:
+        self._core.consumed(n)
+        self._wake.set()          # gets may have paused on a full read buffer
+
+    # -- Stream contract ---------------------------------------------------------------------
+    async def read(self, n: int = -1) -> bytes:
+        return await self._recv.read(n)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            self._check_write()
+            taken = self._core.write(view)
+            if taken:
+                view = view[taken:]
+                self._wake.set()
+            if view:
+                await self._progress()
+
+    def _check_write(self) -> None:
+        if self._write_error is not None:
+            raise self._write_error
+        if self._stopped is not None:
+            raise StreamError(Code.CLOSED, "stream is stopped")
+
+    async def close_write(self) -> None:
+        if self._write_error is not None or self._stopped is not None:
+            return
+        self._core.close_write()
+        self._wake.set()
+
+    def reset(self, code: int = Code.RESET) -> None:
+        self._core.reset(code)
+        self._wake.set()
+
+    def stop_sending(self, code: int = Code.CANCELLED) -> None:
+        self._core.stop_sending(code)
+        self._pump()
+
+    async def sync(self, acked: bool = False) -> None:
+        """Wait until every byte written is in the store (``acked``: acknowledged by the peer,
+        or for a multicast writer, read back from the store)."""
+        while not (self._core.acked if acked else self._core.flushed):
+            if self._core.failed is not None:
+                raise self._core.failed
+            if self._stopped is not None:
+                raise StreamError(Code.CLOSED, "stream stopped before it was synced")
+            await self._progress()
+
+    async def wait_finished(self) -> None:
+        """Both directions ended and everything is confirmed (the stream then stops)."""
+        await self._finished.wait()
+        if self._core.failed is not None:
+            raise self._core.failed
+
+    async def wait_peer(self) -> None:
+        """Wait until the first frame of the peer has been read."""
+        while not self._core.heard_peer:
+            if self._core.failed is not None:
+                raise self._core.failed
+            if self._stopped is not None or self._finished.is_set():
+                raise StreamError(Code.CLOSED, "stream stopped before the peer was heard")
+            await self._progress()
+
+    async def linger(self, timeout: float) -> bool:
+        """Wait until nothing of ours is unconfirmed (our data and our acks); True if so."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._core.quiescent and self._stopped is None:
+                    if self._core.failed is not None:
+                        return False
+                    await self._progress()
+        except TimeoutError:
+            return False
+        return self._core.quiescent
+
+    async def abort(self, code: int = Code.CANCELLED) -> None:
+        """Stop at once: cancel every store operation (unconfirmed frames stay unconfirmed)."""
+        if self._stopped is None:
+            self._stopped = ConnectionClosed(code, "stream stopped")
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        await self._cancel_ops()
+        error = StreamError(code, "stream stopped")
+        self._recv.fail(error, discard=False)
+        if self._write_error is None:
+            self._write_error = error
+        self._finished.set()
+        self._notify()
+
+    # -- engine ------------------------------------------------------------------------------
+    async def _progress(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pump(self) -> None:
+        for event in self._core.events():
+            if isinstance(event, DataReceived):
+                self._recv.feed(event.data)
+            elif isinstance(event, EndReceived):
+                self._recv.feed_eof()
+            elif isinstance(event, ReadFailed):
+                self._recv.fail(event.error, discard=event.discard)
+            elif isinstance(event, WriteFailed):
+                if self._write_error is None:
+                    self._write_error = event.error
+            elif isinstance(event, FrameRejected):
+                self.rejections.append(event)
+                log.warning("store stream: rejected frame %d: %s", event.index, event.reason)
+            elif isinstance(event, StoreTrouble):
+                self.troubles.append(event)
+                log.info("store stream: %s failed: %s", event.what, event.reason)
+        self._notify()
+
+    async def _run(self) -> None:
+        try:
+            await self._drive()
+        except Exception as exc:  # a bug must end the stream visibly, not hang it
+            log.exception("store stream engine failed")
+            self._core.fail(StreamError(Code.INTERNAL_ERROR, f"store stream engine: {exc!r}"))
+        await self._cancel_ops()
+        self._pump()
+        self._finished.set()
+        self._notify()
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self._core
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            for op in core.poll(now):
+                task = loop.create_task(self._execute(op))
+                self._ops[task] = op
+                task.add_done_callback(self._op_finished)
+            self._pump()
+            if core.finished:
+                break
+            deadline = core.next_deadline()
+            if deadline is None:
+                await self._wake.wait()
+            else:
+                delay = deadline - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+
+    def _op_finished(self, task: asyncio.Task[None]) -> None:
+        self._ops.pop(task, None)
+
+    async def _cancel_ops(self) -> None:
+        tasks = list(self._ops)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _execute(self, op: Op) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(op, PutOp):
+                async with asyncio.timeout(OP_TIMEOUT):
+                    await self._backend.put(op.address, op.value)
+                self._core.put_done(op, None, loop.time())
+            else:
+                assert isinstance(op, GetOp)
+                async with asyncio.timeout(op.wait + OP_TIMEOUT):
+                    value = await self._backend.get(op.address, op.wait)
+                self._core.get_done(op, value, loop.time())
+        except asyncio.CancelledError:
+            raise
+        except ValueTooLarge as exc:   # retrying cannot help
+            self._core.fail(StreamError(Code.TOO_LARGE, f"{self._backend.description}: {exc}"))
+        except Exception as exc:  # every other store failure is retried by the core
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(op, PutOp):
+                self._core.put_done(op, reason, loop.time())
+            else:
+                self._core.get_failed(op, reason, loop.time())
+        self._wake.set()
+
+
+class StoreConnection(Connection):
+    """A connection with exactly one store stream (no multiplexing over a store)."""
+
+    def __init__(self, stream: StoreStream, address: str = "", *, linger: float = 30.0,
+                 owns_backend: StoreBackend | None = None) -> None:
+        self._stream = stream
+        self.address = address
+        self.remote = RemoteIdentity()
+        self._linger = linger
+        self._taken = False
+        self._closed: ConnectionClosed | None = None
+        self._backend = owns_backend
+
+    @property
+    def stream(self) -> StoreStream:
+        return self._stream
+
+    def _take(self) -> Stream:
+        if self._closed is not None:
+            raise self._closed
+        if self._taken:
+            raise UnsupportedError(f"{self.address or 'a store stream'} carries one stream")
+        self._taken = True
+        return self._stream
+
+    async def open_stream(self) -> Stream:
+        return self._take()
+
+    async def accept_stream(self) -> Stream:
+        if self._taken:
+            await self._stream._finished.wait()
+            raise self._closed or ConnectionClosed(Code.NONE, "store stream ended")
+        return self._take()
+
+    async def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        """Clean close: FIN, then wait (up to the linger time) until our data and our acks are
+        confirmed, so nothing is lost; otherwise reset with ``code``."""
+        if self._closed is not None:
+            return
+        self._closed = ConnectionClosed(code, reason or "closed locally")
+        stream = self._stream
+        if code == Code.NONE:
+            await stream.close_write()
+            stream.stop_sending(Code.CLOSED)
+            await stream.linger(self._linger)
+        else:
+            stream.reset(code)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(min(self._linger, 5.0)):
+                    await stream.sync()
+        await stream.abort(Code.CLOSED if code == Code.NONE else code)
+        if self._backend is not None:
+            await self._backend.close()
+
+    async def abort(self, code: int = Code.CANCELLED) -> None:
+        """Stop at once without writing anything more to the store."""
+        if self._closed is None:
+            self._closed = ConnectionClosed(code, "aborted locally")
+        await self._stream.abort(code)
+        if self._backend is not None:
+            await self._backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None or self._stream.finished
+
+    @property
+    def close_error(self) -> ConnectionClosed | None:
+        if self._closed is None and self._stream.finished:
+            failed = self._stream.core.failed
+            if failed is not None:
+                return ConnectionClosed(failed.code, str(failed))
+            return ConnectionClosed(Code.NONE, "store stream ended")
+        return self._closed
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._stream._finished.wait()
+        return self.close_error or ConnectionClosed(Code.NONE)
+
+    @property
+    def transport_name(self) -> str:
+        return "store"
