@@ -1,0 +1,38 @@
+"""Every benchmark in bench/ still runs and prints its ratios (tiny sizes; figures not judged).
+
+The figures themselves are recorded in docs/performance.md from full-size runs; this only keeps
+the scripts from rotting.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CASES = {
+    "bench_shs.py": ["--size-mb", "2", "--connects", "5"],
+    "bench_mux.py": ["--size-mb", "2", "--requests", "50", "--rounds", "1"],
+    "bench_kps.py": ["--size-mb", "2", "--connects", "5", "--streams", "50",
+                     "--datagrams", "200", "--rounds", "1"],
+    "bench_link.py": ["--size-mb", "2", "--hosts", "50", "--intros", "20"],
+    "bench_store.py": ["--size", "200000", "--windows", "1,8", "--losses", "0",
+                       "--backends", "memory,http"],
+    "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
+}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs(script: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *CASES[script]],
+                          capture_output=True, timeout=170, env=env, cwd=ROOT)
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    assert any(word in output.lower() for word in ("×", "ratio", "mb/s")), output[-3000:]
