@@ -25,9 +25,9 @@ apt_install() {
 }
 
 find_python() {
-  local candidates=(python3.13 python3.12)
+  local candidates=(python3.12 python3.13)
   local root="${PYENV_ROOT:-$HOME/.pyenv}"
-  for v in "$root"/versions/3.13* "$root"/versions/3.12*; do
+  for v in "$root"/versions/3.12* "$root"/versions/3.13*; do
     [ -x "$v/bin/python" ] && candidates+=("$v/bin/python")
   done
   candidates+=(python3)
