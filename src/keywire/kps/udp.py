@@ -64,7 +64,7 @@ def looks_like_stun(data: bytes) -> bool:
 def normalize_address(addr: Address) -> Address:
     """``(host, port)`` with a v4-mapped IPv6 host turned into plain IPv4."""
     host = addr[0]
-    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+    if isinstance(host, str) and host.startswith("::ffff:"):
         with contextlib.suppress(ValueError):
             mapped = ipaddress.IPv6Address(host).ipv4_mapped
             if mapped is not None:
