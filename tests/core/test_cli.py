@@ -16,7 +16,11 @@ from .cli_util import listener, run
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("command", [[], ["listen"], ["dial"], ["id"], ["bench"]])
+@pytest.mark.parametrize("command", [
+    [], ["listen"], ["dial"], ["id"], ["bench"], ["relay"], ["pair"], ["credentials"],
+    ["credentials", "list"], ["credentials", "revoke"], ["credentials", "forget"],
+    ["map-server"],
+])
 async def test_help_everywhere(command: list[str]) -> None:
     code, out, _ = await run(*command, "--help")
     assert code == 0
