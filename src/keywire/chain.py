@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,24 @@ class Options:
         if self.identity is None:
             self.identity = Identity.load_or_create()
         return self.identity
+
+
+def prefixed_extra(options: Options, prefix: str, known: Iterable[str]) -> dict[str, Any]:
+    """The ``options.extra`` entries under ``prefix`` (``"kps."``), keyed by bare name.
+
+    A misspelt key must not be silently ignored, so an unknown one is an error that lists the
+    known ones.
+    """
+    names = set(known)
+    out: dict[str, Any] = {}
+    for key, value in options.extra.items():
+        if key.startswith(prefix):
+            name = key[len(prefix):]
+            if name not in names:
+                listed = ", ".join(prefix + n for n in sorted(names))
+                raise ValueError(f"unknown setting {key!r} (known: {listed})")
+            out[name] = value
+    return out
 
 
 PipeHandler = Callable[[Pipe], Awaitable[None]]

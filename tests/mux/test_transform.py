@@ -26,7 +26,7 @@ def test_options_become_a_config() -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ({"mux.windw": 1}, "unknown mux option 'mux.windw'"),
+    ({"mux.windw": 1}, "unknown setting 'mux.windw'"),
     ({"mux.window": 1000}, "bad mux option: mux window must be 262144"),
     ({"mux.keepalive_timeout": 0}, "keepalive_timeout must be positive"),
 ])

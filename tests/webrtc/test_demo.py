@@ -22,7 +22,7 @@ def test_settings_from_options() -> None:
         "webrtc.max_peers": "7", "webrtc.dial": "true", "kps.idle_timeout": 3}))
     assert settings.max_peers == 7 and settings.dial is True
     assert settings.wire.initial_max_streams == 100
-    with pytest.raises(ValueError, match=r"unknown WebRTC setting 'webrtc\.nope'"):
+    with pytest.raises(ValueError, match=r"unknown setting 'webrtc\.nope'"):
         WebRTCSettings.from_options(Options(extra={"webrtc.nope": 1}))
     with pytest.raises(ValueError, match="max_peers"):
         WebRTCSettings(max_peers=0)

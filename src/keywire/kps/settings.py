@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..chain import Options
+from ..chain import Options, prefixed_extra
 
 PREFIX = "kps."
 
@@ -53,14 +53,7 @@ class KpsSettings:
             "max_connections": options.max_connections,
         }
         known = {f.name: f for f in fields(cls)}
-        for key, value in options.extra.items():
-            if not key.startswith(PREFIX):
-                continue
-            name = key[len(PREFIX):]
-            if name not in known:
-                raise ValueError(f"unknown KPS setting {key!r} (known: "
-                                 f"{', '.join(PREFIX + n for n in sorted(known))})")
-            values[name] = value
+        values.update(prefixed_extra(options, PREFIX, known))
         return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..address import Section
-from ..chain import Options, Registry, Transform
+from ..chain import Options, Registry, Transform, prefixed_extra
 from ..errors import KeywireError
 from ..pipe import Pipe
 from ..stream import Connection
@@ -26,12 +26,12 @@ EXTRA_KEYS: dict[str, str] = {
 def config_from_options(options: Options) -> MuxConfig:
     """``max_streams`` from Options, windows and keep-alive from ``options.extra['mux.*']``."""
     fields: dict[str, Any] = {"max_streams": options.max_streams}
-    for key, value in options.extra.items():
-        if key.startswith("mux."):
-            if key not in EXTRA_KEYS:
-                known = ", ".join(sorted(EXTRA_KEYS))
-                raise KeywireError(f"unknown mux option {key!r} (known: {known})")
-            fields[EXTRA_KEYS[key]] = value
+    try:
+        extra = prefixed_extra(options, "mux.", (k[len("mux."):] for k in EXTRA_KEYS))
+    except ValueError as exc:
+        raise KeywireError(f"mux: {exc}") from None
+    for name, value in extra.items():
+        fields[EXTRA_KEYS["mux." + name]] = value
     try:
         return MuxConfig(**fields)
     except (TypeError, ValueError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..chain import Options
+from ..chain import Options, prefixed_extra
 from .ice import GateSettings
 from .wire import WireSettings
 
@@ -53,19 +53,13 @@ class WebRTCSettings:
     def from_options(cls, options: Options | None) -> WebRTCSettings:
         if options is None:
             return cls()
-        known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
-        for key, value in options.extra.items():
-            if key.startswith(PREFIX):
-                name = key[len(PREFIX):]
-                if name not in known:
-                    raise ValueError(f"unknown WebRTC setting {key!r} (known: "
-                                     f"{', '.join(PREFIX + n for n in sorted(known))})")
-                default = getattr(cls(), name)
-                if isinstance(default, bool):
-                    values[name] = value in (True, 1, "1", "true", "yes", "on")
-                else:
-                    values[name] = type(default)(value)
+        for name, value in prefixed_extra(options, PREFIX, (f.name for f in fields(cls))).items():
+            default = getattr(cls(), name)
+            if isinstance(default, bool):
+                values[name] = value in (True, 1, "1", "true", "yes", "on")
+            else:
+                values[name] = type(default)(value)
         return cls(**values)
 
     @property
