@@ -365,6 +365,15 @@ class MuxConnection(Connection):
         self._pump()
 
     # -- tasks ----------------------------------------------------------------------------------
+    def _pipe_failed(self, exc: StreamError | OSError | EOFError) -> None:
+        """The pipe broke under the reader or the writer: the session ends with its code."""
+        self._pipe_dead = True
+        if isinstance(exc, StreamError):
+            self._session.connection_lost(exc.wire_code, f"the pipe failed: {exc}")
+        else:
+            self._session.connection_lost(Code.NETWORK_ERROR, f"the pipe failed: {exc!r}")
+        self._pump()
+
     async def _read_loop(self) -> None:
         session = self._session
         try:
@@ -379,14 +388,8 @@ class MuxConnection(Connection):
                 self._pump()
                 while session.control_backlog > CONTROL_HIGH_WATER and not session.closed:
                     await self._wait_drained()
-        except StreamError as exc:
-            self._pipe_dead = True
-            session.connection_lost(exc.wire_code, f"the pipe failed: {exc}")
-            self._pump()
-        except (OSError, EOFError) as exc:
-            self._pipe_dead = True
-            session.connection_lost(Code.NETWORK_ERROR, f"the pipe failed: {exc!r}")
-            self._pump()
+        except (StreamError, OSError, EOFError) as exc:
+            self._pipe_failed(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must end this connection, not the server
@@ -406,14 +409,8 @@ class MuxConnection(Connection):
                     await self._pipe.write(data)
                 if not session.pending_output:
                     self._output_idle.set()
-        except StreamError as exc:
-            self._pipe_dead = True
-            session.connection_lost(exc.wire_code, f"the pipe failed: {exc}")
-            self._pump()
-        except (OSError, EOFError) as exc:
-            self._pipe_dead = True
-            session.connection_lost(Code.NETWORK_ERROR, f"the pipe failed: {exc!r}")
-            self._pump()
+        except (StreamError, OSError, EOFError) as exc:
+            self._pipe_failed(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
