@@ -173,6 +173,8 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     opts.max_connections = args.max_connections
     if args.pairing_code is not None:
         opts.extra["link.pairing_code"] = args.pairing_code
+    if args.recovery_key is not None:
+        opts.extra["link.recovery_key"] = args.recovery_key
     server = Server(specs, opts)
     try:
         await server.start()
@@ -421,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairing-code", nargs="?", const=True, metavar="CODE",
                    help="Link specs: open a one-time pairing code (random, or CODE) and print "
                         "it with a QR code of address + code on stderr")
+    p.add_argument("--recovery-key", nargs="?", const=True, metavar="KEY",
+                   help="Link specs: accept recover mode with a long-lived recovery key: KEY "
+                        "(at least 100 bits, e.g. 20+ Crockford characters), or with no KEY "
+                        "this host's saved key, else a new one printed once on stderr")
     add_common(p)
     p.set_defaults(func=cmd_listen)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from keywire.address import parse
 from keywire.chain import Options
 from keywire.identity import Identity
+from keywire.link import cli
 from keywire.link.handler import LinkHandler
 from keywire.stream import Connection
 
@@ -27,13 +29,15 @@ class EchoHost:
     connections: list[Connection] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     code_shown: asyncio.Event = field(default_factory=asyncio.Event)
+    #: more ``Options.extra`` for the listen specs (e.g. ``link.recovery_key``)
+    extra: dict[str, object] = field(default_factory=dict)
 
     async def start(self, pairing_code: bool | str = True) -> EchoHost:
         handler = LinkHandler()
         options = Options(identity=Identity.generate(), timeout=5.0,
                           extra={"link.store_dir": str(self.store),
                                  "link.pairing_code": pairing_code,
-                                 "link.on_pairing_code": self._on_code})
+                                 "link.on_pairing_code": self._on_code, **self.extra})
         for url in self.urls:
             listening = await handler.listen(parse(f"{url}~link").alternatives[0], options,
                                              self._serve)
@@ -94,3 +98,10 @@ async def echo_once(conn: Connection, payload: bytes) -> bytes:
         return await asyncio.wait_for(reader, 10)
     finally:
         reader.cancel()
+
+
+def parse_link_cli(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` with the Link subcommands (pair, credentials, relay) as the CLI does."""
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)

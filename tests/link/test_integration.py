@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from pathlib import Path
 
@@ -11,12 +10,12 @@ import pytest
 import keywire
 from keywire.chain import Options, registry
 from keywire.identity import Identity
-from keywire.link import cli
 from keywire.link.handler import LinkHandler
 from keywire.link.store import ClientStore, HostStore
 from keywire.stream import Connection
 
 from .conftest import RelayProcess
+from .helpers import parse_link_cli
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,12 +69,6 @@ async def test_server_and_dial_over_two_relays(relay_factory, tmp_path: Path) ->
         task.cancel()
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 async def test_cli_pair_list_and_revoke(relay: RelayProcess, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     from .helpers import EchoHost
@@ -83,7 +76,7 @@ async def test_cli_pair_list_and_revoke(relay: RelayProcess, tmp_path: Path,
     host = await EchoHost([relay.url], tmp_path / "cfg" / "keywire").start()
     try:
         assert host.code is not None
-        args = _parse(["pair", host.announced, host.code.lower()])
+        args = parse_link_cli(["pair", host.announced, host.code.lower()])
         assert await args.func(args) == 0
         credential = ClientStore().get(host.host.address)
         assert credential is not None
@@ -91,15 +84,15 @@ async def test_cli_pair_list_and_revoke(relay: RelayProcess, tmp_path: Path,
         import os
 
         os.environ["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
-        args = _parse(["credentials", "list"])
+        args = parse_link_cli(["credentials", "list"])
         assert await args.func(args) == 0
         out = capsys.readouterr().out
         assert "device" in out
         key_id = out.split("keyId=")[-1].split()[0]
-        args = _parse(["credentials", "revoke", key_id])
+        args = parse_link_cli(["credentials", "revoke", key_id])
         assert await args.func(args) == 0
         assert HostStore(host.host.address, tmp_path / "cfg" / "keywire").devices() == {}
-        args = _parse(["credentials", "revoke", key_id])
+        args = parse_link_cli(["credentials", "revoke", key_id])
         assert await args.func(args) == 1
     finally:
         await host.close()
@@ -111,19 +104,19 @@ async def test_cli_pair_wrong_code_is_a_clear_failure(relay: RelayProcess, tmp_p
 
     host = await EchoHost([relay.url], tmp_path / "host").start("ZZZZ-ZZZZ")
     try:
-        args = _parse(["pair", host.announced, "ZZZZ-ZZZ0"])
+        args = parse_link_cli(["pair", host.announced, "ZZZZ-ZZZ0"])
         assert await args.func(args) == 1
         assert "wrong code" in capsys.readouterr().err
-        args = _parse(["pair", host.announced, "not a code!"])
+        args = parse_link_cli(["pair", host.announced, "not a code!"])
         assert await args.func(args) == 1
     finally:
         await host.close()
 
 
-def test_relay_flags_and_env_parse() -> None:
+def test_relay_flags_and_envparse_link_cli() -> None:
     from keywire.link.relay import config
 
-    args = _parse(["relay", "--port", "0", "--max-bps", "5", "--trust-proxy"])
+    args = parse_link_cli(["relay", "--port", "0", "--max-bps", "5", "--trust-proxy"])
     cfg = config.load({"LINK_RELAY_IDLE_SEC": "7", "LINK_RELAY_MAX_BPS": "9"}, args)
     assert (cfg.port, cfg.max_bps, cfg.idle_sec, cfg.trust_proxy) == (0, 5, 7.0, True)
     with pytest.raises(ValueError, match="LINK_RELAY_MAX_BPS"):

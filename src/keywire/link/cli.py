@@ -67,22 +67,41 @@ def relay_main(argv: list[str]) -> int:
 def _pair_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("address", help="the host's link address, e.g. "
                         "wss://R1/v1/link~link:ADDRESS;wss://R2/v1/link~link:ADDRESS")
-    parser.add_argument("code", help="the pairing code the host shows (XXXX-XXXX)")
+    parser.add_argument("code", nargs="?", default=None,
+                        help="the pairing code the host shows (XXXX-XXXX); omit it with "
+                        "--recovery-key")
     parser.add_argument("--code-id", default=None, help="the code id, if the host gave one")
-    parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--recovery-key", metavar="KEY", default=None,
+                        help="instead of a code: the host's long-lived recovery key "
+                        "(XXXX-XXXX-…); gets a new credential for this device, replacing any "
+                        "saved one, and the key stays valid")
+    parser.add_argument("--timeout", type=float, default=20.0,
+                        help="seconds for each relay's handshake (default 20)")
     parser.set_defaults(func=run_pair)
 
 
 async def run_pair(args: argparse.Namespace) -> int:
-    from .client import pair
+    from .client import pair, recover
 
+    if (args.code is None) == (args.recovery_key is None):
+        print("keywire pair: give either CODE or --recovery-key KEY", file=sys.stderr)
+        return 2
+    if args.recovery_key is not None and args.code_id is not None:
+        print("keywire pair: --code-id goes with a pairing code, not --recovery-key",
+              file=sys.stderr)
+        return 2
     try:
-        credential, via = await pair(args.address, args.code, code_id=args.code_id,
-                                     timeout=args.timeout)
+        if args.recovery_key is not None:
+            credential, via = await recover(args.address, args.recovery_key,
+                                            timeout=args.timeout)
+        else:
+            credential, via = await pair(args.address, args.code, code_id=args.code_id,
+                                         timeout=args.timeout)
     except (KeywireError, ValueError, OSError) as exc:
         print(f"keywire pair: {exc}", file=sys.stderr)
         return 1
-    print(f"paired with {credential.address} via {via}; credential saved", file=sys.stderr)
+    how = "recovered access to" if args.recovery_key is not None else "paired with"
+    print(f"{how} {credential.address} via {via}; credential saved", file=sys.stderr)
     return 0
 
 
@@ -100,7 +119,7 @@ def _credentials_parser(parser: argparse.ArgumentParser) -> None:
 
 
 async def run_credentials_list(args: argparse.Namespace) -> int:
-    from .store import ClientStore, HostStore
+    from .store import ClientStore, HostStore, RecoveryStore
 
     client = ClientStore()
     for cred in client.all():
@@ -108,6 +127,9 @@ async def run_credentials_list(args: argparse.Namespace) -> int:
     for host in HostStore.all_hosts():
         for key_id, info in host.devices().items():
             print(f"device      host={host.address}  keyId={key_id}  paired={info}")
+        recovery = RecoveryStore(host.address)
+        if recovery.path.exists():
+            print(f"recovery    host={host.address}  a saved recovery key ({recovery.path})")
     return 0
 
 
@@ -140,6 +162,7 @@ def _b64(data: bytes) -> str:
 def add_parser(subparsers: Any) -> None:
     """Add ``relay``, ``pair`` and ``credentials`` to the keywire CLI."""
     _relay_parser(subparsers.add_parser("relay", help="run a Link relay"))
-    _pair_parser(subparsers.add_parser("pair", help="pair with a Link host using its code"))
+    _pair_parser(subparsers.add_parser(
+        "pair", help="pair with a Link host using its code (or its recovery key)"))
     _credentials_parser(subparsers.add_parser("credentials",
                                               help="list or revoke Link credentials"))

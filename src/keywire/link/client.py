@@ -1,6 +1,7 @@
-"""The client side of Link: pair with a code, reconnect with the saved credential, fail over.
+"""The client side of Link: pair with a code (or recover with the host's recovery key),
+reconnect with the saved credential, fail over.
 
-``pair`` and ``connect`` take a multiaddress that lists the host on one or more relays
+``pair``, ``recover`` and ``connect`` take a multiaddress that lists the host on one or more relays
 (``wss://R1/v1/link~link:ADDRESS;wss://R2/v1/link~link:ADDRESS``) and try the relays in order;
 any failure moves on to the next, except a revoked credential, which stops at once.
 """
@@ -8,7 +9,7 @@ any failure moves on to the next, except a revoked credential, which stops at on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed as WsClosed
@@ -16,7 +17,8 @@ from websockets.exceptions import ConnectionClosed as WsClosed
 from ..address import Alternative, MultiAddress, parse
 from ..errors import AddressError, Attempt, DialError, HandshakeError
 from ..stream import RemoteIdentity
-from .handshake import ClientPairing, ClientReconnect, DeviceRevoked, Step
+from .codes import normalise_recovery_key
+from .handshake import ClientPairing, ClientReconnect, ClientRecovery, DeviceRevoked, Step
 from .relayconn import RelayError, introduce
 from .session import LinkPipe, describe_close
 from .spake2 import Spake2Error
@@ -82,8 +84,9 @@ async def run_handshake(url: str, address: str, machine: ClientPairing | ClientR
                     received = await ws.recv()
                 except WsClosed as exc:
                     if isinstance(machine, ClientPairing) and machine.step is Step.CONFIRM:
-                        raise Spake2Error("the host rejected the pairing code (key confirmation "
-                                          "failed): wrong code?") from None
+                        raise Spake2Error(
+                            f"the host rejected the {machine.secret_name} (key confirmation "
+                            f"failed): wrong {machine.secret_short}?") from None
                     raise RelayError(f"during the handshake: {describe_close(exc)}") from None
                 if isinstance(received, str):
                     raise LinkProtocolError("text frame during the Link handshake")
@@ -106,26 +109,35 @@ async def reconnect(url: str, credential: Credential,
                                RemoteIdentity(host_key=credential.host_static))
 
 
-async def pair_via(url: str, address: str, code: str, code_id: bytes | None = None,
-                   timeout: float = HANDSHAKE_TIMEOUT) -> tuple[LinkPipe, Credential]:
-    """Pair through one relay; returns the live session and the new credential."""
-    machine = ClientPairing(code, address, code_id)
-    pipe = await run_handshake(url, address, machine, timeout)
+async def enrol_via(url: str, machine: ClientPairing, timeout: float = HANDSHAKE_TIMEOUT
+                    ) -> tuple[LinkPipe, Credential]:
+    """Run a pairing or recover machine through one relay: the live session and credential."""
+    pipe = await run_handshake(url, machine.address, machine, timeout)
     assert machine.credential is not None
     pipe.remote = RemoteIdentity(host_key=machine.credential.host_static)
     return pipe, machine.credential
 
 
-async def pair(address: str | MultiAddress, code: str, *, code_id: str | bytes | None = None,
-               timeout: float = HANDSHAKE_TIMEOUT,
-               store_dir: Path | None = None) -> tuple[Credential, str]:
-    """Pair with the host using its code, save the credential (0600), and return it."""
+async def pair_via(url: str, address: str, code: str, code_id: bytes | None = None,
+                   timeout: float = HANDSHAKE_TIMEOUT) -> tuple[LinkPipe, Credential]:
+    """Pair through one relay; returns the live session and the new credential."""
+    return await enrol_via(url, ClientPairing(code, address, code_id), timeout)
+
+
+async def recover_via(url: str, address: str, recovery_key: str,
+                      timeout: float = HANDSHAKE_TIMEOUT) -> tuple[LinkPipe, Credential]:
+    """Recover through one relay; returns the live session and the new credential."""
+    return await enrol_via(url, ClientRecovery(recovery_key, address), timeout)
+
+
+async def _enrol(address: str | MultiAddress, make: Callable[[str], ClientPairing],
+                 timeout: float, store_dir: Path | None) -> tuple[Credential, str]:
+    """Try each relay in order (only relay/network failures move on); save what we get."""
     host, urls = relays_of(address)
-    cid = parse_code_id(code_id)
     attempts: list[Attempt] = []
     for url in urls:
         try:
-            pipe, credential = await pair_via(url, host, code, cid, timeout)
+            pipe, credential = await enrol_via(url, make(host), timeout)
         except (RelayError, OSError) as exc:
             attempts.append(Attempt(url, str(exc)))
             continue
@@ -133,6 +145,25 @@ async def pair(address: str | MultiAddress, code: str, *, code_id: str | bytes |
         await pipe.close()
         return credential, url
     raise DialError(str(address), attempts)
+
+
+async def pair(address: str | MultiAddress, code: str, *, code_id: str | bytes | None = None,
+               timeout: float = HANDSHAKE_TIMEOUT,
+               store_dir: Path | None = None) -> tuple[Credential, str]:
+    """Pair with the host using its code, save the credential (0600), and return it."""
+    cid = parse_code_id(code_id)
+    return await _enrol(address, lambda host: ClientPairing(code, host, cid), timeout,
+                        store_dir)
+
+
+async def recover(address: str | MultiAddress, recovery_key: str, *,
+                  timeout: float = HANDSHAKE_TIMEOUT,
+                  store_dir: Path | None = None) -> tuple[Credential, str]:
+    """Get a NEW credential with the host's recovery key (a lost device, a new one), save it
+    (0600, replacing any credential for that host) and return it. The key stays valid."""
+    normalise_recovery_key(recovery_key)  # a malformed or weak key fails before any network
+    return await _enrol(address, lambda host: ClientRecovery(recovery_key, host), timeout,
+                        store_dir)
 
 
 async def connect(address: str | MultiAddress, *, credential: Credential | None = None,

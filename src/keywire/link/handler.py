@@ -1,13 +1,17 @@
 """The ``link`` chain handler: ``ws(s)://RELAY/v1/link~link[:ADDRESS]`` alternatives.
 
 Dialing ``wss://R/v1/link~link:ADDRESS`` reconnects with the saved credential (or pairs first
-when ``Options.extra['link.pairing_code']`` is set) and returns a mux ``Connection``. Listening
+when ``Options.extra['link.pairing_code']`` is set, or recovers with
+``Options.extra['link.recovery_key']``) and returns a mux ``Connection``. Listening
 on ``wss://R/v1/link~link`` registers this identity's host on R; several such specs share one
 host (one address, one set of codes and devices) and each announces its own alternative.
 
 ``Options.extra`` keys: ``link.pairing_code`` (dial: the code; listen: True for a random code
 or a code to use), ``link.code_id`` (dial), ``link.pairing_ttl`` (listen, seconds, default
 900), ``link.on_pairing_code`` (listen: callback(multiaddress, code, code_id) instead of
+printing), ``link.recovery_key`` (dial: recover with this key; listen: a key, or True to reuse
+the saved one or generate one), ``link.recover_concurrency`` (listen, default 4),
+``link.on_recovery_key`` (listen: callback(multiaddress, key) for a generated key instead of
 printing), ``link.store_dir`` (a config directory instead of ``config_dir()``).
 """
 
@@ -26,8 +30,8 @@ from ..errors import AddressError, HandshakeError
 from ..mux.connection import MuxConnection
 from ..mux.transform import config_from_options
 from ..stream import Connection
-from . import client
-from .handshake import PairingCode
+from . import client, codes
+from .handshake import DEFAULT_RECOVER_CONCURRENCY, PairingCode, recovery_scalar
 from .host import LinkHost, host_static_from_identity
 from .noise import public_bytes
 from .session import LinkPipe
@@ -60,6 +64,31 @@ def print_pairing_code(multiaddress: str, code: str, code_id: bytes | None) -> N
         out = io.StringIO()
         qr.print_ascii(out=out, invert=True)
         print(out.getvalue(), file=sys.stderr)
+
+
+def print_recovery_key(multiaddress: str, key: str) -> None:
+    """Show a newly generated recovery key once, on stderr; only its ``w`` is saved."""
+    print(f"recovery key: {key}", file=sys.stderr)
+    print("  (shown once: write it down; it gives any device a new credential, at any time)",
+          file=sys.stderr)
+    print(f"recover with: keywire pair '{multiaddress}' --recovery-key {key}", file=sys.stderr)
+
+
+def recovery_setting(options: Options) -> tuple[str | bool | None, int]:
+    """``link.recovery_key`` and ``link.recover_concurrency``, checked before any network."""
+    key = options.extra.get("link.recovery_key")
+    if key is False:
+        key = None
+    if key is not None and key is not True:
+        if not isinstance(key, str):
+            raise codes.RecoveryKeyError(
+                f"link.recovery_key is a key (text) or True, got {type(key).__name__}")
+        key = codes.normalise_recovery_key(key)
+    raw = options.extra.get("link.recover_concurrency", DEFAULT_RECOVER_CONCURRENCY)
+    cap = int(raw) if isinstance(raw, str) and raw.strip().isdecimal() else raw
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"link.recover_concurrency is a whole number >= 1, got {raw!r}")
+    return key, cap
 
 
 class LinkListening(Listening):
@@ -95,6 +124,7 @@ class LinkHandler(ChainHandler):
         store = ClientStore(_store_dir(options))
         credential = store.get(address)
         code = options.extra.get("link.pairing_code")
+        recovery = options.extra.get("link.recovery_key")
         pipe: LinkPipe
         if credential is not None:
             pipe = await client.reconnect(url, credential, timeout)
@@ -102,9 +132,12 @@ class LinkHandler(ChainHandler):
             code_id = client.parse_code_id(options.extra.get("link.code_id"))
             pipe, credential = await client.pair_via(url, address, code, code_id, timeout)
             store.save(credential, [url])
+        elif isinstance(recovery, str) and recovery:
+            pipe, credential = await client.recover_via(url, address, recovery, timeout)
+            store.save(credential, [url])
         else:
             raise HandshakeError(f"no credential for {address}: pair first (keywire pair "
-                                 "ADDRESS CODE) or dial with a pairing code")
+                                 "ADDRESS CODE) or dial with a pairing code or recovery key")
         return MuxConnection(pipe, client=True, config=config_from_options(options),
                              address=str(alt))
 
@@ -115,6 +148,7 @@ class LinkHandler(ChainHandler):
         identity = options.need_identity()
         static = host_static_from_identity(identity)
         store = _store_dir(options)
+        recovery_key, recover_cap = recovery_setting(options)
         key = (public_bytes(static), str(store))
         host = _hosts.get(key)
         if host is None:
@@ -125,6 +159,14 @@ class LinkHandler(ChainHandler):
         if alt.sections[1].args and alt.sections[1].args != (host.address,):
             raise AddressError(str(alt), len(str(alt.sections[0])) + 1,
                                "'link' with no address (or this host's own) in a listen spec")
+        try:
+            self._configure_recovery(host, recovery_key, recover_cap)
+        except BaseException:
+            if not host.uplinks:
+                _hosts.pop(key, None)
+                _host_handlers.pop(id(host), None)
+                await host.close()
+            raise
         _host_handlers[id(host)].append((url, on_connection, options))
         try:
             await host.add_relay(url, timeout=options.timeout)
@@ -132,6 +174,7 @@ class LinkHandler(ChainHandler):
             _host_handlers[id(host)] = [h for h in _host_handlers[id(host)] if h[0] != url]
             raise
         self._maybe_open_code(host, options)
+        self._maybe_show_recovery_key(host, options)
         return LinkListening(host, key, url, alt.sections[0])
 
     def _dispatcher(self, host: LinkHost) -> Callable[[LinkPipe], Any]:
@@ -148,6 +191,38 @@ class LinkHandler(ChainHandler):
             await on_connection(conn)
 
         return dispatch
+
+    @staticmethod
+    def _configure_recovery(host: LinkHost, key: str | bool | None, cap: int) -> None:
+        """The first listen spec that names a recovery key sets it; a different one later is an
+        error (one host, one key)."""
+        if key is None:
+            return
+        gate = host.ctx.recovery
+        if gate is None:
+            host.set_recovery_key(key, cap, save=False)
+        elif isinstance(key, str) and recovery_scalar(key) != gate.w:
+            raise codes.RecoveryKeyError("link.recovery_key differs between listen specs of "
+                                         "one host (one host has one recovery key)")
+
+    @staticmethod
+    def _maybe_show_recovery_key(host: LinkHost, options: Options) -> None:
+        if host.unsaved_recovery_key is None or host.recovery_key_shown:
+            return
+        host.recovery_key_shown = True
+        callback = options.extra.get("link.on_recovery_key") or print_recovery_key
+
+        def show() -> None:
+            key = host.unsaved_recovery_key
+            if key is None:
+                return
+            urls = list(host.uplinks)
+            alts = [Alternative((Section(u.split(":", 1)[0], (), u),
+                                 Section("link", (host.address,)))) for u in urls]
+            callback(format_address(alts), key)
+            host.save_recovery_key()  # saved only once it was shown, so it is never lost unseen
+
+        asyncio.get_running_loop().call_later(0.3, show)
 
     def _maybe_open_code(self, host: LinkHost, options: Options) -> None:
         wanted = options.extra.get("link.pairing_code")

@@ -2,6 +2,9 @@
 
 * Pairing (mode 1): header + pA → pB → cA → cB + sealed welcome. SPAKE2 with the code as the
   password; the header is the confirmation AAD, so the mode and code id are bound in.
+* Recover (mode 2): the same flow with the host's long-lived recovery key as the password. The
+  key is never burned and failures are never counted (it has ≥100 bits, so guessing is hopeless);
+  only the number of recover runs at once is capped, so a flood cannot tie up the host.
 * Reconnect (mode 3): header + Noise NKpsk0 message 1 → message 2 (or a refusal frame).
 
 Each machine takes whole relayed frames and returns the frames to send; the shell moves them.
@@ -44,6 +47,7 @@ from .wire import (
 )
 
 MAX_PAIR_ATTEMPTS = 5
+DEFAULT_RECOVER_CONCURRENCY = 4
 CONFIRM_SIZE = 32
 
 
@@ -57,9 +61,55 @@ class PairingRefused(HandshakeError):
     """The host has no live code for this attempt (unknown id, spent, expired or locked)."""
 
 
+class RecoveryUnavailable(PairingRefused):
+    """The host has no recovery key, so it refuses recover mode."""
+
+
+class RecoverBusy(PairingRefused):
+    """The host is already running its maximum of recover handshakes; try again shortly."""
+
+
 def password_scalar(code: str) -> int:
     """SPAKE2's ``w`` from a code, after normalising it as a person would have typed it."""
     return scalar_from_password(codes.normalise(code).encode(), SPAKE2_W_INFO, 40)
+
+
+def recovery_scalar(key: str) -> int:
+    """SPAKE2's ``w`` from a recovery key (normalised; weak keys raise ``RecoveryKeyError``)."""
+    return scalar_from_password(codes.normalise_recovery_key(key).encode(), SPAKE2_W_INFO, 40)
+
+
+@dataclass(eq=False)
+class RecoveryGate:
+    """The host's recovery key, kept only as SPAKE2's ``w``, and its concurrency cap.
+
+    Nothing is counted per failure: a wrong guess is refunded like a timeout, so no one can
+    lock the owner out. ``reserve`` takes one of ``max_concurrent`` slots before SPAKE2 starts.
+    """
+
+    w: int
+    max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) \
+                or self.max_concurrent < 1:
+            raise ValueError(f"the recover concurrency cap must be an integer >= 1, got "
+                             f"{self.max_concurrent!r}")
+
+    @classmethod
+    def from_key(cls, key: str, max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY
+                 ) -> RecoveryGate:
+        return cls(recovery_scalar(key), max_concurrent)
+
+    def reserve(self) -> None:
+        if self.in_flight >= self.max_concurrent:
+            raise RecoverBusy(f"{self.in_flight} recover attempts are already running "
+                              f"(the cap is {self.max_concurrent})")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
 
 
 # -- the host's pairing codes ------------------------------------------------------------------
@@ -190,6 +240,7 @@ class HostContext:
     codebook: CodeBook
     tokens: TokenBook
     on_paired: Callable[[bytes], None] | None = None
+    recovery: RecoveryGate | None = None
 
 
 @dataclass
@@ -203,6 +254,7 @@ class HostHandshake:
     key_id: bytes | None = None
     refusal: str | None = None
     _slot: PairingCode | None = None
+    _gate: RecoveryGate | None = None
     _spake: Spake2 | None = None
     _noise: HandshakeState | None = None
     _keys: tuple[bytes, bytes] | None = field(default=None, repr=False)
@@ -222,7 +274,7 @@ class HostHandshake:
         if self.step is Step.HEADER:
             self.header = Header.decode(frame)
             if self.header.mode is Mode.RECOVER:
-                raise LinkProtocolError("recover mode (recovery keys) is not supported here")
+                return self._start_recover(frame)
             if self.header.mode is Mode.PAIR:
                 try:
                     self._slot = self.ctx.codebook.reserve(self.header.code_id)
@@ -251,15 +303,13 @@ class HostHandshake:
             return [self._spake.share()]
         if self.step is Step.CONFIRM:
             assert self._spake is not None and self._spake.result is not None
-            assert self._slot is not None and self._keys is not None
+            assert self._keys is not None
             try:
                 self._spake.result.check_peer_confirmation(Role.B, frame)
             except Spake2Error:
-                self.ctx.codebook.failed(self._slot)
-                self._slot = None
+                self._settle(confirmed=False)
                 raise
-            self.ctx.codebook.succeeded(self._slot)
-            self._slot = None
+            self._settle(confirmed=True)
             key_id, token = self.ctx.tokens.issue()
             self.key_id = key_id
             c2h, h2c = self._keys
@@ -280,21 +330,70 @@ class HostHandshake:
             return [reply]
         raise LinkProtocolError(f"no handshake frame expected in step {self.step.value}")
 
+    def _start_recover(self, header: bytes) -> list[bytes]:
+        gate = self.ctx.recovery
+        if gate is None:
+            self.step, self.refusal = Step.REFUSED, "recover mode: this host has no recovery key"
+            return [refusal_frame(Refusal.NO_RECOVERY_KEY)]
+        try:
+            gate.reserve()
+        except RecoverBusy as exc:
+            self.step, self.refusal = Step.REFUSED, f"recover mode: {exc}"
+            return [refusal_frame(Refusal.RECOVER_BUSY)]
+        self._gate = gate
+        self._spake = Spake2(Role.B, gate.w, SPAKE2_ID_CLIENT, SPAKE2_ID_HOST, aad=header)
+        self.step = Step.SHARE
+        return []
+
+    def _settle(self, *, confirmed: bool) -> None:
+        """The confirmation was checked: a pairing code counts it, a recovery key never does."""
+        if self._slot is not None:
+            if confirmed:
+                self.ctx.codebook.succeeded(self._slot)
+            else:
+                self.ctx.codebook.failed(self._slot)
+            self._slot = None
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None
+
     def abort(self) -> None:
-        """The attempt ended early (timeout, network): give back a reserved code attempt."""
+        """The attempt ended early (timeout, network): give back a reserved attempt slot."""
         if self._slot is not None:
             self.ctx.codebook.refund(self._slot)
             self._slot = None
+        if self._gate is not None:
+            self._gate.release()
+            self._gate = None
+
+
+def _refusal_error(refusal: Refusal) -> HandshakeError:
+    """The error a pairing or recovering client raises for the host's refusal frame."""
+    if refusal is Refusal.CODE_UNAVAILABLE:
+        return PairingRefused("the host has no live pairing code for this attempt "
+                              "(unknown code id, used, expired or locked)")
+    if refusal is Refusal.NO_RECOVERY_KEY:
+        return RecoveryUnavailable("the host has no recovery key, so it refuses recover mode")
+    if refusal is Refusal.RECOVER_BUSY:
+        return RecoverBusy("the host is already running its maximum of recover attempts; "
+                           "try again shortly")
+    return LinkProtocolError(f"the host answered with a {refusal.name} refusal while pairing")
 
 
 class ClientPairing:
     """The client end of pairing: ``start()`` frames, then ``receive`` until ``credential``."""
 
+    #: how errors name the secret, e.g. "the host rejected the pairing code … wrong code?"
+    secret_name = "pairing code"
+    secret_short = "code"
+
     def __init__(self, code: str, address: str, code_id: bytes | None = None) -> None:
-        self.header = Header.pair(code_id)
-        self._address = address
-        self._spake = Spake2(Role.A, password_scalar(code), SPAKE2_ID_CLIENT, SPAKE2_ID_HOST,
-                             aad=self.header.encode())
+        self._begin(Header.pair(code_id), password_scalar(code), address)
+
+    def _begin(self, header: Header, w: int, address: str) -> None:
+        self.header = header
+        self.address = address
+        self._spake = Spake2(Role.A, w, SPAKE2_ID_CLIENT, SPAKE2_ID_HOST, aad=header.encode())
         self.step = Step.SHARE
         self.channel: SealedChannel | None = None
         self.credential: Credential | None = None
@@ -308,9 +407,9 @@ class ClientPairing:
 
     def receive(self, frame: bytes) -> list[bytes]:
         if self.step is Step.SHARE:
-            if parse_refusal(frame) is not None:
-                raise PairingRefused("the host has no live pairing code for this attempt "
-                                     "(unknown code id, used, expired or locked)")
+            refusal = parse_refusal(frame)
+            if refusal is not None:
+                raise _refusal_error(refusal)
             result = self._spake.finish(frame)
             self.step = Step.CONFIRM
             return [result.confirm_a]
@@ -318,7 +417,8 @@ class ClientPairing:
             confirmed = self._spake.result
             assert confirmed is not None
             if len(frame) != CONFIRM_SIZE:
-                raise Spake2Error("the host refused the code (wrong code?): no confirmation")
+                raise Spake2Error(f"the host refused the {self.secret_name} "
+                                  f"(wrong {self.secret_short}?): no confirmation")
             confirmed.check_peer_confirmation(Role.A, frame)
             c2h, h2c = transport_keys(confirmed.ke, confirmed.ke + confirmed.ka)
             self.channel = SealedChannel(CipherState(c2h), CipherState(h2c))
@@ -327,13 +427,23 @@ class ClientPairing:
         if self.step is Step.WELCOME:
             assert self.channel is not None
             credential = decode_welcome(self.channel.open(frame))
-            if credential.address != self._address:
+            if credential.address != self.address:
                 raise LinkProtocolError(
-                    f"the host welcomed us as {credential.address!r}, not {self._address!r}")
+                    f"the host welcomed us as {credential.address!r}, not {self.address!r}")
             self.credential = credential
             self.step = Step.DONE
             return []
         raise LinkProtocolError("no pairing frame expected after the welcome")
+
+
+class ClientRecovery(ClientPairing):
+    """The client end of Recover (mode 2): pairing's flow keyed by the host's recovery key."""
+
+    secret_name = "recovery key"
+    secret_short = "recovery key"
+
+    def __init__(self, recovery_key: str, address: str) -> None:
+        self._begin(Header.recover(), recovery_scalar(recovery_key), address)
 
 
 class ClientReconnect:

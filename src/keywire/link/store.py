@@ -4,6 +4,9 @@ Both are JSON files under ``keywire.identity.config_dir()/link`` written atomica
 0600 (the token in each is a Noise pre-shared key). The host re-reads its device file when it
 changes, so ``keywire credentials revoke`` in another process takes effect on the next
 reconnect, and live sessions of a revoked device are ended.
+
+A host's generated recovery key is saved as SPAKE2's ``w`` only (``recovery-ADDRESS.json``), so
+its text is shown once, when it is made, and never written to disk.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from ..identity import config_dir
 from .handshake import TokenBook
+from .spake2 import ORDER
 from .wire import Credential, LinkProtocolError, b64u, from_b64u
 
 
@@ -144,3 +148,36 @@ class HostStore(TokenBook):
     def devices(self) -> dict[str, str]:
         self.reload()
         return dict(self._info)
+
+
+class RecoveryStore:
+    """A host's saved recovery key as SPAKE2's ``w`` (``recovery-ADDRESS.json``, 0600).
+
+    ``w`` is as good as the key for recovering, so the file is as secret as the device tokens;
+    deleting it (and restarting with a new key) retires the old key.
+    """
+
+    def __init__(self, address: str, directory: Path | None = None) -> None:
+        self.address = address
+        self.path = link_dir(directory) / f"recovery-{address}.json"
+
+    def load(self) -> int | None:
+        data = _read(self.path)
+        if "w" not in data:
+            return None
+        w = int.from_bytes(from_b64u(data["w"], 32, f"'w' in {self.path}"), "big")
+        if not 0 < w < ORDER:
+            raise LinkProtocolError(f"'w' in {self.path} is outside 1..n-1")
+        return w
+
+    def save(self, w: int) -> None:
+        _write_private(self.path, {
+            "address": self.address, "w": b64u(w.to_bytes(32, "big")),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+
+    def forget(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True

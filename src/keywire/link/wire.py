@@ -48,11 +48,15 @@ class Refusal(IntEnum):
     """Second byte of a refusal frame ``FLk1 00 xx``.
 
     1 is Link's "revoked"; 2 is keywire's "no such pairing code, or it is spent, expired or
-    locked" (a Link client reads it as a malformed reply and fails, which is also correct).
+    locked"; 3 is keywire's "this host has no recovery key"; 4 is keywire's "too many recover
+    attempts are running, try again shortly". A Link client reads 2–4 as a malformed reply and
+    fails, which is also correct.
     """
 
     REVOKED = 1
     CODE_UNAVAILABLE = 2
+    NO_RECOVERY_KEY = 3
+    RECOVER_BUSY = 4
 
 
 def b64u(data: bytes) -> str:
@@ -125,6 +129,11 @@ class Header:
     @classmethod
     def pair(cls, code_id: bytes | None = None) -> Header:
         return cls(Mode.PAIR, 2 if code_id is not None else 1, code_id=code_id)
+
+    @classmethod
+    def recover(cls) -> Header:
+        """``FLk1 01 02``: Recover never carries a code id."""
+        return cls(Mode.RECOVER, 1)
 
     @classmethod
     def reconnect(cls, key_id: bytes) -> Header:
