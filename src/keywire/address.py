@@ -280,6 +280,37 @@ def format_address(addr: MultiAddress | Iterable[Alternative]) -> str:
     return ";".join(format_alternative(a) for a in alts)
 
 
+#: sections that carry secrets: name → index of the first secret argument (a store stream's
+#: shared secret, an shs invite seed); the arguments before it are public keys or nothing
+SECRET_ARGUMENTS = {"stream": 0, "shs": 1}
+REDACTED = "…"
+
+
+def _redact_section(section: Section) -> Section:
+    if section.url is not None:
+        parts = urlsplit(section.url)
+        if parts.password is None and parts.username is None:
+            return section
+        netloc = f"{REDACTED}@{parts.netloc.rpartition('@')[2]}"
+        return Section(section.name, section.args, parts._replace(netloc=netloc).geturl(),
+                       section.bare)
+    first = SECRET_ARGUMENTS.get(section.name)
+    if first is None or len(section.args) <= first:
+        return section
+    return section.with_args(*section.args[:first], *(REDACTED for _ in section.args[first:]))
+
+
+def redacted(addr: MultiAddress | Alternative) -> str:
+    """The address as text with its secrets shown as ``…``: for errors, logs and status lines.
+
+    Store-stream secrets, shs invite seeds and URL credentials are what let someone else use
+    the address, and error messages end up in logs and bug reports.
+    """
+    alts = addr.alternatives if isinstance(addr, MultiAddress) else (addr,)
+    return ";".join(format_alternative(Alternative(tuple(_redact_section(s) for s in a.sections)))
+                    for a in alts)
+
+
 def join(alternatives: Sequence[Alternative | str]) -> MultiAddress:
     """Join alternatives (parsed or text) into one multiaddress."""
     out: list[Alternative] = []

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from .address import Alternative, MultiAddress, parse
+from .address import Alternative, MultiAddress, parse, redacted
 from .chain import Options, registry, with_timeout
 from .errors import Attempt, DialError, KeywireError
 from .pipe import Pipe, SingleStreamConnection
@@ -47,7 +47,7 @@ async def compose_client(alt: Alternative, pipe: Pipe, options: Options) -> Conn
         if isinstance(result, Connection) and i + 1 < len(alt.transforms):
             raise KeywireError(f"{alt.transforms[i + 1].name!r} cannot follow {section.name!r}")
     if isinstance(result, Pipe):
-        return SingleStreamConnection(result, str(alt))
+        return SingleStreamConnection(result, redacted(alt))
     return result
 
 
@@ -82,13 +82,14 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
     for alt in addr.alternatives:
         why = registry.understands(alt)
         if why is not None:
-            attempts.append(Attempt(str(alt), why))
+            attempts.append(Attempt(redacted(alt), why))
             continue
         try:
-            return await with_timeout(dial_alternative(alt, opts), opts.timeout, f"dialing {alt}")
+            return await with_timeout(dial_alternative(alt, opts), opts.timeout,
+                                      f"dialing {redacted(alt)}")
         except Exception as exc:  # every failure becomes one line of the DialError
-            attempts.append(Attempt(str(alt), describe(exc), exc))
-    raise DialError(str(addr), attempts)
+            attempts.append(Attempt(redacted(alt), describe(exc), exc))
+    raise DialError(redacted(addr), attempts)
 
 
 async def dial_retrying(address: str | MultiAddress, options: Options | None = None, *,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .address import Alternative, MultiAddress, Scope, Section, parse
+from .address import Alternative, MultiAddress, Scope, Section, parse, redacted
 from .chain import Listening, Options, registry, with_timeout
 from .dial import make_options
 from .errors import Code, ConnectionClosed, KeywireError, UnsupportedError
@@ -86,7 +86,7 @@ class Server:
             return
         why = registry.understands(alt)
         if why is not None:
-            raise KeywireError(f"cannot listen on {alt}: {why}")
+            raise KeywireError(f"cannot listen on {redacted(alt)}: {why}")
         transport = registry.transports[alt.transport.name]
 
         async def on_pipe(pipe: Pipe) -> None:

@@ -13,12 +13,29 @@ from keywire.address import (
     format_address,
     host_port_args,
     parse,
+    redacted,
     split_host_port,
 )
 from keywire.errors import AddressError
 
 CERTHASH = "uEiAAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHw"
 KEY = "+y42DK+BGzqvU00EWMKiyj4fITskSm+Drxq1Dt2s3Yw="
+
+
+SECRET = "A" * 42 + "E"
+
+
+def test_redacted_hides_store_secrets_invite_seeds_and_url_credentials() -> None:
+    text = (f"redis://:hunter2@127.0.0.1:6379/0~stream:{SECRET};"
+            f"net:h:8008~shs:{KEY}:SEEDSEEDSEED;https://user:pw@m.example/v1~stream:{SECRET};"
+            f"kps:127.0.0.1:4433:{CERTHASH}")
+    shown = redacted(parse(text))
+    for secret in (SECRET, "hunter2", "SEEDSEEDSEED", "user", "pw@"):
+        assert secret not in shown
+    # what identifies the peer stays: hosts, ports, public keys, certhashes
+    assert shown == (f"redis://…@127.0.0.1:6379/0~stream:…;net:h:8008~shs:{KEY}:…;"
+                     f"https://…@m.example/v1~stream:…;kps:127.0.0.1:4433:{CERTHASH}")
+    assert redacted(parse(f"net:h:1~shs:{KEY}").alternatives[0]) == f"net:h:1~shs:{KEY}"
 
 
 def test_multiserver_address_with_shs() -> None:

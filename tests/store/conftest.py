@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from keywire.store.mapserver import MapServer
+
+from .pki import Pki, ServerFiles, make_pki
 
 
 def free_port() -> int:
@@ -23,32 +26,53 @@ def free_port() -> int:
 class RedisProcess:
     """A redis-server in a temp dir; ``restart`` keeps the port and the data dir."""
 
-    def __init__(self, directory: Path, persistent: bool) -> None:
+    def __init__(self, directory: Path, persistent: bool, tls: ServerFiles | None = None,
+                 ca: Path | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.persistent = persistent
+        self.tls = tls
+        self.ca = ca
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        if self.tls is None:
+            ports = ["--port", str(self.port)]
+        else:   # TLS only: no plain-text port at all
+            assert self.ca is not None
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+        args = ["redis-server", *ports, "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--protected-mode", "no",
                 "--appendonly", "yes" if self.persistent else "no",
                 "--appendfsync", "always", "--daemonize", "no", "--logfile", ""]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                if self._ping():
+                    return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            sock: socket.socket = raw
+            if self.tls is not None:
+                sock = ssl.create_default_context(cafile=str(self.ca)).wrap_socket(
+                    raw, server_hostname="127.0.0.1")
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -79,6 +103,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 def persistent_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     _need_redis()
     server = RedisProcess(tmp_path, persistent=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A throwaway CA and server certificates for 127.0.0.1 (see ``pki.py``)."""
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    return make_pki(directory)
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, pki: Pki) -> Iterator[RedisProcess]:
+    """A redis-server that speaks only TLS, with the ``pki`` server certificate."""
+    _need_redis()
+    server = RedisProcess(tmp_path, persistent=False, tls=pki.server, ca=pki.ca)
     server.start()
     yield server
     server.stop()

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from ..errors import Code, KeywireError
+
 ADDRESS_SIZE = 32
 
 
-class StoreError(Exception):
+class StoreError(KeywireError):
     """A put or get failed at the store (network, refusal, restart); it may be retried."""
+
+
+class StoreRefused(StoreError):
+    """The store refused us, or we refused it, in a way retrying cannot fix (a missing or
+    wrong token, an untrusted certificate): the stream fails with ``code`` at once."""
+
+    permanent = True
+
+    def __init__(self, message: str, code: int = Code.PERMISSION_DENIED) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class ValueTooLarge(StoreError):
@@ -43,6 +56,10 @@ class StoreBackend(ABC):
     @abstractmethod
     async def get(self, address: bytes, wait: float) -> bytes | None:
         """The value at ``address``, waiting up to ``wait`` seconds for one; None if none."""
+
+    async def probe(self) -> None:  # noqa: B027 - a store without a cheap check skips it
+        """One cheap request, so a refusal (``StoreRefused``) shows before a stream starts;
+        other failures raise ``StoreError`` and are the caller's to ignore or report."""
 
     async def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release connections; the store's data stays."""

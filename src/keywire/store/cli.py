@@ -9,7 +9,9 @@ import signal
 import sys
 from typing import Any
 
+from .mapauth import TOKEN_ENV, load_token
 from .mapserver import MapServer
+from .tls import server_context
 
 HELP = "run a map server: the HTTP key-value store that carries store streams"
 DESCRIPTION = """\
@@ -17,6 +19,11 @@ Serve PUT /v1/<64 hex> and long-poll GET /v1/<64 hex>?wait=SECONDS, the store be
 addresses such as http://HOST:PORT~stream:SECRET. The URL is printed as the first line of
 stdout. Entries expire TTL seconds after their last put; with --db they are kept in SQLite
 and survive a restart.
+
+With --cert and --key it serves https (clients verify the certificate; give them a private CA
+with the store.cafile setting). With --token-file, or $KEYWIRE_MAP_TOKEN, every write needs
+'Authorization: Bearer TOKEN' (clients: the store.token setting) and gets 401 without it;
+--token-read makes reads need it too. The token is never printed or logged.
 """
 
 
@@ -38,6 +45,15 @@ def add_parser(subparsers: Any) -> None:
                         help="total bytes stored before puts get 507 (default 256 MiB)")
     parser.add_argument("--max-waiters", type=int, default=4096, metavar="N",
                         help="long-poll gets waiting at once before 503 (default 4096)")
+    parser.add_argument("--cert", metavar="FILE", default=None,
+                        help="PEM certificate chain: serve https (needs --key)")
+    parser.add_argument("--key", metavar="FILE", default=None,
+                        help="PEM private key of --cert")
+    parser.add_argument("--token-file", metavar="FILE", default=None,
+                        help="file holding the bearer token every write must carry "
+                             f"(default: ${TOKEN_ENV} if set; without either, writes are open)")
+    parser.add_argument("--token-read", action="store_true",
+                        help="reads need the token too (default: anyone may read)")
     parser.set_defaults(func=run)
 
 
@@ -49,8 +65,22 @@ async def run(args: argparse.Namespace) -> int:
         print("keywire map-server: need --ttl > 0 and 1 <= --max-value <= --max-bytes",
               file=sys.stderr)
         return 2
+    if (args.cert is None) != (args.key is None):
+        print("keywire map-server: --cert and --key go together", file=sys.stderr)
+        return 2
+    try:
+        tls = server_context(args.cert, args.key) if args.cert is not None else None
+        token = load_token(args.token_file)
+    except ValueError as exc:
+        print(f"keywire map-server: {exc}", file=sys.stderr)
+        return 2
+    if args.token_read and token is None:
+        print(f"keywire map-server: --token-read needs --token-file or ${TOKEN_ENV}",
+              file=sys.stderr)
+        return 2
     server = MapServer(args.host, args.port, ttl=args.ttl, max_value=args.max_value,
-                       max_bytes=args.max_bytes, max_waiters=args.max_waiters, db=args.db)
+                       max_bytes=args.max_bytes, max_waiters=args.max_waiters, db=args.db,
+                       tls=tls, token=token, token_read=args.token_read)
     try:
         await server.start()
     except OSError as exc:
@@ -58,8 +88,12 @@ async def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print(server.url, flush=True)
+    access = ("open to anyone" if token is None else
+              "reads and writes need the token" if args.token_read else
+              "writes need the token, reads are open")
     print(f"map server: max value {args.max_value} bytes, ttl {args.ttl:g} s"
-          + (f", persisted in {args.db}" if args.db else ", in memory only"), file=sys.stderr)
+          + (f", persisted in {args.db}" if args.db else ", in memory only")
+          + (", TLS" if tls is not None else "") + f"; {access}", file=sys.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

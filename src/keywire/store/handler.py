@@ -8,7 +8,14 @@ connection is handed out when that frame is read. One secret pairs exactly two e
 listener serves one connection.
 
 Settings in ``Options.extra``: ``store.window``, ``store.value_size``, ``store.max_value``,
-``store.ttl`` (Redis), ``store.linger`` (seconds ``close`` waits for acknowledgements).
+``store.ttl`` (Redis), ``store.linger`` (seconds ``close`` waits for acknowledgements),
+``store.cafile`` (CA certificates for https:// and rediss://, instead of the system's) and
+``store.token`` (the map server's bearer token; default ``$KEYWIRE_MAP_TOKEN``, so the CLI can
+reach a protected server). For the CLI, ``$SSL_CERT_FILE`` names CA certificates too.
+
+Before a stream starts, one cheap request (``probe``) checks the store, so an untrusted
+certificate or a refused token fails the dial or the listen with a clear error rather than
+inside the stream; a store that is merely unreachable is left to the stream's retries.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
-from ..address import Alternative, Scope, Section
+from ..address import Alternative, Scope, Section, redacted
 from ..chain import ChainHandler, ConnectionHandler, Listening, Options, Registry
 from ..errors import AddressError
-from .backend import StoreBackend
+from .backend import StoreBackend, StoreError, StoreRefused
+from .mapauth import TOKEN_ENV
 from .mapclient import HttpStore
 from .params import StoreParams
 from .redisstore import RedisStore
@@ -33,6 +42,8 @@ log = logging.getLogger("keywire.store")
 
 STORE_SCHEMES = ("http", "https", "redis", "rediss")
 DEFAULT_STORE_VALUE = 1 << 16
+#: most seconds the probe before a stream may take (a slow store is not a refusal)
+PROBE_TIMEOUT = 5.0
 
 
 def _extra(options: Options, name: str, default: Any) -> Any:
@@ -48,10 +59,28 @@ def make_backend(section: Section, options: Options) -> StoreBackend:
     """The store client a URL section names."""
     assert section.url is not None
     max_value = int(_extra(options, "max_value", DEFAULT_STORE_VALUE))
+    cafile = _extra(options, "cafile", None)
     if section.name in ("redis", "rediss"):
         return RedisStore(section.url, max_value=max_value,
-                          ttl=float(_extra(options, "ttl", 3600.0)))
-    return HttpStore(section.url, max_value=max_value)
+                          ttl=float(_extra(options, "ttl", 3600.0)), cafile=cafile)
+    token = _extra(options, "token", None) or os.environ.get(TOKEN_ENV, "").strip() or None
+    return HttpStore(section.url, max_value=max_value, cafile=cafile, token=token)
+
+
+async def checked_backend(section: Section, options: Options) -> StoreBackend:
+    """``make_backend``, then its probe: a refusal raises ``StoreRefused`` (the backend closed),
+    anything else is logged and left to the stream, which retries."""
+    backend = make_backend(section, options)
+    try:
+        async with asyncio.timeout(min(options.timeout, PROBE_TIMEOUT)):
+            await backend.probe()
+    except StoreRefused:
+        await backend.close()
+        raise
+    except (StoreError, TimeoutError) as exc:
+        log.info("%s: not answering yet (%s); the stream will retry", backend.description,
+                 exc or "timed out")
+    return backend
 
 
 def stream_secret(alt: Alternative, *, required: bool) -> bytes | None:
@@ -101,9 +130,10 @@ class StoreStreamHandler(ChainHandler):
     async def dial(self, alt: Alternative, options: Options) -> StoreConnection:
         secret = stream_secret(alt, required=True)
         assert secret is not None
-        backend = make_backend(alt.sections[0], options)
+        backend = await checked_backend(alt.sections[0], options)
         stream = StoreStream.open(backend, secret, Role.DIALER, params=store_params(options))
-        return StoreConnection(stream, str(alt), linger=float(_extra(options, "linger", 30.0)),
+        return StoreConnection(stream, redacted(alt),
+                               linger=float(_extra(options, "linger", 30.0)),
                                owns_backend=backend)
 
     async def listen(self, alt: Alternative, options: Options,
@@ -111,10 +141,11 @@ class StoreStreamHandler(ChainHandler):
         secret = stream_secret(alt, required=False)
         if secret is None:
             secret = generate_secret()
-        backend = make_backend(alt.sections[0], options)
+        backend = await checked_backend(alt.sections[0], options)
         stream = StoreStream.open(backend, secret, Role.LISTENER, params=store_params(options))
         full = Alternative((alt.sections[0], Section("stream", (format_secret(secret),))))
-        conn = StoreConnection(stream, str(full), linger=float(_extra(options, "linger", 30.0)),
+        conn = StoreConnection(stream, redacted(full),
+                               linger=float(_extra(options, "linger", 30.0)),
                                owns_backend=backend)
 
         async def deliver() -> None:

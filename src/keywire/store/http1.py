@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 MAX_HEAD = 8192
 REASONS = {
-    200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+    200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 507: "Insufficient Storage",
@@ -22,9 +22,12 @@ REASONS = {
 class HttpError(Exception):
     """A request the server refuses, with the status to answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *,
+                 headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.message = message
+        #: extra response headers (``WWW-Authenticate`` with a 401)
+        self.headers = headers or {}
         super().__init__(f"{status} {REASONS.get(status, '')}: {message}")
 
 
@@ -105,8 +108,10 @@ def format_response(status: int, body: bytes = b"", *, keep_alive: bool = True,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def format_request(method: str, target: str, host: str, body: bytes | None = None) -> bytes:
+def format_request(method: str, target: str, host: str, body: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")

@@ -12,8 +12,10 @@ import contextlib
 import ssl
 from urllib.parse import urlsplit
 
-from .backend import StoreBackend, StoreError, ValueTooLarge, check_address
+from .backend import StoreBackend, StoreError, StoreRefused, ValueTooLarge, check_address
 from .http1 import HttpError, format_request, parse_response_head
+from .mapauth import check_token
+from .tls import client_context, explain
 
 DEFAULT_MAX_VALUE = 1 << 16
 
@@ -29,21 +31,30 @@ class _Conn:
 
 
 class HttpStore(StoreBackend):
-    """``HttpStore("http://127.0.0.1:8080")``: the map server at that URL (path prefix allowed)."""
+    """``HttpStore("http://127.0.0.1:8080")``: the map server at that URL (path prefix allowed).
+
+    ``https://`` verifies the server against the system trust store, or against ``cafile`` alone
+    when given. ``token`` is sent as ``Authorization: Bearer`` on every request, for a server
+    started with ``--token-file``.
+    """
 
     def __init__(self, url: str, *, max_value: int = DEFAULT_MAX_VALUE,
-                 max_connections: int = 256, connect_timeout: float = 10.0) -> None:
+                 max_connections: int = 256, connect_timeout: float = 10.0,
+                 cafile: str | None = None, token: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"map server URL must be http://HOST[:PORT][/PREFIX], got {url!r}")
+            raise ValueError(f"map server URL must be http(s)://HOST[:PORT][/PREFIX], "
+                             f"got {url!r}")
+        hostport = parts.netloc.rpartition("@")[2]      # never show or send user info
         self.url = url
-        self.description = f"map server {parts.scheme}://{parts.netloc}"
+        self.description = f"map server {parts.scheme}://{hostport}"
         self.max_value = max_value
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
-        self._host_header = parts.netloc
+        self._ssl = client_context(cafile) if parts.scheme == "https" else None
+        self._host_header = hostport
         self._prefix = parts.path.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {check_token(token)}"} if token else {}
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout = connect_timeout
@@ -56,20 +67,24 @@ class HttpStore(StoreBackend):
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await asyncio.open_connection(self._host, self._port,
                                                                ssl=self._ssl)
+        except ssl.SSLCertVerificationError as exc:
+            raise StoreRefused(f"{self.description}: {explain(exc)}") from None
         except (OSError, TimeoutError) as exc:
             raise StoreError(f"{self.description}: cannot connect: {exc or 'timed out'}") from None
         return _Conn(reader, writer)
 
-    async def _request(self, method: str, address: bytes, body: bytes | None,
+    async def _request(self, method: str, address: bytes | None, body: bytes | None,
                        query: str = "") -> tuple[int, bytes]:
         if self._closed:
             raise StoreError(f"{self.description}: client is closed")
-        target = f"{self._prefix}/v1/{address.hex()}{query}"
+        tail = "" if address is None else f"/{address.hex()}{query}"
+        target = f"{self._prefix}/v1{tail}"
         async with self._slots:
             conn = await self._connect()
             reusable = False
             try:
-                conn.writer.write(format_request(method, target, self._host_header, body))
+                conn.writer.write(format_request(method, target, self._host_header, body,
+                                                 self._auth))
                 await conn.writer.drain()
                 head = parse_response_head((await conn.reader.readuntil(b"\r\n\r\n"))[:-4])
                 length = max(head.content_length, 0)
@@ -81,7 +96,11 @@ class HttpStore(StoreBackend):
                 return head.status, payload
             except HttpError as exc:
                 raise StoreError(f"{self.description}: {exc}") from None
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            except asyncio.IncompleteReadError as exc:
+                said = "before answering" if not exc.partial else "in the middle of an answer"
+                raise StoreError(f"{self.description}: the server closed the connection "
+                                 f"{said}") from None
+            except (OSError, asyncio.LimitOverrunError) as exc:
                 raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
             finally:
                 if reusable and not self._closed:
@@ -96,6 +115,8 @@ class HttpStore(StoreBackend):
         status, body = await self._request("PUT", address, value)
         if status == 413:
             raise ValueTooLarge(len(value), self.max_value)
+        if status == 401:
+            raise self._refused("write", body)
         if status not in (200, 201, 204):
             raise StoreError(f"{self.description}: PUT answered {status}: "
                              f"{body[:200].decode('utf-8', 'replace').strip()}")
@@ -108,8 +129,21 @@ class HttpStore(StoreBackend):
             return body
         if status == 404:
             return None
+        if status == 401:
+            raise self._refused("read", body)
         raise StoreError(f"{self.description}: GET answered {status}: "
                          f"{body[:200].decode('utf-8', 'replace').strip()}")
+
+    async def probe(self) -> None:
+        """``GET /v1``: shows an untrusted certificate, or a refused read, before a stream."""
+        status, body = await self._request("GET", None, None)
+        if status == 401:
+            raise self._refused("read", body)
+
+    def _refused(self, action: str, body: bytes) -> StoreRefused:
+        said = body[:200].decode("utf-8", "replace").strip()
+        return StoreRefused(f"{self.description} refused the {action}: missing or wrong token"
+                            + (f" (401: {said})" if said else ""))
 
     async def close(self) -> None:
         self._closed = True

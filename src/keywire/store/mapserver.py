@@ -9,7 +9,9 @@ Protocol (all values opaque, addresses 32 bytes as 64 lowercase or uppercase hex
 * ``GET /v1`` → a JSON line with the limits, so clients can check their value size.
 
 Entries expire ``ttl`` seconds after their last put. With ``db`` set, entries are written to
-SQLite and reloaded at start, so a restarted server still has them.
+SQLite and reloaded at start, so a restarted server still has them. With ``tls`` it serves
+https; with ``token`` every mutating request (and with ``token_read`` every request) needs
+``Authorization: Bearer TOKEN``, or gets 401.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import contextlib
 import json
 import logging
 import sqlite3
+import ssl
 import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 from .http1 import HttpError, RequestHead, format_response, parse_request_head
+from .mapauth import TokenPolicy
 from .maptable import MapTable, TableError
 
 log = logging.getLogger("keywire.store.mapserver")
@@ -32,6 +36,8 @@ MAX_WAIT = 60.0
 SWEEP_INTERVAL = 5.0
 #: idle keep-alive connections are closed after this long
 IDLE_TIMEOUT = 120.0
+#: a TLS client that has not finished its handshake by then is dropped
+HANDSHAKE_TIMEOUT = 10.0
 _BINARY = "application/octet-stream"
 
 
@@ -74,12 +80,17 @@ class MapServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: float = 3600.0,
                  max_value: int = 1 << 16, max_bytes: int = 256 << 20,
                  max_waiters: int = 4096, max_connections: int = 1024,
-                 db: str | Path | None = None) -> None:
+                 db: str | Path | None = None, tls: ssl.SSLContext | None = None,
+                 token: str | None = None, token_read: bool = False) -> None:
+        if token_read and token is None:
+            raise ValueError("token_read needs a token")
         self.host = host
         self.port = port
         self.table = MapTable(max_value=max_value, ttl=ttl, max_bytes=max_bytes,
                               max_waiters=max_waiters)
         self.max_connections = max_connections
+        self._tls = tls
+        self._policy = None if token is None else TokenPolicy(token, protect_reads=token_read)
         self._db_path = db
         self._db: MapDatabase | None = None
         self._server: asyncio.Server | None = None
@@ -91,7 +102,8 @@ class MapServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> MapServer:
         if self._db_path is not None:
@@ -107,7 +119,10 @@ class MapServer:
         # a deep backlog: each stream opens a connection per pipelined get at once, and a
         # dropped SYN costs the client a one-second retransmission
         self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  reuse_address=True, backlog=4096)
+                                                  reuse_address=True, backlog=4096,
+                                                  ssl=self._tls,
+                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                                                  if self._tls is not None else None)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return self
@@ -182,14 +197,31 @@ class MapServer:
         self.requests += 1
         try:
             head = parse_request_head(head_bytes[:-4])
+            if self._policy is not None:
+                await self._authorise(head, reader)
             status, body, ctype = await self._handle(head, reader)
             keep = head.keep_alive
+            extra: dict[str, str] = {}
         except HttpError as exc:
             status, body, ctype = exc.status, (exc.message + "\n").encode(), "text/plain"
             keep = False   # the body of a refused request may still be on the wire
-        writer.write(format_response(status, body, keep_alive=keep, content_type=ctype))
+            extra = exc.headers
+        writer.write(format_response(status, body, keep_alive=keep, content_type=ctype,
+                                     extra=extra))
         await writer.drain()
         return keep
+
+    async def _authorise(self, head: RequestHead, reader: asyncio.StreamReader) -> None:
+        assert self._policy is not None
+        try:
+            self._policy.check(head.method, head.headers)
+        except HttpError:
+            # read a refused put's body (it is at most one value) before answering, so closing
+            # the socket does not reset the connection before the client reads the 401
+            if 0 < head.content_length <= self.table.max_value:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    await reader.readexactly(head.content_length)
+            raise
 
     async def _handle(self, head: RequestHead,
                       reader: asyncio.StreamReader) -> tuple[int, bytes, str]:

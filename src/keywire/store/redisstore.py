@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from .backend import StoreBackend, StoreError, ValueTooLarge, check_address
+from .backend import StoreBackend, StoreError, StoreRefused, ValueTooLarge, check_address
+from .tls import explain, verify_failure
 
 _PUT_SCRIPT = """
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
@@ -186,20 +188,32 @@ class _Subscriber:
 
 
 class RedisStore(StoreBackend):
-    """``RedisStore("redis://127.0.0.1:6379/0")``."""
+    """``RedisStore("redis://127.0.0.1:6379/0")``; ``rediss://`` for TLS, verified against the
+    system trust store, or against ``cafile`` alone when given."""
 
     def __init__(self, url: str, *, max_value: int = DEFAULT_MAX_VALUE,
-                 ttl: float = DEFAULT_TTL, prefix: str = "kw:") -> None:
+                 ttl: float = DEFAULT_TTL, prefix: str = "kw:",
+                 cafile: str | None = None) -> None:
+        parts = urlsplit(url)
+        # never show a password from the URL
+        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"redis URL must be redis(s)://HOST[:PORT][/DB], got {shown!r}")
         self.url = url
-        self.description = f"redis {url.split('@')[-1]}"
+        self.description = f"redis {shown}"
         self.max_value = max_value
         self.ttl = ttl
         self._prefix = prefix.encode()
         # no silent retries inside redis-py: the stream retries with its own backoff, and a
         # pub/sub connection that reconnects by itself could miss a publish unnoticed
+        tls: dict[str, Any] = {}
+        if parts.scheme == "rediss":
+            # redis-py verifies the certificate and host name by default; say so anyway
+            tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True,
+                   "ssl_ca_certs": cafile}
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0,
                                                max_connections=512,
-                                               retry=Retry(NoBackoff(), 0))
+                                               retry=Retry(NoBackoff(), 0), **tls)
         self._script = self._client.register_script(_PUT_SCRIPT)
         self._subscriber = _Subscriber(self._client)
 
@@ -220,15 +234,24 @@ class RedisStore(StoreBackend):
         except ResponseError as exc:
             if str(exc).startswith("TOOLARGE"):
                 raise ValueTooLarge(len(value), self.max_value) from None
-            raise StoreError(f"{self.description}: {exc}") from None
+            raise self._error(exc) from None
         except (RedisError, OSError) as exc:
-            raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> StoreError:
+        """A ``StoreRefused`` for what retrying cannot fix, else a ``StoreError``."""
+        bad_certificate = verify_failure(exc)
+        if bad_certificate is not None:
+            return StoreRefused(f"{self.description}: {explain(bad_certificate)}")
+        if isinstance(exc, AuthenticationError):
+            return StoreRefused(f"{self.description}: authentication failed: {exc}")
+        return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
 
     async def _read(self, address: bytes) -> bytes | None:
         try:
             value = await self._client.get(self._key(address))
         except (RedisError, OSError) as exc:
-            raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
+            raise self._error(exc) from None
         if value is None:
             return None
         return value.encode() if isinstance(value, str) else bytes(value)
@@ -258,6 +281,13 @@ class RedisStore(StoreBackend):
             if loop.time() >= deadline:
                 return await self._read(address)
             # woken by a publish, or the safety-net interval passed: read and wait again
+
+    async def probe(self) -> None:
+        """``PING``: shows an untrusted certificate or a refused password before a stream."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from None
 
     async def close(self) -> None:
         await self._subscriber.close()

@@ -14,7 +14,7 @@ from collections import deque
 
 from ..errors import Code, ConnectionClosed, StreamError, UnsupportedError
 from ..stream import Connection, ReceiveBuffer, RemoteIdentity, Stream
-from .backend import StoreBackend, ValueTooLarge
+from .backend import StoreBackend, StoreRefused, ValueTooLarge
 from .core import StoreCore
 from .ops import (
     DataReceived,
@@ -291,6 +291,8 @@ class StoreStream(Stream):
             raise
         except ValueTooLarge as exc:   # retrying cannot help
             self._core.fail(StreamError(Code.TOO_LARGE, f"{self._backend.description}: {exc}"))
+        except StoreRefused as exc:   # nor can it against a wrong token or certificate
+            self._core.fail(StreamError(exc.code, str(exc)))
         except Exception as exc:  # every other store failure is retried by the core
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if isinstance(op, PutOp):
