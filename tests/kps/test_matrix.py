@@ -41,6 +41,9 @@ async def test_certhash_mismatch_rejected_before_any_data() -> None:
         await asyncio.sleep(0.2)
         # the client aborted before its Finished: the server never completed a handshake
         assert seen.connections == []
+        # and it said so (CONNECTION_CLOSE, crypto error bad_certificate): the half-open
+        # connection is gone now, not at the server's handshake timeout
+        assert listener.connections == []
 
 
 async def test_eight_concurrent_streams() -> None:

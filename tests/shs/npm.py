@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from ..node_events import NodeEventLog
+
 NPM_DIR = Path(__file__).resolve().parents[1] / "interop" / "npm"
 NODE = shutil.which("node")
 
@@ -48,28 +50,15 @@ def node_env(app_key: bytes | None = None, seed: bytes | None = None,
     return env
 
 
-class NodeServer:
+class NodeServer(NodeEventLog):
     """A running ms_server.js: its address and the JSON events it printed."""
 
     def __init__(self, proc: asyncio.subprocess.Process, first: dict[str, Any]) -> None:
-        self.proc = proc
+        super().__init__(proc)
         self.address: str = first["address"]
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.ensure_future(self._collect())
-
-    async def _collect(self) -> None:
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
 
     async def wait_event(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for event in self.events:
-                    if event.get("event") == kind:
-                        return event
-                await asyncio.sleep(0.02)
+        return (await self.wait_events(kind, 1, timeout))[0]
 
     def alternative(self, scheme: str) -> str:
         return next(a for a in self.address.split(";") if a.startswith(scheme))

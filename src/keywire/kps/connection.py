@@ -360,6 +360,11 @@ class KpsConnection(Connection):
             # state and a dialer's socket can go now rather than after the draining period
             self._finish_now()
 
+    @property
+    def finished(self) -> bool:
+        """True once the connection's state is released (no timer, out of the listener)."""
+        return self._finished
+
     def _check_finished(self) -> None:
         core = self.session.quic._core
         if core is None or core.state == "terminated" or self.session.deadline() is None:

@@ -158,7 +158,10 @@ class KpsListener:
         if self._closing:
             conn.abort(1, "listener closed")
             return
-        if conn.remote_address is not None:
+        if conn.remote_address is not None and not conn.finished:
+            # (a peer that closes right after its Finished, as quiche's post-handshake pin
+            # check does, may already be finished and removed: re-adding it would keep it, and
+            # the listener's socket, forever)
             self.router.add(conn, conn.session.quic.host_cid, conn.remote_address)
         try:
             await self._on_connection(conn)

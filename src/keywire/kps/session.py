@@ -491,7 +491,11 @@ class KpsSession:
             self._finish(Closed(error, "application"))
         else:
             code = transport_code(event.error_code)
-            where = "local" if local_error is not None else "peer"
+            # a TLS failure on our side (the certhash pin, a missing ALPN) closes through the
+            # facade, which leaves local_error unset; "closing" (not "draining") still says we
+            # are the one sending CONNECTION_CLOSE, so the socket must stay open to send it
+            local = local_error is not None or (core is not None and core.state == "closing")
+            where = "local" if local else "peer"
             text = f"QUIC transport error 0x{event.error_code:x} ({where}): {reason}".rstrip(": ")
-            error = ConnectionClosed(code, text, remote=local_error is None)
+            error = ConnectionClosed(code, text, remote=not local)
             self._finish(Closed(error, "transport"))
