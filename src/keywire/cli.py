@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure echo throughput to a listener",
                        description="Dial a `keywire listen --echo` address, send --size MB on one "
                        "stream and read the echo; prints one JSON line.")
-    p.add_argument("address")
+    p.add_argument("address", help="the address a `keywire listen --echo` printed")
     p.add_argument("--size", type=float, default=64.0, help="megabytes to send (default 64)")
     add_common(p)
     p.set_defaults(func=cmd_bench)

@@ -27,6 +27,25 @@ async def test_help_everywhere(command: list[str]) -> None:
     assert b"usage: keywire" in out
 
 
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    import argparse
+
+    from keywire.cli import build_parser
+
+    silent: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                silent.append(f"{path}: {action.option_strings or action.dest}")
+
+    walk(build_parser(), "keywire")
+    assert silent == []
+
+
 async def test_id_prints_identity(tmp_path: Path) -> None:
     key = tmp_path / "k.pem"
     code, out, _ = await run("id", "--key", str(key), "--json")
