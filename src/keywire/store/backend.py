@@ -30,6 +30,8 @@ class StoreRefused(StoreError):
 
 
 class ValueTooLarge(StoreError):
+    """A value longer than the store accepts: a configuration error, never retried."""
+
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self.limit = limit
