@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import importlib
 import ssl
 import sys
@@ -30,29 +29,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from selfsigned import write_self_signed
 
 CHUNK = 64 << 10
 WINDOW = 16 << 20
-
-
-def _write_certificate(folder: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed P-256 certificate, as KPS servers use."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def _configuration(stack: str, is_client: bool, cert: Path, key: Path) -> Any:
@@ -157,7 +137,7 @@ def main() -> int:
     args = parser.parse_args()
     size = args.size_mb * 1_000_000 // CHUNK * CHUNK
     with tempfile.TemporaryDirectory() as folder:
-        cert, key = _write_certificate(Path(folder))
+        cert, key = write_self_signed(Path(folder))
         for mode in args.modes.split(","):
             reference: float | None = None
             for stack in args.stacks:

@@ -10,13 +10,14 @@ one frame costs with no protocol and no pipelining). Printed ratios:
 * ``lat/raw``  = one-way latency of a small write ÷ raw put+get time.
 
 Usage: .venv/bin/python bench/bench_store.py [--size 1000000] [--windows 1,8,32]
-       [--losses 0,0.1] [--backends memory,http,redis] [--redis-url URL]
+       [--losses 0,0.1] [--backends memory,http,https,redis,rediss] [--redis-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from keywire.store import (
     StoreStream,
     generate_secret,
 )
+from keywire.store.tls import server_context
+from selfsigned import write_self_signed
 
 
 def free_port() -> int:
@@ -52,52 +55,75 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def backend_pair(name: str, args: argparse.Namespace) -> AsyncIterator[
+async def client_pair(make: Callable[[], StoreBackend]) -> AsyncIterator[
         tuple[StoreBackend, StoreBackend]]:
     """Two clients of one store (each end of a stream has its own connection)."""
-    if name == "memory":
-        store = MemoryStore()
-        yield store, store
-        return
-    if name == "http":
-        async with MapServer(max_value=1 << 20) as server:
-            a, b = HttpStore(server.url, max_value=1 << 20), HttpStore(server.url,
-                                                                       max_value=1 << 20)
-            try:
-                yield a, b
-            finally:
-                await a.close()
-                await b.close()
-        return
-    url = args.redis_url
-    proc = None
-    tmp = None
-    if url is None:
-        if shutil.which("redis-server") is None:
-            raise SystemExit("redis-server not found: install it or pass --redis-url")
-        tmp = tempfile.mkdtemp()
-        port = free_port()
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                 "--dir", tmp, "--save", "", "--appendonly", "no"],
-                                stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
+    a, b = make(), make()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+@asynccontextmanager
+async def redis_server(tls: tuple[Path, Path] | None) -> AsyncIterator[str]:
+    """A throwaway redis-server on a free port (TLS-only with ``tls``); yields its URL."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server not found: install it or pass --redis-url")
+    folder = tempfile.mkdtemp()
+    port = free_port()
+    listen = ["--port", str(port)]
+    if tls is not None:
+        cert, key = tls
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                  "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                  "--tls-auth-clients", "no"]
+    proc = subprocess.Popen(["redis-server", *listen, "--bind", "127.0.0.1", "--dir", folder,
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
                 break
             except OSError:
                 await asyncio.sleep(0.05)
-    a, b = RedisStore(url, max_value=1 << 20), RedisStore(url, max_value=1 << 20)
-    try:
-        yield a, b
+        yield f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0"
     finally:
-        await a.close()
-        await b.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@asynccontextmanager
+async def backend_pair(name: str, args: argparse.Namespace) -> AsyncIterator[
+        tuple[StoreBackend, StoreBackend]]:
+    """Two clients of one store of kind ``name``: memory, http, https, redis or rediss."""
+    big = 1 << 20
+    if name == "memory":
+        store = MemoryStore()
+        yield store, store
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = write_self_signed(Path(folder))
+        if name in ("http", "https"):
+            tls = server_context(str(cert), str(key)) if name == "https" else None
+            async with (
+                MapServer(max_value=big, tls=tls) as server,
+                client_pair(lambda: HttpStore(server.url, max_value=big, cafile=str(cert))) as pair,
+            ):
+                yield pair
+            return
+        if name not in ("redis", "rediss"):
+            raise SystemExit(f"unknown backend {name!r}: memory, http, https, redis, rediss")
+        async with contextlib.AsyncExitStack() as stack:
+            url = args.redis_url if name == "redis" else None
+            if url is None:
+                url = await stack.enter_async_context(
+                    redis_server((cert, key) if name == "rediss" else None))
+            async with client_pair(lambda: RedisStore(url, max_value=big,
+                                                      cafile=str(cert))) as pair:
+                yield pair
 
 
 async def raw_roundtrip(store: StoreBackend, value_size: int, rounds: int) -> float:
@@ -177,7 +203,8 @@ if __name__ == "__main__":
     parser.add_argument("--value-size", type=int, default=16384, help="store value size")
     parser.add_argument("--windows", default="1,8,32")
     parser.add_argument("--losses", default="0,0.1")
-    parser.add_argument("--backends", default="memory,http,redis")
+    parser.add_argument("--backends", default="memory,http,https,redis,rediss",
+                        help="comma list of: memory, http, https, redis, rediss")
     parser.add_argument("--pings", type=int, default=20)
     parser.add_argument("--rto-min", type=float, default=0.05,
                         help="minimum retransmission timeout (the library default is 0.2)")

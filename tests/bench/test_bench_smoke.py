@@ -22,7 +22,7 @@ CASES = {
                      "--datagrams", "200", "--rounds", "1"],
     "bench_link.py": ["--size-mb", "2", "--hosts", "50", "--intros", "20"],
     "bench_store.py": ["--size", "200000", "--windows", "1,8", "--losses", "0",
-                       "--backends", "memory,http"],
+                       "--backends", "memory,http,https,rediss"],
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
 }
