@@ -17,6 +17,23 @@ from keywire.webrtc.settings import WebRTCSettings
 pytestmark = pytest.mark.timeout(30)
 
 
+def test_the_browser_module_ships_as_package_data() -> None:
+    """An installed keywire (a wheel, not this checkout) must still serve keywire.js."""
+    import tomllib
+    from pathlib import Path
+
+    from keywire.webrtc.demo import web_dir
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = config["tool"]["setuptools"]["package-data"]["keywire"]
+    package = root / "src" / "keywire"
+    for name in ("keywire.js", "demo.html"):
+        assert f"web/{name}" in shipped
+        assert (package / "web" / name).is_file()
+    assert web_dir() == package / "web"
+
+
 def test_settings_from_options() -> None:
     settings = WebRTCSettings.from_options(Options(extra={
         "webrtc.max_peers": "7", "webrtc.dial": "true", "kps.idle_timeout": 3}))

@@ -31,12 +31,12 @@ _TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=
 
 
 def web_dir() -> Path:
-    """Where ``keywire.js`` and ``demo.html`` live: packaged (``keywire/web``) or the repo."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parent.parent / "web", here.parents[3] / "web"):
-        if (candidate / "keywire.js").is_file():
-            return candidate
-    raise FileNotFoundError("keywire's browser module (web/keywire.js) is not installed")
+    """Where ``keywire.js`` and ``demo.html`` live: package data of keywire (``keywire/web``)."""
+    folder = Path(__file__).resolve().parent.parent / "web"
+    if not (folder / "keywire.js").is_file():
+        raise FileNotFoundError(f"keywire's browser module is missing from {folder}: reinstall "
+                                "keywire (it ships keywire/web/keywire.js as package data)")
+    return folder
 
 
 class DemoServer:
