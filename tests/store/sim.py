@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from keywire.errors import StreamError
 from keywire.store.core import (
     DataReceived,
     EndReceived,
@@ -15,6 +16,7 @@ from keywire.store.core import (
     PutOp,
     ReadFailed,
     StoreCore,
+    WriteFailed,
 )
 
 
@@ -27,6 +29,9 @@ class Endpoint:
     rejected: list[FrameRejected] = field(default_factory=list)
     outbox: bytes = b""
     close_after: bool = True
+    write_failures: list[WriteFailed] = field(default_factory=list)
+    #: what ``write`` raised (the rest of the outbox is then dropped)
+    write_error: StreamError | None = None
 
 
 class SimStore:
@@ -100,7 +105,10 @@ class SimStore:
             assert steps < 2_000_000, "simulation does not converge"
             for end in ends:
                 if end.outbox:
-                    taken = end.core.write(end.outbox)
+                    try:
+                        taken = end.core.write(end.outbox)
+                    except StreamError as exc:
+                        end.write_error, end.outbox, taken = exc, b"", 0
                     end.outbox = end.outbox[taken:]
                     if not end.outbox and end.close_after:
                         end.core.close_write()
@@ -116,6 +124,8 @@ class SimStore:
                         end.errors.append(event)
                     elif isinstance(event, FrameRejected):
                         end.rejected.append(event)
+                    elif isinstance(event, WriteFailed):
+                        end.write_failures.append(event)
             if done():
                 break
             deadlines = [d for d in (e.core.next_deadline() for e in ends) if d is not None]

@@ -52,6 +52,8 @@ def test_empty_frame_is_katzenpost_size() -> None:
 @settings(max_examples=300, deadline=None)
 def test_encoding_matches_a_general_cbor_encoder(ftype: FrameType, fid: int, ack: int,
                                                   payload: bytes) -> None:
+    if ftype is FrameType.STOP_SENDING:
+        payload = payload[:4].ljust(4, b"\x00")      # its payload is always a 4-byte code
     frame = Frame(ftype, fid, ack, payload)
     encoded = encode_frame(frame)
     assert encoded == cbor2.dumps({"Type": int(ftype), "Id": fid, "Ack": ack,
@@ -112,6 +114,58 @@ def test_decoder_on_wrong_shapes(fields: dict[str, object]) -> None:
 def test_decoder_names_the_problem(plain: bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message):
         decode_frame(plain)
+
+
+STOP_CBOR = "a464547970650562496418296341636b03675061796c6f61644400000007"
+
+
+def test_stop_sending_vector_and_round_trip() -> None:
+    """StopSending (type 5, keywire's extension): the code is 4 big-endian bytes, sealed and
+    opened like every frame, and it elicits an ack."""
+    frame = Frame(FrameType.STOP_SENDING, 41, 3, b"\x00\x00\x00\x07")
+    assert encode_frame(frame).hex() == STOP_CBOR
+    assert cbor2.dumps({"Type": 5, "Id": 41, "Ack": 3, "Payload": b"\0\0\0\7"}).hex() == STOP_CBOR
+    assert frame.elicits_ack
+    address, sealed = seal_frame(KEYS, frame, Geometry(128))
+    assert address == KEYS.frame_id(41) and len(sealed) == 128
+    assert open_frame(KEYS, 41, sealed, 1024) == frame
+
+
+@given(st.binary(max_size=40).filter(lambda b: len(b) != 4), st.integers(0, 2**64 - 1))
+@settings(max_examples=300, deadline=None)
+def test_stop_sending_needs_exactly_a_4_byte_code(payload: bytes, ack: int) -> None:
+    plain = encode_frame(Frame(FrameType.STOP_SENDING, 2, ack, payload))
+    with pytest.raises(FrameError, match=f"StopSending payload of {len(payload)} bytes, "
+                                         "expected a 4-byte error code"):
+        decode_frame(plain + bytes(9))
+    # sealed, the reader sees the same reason with the frame's index
+    sealed = nacl_seal(2, plain)
+    with pytest.raises(FrameError, match="frame 2: StopSending payload"):
+        open_frame(KEYS, 2, sealed, 1024)
+
+
+@given(st.binary(max_size=4), st.binary(max_size=64))
+@settings(max_examples=500, deadline=None)
+def test_decoder_on_mangled_stop_sending_frames(code: bytes, tail: bytes) -> None:
+    """A StopSending frame cut short, with a changed payload length or junk after it: a
+    FrameError or the frame itself, nothing else."""
+    encoded = encode_frame(Frame(FrameType.STOP_SENDING, 9, NO_ACK, code.ljust(4, b"\x01")))
+    for plain in (encoded[:len(tail) % len(encoded)], encoded + tail,
+                  encoded[:-5] + bytes([0x40 | len(code)]) + code + tail):
+        try:
+            frame = decode_frame(plain)
+        except FrameError as exc:
+            assert str(exc)
+        else:
+            assert frame.type is FrameType.STOP_SENDING and len(frame.payload) == 4
+
+
+def nacl_seal(index: int, plain: bytes) -> bytes:
+    import nacl.secret
+
+    plain += bytes(Geometry(256).plaintext_size - len(plain))
+    return bytes(nacl.secret.SecretBox(KEYS.frame_key(index)).encrypt(
+        plain, KEYS.frame_id(index)[:24]).ciphertext)
 
 
 def test_open_checks_the_index_and_the_size() -> None:

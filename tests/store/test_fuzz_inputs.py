@@ -42,7 +42,8 @@ def test_tampered_state_is_refused() -> None:
         open_state(bytes(blob), KEY)
 
 
-@given(st.dictionaries(st.sampled_from(["v", "secret", "role", "write_idx", "sent", "rto"]),
+@given(st.dictionaries(st.sampled_from(["v", "secret", "role", "write_idx", "sent", "rto",
+                                        "stop", "stop_code", "stop_idx", "peer_stop"]),
                        st.one_of(st.integers(), st.text(max_size=5), st.binary(max_size=40),
                                  st.none(), st.lists(st.integers(), max_size=3))))
 @settings(max_examples=500, deadline=None)

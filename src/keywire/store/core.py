@@ -22,6 +22,11 @@ gets to start; the shell reports each outcome (``put_done`` / ``get_done``) and 
   with a protocol error naming the frame.
 * **End and Reset** are acknowledged and retransmitted like data; each direction closes on its
   own (half-close).
+* **StopSending** (a keywire extension, like Reset): ``stop_sending(code)`` discards what
+  arrives and puts one StopSending frame in our own direction, even after our End or Reset.
+  A peer whose direction is still open fails its writes with the code and resets with it. It is
+  retransmitted until acked, or until the peer's End or Reset arrives (then nothing is left to
+  stop, and it is only read back, like a bare ack).
 * **Multicast.** The writer needs no acks (any number of readers): every frame is confirmed by
   reading it back, and failed or lost puts are retried.
 * **save/restore.** ``snapshot()`` is the whole state; a restored core first reads back the
@@ -40,7 +45,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Code, StreamError
-from .frame import NO_ACK, Frame, FrameError, FrameType, Geometry, open_frame, seal_frame
+from .frame import (
+    CONTROL_FRAMES,
+    NO_ACK,
+    Frame,
+    FrameError,
+    FrameType,
+    Geometry,
+    open_frame,
+    seal_frame,
+)
 from .ops import (
     DataReceived,
     EndReceived,
@@ -75,6 +89,15 @@ class _RState(enum.Enum):
     OPEN = "open"
     ENDED = "ended"
     FAILED = "failed"
+
+
+class _Stop(enum.Enum):
+    """Our ``stop_sending``: whether a StopSending frame is owed, sent, or not needed."""
+
+    NONE = "none"          # not called
+    LOCAL = "local"        # called when nothing was left to stop (or multicast): local only
+    PENDING = "pending"    # the frame is to be built
+    SENT = "sent"          # built (at ``_stop_idx``)
 
 
 class _SState(enum.Enum):
@@ -190,6 +213,11 @@ class StoreCore:
         self._unconsumed_size = 0
         self.bytes_read = 0
         self._discard_incoming = False
+        self._stop = _Stop.NONE
+        self._stop_code = 0
+        self._stop_idx = -1
+        #: the code of the peer's StopSending that reset our direction (None: it did not)
+        self._peer_stop: int | None = None
         # restore
         self._recovering = False
         self._recover_op: GetOp | None = None
@@ -316,11 +344,18 @@ class StoreCore:
             self._write_error = StreamError(code, "stream was reset")
 
     def stop_sending(self, code: int) -> None:
-        """Local only (the frame format has no such message): discard what arrives from now."""
-        if not self._discard_incoming:
-            self._discard_incoming = True
-            if self._rstate is _RState.OPEN:
-                self._events.append(ReadFailed(StreamError(code, "reading was stopped locally")))
+        """Discard what arrives from now (reads fail with ``code``) and, while the peer's
+        direction is open, send it one StopSending(code) so its writes fail and it resets.
+        After the peer's End or Reset was read, or as a multicast reader, it is local only."""
+        if self._stop is not _Stop.NONE:
+            return
+        self._discard_incoming = True
+        self._stop_code = code & 0xFFFFFFFF
+        # (after the peer's End the shell's buffer ignores this if everything was read)
+        self._events.append(ReadFailed(StreamError(code, "reading was stopped locally"),
+                                       discard=True))
+        remote = self._rstate is _RState.OPEN and self._fatal is None
+        self._stop = _Stop.PENDING if remote and not self.multicast_reader else _Stop.LOCAL
 
     def consumed(self, n: int) -> None:
         """The application took ``n`` delivered bytes (frees read buffer, moves ``bytes_read``)."""
@@ -360,7 +395,9 @@ class StoreCore:
         times = [s.due for s in self._sent.values()
                  if s.state is _SState.STORED or (can_put and s.state is _SState.WAIT_PUT)]
         if self._reading():
-            times.extend(slot.due for slot in self._slots.values() if slot.op is None)
+            end = self._read_idx + self._read_span()
+            times.extend(slot.due for index, slot in self._slots.items()
+                         if slot.op is None and index < end)
         if self._ack_due is not None and self._pending_acks:
             times.append(self._ack_due)
         if self._probe_due is not None and not self._probe_ops_hol and self._head() is not None:
@@ -397,6 +434,11 @@ class StoreCore:
         if self.multicast_reader:
             return
         built = False
+        if self._stop is _Stop.PENDING:
+            # outside the window, like a bare ack: it must not wait behind our data
+            self._stop, self._stop_idx = _Stop.SENT, self._write_idx
+            self._build(FrameType.STOP_SENDING, struct.pack(">I", self._stop_code), now)
+            built = True
         while self._window_used() < self.params.window:
             state = self._wstate
             if state is _WState.RESET_PENDING:
@@ -581,15 +623,29 @@ class StoreCore:
             return False
         if self._rstate is _RState.OPEN:
             return self._unconsumed_size < self.max_read_buffer or self._discard_incoming
-        # the peer ended: keep reading only for acks of our frames
-        return self.mode is Mode.DUPLEX and any(s.needs_ack for s in self._sent.values())
+        # the peer ended: keep reading for acks of our frames, and while our direction is open
+        # for a StopSending the peer may still send
+        return self.mode is Mode.DUPLEX and (self._awaiting_acks() or self._write_open())
+
+    def _awaiting_acks(self) -> bool:
+        return any(s.needs_ack for s in self._sent.values())
+
+    def _write_open(self) -> bool:
+        """Our direction can still be stopped: its End or Reset is not built yet."""
+        return self._wstate in (_WState.OPEN, _WState.CLOSING, _WState.RESET_PENDING)
+
+    def _read_span(self) -> int:
+        """Indices read at once. Twice the window: the peer's bare acks sit between its data
+        frames, outside its window, and the freshest acks are in its newest frames. After the
+        peer's End, with nothing of ours to ack, only a StopSending can come: one get."""
+        if self._rstate is not _RState.OPEN and not self._awaiting_acks():
+            return 1
+        return 2 * self.params.window
 
     def _poll_reads(self, now: float, ops: list[Op]) -> None:
         if not self._reading():
             return
-        # twice the window: the peer's bare acks sit between its data frames, outside its
-        # window, and the freshest acks are in its newest frames
-        for index in range(self._read_idx, self._read_idx + 2 * self.params.window):
+        for index in range(self._read_idx, self._read_idx + self._read_span()):
             if index in self._reorder:
                 continue
             slot = self._slots.get(index)
@@ -694,11 +750,12 @@ class StoreCore:
         index = frame.id
         if frame.type is FrameType.START and index != 0:
             raise FrameError(f"frame {index}: Start frame after frame 0")
-        if self._rstate is not _RState.OPEN and frame.type is not FrameType.JUMP and (
-                frame.payload or frame.type is not FrameType.DATA):
+        after_end = frame.type in (FrameType.JUMP, FrameType.STOP_SENDING) or (
+            frame.type is FrameType.DATA and not frame.payload)
+        if self._rstate is not _RState.OPEN and not after_end:
             raise FrameError(f"frame {index}: {frame.type.name} frame after the peer's "
                              f"{'End' if self._rstate is _RState.ENDED else 'Reset'}")
-        carries_data = frame.type not in (FrameType.RESET, FrameType.JUMP)
+        carries_data = frame.type not in CONTROL_FRAMES
         if frame.payload and carries_data and not self._discard_incoming:
             self._unconsumed.append(frame.payload)
             self._unconsumed_size += len(frame.payload)
@@ -706,6 +763,7 @@ class StoreCore:
         if frame.type is FrameType.END:
             self._rstate = _RState.ENDED
             self._events.append(EndReceived())
+            self._peer_direction_ended(now)
         elif frame.type is FrameType.RESET:
             if len(frame.payload) != 4:
                 raise FrameError(f"frame {index}: Reset payload of {len(frame.payload)} "
@@ -714,6 +772,9 @@ class StoreCore:
             self._rstate = _RState.FAILED
             self._events.append(ReadFailed(StreamError(code, "peer reset the stream",
                                                        remote=True), discard=True))
+            self._peer_direction_ended(now)
+        elif frame.type is FrameType.STOP_SENDING:
+            self._on_peer_stop(struct.unpack(">I", frame.payload)[0])
         self._read_idx = index + 1
         if frame.type is FrameType.JUMP:
             target = struct.unpack(">Q", frame.payload)[0] if len(frame.payload) == 8 else 0
@@ -728,6 +789,31 @@ class StoreCore:
             self._pending_acks += 1
             if self._ack_due is None:
                 self._ack_due = now + self.params.ack_delay
+
+    def _on_peer_stop(self, code: int) -> None:
+        """The peer's StopSending: reset our direction with its code, unless our End or Reset
+        is already built (then everything we wrote is in frames the peer will ack: ignore)."""
+        if self._wstate not in (_WState.OPEN, _WState.CLOSING):
+            return
+        error = StreamError(code, f"peer asked to stop sending (code {code})", remote=True)
+        self._send_buf.clear()
+        self._reset_code = code
+        self._wstate = _WState.RESET_PENDING
+        self._write_error = error
+        self._peer_stop = code
+        self._events.append(WriteFailed(error))
+
+    def _peer_direction_ended(self, now: float) -> None:
+        """Nothing is left to stop: an unbuilt StopSending is dropped, and a sent one need not
+        be acked any more (the peer, done writing, may stop reading us), only read back."""
+        if self._stop is _Stop.PENDING:
+            self._stop = _Stop.LOCAL
+        elif self._stop is _Stop.SENT:
+            sent = self._sent.get(self._stop_idx)
+            if sent is not None and sent.needs_ack:
+                sent.needs_ack = False
+                if sent.state is _SState.STORED:
+                    sent.due = now + self.params.verify_delay
 
     def fail(self, error: StreamError) -> None:
         """End the stream with ``error`` (the shell's verdict, e.g. a value the store refuses)."""
@@ -799,7 +885,7 @@ class StoreCore:
 
     def _adopt(self, frame: Frame, address: bytes, value: bytes, now: float) -> None:
         """A frame our previous run put after the snapshot: take it as written."""
-        payload = frame.payload if frame.type not in (FrameType.RESET, FrameType.JUMP) else b""
+        payload = frame.payload if frame.type not in CONTROL_FRAMES else b""
         known = min(len(payload), len(self._send_buf))
         if bytes(self._send_buf[:known]) != payload[:known]:
             raise FrameError(f"frame {frame.id}: recovered frame disagrees with the saved "
@@ -811,6 +897,9 @@ class StoreCore:
         elif frame.type is FrameType.RESET:
             self._wstate = _WState.RESET
         needs_ack = self.mode is Mode.DUPLEX and frame.elicits_ack
+        if frame.type is FrameType.STOP_SENDING:
+            self._adopt_stop(frame)
+            needs_ack = needs_ack and self._rstate is _RState.OPEN
         sent = _Sent(frame.id, address, value, needs_ack, state=_SState.STORED,
                      due=now + self._rtt.rto, transmissions=1)
         self._sent[frame.id] = sent
@@ -818,6 +907,16 @@ class StoreCore:
         if frame.type is FrameType.JUMP and len(frame.payload) == 8:
             self._write_idx = struct.unpack(">Q", frame.payload)[0]
         self._hello = False
+
+    def _adopt_stop(self, frame: Frame) -> None:
+        """Our previous run sent this StopSending after the snapshot: it stands."""
+        if self._stop is _Stop.NONE:
+            self._stop_code = struct.unpack(">I", frame.payload)[0]
+            self._discard_incoming = True
+            if self._rstate is _RState.OPEN:
+                self._events.append(ReadFailed(StreamError(
+                    self._stop_code, "reading was stopped locally"), discard=True))
+        self._stop, self._stop_idx = _Stop.SENT, frame.id
 
     # -- save / restore ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -844,14 +943,19 @@ class StoreCore:
             "bytes_read": self.bytes_read,
             "unconsumed": b"".join(self._unconsumed),
             "rto": self._rtt.rto,
+            # added with StopSending; optional, so states saved before it still load
+            "stop": self._stop.value,
+            "stop_code": self._stop_code,
+            "stop_idx": self._stop_idx,
+            "peer_stop": -1 if self._peer_stop is None else self._peer_stop,
         }
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any], params: StoreParams | None = None,
                       now: float = 0.0) -> StoreCore:
         """Resume from ``snapshot()``; unconfirmed frames are resent at once."""
-        def num(name: str) -> int:
-            value = state[name]
+        def num(name: str, default: int | None = None) -> int:
+            value = state[name] if default is None else state.get(name, default)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} is not an integer")
             return value
@@ -891,16 +995,30 @@ class StoreCore:
             if not isinstance(rto, int | float):
                 raise TypeError("rto is not a number")
             core._rtt.rto = float(rto)
+            core._stop = _Stop(state.get("stop", _Stop.NONE.value))
+            core._stop_code = num("stop_code", 0)
+            core._stop_idx = num("stop_idx", -1)
+            peer_stop = num("peer_stop", -1)
+            if not -1 <= peer_stop <= 0xFFFFFFFF or not 0 <= core._stop_code <= 0xFFFFFFFF:
+                raise ValueError("a saved StopSending code is out of range")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"saved stream state is malformed: {exc}") from None
         if core._wstate is _WState.RESET_PENDING or core._wstate is _WState.RESET:
             core._write_error = StreamError(core._reset_code, "stream was reset")
+            if peer_stop >= 0:
+                core._peer_stop = peer_stop
+                core._write_error = StreamError(
+                    peer_stop, f"peer asked to stop sending (code {peer_stop})", remote=True)
         if core._pending_acks:
             core._ack_due = now
         if unconsumed:
             core._unconsumed.append(unconsumed)
             core._unconsumed_size = len(unconsumed)
             core._events.append(DataReceived(unconsumed))
+        if core._stop is not _Stop.NONE:   # reading stays stopped (before any End: reads fail)
+            core._discard_incoming = True
+            core._events.append(ReadFailed(StreamError(
+                core._stop_code, "reading was stopped locally"), discard=True))
         if core._rstate is _RState.ENDED and not core.publisher:
             core._events.append(EndReceived())
         elif core._rstate is _RState.FAILED:

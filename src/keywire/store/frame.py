@@ -30,7 +30,7 @@ MAX_VALUE_SIZE = 1 << 24
 
 
 class FrameType(enum.IntEnum):
-    """Katzenpost's types, plus RESET as a keywire extension."""
+    """Katzenpost's types, plus keywire's extensions RESET, JUMP and STOP_SENDING."""
 
     START = 0
     DATA = 1
@@ -40,6 +40,14 @@ class FrameType(enum.IntEnum):
     #: keywire: a writer restored from saved state continues at the index in the payload
     #: (8 bytes), past frames its previous run may have left behind a lost one
     JUMP = 4
+    #: keywire: the sender's reader asks the peer to stop writing and to reset its direction
+    #: with the 4-byte error code in the payload; it travels in the sender's own write
+    #: direction, also after that direction's End or Reset
+    STOP_SENDING = 5
+
+
+#: frame types whose payload is not stream data
+CONTROL_FRAMES = (FrameType.RESET, FrameType.JUMP, FrameType.STOP_SENDING)
 
 
 class FrameError(ValueError):
@@ -57,7 +65,7 @@ class Frame:
     def elicits_ack(self) -> bool:
         """Frames carrying data or an end must be acknowledged; bare acks need not be."""
         return bool(self.payload) or self.type in (FrameType.END, FrameType.RESET,
-                                                   FrameType.JUMP)
+                                                   FrameType.JUMP, FrameType.STOP_SENDING)
 
 
 def _head(major: int, value: int) -> bytes:
@@ -166,6 +174,9 @@ def decode_frame(plaintext: bytes) -> Frame:
         raise FrameError(f"unknown frame type {type_value}") from None
     frame_id, ack, payload = fields["Id"], fields["Ack"], fields["Payload"]
     assert isinstance(frame_id, int) and isinstance(ack, int) and isinstance(payload, bytes)
+    if ftype is FrameType.STOP_SENDING and len(payload) != 4:
+        raise FrameError(f"StopSending payload of {len(payload)} bytes, expected a 4-byte "
+                         "error code")
     return Frame(ftype, frame_id, ack, payload)
 
 

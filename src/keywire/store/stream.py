@@ -146,8 +146,11 @@ class StoreStream(Stream):
         self._wake.set()
 
     def stop_sending(self, code: int = Code.CANCELLED) -> None:
+        """Reads fail with ``code`` from now; the peer is sent a StopSending (its writes fail
+        and it resets with ``code``) unless its direction already ended."""
         self._core.stop_sending(code)
         self._pump()
+        self._wake.set()
 
     async def sync(self, acked: bool = False) -> None:
         """Wait until every byte written is in the store (``acked``: acknowledged by the peer,
@@ -337,8 +340,9 @@ class StoreConnection(Connection):
         return self._take()
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
-        """Clean close: FIN, then wait (up to the linger time) until our data and our acks are
-        confirmed, so nothing is lost; otherwise reset with ``code``."""
+        """Clean close: FIN and StopSending(closed), then wait (up to the linger time) until
+        our frames and our acks are confirmed, so nothing is lost; otherwise reset with
+        ``code``."""
         if self._closed is not None:
             return
         self._closed = ConnectionClosed(code, reason or "closed locally")
