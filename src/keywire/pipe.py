@@ -146,8 +146,7 @@ class PipeStream(Stream):
         try:
             data = await self._pipe.read(65536 if n < 0 else n)
         except StreamError as exc:
-            self._read_error = exc
-            self._check_done()
+            self._broken(exc)
             raise
         finally:
             self._reading = False
@@ -166,7 +165,7 @@ class PipeStream(Stream):
         try:
             await self._pipe.write(data)
         except StreamError as exc:
-            self._write_error = exc
+            self._broken(exc)
             raise
 
     async def close_write(self) -> None:
@@ -176,7 +175,8 @@ class PipeStream(Stream):
         try:
             await self._pipe.close_write()
         except StreamError as exc:
-            self._write_error = exc
+            self._broken(exc)
+            return
         self._check_done()
 
     def reset(self, code: int = Code.RESET) -> None:
@@ -199,6 +199,20 @@ class PipeStream(Stream):
         await self.close_write()
         self.stop_sending(Code.CLOSED)
         await self._pipe.close()
+        self._done.set()
+
+    def _broken(self, error: StreamError) -> None:
+        """The pipe itself failed: both halves are dead, whether or not anyone uses the other.
+
+        (Waiting for the application to also read or write the other half would keep the
+        connection, its socket and the server's tasks forever when it never does, e.g. a
+        handler that stops at the write that failed because the peer vanished.)
+        """
+        if self._read_error is None and not self._read_eof:
+            self._read_error = error
+        if self._write_error is None:
+            self._write_error = error
+        self._pipe.abort()
         self._done.set()
 
     def _check_done(self) -> None:

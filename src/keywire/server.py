@@ -59,6 +59,11 @@ class Server:
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending = 0
+        #: pipes whose handshake is running: close() aborts them rather than let each hold
+        #: its socket and task until its handshake timeout, after the server is gone
+        self._handshaking: set[Pipe] = set()
+        self._no_handshakes = asyncio.Event()
+        self._no_handshakes.set()
         self._closing = False
         self._closed = asyncio.Event()
         self._started = False
@@ -109,6 +114,10 @@ class Server:
             return
         self._closing = True
         await self._close_listeners()
+        for pipe in list(self._handshaking):
+            pipe.abort()
+        with contextlib.suppress(TimeoutError):  # each aborted handshake fails at once
+            await asyncio.wait_for(self._no_handshakes.wait(), grace)
         while not self._queue.empty():
             self._connections.add(self._queue.get_nowait())
         conns = list(self._connections)
@@ -174,6 +183,8 @@ class Server:
             pipe.abort()
             return
         self._pending += 1
+        self._handshaking.add(pipe)
+        self._no_handshakes.clear()
         try:
             conn = await with_timeout(self._compose(alt, pipe), self.options.timeout,
                                       f"server handshake with {pipe.peer}")
@@ -185,6 +196,9 @@ class Server:
             return
         finally:
             self._pending -= 1
+            self._handshaking.discard(pipe)
+            if not self._handshaking:
+                self._no_handshakes.set()
         await self._accept_connection(conn)
 
     async def _compose(self, alt: Alternative, pipe: Pipe) -> Connection:

@@ -11,13 +11,7 @@ import pytest
 import keywire
 from keywire.stream import Connection
 
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+from .churn_util import rss_kib
 
 
 async def echo(conn: Connection) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from websockets.protocol import State
 
 from ..address import DEFAULT_PORTS, Section, format_url_host
 from ..chain import Listening, Options, PipeHandler, Registry, Transport
@@ -125,6 +126,24 @@ class WsTransport(Transport):
             raise ValueError("listening on wss:// needs Options.extra['ws.ssl'] (an SSLContext "
                              "with the server certificate); or serve ws:// behind a TLS proxy")
         sock = bind_tcp(host, port)
+        opening: set[ServerConnection] = set()
+
+        class TrackedConnection(ServerConnection):
+            """Known from the first byte, so closing the listener can drop unfinished upgrades
+            (websockets itself only answers them once their request is complete)."""
+
+            def connection_made(self, transport: Any) -> None:
+                super().connection_made(transport)
+                opening.add(self)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                opening.discard(self)
+                super().connection_lost(exc)
+
+        def drop_opening() -> None:
+            for ws in list(opening):
+                if ws.protocol.state is State.CONNECTING:
+                    ws.transport.abort()
 
         async def accepted(ws: ServerConnection) -> None:
             remote = ws.remote_address
@@ -136,6 +155,8 @@ class WsTransport(Transport):
         server = await serve(
             accepted, sock=sock, compression=None, max_size=MAX_MESSAGE,
             write_limit=WRITE_LIMIT, ssl=server_ssl, server_header=None,
+            # a client that never completes its upgrade is dropped like any other handshake
+            open_timeout=options.handshake_timeout, create_connection=TrackedConnection,
         )
         bound = sock.getsockname()[1]
         path = parts.path
@@ -143,7 +164,8 @@ class WsTransport(Transport):
         def make(h: str, p: int) -> Section:
             return url_section(self.name, h, p, path)
 
-        return ServerListening(server, host, bound, make)  # type: ignore[arg-type]
+        return ServerListening(server, host, bound, make,  # type: ignore[arg-type]
+                               closer=drop_opening)
 
 
 def url_section(scheme: str, host: str, port: int, path: str = "") -> Section:
