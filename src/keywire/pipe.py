@@ -222,19 +222,23 @@ class PipeStream(Stream):
             self._done.set()
 
 
-class SingleStreamConnection(Connection):
-    """A connection with exactly one stream, for chains without ``~mux``.
+class OneStreamConnection(Connection):
+    """A connection that carries exactly one stream (a chain without ``~mux``, a store stream).
 
     Whichever of ``open_stream`` / ``accept_stream`` is called first gets the stream; a second
-    stream is unsupported (add ``~mux`` to the address for many streams).
+    ``open_stream`` is unsupported and a second ``accept_stream`` waits for the end, since no
+    other stream will come. ``ended`` is set when the stream (and so the connection) is over.
     """
 
-    def __init__(self, pipe: Pipe, address: str, remote: RemoteIdentity | None = None) -> None:
-        self._pipe = pipe
+    #: how errors name a connection without an address, what they advise, how a wait ends
+    _unnamed = "this chain"
+    _advice = ""
+    _ended_text = "stream ended"
+
+    def __init__(self, stream: Stream, ended: asyncio.Event, address: str) -> None:
+        self._one = stream
+        self._ended = ended
         self.address = address
-        self.remote = remote if remote is not None else pipe.remote
-        self._done = asyncio.Event()
-        self._stream = PipeStream(pipe, self._done)
         self._taken = False
         self._closed: ConnectionClosed | None = None
 
@@ -243,20 +247,49 @@ class SingleStreamConnection(Connection):
             raise self._closed
         if self._taken:
             raise UnsupportedError(
-                f"{self.address or 'this chain'} carries one stream; add ~mux for more"
-            )
+                f"{self.address or self._unnamed} carries one stream{self._advice}")
         self._taken = True
-        return self._stream
+        return self._one
 
     async def open_stream(self) -> Stream:
         return self._take()
 
     async def accept_stream(self) -> Stream:
         if self._taken:
-            # the one stream is out: wait for the connection to end, as there will be no other
-            await self._done.wait()
-            raise self._closed or ConnectionClosed(Code.NONE, "single-stream connection ended")
+            await self._ended.wait()
+            raise self._closed or ConnectionClosed(Code.NONE, self._ended_text)
         return self._take()
+
+    def _natural_end(self) -> ConnectionClosed:
+        """How the connection ended when nobody closed it: its stream finished."""
+        return ConnectionClosed(Code.NONE, "stream ended")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None or self._ended.is_set()
+
+    @property
+    def close_error(self) -> ConnectionClosed | None:
+        if self._closed is None and self._ended.is_set():
+            return self._natural_end()
+        return self._closed
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._ended.wait()
+        return self.close_error or ConnectionClosed(Code.NONE)
+
+
+class SingleStreamConnection(OneStreamConnection):
+    """The one stream of a chain without ``~mux`` (add ``~mux`` to the address for many)."""
+
+    _advice = "; add ~mux for more"
+    _ended_text = "single-stream connection ended"
+
+    def __init__(self, pipe: Pipe, address: str, remote: RemoteIdentity | None = None) -> None:
+        self._pipe = pipe
+        self.remote = remote if remote is not None else pipe.remote
+        self._done = asyncio.Event()
+        super().__init__(PipeStream(pipe, self._done), self._done, address)
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
         if self._closed is None:
@@ -266,20 +299,6 @@ class SingleStreamConnection(Connection):
         else:
             self._pipe.abort()
         self._done.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed is not None or self._done.is_set()
-
-    @property
-    def close_error(self) -> ConnectionClosed | None:
-        if self._closed is None and self._done.is_set():
-            return ConnectionClosed(Code.NONE, "stream ended")
-        return self._closed
-
-    async def wait_closed(self) -> ConnectionClosed:
-        await self._done.wait()
-        return self.close_error or ConnectionClosed(Code.NONE)
 
     @property
     def transport_name(self) -> str:

@@ -59,19 +59,23 @@ class _QuietNativeClose(logging.Filter):
 logging.getLogger("quic").addFilter(_QuietNativeClose())
 
 
+def _common(settings: KpsSettings) -> dict[str, Any]:
+    """What both ends configure alike: ALPN, connection ids, windows, datagrams, timers."""
+    return {
+        "alpn_protocols": [ALPN],
+        "connection_id_length": CID_LENGTH,
+        "idle_timeout": settings.idle_timeout,
+        "max_data": settings.connection_window,
+        "max_stream_data": settings.stream_window,
+        "max_datagram_frame_size": MAX_DATAGRAM_FRAME,
+        "max_datagram_size": settings.max_packet_size,
+        "initial_rtt": settings.initial_rtt,
+    }
+
+
 def server_configuration(identity: Identity, settings: KpsSettings) -> QuicConfiguration:
     """The listener's configuration: the identity's certificate, ALPN h3, datagrams on."""
-    config = QuicConfiguration(
-        is_client=False,
-        alpn_protocols=[ALPN],
-        connection_id_length=CID_LENGTH,
-        idle_timeout=settings.idle_timeout,
-        max_data=settings.connection_window,
-        max_stream_data=settings.stream_window,
-        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
-        max_datagram_size=settings.max_packet_size,
-        initial_rtt=settings.initial_rtt,
-    )
+    config = QuicConfiguration(is_client=False, **_common(settings))
     config.certificate = Certificate(identity.certificate_der)
     config.private_key = tls.load_pem_private_key(identity.private_key_pem)
     return config
@@ -79,20 +83,9 @@ def server_configuration(identity: Identity, settings: KpsSettings) -> QuicConfi
 
 def client_configuration(pin: bytes, settings: KpsSettings) -> QuicConfiguration:
     """The dialer's configuration: no CA, no SNI, the server checked only by ``pin``."""
-    return QuicConfiguration(
-        is_client=True,
-        alpn_protocols=[ALPN],
-        connection_id_length=CID_LENGTH,
-        idle_timeout=settings.idle_timeout,
-        max_data=settings.connection_window,
-        max_stream_data=settings.stream_window,
-        max_datagram_frame_size=MAX_DATAGRAM_FRAME,
-        max_datagram_size=settings.max_packet_size,
-        initial_rtt=settings.initial_rtt,
-        verify_mode=ssl.CERT_NONE,
-        assert_fingerprint=pin.hex(),
-        server_name=None,
-    )
+    return QuicConfiguration(is_client=True, verify_mode=ssl.CERT_NONE,
+                             assert_fingerprint=pin.hex(), server_name=None,
+                             **_common(settings))
 
 
 def _core_with_stream_limit(native: Callable[..., Any], limit: int) -> Callable[..., Any]:

@@ -12,8 +12,9 @@ import contextlib
 import logging
 from collections import deque
 
-from ..errors import Code, ConnectionClosed, StreamError, UnsupportedError
-from ..stream import Connection, ReceiveBuffer, RemoteIdentity, Stream
+from ..errors import Code, ConnectionClosed, StreamError
+from ..pipe import OneStreamConnection
+from ..stream import ReceiveBuffer, RemoteIdentity, Stream
 from .backend import StoreBackend, StoreRefused, ValueTooLarge
 from .core import StoreCore
 from .ops import (
@@ -305,39 +306,23 @@ class StoreStream(Stream):
         self._wake.set()
 
 
-class StoreConnection(Connection):
+class StoreConnection(OneStreamConnection):
     """A connection with exactly one store stream (no multiplexing over a store)."""
+
+    _unnamed = "a store stream"
+    _ended_text = "store stream ended"
 
     def __init__(self, stream: StoreStream, address: str = "", *, linger: float = 30.0,
                  owns_backend: StoreBackend | None = None) -> None:
+        super().__init__(stream, stream._finished, address)
         self._stream = stream
-        self.address = address
         self.remote = RemoteIdentity()
         self._linger = linger
-        self._taken = False
-        self._closed: ConnectionClosed | None = None
         self._backend = owns_backend
 
     @property
     def stream(self) -> StoreStream:
         return self._stream
-
-    def _take(self) -> Stream:
-        if self._closed is not None:
-            raise self._closed
-        if self._taken:
-            raise UnsupportedError(f"{self.address or 'a store stream'} carries one stream")
-        self._taken = True
-        return self._stream
-
-    async def open_stream(self) -> Stream:
-        return self._take()
-
-    async def accept_stream(self) -> Stream:
-        if self._taken:
-            await self._stream._finished.wait()
-            raise self._closed or ConnectionClosed(Code.NONE, "store stream ended")
-        return self._take()
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
         """Clean close: FIN and StopSending(closed), then wait (up to the linger time) until
@@ -368,22 +353,11 @@ class StoreConnection(Connection):
         if self._backend is not None:
             await self._backend.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed is not None or self._stream.finished
-
-    @property
-    def close_error(self) -> ConnectionClosed | None:
-        if self._closed is None and self._stream.finished:
-            failed = self._stream.core.failed
-            if failed is not None:
-                return ConnectionClosed(failed.code, str(failed))
-            return ConnectionClosed(Code.NONE, "store stream ended")
-        return self._closed
-
-    async def wait_closed(self) -> ConnectionClosed:
-        await self._stream._finished.wait()
-        return self.close_error or ConnectionClosed(Code.NONE)
+    def _natural_end(self) -> ConnectionClosed:
+        failed = self._stream.core.failed
+        if failed is not None:
+            return ConnectionClosed(failed.code, str(failed))
+        return ConnectionClosed(Code.NONE, "store stream ended")
 
     @property
     def transport_name(self) -> str:
