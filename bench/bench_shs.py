@@ -57,7 +57,8 @@ async def serve_raw() -> None:
 
 async def serve_keywire(spec: str, app_key: bytes) -> None:
     import keywire
-    from keywire.chain import Options, registry
+    from keywire.options import Options
+    from keywire.registry import registry
     from keywire.shs.transform import register
 
     if "shs" not in registry.transforms:
@@ -207,7 +208,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from keywire.chain import registry
+    from keywire.registry import registry
     from keywire.shs.transform import register
 
     if "shs" not in registry.transforms:

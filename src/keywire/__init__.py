@@ -7,7 +7,6 @@ The public API in one place: ``dial`` an address, run a ``Server`` on listen spe
 from __future__ import annotations
 
 from .address import Alternative, MultiAddress, Scope, Section, parse
-from .chain import SSB_APP_KEY, Options
 from .dial import dial, open_stream
 from .errors import (
     AddressError,
@@ -25,6 +24,7 @@ from .errors import (
     UnsupportedError,
 )
 from .identity import Identity, decode_certhash, encode_certhash
+from .options import SSB_APP_KEY, Options
 from .server import Server, listen
 from .stream import Connection, RemoteIdentity, Stream
 

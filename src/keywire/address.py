@@ -26,10 +26,49 @@ from .errors import AddressError
 URL_SCHEMES: frozenset[str] = frozenset({"ws", "wss", "http", "https", "redis", "rediss"})
 DEFAULT_PORTS: dict[str, int] = {"ws": 80, "wss": 443, "http": 80, "https": 443, "redis": 6379,
                                  "rediss": 6379}
+#: the longest address text parsed at all; longer text is refused before any work is done
+MAX_ADDRESS_LENGTH = 4096
 _NAME = re.compile(r"[a-z][a-z0-9-]+")
 _CERTHASH = re.compile(r"u[A-Za-z0-9_-]{46}")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 _SPECIALS = "!~;:"
+_WHITESPACE = re.compile(r"\s")
+#: one token per match, no nesting: an escape pair ('!' and the next character) or a separator
+_SEPARATOR_SCANNERS = {seps: re.compile(r"![\s\S]?|[" + re.escape(seps) + "]")
+                       for seps in (";", "~", ":")}
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def host_problem(host: str, *, underscore: bool = True) -> str | None:
+    """Why ``host`` is not an IP address or a DNS name, or None; one pass, no regex.
+
+    The scanner replaces a regex with nested quantifiers that backtracked exponentially on
+    hostile text. Labels are 1-63 characters, the name at most 253 (a trailing dot allowed);
+    a non-ASCII name must survive IDNA, as the resolver would encode it.
+    """
+    if host == "":
+        return "a host name or IP address"
+    if ":" in host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return "a valid IPv6 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or name == "":
+        return "a host name of 1 to 253 characters"
+    if not name.isascii():
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            return "a host name that IDNA can encode"
+        return None
+    allowed = _LABEL_CHARS | {"_"} if underscore else _LABEL_CHARS
+    for label in name.split("."):
+        if not 1 <= len(label) <= 63:
+            return "host name labels of 1 to 63 characters"
+        if label[0] == "-" or label[-1] == "-" or not set(label) <= allowed:
+            return "a host name of letters, digits and inner '-'"
+    return None
 
 
 class Scope(StrEnum):
@@ -131,20 +170,22 @@ class _Parser:
 
     def split(self, piece: str, start: int, seps: str) -> list[tuple[str, int]]:
         """Split on unescaped separators; (raw piece, offset) with escapes still in place."""
+        if "!" not in piece:  # the common case: no escapes, so str.split finds every separator
+            out: list[tuple[str, int]] = []
+            at = start
+            for part in piece.split(seps):
+                out.append((part, at))
+                at += len(part) + 1
+            return out
         pieces: list[tuple[str, int]] = []
         begin = 0
-        i = 0
-        while i < len(piece):
-            ch = piece[i]
-            if ch == "!":
-                if i + 1 >= len(piece):
-                    raise self.fail(start + i, "a character after '!'")
-                i += 2
-                continue
-            if ch in seps:
-                pieces.append((piece[begin:i], start + begin))
-                begin = i + 1
-            i += 1
+        for match in _SEPARATOR_SCANNERS[seps].finditer(piece):
+            token = match.group()
+            if token == "!":
+                raise self.fail(start + match.start(), "a character after '!'")
+            if len(token) == 1:
+                pieces.append((piece[begin:match.start()], start + begin))
+                begin = match.end()
         pieces.append((piece[begin:], start + begin))
         return pieces
 
@@ -153,6 +194,8 @@ class _Parser:
         return re.sub(r"!(.)", r"\1", raw, flags=re.DOTALL)
 
     def check_chars(self, raw: str, offset: int, what: str) -> None:
+        if raw.isprintable() and _WHITESPACE.search(raw) is None:
+            return
         for i, ch in enumerate(raw):
             if ch.isspace() or not ch.isprintable():
                 raise self.fail(offset + i, f"a printable character in {what}")
@@ -167,6 +210,10 @@ class _Parser:
             raise self.fail(offset, f"a valid {scheme} URL ({exc})") from None
         if not parts.hostname:
             raise self.fail(offset + len(scheme) + 3, "a host after '//'")
+        problem = host_problem(parts.hostname)
+        if problem is not None:
+            at = raw.lower().find(parts.hostname, len(scheme) + 3)
+            raise self.fail(offset + (at if at >= 0 else len(scheme) + 3), problem)
         return Section(scheme, (), url)
 
     def bare_kps(self, raw: str, offset: int) -> Section | None:
@@ -193,12 +240,12 @@ class _Parser:
             host, parts = all_parts[0], all_parts[1:]
             if _NAME.fullmatch(host) and host != "localhost":
                 return None  # a protocol section such as net:HOST:PORT
-            if not _HOSTNAME.fullmatch(host):
+            if host_problem(host, underscore=False) is not None:
                 return None
         port_text, certhash = parts
         if not _CERTHASH.fullmatch(certhash):
             return None
-        decimal = port_text.isascii() and port_text.isdigit()
+        decimal = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
         if not decimal or port_text != str(int(port_text)) or not 1 <= int(port_text) <= 65535:
             at = offset + len(raw) - len(certhash) - 1 - len(port_text)
             raise self.fail(at, "a decimal port from 1 to 65535")
@@ -223,6 +270,8 @@ class _Parser:
                 name_at,
                 "a protocol name of 2+ characters from a-z, 0-9 and '-' starting with a letter",
             )
+        if name in URL_SCHEMES:
+            raise self.fail(name_at + len(name), f"'://' after {name!r} (a {name}:// URL)")
         return Section(name, tuple(self.unescape(p) for p, _ in pieces[1:]))
 
     def alternative(self, piece: str, offset: int) -> Alternative:
@@ -238,8 +287,15 @@ class _Parser:
         )
 
 
+def _check_length(text: str) -> None:
+    if len(text) > MAX_ADDRESS_LENGTH:
+        raise AddressError(text[:120], MAX_ADDRESS_LENGTH,
+                           f"an address of at most {MAX_ADDRESS_LENGTH} characters")
+
+
 def parse_alternative(text: str) -> Alternative:
     """Parse one alternative (no ``;``)."""
+    _check_length(text)
     return _Parser(text).alternative(text, 0)
 
 
@@ -249,6 +305,7 @@ def parse(text: str | MultiAddress) -> MultiAddress:
         return text
     if not isinstance(text, str):
         raise AddressError(repr(text), 0, "a string")
+    _check_length(text)
     return _Parser(text).address()
 
 
@@ -336,9 +393,13 @@ def split_host_port(section: Section, *, allow_zero: bool = False) -> tuple[str,
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     low = 0 if allow_zero else 1
-    if not (port_text.isascii() and port_text.isdigit()) or not low <= int(port_text) <= 65535:
+    decimal = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not decimal or not low <= int(port_text) <= 65535:
         raise AddressError(format_section(section), len(format_section(section)) - len(port_text),
                            f"a decimal port from {low} to 65535")
+    problem = host_problem(host.split("%", 1)[0] if ":" in host else host)
+    if problem is not None:
+        raise AddressError(format_section(section), len(section.name) + 1, problem)
     return host, int(port_text)
 
 

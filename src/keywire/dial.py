@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 from .address import Alternative, MultiAddress, parse, redacted
-from .chain import Options, registry, with_timeout
-from .errors import Attempt, DialError, KeywireError
-from .pipe import Pipe, SingleStreamConnection
+from .compose import Side, compose
+from .errors import AddressError, Attempt, DialError, IdentityError, KeywireError
+from .options import Options, make_options
+from .registry import registry
 from .stream import Connection
-
-
-def make_options(options: Options | None, overrides: dict[str, Any]) -> Options:
-    """Options with keyword overrides applied (``dial(addr, timeout=3)``)."""
-    base = dataclasses.replace(options) if options is not None else Options()
-    for key, value in overrides.items():
-        if not hasattr(base, key):
-            raise TypeError(f"unknown option {key!r}")
-        setattr(base, key, value)
-    return base
+from .timeouts import with_timeout
 
 
 def describe(exc: BaseException) -> str:
@@ -34,34 +25,16 @@ def describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}" if not isinstance(exc, OSError) else text
 
 
-async def compose_client(alt: Alternative, pipe: Pipe, options: Options) -> Connection:
-    """Run the transforms of ``alt`` over ``pipe`` as the dialer."""
-    result: Pipe | Connection = pipe
-    address = str(Alternative(alt.sections[:1]))
-    for i, section in enumerate(alt.transforms):
-        if not isinstance(result, Pipe):
-            raise KeywireError(f"{section.name!r} cannot follow a multiplexing section")
-        transform = registry.transforms[section.name]
-        address = f"{address}~{section}"
-        result = await transform.client(result, section, options, address)
-        if isinstance(result, Connection) and i + 1 < len(alt.transforms):
-            raise KeywireError(f"{alt.transforms[i + 1].name!r} cannot follow {section.name!r}")
-    if isinstance(result, Pipe):
-        return SingleStreamConnection(result, redacted(alt))
-    return result
-
-
 async def dial_alternative(alt: Alternative, options: Options) -> Connection:
     """Dial one alternative that the registry understands."""
     handler = registry.handler_for(alt)
     if handler is not None:
         return await handler.dial(alt, options)
     for section in alt.transforms:
-        registry.transforms[section.name].check(section)
-    transport = registry.transports[alt.transport.name]
-    pipe = await transport.connect(alt.transport, options)
+        registry.transform(section.name).check(section)
+    pipe = await registry.transport(alt.transport.name).connect(alt.transport, options)
     try:
-        return await compose_client(alt, pipe, options)
+        return await compose(alt, pipe, options, Side.CLIENT)
     except BaseException:
         pipe.abort()
         raise
@@ -77,6 +50,7 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
     ``asyncio.timeout`` to bound the whole dial.
     """
     opts = make_options(options, overrides)
+    registry.check_settings(opts)
     addr = parse(address)
     attempts: list[Attempt] = []
     for alt in addr.alternatives:
@@ -92,6 +66,13 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
     raise DialError(redacted(addr), attempts)
 
 
+def _all_local(exc: DialError) -> bool:
+    """Every attempt failed on something here that another round cannot change (a malformed
+    alternative or key)."""
+    return all(a.error is None or isinstance(a.error, AddressError | IdentityError)
+               for a in exc.attempts)
+
+
 async def dial_retrying(address: str | MultiAddress, options: Options | None = None, *,
                         retries: int = 0, backoff: float = 0.4, max_backoff: float = 8.0,
                         on_retry: Any = None, **overrides: Any) -> Connection:
@@ -102,7 +83,7 @@ async def dial_retrying(address: str | MultiAddress, options: Options | None = N
         try:
             return await dial(address, options, **overrides)
         except DialError as exc:
-            if exc.permanent or round_ == retries:
+            if exc.permanent or _all_local(exc) or round_ == retries:
                 raise
             if on_retry is not None:
                 on_retry(exc, delay)

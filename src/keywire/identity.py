@@ -9,11 +9,14 @@ derived from the P-256 key so the shs identity is stable too without rewriting t
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +28,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .errors import IdentityError
 
+log = logging.getLogger("keywire.identity")
+
 MULTIHASH_SHA256 = b"\x12\x20"
 CERT_VALIDITY = dt.timedelta(hours=200 * 365 * 24)
 _SEED_INFO = b"keywire ed25519 seed from p256 v1"
+#: a key file is about 1 KiB; anything much larger is not one (or is /dev/zero behind a link)
+MAX_KEY_FILE = 64 * 1024
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -240,31 +247,78 @@ class Identity:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
         p = Path(path)
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise IdentityError(f"cannot read key file {p}: {exc.strerror}") from None
-        return cls.from_pem(data, p)
+        return cls.from_pem(read_key_file(p), p)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file with mode 0600 (the directory 0700 if it is created)."""
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, self.to_pem())
-        finally:
-            os.close(fd)
-        os.replace(tmp, p)
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, self.to_pem())
+            finally:
+                os.close(fd)
+            os.replace(tmp, p)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise IdentityError(f"cannot create key file {p}: {exc.strerror or exc}") from None
         self.path = p
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str] | None = None) -> Identity:
         """Load the key file, creating it (mode 0600) if it does not exist."""
         p = Path(path) if path is not None else default_key_path()
-        if p.exists():
+        try:
+            p.stat()
+        except FileNotFoundError:
+            if os.path.islink(p):  # a dangling link: say so rather than write through it
+                return cls.load(p)
+        except OSError as exc:  # under a file, in an unreadable directory, a link loop
+            raise IdentityError(f"cannot reach key file {p}: {exc.strerror or exc}") from None
+        else:
             return cls.load(p)
         ident = cls.generate()
         ident.save(p)
         return ident
+
+
+def read_key_file(p: Path) -> bytes:
+    """The key file's bytes: a regular file of at most ``MAX_KEY_FILE`` bytes.
+
+    Opened without blocking (a FIFO would wait for a writer for ever) and read with a bound
+    (``/dev/zero`` behind the name would never end). A key that group or others may access
+    is used with a warning; ssh refuses such a key, but keywire warns instead: the file may sit
+    on a filesystem without Unix modes, and refusing would lock the user out of their identity.
+    """
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise IdentityError(f"cannot read key file {p}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IdentityError(f"key file {p} is not a regular file")
+        if info.st_size > MAX_KEY_FILE:
+            raise IdentityError(f"key file {p} is {info.st_size} bytes; a key file is at most "
+                                f"{MAX_KEY_FILE}")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_KEY_FILE:
+            chunk = os.read(fd, MAX_KEY_FILE + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_KEY_FILE:
+            raise IdentityError(f"key file {p} is larger than {MAX_KEY_FILE} bytes")
+    except OSError as exc:
+        raise IdentityError(f"cannot read key file {p}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if info.st_mode & 0o077 and os.name == "posix":
+        log.warning("key file %s is accessible by group or others (mode %03o); run: chmod 600 %s",
+                    p, stat.S_IMODE(info.st_mode), p)
+    return b"".join(chunks)

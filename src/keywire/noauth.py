@@ -4,8 +4,10 @@ a tunnel). Nothing goes on the wire, as in multiserver."""
 from __future__ import annotations
 
 from .address import Section
-from .chain import Options, Registry, Transform
+from .options import Options
 from .pipe import Pipe
+from .plugin import Transform
+from .registry import Registry
 from .stream import Connection
 
 

@@ -9,10 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import struct
+import termios
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 
 from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
-from .stream import Connection, RemoteIdentity, Stream
+from .stream import CLOSE_TIMEOUT, Connection, RemoteIdentity, Stream, finished_future
+
+#: how often a closing stream checks whether the peer has acknowledged its last bytes (the
+#: first checks come sooner: on a LAN the answer takes a millisecond)
+ACK_POLL = 0.005
+#: once they are, how long a close keeps reading for the end of a peer that still sends
+LINGER_AFTER_ACK = 0.25
+
+
+def socket_unacknowledged(sock: object) -> int | None:
+    """Bytes written to a TCP or Unix socket that the peer has not acknowledged (TCP) or not
+    read yet (Unix), from the kernel (``SIOCOUTQ``); None where that cannot be asked."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+        if fd < 0:
+            return None
+        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+def unacknowledged(pipe: Pipe) -> int | None:
+    """What ``pipe`` (or the carrier under a framing pipe) has sent but the peer has not yet
+    acknowledged; None when the pipe cannot tell."""
+    seen = 0
+    current: object = pipe
+    while current is not None and seen < 8:
+        ask = getattr(current, "unacknowledged", None)
+        if callable(ask):
+            result = ask()
+            return result if isinstance(result, int) else None
+        current = getattr(current, "inner", None)
+        seen += 1
+    return None
 
 
 class Pipe(ABC):
@@ -111,6 +152,15 @@ class StreamPipe(Pipe):
         if not transport.is_closing():
             transport.abort()
 
+    def unacknowledged(self) -> int | None:
+        """Bytes still in asyncio's buffer plus those the peer's kernel has not acknowledged."""
+        if self._writer.transport.is_closing():
+            return None
+        queued = socket_unacknowledged(self._writer.get_extra_info("socket"))
+        if queued is None:
+            return None
+        return queued + self._writer.transport.get_write_buffer_size()
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.close_write()
@@ -134,6 +184,10 @@ class PipeStream(Stream):
         self._write_closed = False
         self._done = on_done
         self._reading = False
+        self._writing = False
+        #: reads and drops what the peer still sends while a graceful close waits
+        self._drain: asyncio.Task[None] | None = None
+        self._last_input = 0.0
 
     async def read(self, n: int = -1) -> bytes:
         if self._read_error is not None:
@@ -162,11 +216,14 @@ class PipeStream(Stream):
             raise self._write_error
         if self._write_closed:
             raise StreamError(Code.CLOSED, "write after close_write")
+        self._writing = True
         try:
             await self._pipe.write(data)
         except StreamError as exc:
             self._broken(exc)
             raise
+        finally:
+            self._writing = False
 
     async def close_write(self) -> None:
         if self._write_closed or self._write_error is not None:
@@ -196,10 +253,97 @@ class PipeStream(Stream):
         if code is not None:
             self.reset(code)
             return
-        await self.close_write()
-        self.stop_sending(Code.CLOSED)
-        await self._pipe.close()
+        await self.graceful_close(finish=True, timeout=CLOSE_TIMEOUT)
+
+    async def graceful_close(self, *, finish: bool, timeout: float) -> None:
+        """Deliver what was written, then end: goodbye/FIN first (``finish``), then wait (at
+        most ``timeout``) until the peer acknowledged our last bytes or ended its side.
+
+        Meanwhile what the peer still sends is read and dropped: closing a socket with unread
+        input makes the kernel answer RST, which can destroy our last bytes in the peer's
+        receive buffer. Once ours are acknowledged the socket closes as soon as the peer is
+        quiet, and after ``LINGER_AFTER_ACK`` even if it keeps sending (its writes then fail,
+        as for any stream the peer still sends on). Without ``finish`` (a close with an error
+        code, which this chain cannot carry) the pipe is aborted after the delivery, so the
+        peer reads the bytes and then an error, never a clean EOF.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._writing:
+            self.reset(Code.CLOSED)  # a truncated write must not end in a clean EOF
+            return
+        if self._write_error is not None:
+            self._pipe.abort()
+            self._done.set()
+            return
+        try:
+            if finish and not self._write_closed:
+                self._write_closed = True
+                async with asyncio.timeout_at(deadline):
+                    await self._pipe.close_write()
+            drain = self._start_drain()
+            acked_at: float | None = None
+            poll = ACK_POLL / 8
+            while not drain.done() and (now := loop.time()) < deadline:
+                pending = unacknowledged(self._pipe)
+                if pending == 0:
+                    acked_at = now if acked_at is None else acked_at
+                    if (now - self._last_input > ACK_POLL * 2
+                            or now - acked_at >= LINGER_AFTER_ACK):
+                        break
+                await asyncio.wait({drain}, timeout=poll if pending is not None
+                                   else deadline - now)
+                poll = min(poll * 2, ACK_POLL)
+        except (StreamError, TimeoutError):
+            self._pipe.abort()
+            self._done.set()
+            return
+        except asyncio.CancelledError:
+            self._pipe.abort()
+            self._done.set()
+            raise
+        if self._read_error is None and not self._read_eof:
+            self._read_error = StreamError(Code.CLOSED, "stream closed locally")
+        if self._write_error is None and not self._write_closed:
+            self._write_error = StreamError(Code.CLOSED, "connection closed locally")
         self._done.set()
+        if finish:
+            await self._end_pipe()
+        else:
+            self._pipe.abort()
+        if self._drain is not None:
+            self._drain.cancel()
+
+    def _start_drain(self) -> asyncio.Task[None]:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drop_input())
+        return self._drain
+
+    async def _drop_input(self) -> None:
+        """Read until the peer's end; if the application is reading, let its read do it."""
+        loop = asyncio.get_running_loop()
+        while not self._read_eof:
+            if self._reading:
+                await asyncio.sleep(ACK_POLL)
+                continue
+            try:
+                self._reading = True
+                try:
+                    data = await self._pipe.read(65536)
+                finally:
+                    self._reading = False
+            except StreamError:
+                return
+            if not data:
+                self._read_eof = True
+            self._last_input = loop.time()
+
+    async def _end_pipe(self) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await self._pipe.close()
+        except (TimeoutError, StreamError, OSError):
+            self._pipe.abort()
 
     def _broken(self, error: StreamError) -> None:
         """The pipe itself failed: both halves are dead, whether or not anyone uses the other.
@@ -292,13 +436,24 @@ class SingleStreamConnection(OneStreamConnection):
         super().__init__(PipeStream(pipe, self._done), self._done, address)
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
-        if self._closed is None:
-            self._closed = ConnectionClosed(code, reason or "closed locally")
-        if code == Code.NONE:
-            await self._pipe.close()
-        else:
-            self._pipe.abort()
+        """Graceful: what was written is delivered (goodbye/FIN with code 0), bounded by
+        ``close_timeout``; see ``PipeStream.graceful_close``."""
+        if self._closed is not None:
+            return
+        self._closed = ConnectionClosed(code, reason or "closed locally")
+        stream = self._one
+        assert isinstance(stream, PipeStream)
+        await stream.graceful_close(finish=code == Code.NONE, timeout=self.close_timeout)
         self._done.set()
+
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """Tear the pipe down now (this chain carries no codes: the peer sees network-error,
+        or EOF over ``noauth``)."""
+        if self._closed is None:
+            self._closed = ConnectionClosed(code, reason or "aborted locally")
+        self._one.reset(code)
+        self._done.set()
+        return finished_future()
 
     @property
     def transport_name(self) -> str:

@@ -18,12 +18,22 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .address import Alternative, MultiAddress, Scope, Section, parse, redacted
-from .chain import Listening, Options, registry, with_timeout
-from .dial import make_options
+from .address import Alternative, MultiAddress, Scope, parse, redacted
+from .admission import (
+    LimitLog,
+    ensure_fd_room,
+    per_ip_share,
+    quiet_accept_exhaustion,
+    source_ip,
+)
+from .compose import Side, compose
 from .errors import Code, ConnectionClosed, KeywireError, UnsupportedError
-from .pipe import Pipe, SingleStreamConnection
+from .options import Options, make_options
+from .pipe import Pipe
+from .plugin import Listening
+from .registry import registry
 from .stream import Connection
+from .timeouts import with_timeout
 
 log = logging.getLogger("keywire.server")
 
@@ -49,7 +59,7 @@ class Server:
 
     def __init__(self, specs: Sequence[str] | str, options: Options | None = None, *,
                  handler: Handler | None = None, queue_size: int = 128,
-                 **overrides: Any) -> None:
+                 max_connections_per_ip: int | None = None, **overrides: Any) -> None:
         self.specs = [specs] if isinstance(specs, str) else list(specs)
         self.options = make_options(options, overrides)
         self.stats = ServerStats()
@@ -67,6 +77,12 @@ class Server:
         self._closing = False
         self._closed = asyncio.Event()
         self._started = False
+        #: one source IP's share of ``max_connections`` (handshaking and established together)
+        self.max_connections_per_ip = (max_connections_per_ip if max_connections_per_ip
+                                       else per_ip_share(self.options.max_connections))
+        self._per_ip: dict[str, int] = {}
+        self._conn_ip: dict[Connection, str] = {}
+        self._limits = LimitLog(log)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> Server:
@@ -74,6 +90,11 @@ class Server:
         if self._started:
             return self
         self._started = True
+        registry.check_settings(self.options)
+        quiet_accept_exhaustion(asyncio.get_running_loop(), self._limits)
+        # each connection may need two descriptors (a socket, a pipe to a child); the cap
+        # should be what refuses a flood, not EMFILE in accept()
+        ensure_fd_room(2 * self.options.max_connections + 256)
         try:
             for spec in self.specs:
                 for alt in parse(spec).alternatives:
@@ -92,7 +113,7 @@ class Server:
         why = registry.understands(alt)
         if why is not None:
             raise KeywireError(f"cannot listen on {redacted(alt)}: {why}")
-        transport = registry.transports[alt.transport.name]
+        transport = registry.transport(alt.transport.name)
 
         async def on_pipe(pipe: Pipe) -> None:
             await self._accept_pipe(alt, pipe)
@@ -155,7 +176,7 @@ class Server:
                     out.append(base)
                     continue
                 tail = tuple(
-                    registry.transforms[s.name].announce(s, self.options) for s in alt.transforms
+                    registry.transform(s.name).announce(s, self.options) for s in alt.transforms
                 )
                 out.append(Alternative(base.sections + tail))
         unique: dict[str, Alternative] = {}
@@ -177,53 +198,72 @@ class Server:
     def _full(self) -> bool:
         return len(self._connections) + self._pending >= self.options.max_connections
 
+    def _take_share(self, ip: str | None) -> bool:
+        if ip is None:
+            return True
+        if self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            return False
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return True
+
+    def _give_share(self, ip: str | None) -> None:
+        if ip is None:
+            return
+        left = self._per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def _forget(self, conn: Connection) -> None:
+        """``conn`` is no longer served: its slot and its source's share are free again."""
+        self._connections.discard(conn)
+        self._give_share(self._conn_ip.pop(conn, None))
+
     async def _accept_pipe(self, alt: Alternative, pipe: Pipe) -> None:
         if self._closing or self._full():
             self.stats.refused += 1
+            if not self._closing:
+                self._limits.hit(f"{self.options.max_connections} connections",
+                                 source_ip(pipe.peer))
+            pipe.abort()
+            return
+        ip = source_ip(pipe.peer)
+        if not self._take_share(ip):
+            self.stats.refused += 1
+            self._limits.hit(f"{self.max_connections_per_ip} connections from one IP", ip)
             pipe.abort()
             return
         self._pending += 1
         self._handshaking.add(pipe)
         self._no_handshakes.clear()
         try:
-            conn = await with_timeout(self._compose(alt, pipe), self.options.timeout,
+            conn = await with_timeout(compose(alt, pipe, self.options, Side.SERVER),
+                                      self.options.timeout,
                                       f"server handshake with {pipe.peer}")
         except Exception as exc:
             reason = type(exc).__name__
             self.stats.fail(reason)
             log.debug("handshake from %s failed: %s", pipe.peer, exc)
             pipe.abort()
+            self._give_share(ip)
             return
+        except BaseException:
+            self._give_share(ip)
+            raise
         finally:
             self._pending -= 1
             self._handshaking.discard(pipe)
             if not self._handshaking:
                 self._no_handshakes.set()
+        if ip is not None:
+            self._conn_ip[conn] = ip
         await self._accept_connection(conn)
-
-    async def _compose(self, alt: Alternative, pipe: Pipe) -> Connection:
-        """The server side of each transform; the address names what the peer proved."""
-        result: Pipe | Connection = pipe
-        address = pipe.peer
-        for section in alt.transforms:
-            if not isinstance(result, Pipe):
-                raise KeywireError(f"{section.name!r} cannot follow a multiplexing section")
-            transform = registry.transforms[section.name]
-            before = result
-            result = await transform.server(result, section, self.options,
-                                            f"{address}~{section.name}")
-            key = result.remote.public_key if isinstance(result, Pipe) else None
-            if key is not None and key != before.remote.public_key:
-                address = f"{address}~{Section(section.name, (result.remote.shs_id or '',))}"
-            else:
-                address = f"{address}~{transform.announce(section, self.options)}"
-        if isinstance(result, Pipe):
-            return SingleStreamConnection(result, address)
-        return result
 
     async def _accept_connection(self, conn: Connection) -> None:
         if self._closing or len(self._connections) >= self.options.max_connections:
             self.stats.refused += 1
+            self._forget(conn)
             await self._close_quietly(conn, Code.QUEUE_FULL)
             return
         self.stats.accepted += 1
@@ -236,6 +276,7 @@ class Server:
             self._queue.put_nowait(conn)
         except asyncio.QueueFull:
             self.stats.refused += 1
+            self._forget(conn)
             await self._close_quietly(conn, Code.QUEUE_FULL)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -246,7 +287,7 @@ class Server:
     async def _watch(self, conn: Connection) -> None:
         with contextlib.suppress(UnsupportedError, asyncio.CancelledError):
             await conn.wait_closed()
-            self._connections.discard(conn)
+            self._forget(conn)
 
     async def _run_handler(self, handler: Handler, conn: Connection) -> None:
         code = Code.NONE
@@ -261,7 +302,7 @@ class Server:
             log.warning("handler failed for %s: %s", conn.address, exc, exc_info=exc)
         finally:
             await self._close_quietly(conn, code)
-            self._connections.discard(conn)
+            self._forget(conn)
 
     # -- consuming ------------------------------------------------------------------------------
     async def accept(self) -> Connection:

@@ -8,6 +8,9 @@ Every transport (mux, QUIC, WebRTC, store, a plain pipe) gives the same semantic
   stop sending, or the stream was reset, or the connection died.
 * ``close_write`` sends FIN; ``reset(code)`` abandons the sending half; ``stop_sending(code)``
   asks the peer to stop; ``close()`` ends both halves.
+* ``Connection.close()`` is graceful: what the application wrote before it is delivered (every
+  stream still open for writing gets FIN after its bytes), bounded by ``close_timeout``;
+  ``Connection.abort(code)`` is the immediate form and drops whatever is still queued.
 
 ``ReceiveBuffer`` holds the read side so each transport only has to feed bytes, EOF or an error
 and be told how much the application consumed (to advance its flow-control window).
@@ -18,13 +21,30 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
 
 DEFAULT_READ_SIZE = 65536
+#: seconds a graceful ``Connection.close()`` waits for written data to be delivered by default
+CLOSE_TIMEOUT = 10.0
+
+
+def finished_future() -> asyncio.Future[None]:
+    """An already-done future: what ``abort`` returns when nothing is left to wait for."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def task_future(awaitable: Awaitable[None]) -> asyncio.Future[None]:
+    """Run ``awaitable`` in the background; the returned future may be awaited or ignored
+    (its failure is retrieved, so an ignored one never logs)."""
+    future = asyncio.ensure_future(awaitable)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
 
 
 @dataclass(frozen=True)
@@ -100,8 +120,12 @@ class ReceiveBuffer:
         self._wake()
 
     def fail(self, error: BaseException, *, discard: bool = True) -> None:
-        """End the read side with an error; buffered bytes are dropped (and count as consumed)."""
-        if self._error is not None or (self._eof and self._size == 0):
+        """End the read side with an error; buffered bytes are dropped (and count as consumed).
+
+        Without ``discard`` (the connection ended under a stream) a FIN already received
+        stands: the reader gets the rest of the bytes and then EOF, as the peer sent them.
+        """
+        if self._error is not None or (self._eof and (self._size == 0 or not discard)):
             return
         self._error = error
         if discard and self._size:
@@ -265,9 +289,27 @@ class Connection(ABC):
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened; raises ``ConnectionClosed`` when the connection ends."""
 
+    #: seconds a graceful ``close`` waits for written data to be delivered before it aborts
+    close_timeout: float = CLOSE_TIMEOUT
+
     @abstractmethod
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
-        """Close with an application code (0 clean); the peer sees the code where it can."""
+        """Graceful close with an application code (0 clean); the peer sees the code where it can.
+
+        Everything written before the call is delivered first: with code 0 every stream still
+        open for writing gets FIN after its bytes (the peer reads them, then EOF); with another
+        code such streams end with that code after their bytes. A write still waiting when
+        ``close`` is called is failed and its stream reset, so a truncated stream never reads
+        as a clean EOF. Streams the peer is still sending on end: its writes fail with
+        ``closed`` (or ``code``). Waiting is bounded by ``close_timeout``; after it (or if the
+        caller cancels) the connection is aborted. Returns at once when nothing is queued.
+        """
+
+    @abstractmethod
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """Tear down now: queued data is dropped, the peer sees an error (``code`` where the
+        chain carries codes), never a clean EOF. Acts before returning; the result may be
+        awaited to wait until the connection's resources are released."""
 
     @property
     @abstractmethod

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 CASES = {
+    "bench_cli.py": ["--size-mb", "2"],
     "bench_shs.py": ["--size-mb", "2", "--connects", "5"],
     "bench_mux.py": ["--size-mb", "2", "--requests", "50", "--rounds", "1"],
     "bench_kps.py": ["--size-mb", "2", "--connects", "5", "--streams", "50",

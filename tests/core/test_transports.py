@@ -12,8 +12,8 @@ import pytest
 
 import keywire
 from keywire import Code, ConnectionClosed, DialError, Scope, UnsupportedError
-from keywire.chain import Options
 from keywire.netinfo import classify, interface_addresses
+from keywire.options import Options
 from keywire.stream import Connection
 
 from .socks5 import Socks5Server

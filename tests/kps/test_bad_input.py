@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from qh3.quic.connection import QuicConnection
 
 from keywire.address import Section, parse
-from keywire.chain import Options
 from keywire.errors import AddressError, HandshakeError
 from keywire.identity import Identity
 from keywire.kps import KpsSettings, dial
@@ -23,6 +22,7 @@ from keywire.kps.quic import GatedQuicConnection, client_configuration
 from keywire.kps.router import Action, QuicRouter
 from keywire.kps.session import KpsSession
 from keywire.kps.udp import looks_like_stun, normalize_address
+from keywire.options import Options
 
 from .helpers import listening
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.timeout(60)
 # the CLI with the kps handler registered, whether or not the built-in plugin list has it yet
 RUNNER = """
 import sys
-from keywire.chain import registry
+from keywire.registry import registry
 from keywire.kps import KpsHandler
-registry._load()
+registry.load()
 if not any(isinstance(h, KpsHandler) for h in registry.handlers):
     registry.add_handler(KpsHandler())
 from keywire.cli import main

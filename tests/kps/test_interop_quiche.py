@@ -131,11 +131,15 @@ def client_hellos(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 
 
 async def datagram_round_trip(conn: KpsConnection, data: bytes) -> bytes:
-    """Send ``data`` every 100 ms until something comes back (datagrams may be lost)."""
+    """Send ``data`` every 100 ms until it comes back (datagrams may be lost; a late echo of
+    an earlier round's resend is skipped)."""
     for _ in range(30):
         conn.send_datagram(data)
         with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(conn.receive_datagram(), 0.1)
+            async with asyncio.timeout(0.1):
+                while (got := await conn.receive_datagram()) != data:
+                    pass
+                return got
     return b""
 
 

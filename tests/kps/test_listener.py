@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from keywire.address import Scope, format_alternative, parse
-from keywire.chain import Options
 from keywire.identity import Identity
 from keywire.kps import KpsHandler, KpsSettings, dial
+from keywire.options import Options
 
 from .helpers import echo_handler, listening
 
@@ -154,13 +154,13 @@ async def test_settings_come_from_options_extra() -> None:
 
 
 async def test_keepalive_keeps_an_idle_connection_open_past_the_idle_timeout() -> None:
-    async with listening(idle_timeout=0.6) as listener:
+    async with listening(idle_timeout=0.6, keepalive=0) as listener:
         conn = await dial("127.0.0.1", listener.port, listener.identity.certhash,
                           KpsSettings(idle_timeout=0.6, keepalive=0.2))
         await asyncio.sleep(1.5)
         assert not conn.closed
         quiet = await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                           KpsSettings(idle_timeout=0.6))
+                           KpsSettings(idle_timeout=0.6, keepalive=0))
         error = await asyncio.wait_for(quiet.wait_closed(), 3)
         assert error.code == 4  # timeout
         await conn.close()

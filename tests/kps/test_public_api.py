@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 import keywire
-from keywire.chain import registry
 from keywire.kps import KpsHandler
+from keywire.registry import registry
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def kps_registered() -> Iterator[None]:
     """Register the handler if the built-in plugin list does not (yet) include it."""
-    registry._load()
+    registry.load()
     added = not any(isinstance(h, KpsHandler) for h in registry.handlers)
     handler = KpsHandler()
     if added:

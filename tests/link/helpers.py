@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keywire.address import parse
-from keywire.chain import Options
 from keywire.identity import Identity
 from keywire.link import cli
 from keywire.link.handler import LinkHandler
+from keywire.options import Options
 from keywire.stream import Connection
 
 

@@ -82,14 +82,20 @@ def test_default_code_without_id() -> None:
     assert client.credential is not None
 
 
-def test_wrong_code_fails_and_five_failures_lock() -> None:
-    ctx = make_host()
-    entry = ctx.codebook.open("AAAA-AAAA")
+def test_wrong_codes_rest_the_code_and_only_the_guess_budget_locks_it() -> None:
+    clock = Clock()
+    ctx = make_host(clock)
+    entry = ctx.codebook.open("AAAA-AAAA", max_attempts=6)
     for _ in range(5):
         with pytest.raises(Spake2Error):
             run(ClientPairing("BBBB-BBBB", ADDRESS, entry.code_id), HostHandshake(ctx))
+        clock.now += 60
+    assert not entry.locked  # five wrong guesses no longer lock the owner out
+    with pytest.raises(Spake2Error):
+        run(ClientPairing("BBBB-BBBB", ADDRESS, entry.code_id), HostHandshake(ctx))
     assert entry.locked
-    with pytest.raises(PairingRefused):
+    clock.now += 60
+    with pytest.raises(PairingRefused, match="locked"):
         run(ClientPairing("AAAA-AAAA", ADDRESS, entry.code_id), HostHandshake(ctx))
 
 

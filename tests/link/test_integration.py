@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 import keywire
-from keywire.chain import Options, registry
 from keywire.identity import Identity
 from keywire.link.handler import LinkHandler
 from keywire.link.store import ClientStore, HostStore
+from keywire.options import Options
+from keywire.registry import registry
 from keywire.stream import Connection
 
 from .conftest import RelayProcess
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def link_registered() -> None:
-    registry._load()
+    registry.load()
     if not any(isinstance(h, LinkHandler) for h in registry.handlers):
         registry.add_handler(LinkHandler())
 

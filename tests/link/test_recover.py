@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed as WsClosed
 
-from keywire.chain import Options
 from keywire.identity import Identity
 from keywire.link import client, codes
 from keywire.link.handler import LinkHandler, recovery_setting
@@ -47,6 +46,7 @@ from keywire.link.wire import (
     Refusal,
     parse_refusal,
 )
+from keywire.options import Options
 
 from .conftest import SRC, RelayProcess
 from .helpers import EchoHost, echo_once, parse_link_cli

@@ -337,6 +337,19 @@ def test_opener_stops_at_its_own_limit() -> None:
 
 
 # -- GoAway ---------------------------------------------------------------------------------------
+def test_close_sends_queued_frames_before_the_go_away_and_abort_drops_them() -> None:
+    closing, aborting = Link(), Link()
+    for link, end in ((closing, "close"), (aborting, "abort")):
+        sid = link.client.open_stream()
+        link.flush()
+        assert link.client.send(sid, b"tail") == 4
+        getattr(link.client, end)(Code.CANCELLED)
+    assert closing.client.data_to_send() == frame(D, 0, 1, 4, b"tail") + frame(G, 0, 0, 0x101)
+    assert aborting.client.data_to_send() == frame(G, 0, 0, 0x101)
+    assert aborting.client.events()[-1] == ConnectionTerminated(
+        Code.CANCELLED, False, "aborted locally")
+
+
 @pytest.mark.parametrize(("code", "field"), [(0, 0), (6, 1), (11, 2), (4, 0x104), (2, 0x102)])
 def test_close_sends_go_away_with_the_code(code: int, field: int) -> None:
     link = Link()

@@ -171,7 +171,8 @@ async def test_close_with_code_6_is_seen_by_the_peer(pair: TcpPair) -> None:
     assert local is not None and local.code == Code.PROTOCOL_ERROR and not local.remote
 
 
-async def test_clean_close_keeps_finished_data_and_fails_the_rest(pair: TcpPair) -> None:
+async def test_clean_close_finishes_every_stream_and_delivers_its_data(pair: TcpPair) -> None:
+    """A graceful close FINs the streams still open for writing (docs/api.md)."""
     done = await pair.client.open_stream()
     await done.write(b"complete")
     await done.close_write()
@@ -183,10 +184,20 @@ async def test_clean_close_keeps_finished_data_and_fails_the_rest(pair: TcpPair)
     closed = await asyncio.wait_for(pair.server.wait_closed(), 5)
     assert closed.code == Code.NONE
     assert await first.read_all() == b"complete"
-    assert await second.read() == b"unfinished"
+    assert await second.read_all() == b"unfinished"
+
+
+async def test_close_with_a_code_fails_unfinished_streams_after_their_data(pair: TcpPair) -> None:
+    stream = await pair.client.open_stream()
+    await stream.write(b"unfinished")
+    peer = await pair.server.accept_stream()
+    await pair.client.close(Code.CANCELLED)
+    closed = await asyncio.wait_for(pair.server.wait_closed(), 5)
+    assert closed.code == Code.CANCELLED and closed.remote
+    assert await peer.read() == b"unfinished"
     with pytest.raises(StreamError) as info:
-        await second.read()
-    assert info.value.code == Code.CLOSED
+        await peer.read()
+    assert info.value.code == Code.CANCELLED
 
 
 async def test_streams_opened_before_close_can_still_be_accepted(pair: TcpPair) -> None:

@@ -7,12 +7,13 @@ import asyncio
 import pytest
 
 from keywire.address import Section
-from keywire.chain import Options, Registry
 from keywire.errors import KeywireError
 from keywire.mux.connection import MuxConnection
 from keywire.mux.session import MuxConfig
 from keywire.mux.transform import MuxTransform, config_from_options, register
+from keywire.options import Options
 from keywire.pipe import StreamPipe
+from keywire.registry import Registry
 
 pytestmark = pytest.mark.timeout(20)
 

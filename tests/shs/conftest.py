@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keywire.chain import registry
+from keywire.registry import registry
 from keywire.shs.transform import register
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import keywire
 from keywire import DialError, Identity
-from keywire.chain import Options
+from keywire.options import Options
 from keywire.shs.steps import keypair_from_seed
 from keywire.stream import Connection
 

@@ -15,8 +15,8 @@ import pytest
 import keywire
 from keywire import Code, DialError, Identity, StreamError
 from keywire.address import Section
-from keywire.chain import Options
 from keywire.errors import AddressError, HandshakeError
+from keywire.options import Options
 from keywire.pipe import StreamPipe
 from keywire.shs.steps import keypair_from_seed
 from keywire.shs.transform import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import keywire
-from keywire.chain import Options
+from keywire.options import Options
 
 
 async def echo_through_server(spec: str, options: Options, payload: bytes) -> str:

@@ -9,8 +9,9 @@ import pytest
 
 import keywire
 from keywire.address import parse, parse_alternative
-from keywire.chain import Options, registry
 from keywire.errors import AddressError, DialError
+from keywire.options import Options
+from keywire.registry import registry
 from keywire.store import MapServer, format_secret, generate_secret, parse_secret
 from keywire.store.handler import StoreStreamHandler, stream_secret
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import keywire
-from keywire.chain import Options
 from keywire.errors import Code, DialError, StreamError
+from keywire.options import Options
 from keywire.store import HttpStore, MapServer, Role, StoreParams, StoreStream, format_secret
 from keywire.store.backend import StoreRefused
 from keywire.store.http1 import HttpError

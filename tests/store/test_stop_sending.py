@@ -11,8 +11,8 @@ import struct
 import pytest
 
 import keywire
-from keywire.chain import Options
 from keywire.errors import Code, StreamError
+from keywire.options import Options
 from keywire.store import MapServer
 from keywire.store.core import Mode, StoreCore, StoreParams
 from keywire.store.frame import Frame, FrameType, Geometry, open_frame, seal_frame

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import keywire
-from keywire.chain import Options
 from keywire.errors import Code, DialError, StreamError
+from keywire.options import Options
 from keywire.store import (
     HttpStore,
     MapServer,
@@ -285,16 +285,16 @@ async def test_dial_over_rediss_uses_the_cafile_setting(tls_redis: RedisProcess,
         with pytest.raises(DialError, match="TLS certificate not trusted"):
             await keywire.dial(spec, Options(extra={"store.linger": 1.0}))
     options = Options(extra={"store.linger": 5.0, "store.cafile": str(pki.ca)})
-    backend = RedisStore(tls_redis.url, cafile=str(pki.ca))
-    listener = StoreStream.open(backend, SECRET, Role.LISTENER, params=StoreParams(**FAST))
-    conn = await keywire.dial(spec, options)
-    try:
-        async with asyncio.timeout(15):
-            stream = await conn.open_stream()
-            await stream.write(b"through rediss")
-            await stream.close_write()
-            assert await listener.read_all() == b"through rediss"
-    finally:
-        await conn.abort()
-        await listener.abort()
-        await backend.close()
+    async with keywire.Server([spec], options) as server:
+        conn = await keywire.dial(spec, options)
+        try:
+            async with asyncio.timeout(15):
+                stream = await conn.open_stream()
+                await stream.write(b"through rediss")
+                await stream.close_write()
+                accepted = await server.accept()
+                peer = await accepted.accept_stream()
+                assert await peer.read_all() == b"through rediss"
+                await accepted.abort()
+        finally:
+            await conn.abort()

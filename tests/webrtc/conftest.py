@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from keywire.identity import Identity
-from keywire.webrtc.connection import WebRTCConnection
-from keywire.webrtc.server import listen_webrtc
+from keywire.kps.webrtc.connection import WebRTCConnection
+from keywire.kps.webrtc.server import listen_webrtc
 
 from .wrtc_helpers import Served
 

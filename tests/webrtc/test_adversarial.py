@@ -14,11 +14,11 @@ import pytest
 from aiortc import RTCCertificate
 
 from keywire.errors import Code
-from keywire.webrtc import frames as f
-from keywire.webrtc.aiortc_engine import AiortcLink, DialerIce, RemoteDescription
-from keywire.webrtc.dialer import dial_webrtc
-from keywire.webrtc.ice import derive_ice_password
-from keywire.webrtc.sdp import random_ufrag, server_answer
+from keywire.kps.webrtc import frames as f
+from keywire.kps.webrtc.aiortc_engine import AiortcLink, DialerIce, RemoteDescription
+from keywire.kps.webrtc.dialer import dial_webrtc
+from keywire.kps.webrtc.ice import derive_ice_password
+from keywire.kps.webrtc.sdp import random_ufrag, server_answer
 
 from .wrtc_helpers import Served
 
@@ -244,8 +244,8 @@ async def test_random_datagrams_leave_server_serving(served: Served) -> None:
 async def test_peer_cap(served: Served) -> None:
     served.listener.gate.settings = type(served.listener.gate.settings)(max_peers=1)
     first = await dial_webrtc("127.0.0.1", served.port, served.certhash)
-    from keywire.chain import Options
-    from keywire.webrtc.dialer import WebRTCDialError
+    from keywire.kps.webrtc.dialer import WebRTCDialError
+    from keywire.options import Options
 
     with pytest.raises(WebRTCDialError):
         await dial_webrtc("127.0.0.1", served.port, served.certhash, Options(timeout=1.0))

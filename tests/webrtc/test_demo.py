@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from keywire.chain import Options
 from keywire.identity import Identity
-from keywire.webrtc.demo import DemoApp, serve_demo
-from keywire.webrtc.dialer import dial_webrtc
-from keywire.webrtc.server import listen_webrtc
-from keywire.webrtc.settings import WebRTCSettings
+from keywire.kps.webrtc.demo import DemoApp, serve_demo
+from keywire.kps.webrtc.dialer import dial_webrtc
+from keywire.kps.webrtc.server import listen_webrtc
+from keywire.kps.webrtc.settings import WebRTCSettings
+from keywire.options import Options
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,7 +22,7 @@ def test_the_browser_module_ships_as_package_data() -> None:
     import tomllib
     from pathlib import Path
 
-    from keywire.webrtc.demo import web_dir
+    from keywire.kps.webrtc.demo import web_dir
 
     root = Path(__file__).resolve().parents[2]
     config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
@@ -109,7 +109,7 @@ async def test_demo_app_echo_and_chat() -> None:
 
 
 async def test_demo_http_client_cap() -> None:
-    from keywire.webrtc import demo as demo_module
+    from keywire.kps.webrtc import demo as demo_module
 
     demo = await serve_demo("127.0.0.1", 0, "kps:127.0.0.1:1:x")
     idle = []

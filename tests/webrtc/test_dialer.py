@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from keywire.chain import Options
 from keywire.errors import Code, ConnectionClosed, DatagramTooLarge, PinMismatch, StreamError
-from keywire.webrtc.dialer import WebRTCDialError, dial_webrtc
+from keywire.kps.webrtc.dialer import WebRTCDialError, dial_webrtc
+from keywire.options import Options
 
 from .wrtc_helpers import Served
 
@@ -249,7 +249,7 @@ async def test_many_sequential_dials(served: Served) -> None:
 
 async def test_ipv6_loopback() -> None:
     from keywire.identity import Identity
-    from keywire.webrtc.server import listen_webrtc
+    from keywire.kps.webrtc.server import listen_webrtc
 
     identity = Identity.generate()
     accepted: asyncio.Queue[object] = asyncio.Queue()
@@ -276,7 +276,7 @@ async def test_ipv6_loopback() -> None:
 
 async def test_dual_stack_listener_serves_ipv4_client() -> None:
     from keywire.identity import Identity
-    from keywire.webrtc.server import listen_webrtc
+    from keywire.kps.webrtc.server import listen_webrtc
 
     identity = Identity.generate()
     listener, demux = await listen_webrtc(identity, _noop, host="0.0.0.0")

@@ -12,8 +12,8 @@ from types import ModuleType
 
 import pytest
 
-from keywire.chain import Options
-from keywire.webrtc.dialer import WebRTCDialError, dial_webrtc
+from keywire.kps.webrtc.dialer import WebRTCDialError, dial_webrtc
+from keywire.options import Options
 
 from .wrtc_helpers import Served
 
@@ -72,7 +72,7 @@ async def test_black_hole_fails_the_dial_within_its_timeout(served: Served) -> N
 
 async def test_path_loss_mid_transfer_times_out_both_sides(served: Served) -> None:
     from keywire.errors import Code, StreamError
-    from keywire.webrtc.settings import WebRTCSettings
+    from keywire.kps.webrtc.settings import WebRTCSettings
 
     quick = WebRTCSettings(idle_timeout=2.0)
     served.listener.settings = quick

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keywire.webrtc import frames as f
+from keywire.kps.webrtc import frames as f
 
 
 # -- KPS framing_test vectors ------------------------------------------------------------------

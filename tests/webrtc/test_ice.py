@@ -9,7 +9,7 @@ from aioice import stun as aio_stun
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keywire.webrtc import ice
+from keywire.kps.webrtc import ice
 
 DIGEST = bytes(range(32))
 

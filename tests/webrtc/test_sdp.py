@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiortc.sdp import SessionDescription
 
-from keywire.webrtc import sdp
+from keywire.kps.webrtc import sdp
 
 DIGEST = bytes(range(32))
 FP = ":".join(f"{b:02X}" for b in range(32))
@@ -42,6 +42,7 @@ def test_aiortc_reads_the_answer() -> None:
                                                       DIGEST))
     (media,) = desc.media
     assert media.kind == "application" and media.sctp_port == 5000
+    assert media.ice is not None
     assert media.ice.usernameFragment == "abcd" and media.ice.iceLite
     assert media.dtls is not None and media.dtls.role == "server"
     assert media.dtls.fingerprints[0].value == FP

@@ -12,9 +12,9 @@ from keywire.identity import Identity
 from keywire.kps.dialer import dial as dial_quic
 from keywire.kps.listener import KpsListener
 from keywire.kps.settings import KpsSettings
+from keywire.kps.webrtc.dialer import dial_webrtc
+from keywire.kps.webrtc.server import attach
 from keywire.stream import Connection
-from keywire.webrtc.dialer import dial_webrtc
-from keywire.webrtc.server import attach
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,7 +63,7 @@ async def test_quic_and_webrtc_clients_at_once() -> None:
         assert web_conn.address == f"kps:127.0.0.1:{port}:{identity.certhash}"
         results = await asyncio.gather(_round_trip(quic_conn, 4 << 20),
                                        _round_trip(web_conn, 4 << 20))
-        assert results == [True, True]
+        assert list(results) == [True, True]
         assert listener.demux.counts["webrtc"] > 0 and listener.demux.counts["quic"] > 0
         await web_conn.close()
         await quic_conn.close()

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keywire.errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
-from keywire.webrtc import frames as f
-from keywire.webrtc import wire as w
+from keywire.kps.webrtc import frames as f
+from keywire.kps.webrtc import wire as w
 
 SMALL = w.WireSettings(initial_max_stream_data=1000, initial_max_data=3000, initial_max_streams=2)
 

@@ -1,4 +1,4 @@
-"""Drive Debian's Chromium (through web/test/driver.mjs) and serve the browser tests' listener."""
+"""Drive Debian's Chromium or Firefox (web/test/driver.mjs); serve the browser tests' listener."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from keywire.stream import Connection, Stream
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 BLOCK = 262144
+#: the browser configurations the matrix runs in (driver.mjs's KIND)
+KINDS = ("chromium", "chromium-nomangle", "firefox")
 
 
 def pattern(size: int, seed: int) -> bytes:
@@ -25,38 +28,63 @@ def pattern(size: int, seed: int) -> bytes:
     return block * whole + block[:rest]
 
 
-def require_browser() -> str:
-    """The Chromium binary and node_modules, or a clear error naming what is missing."""
-    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+def require_browser(kind: str = "chromium") -> str:
+    """The browser binary and node_modules for ``kind``, or a clear error naming what is missing."""
+    if kind == "firefox":
+        binary = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
+        package, install = "puppeteer-core", "apt-get install -y firefox-esr"
+    else:
+        binary = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+        package, install = "playwright-core", "apt-get install -y chromium"
     problems = []
-    if not Path(chromium).exists():
-        problems.append(f"no Chromium at {chromium} (apt-get install -y chromium)")
+    if not Path(binary).exists():
+        problems.append(f"no browser at {binary} ({install})")
     if shutil.which("node") is None:
         problems.append("no node on PATH")
-    if not (WEB / "node_modules" / "playwright-core").is_dir():
-        problems.append("playwright-core is not installed (npm ci --prefix web)")
+    if not (WEB / "node_modules" / package).is_dir():
+        problems.append(f"{package} is not installed (npm ci --prefix web)")
     if problems:
-        raise RuntimeError("browser tests need: " + "; ".join(problems))
-    return chromium
+        raise RuntimeError(f"browser tests ({kind}) need: " + "; ".join(problems))
+    return binary
 
 
 class Browser:
-    """One headless Chromium tab; ``run(name, *args)`` awaits a scenario in the page."""
+    """One headless browser tab; ``run(name, *args)`` awaits a scenario in the page."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, kind: str) -> None:
         self._proc = proc
+        self.kind = kind
+        self.version = ""
+        self._browser_pid: int | None = None
         self._next = 0
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def launch(cls) -> Browser:
-        require_browser()
+    async def launch(cls, kind: str = "chromium", *origins: str) -> Browser:
+        """Start driver.mjs for ``kind`` (fresh profile directory); closed again if it fails.
+
+        ``origins``: the pages that will dial. Firefox gathers ICE candidates on loopback (and on
+        any interface but the default route's) only for a page allowed to capture, so the
+        driver grants them that permission in the fresh profile; every browser then reaches a
+        listener on 127.0.0.1 and no packet leaves loopback.
+        """
+        require_browser(kind)
+        if kind == "firefox" and not origins:
+            raise ValueError("Firefox reaches a loopback listener only from a page granted a "
+                             "media permission: Browser.launch('firefox', page_url)")
         proc = await asyncio.create_subprocess_exec(
-            "node", str(WEB / "test" / "driver.mjs"), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=None, cwd=str(WEB))
-        browser = cls(proc)
-        await asyncio.wait_for(browser._call({}, expect_id=0), 60)
+            "node", str(WEB / "test" / "driver.mjs"), kind, *origins,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+            cwd=str(WEB))
+        browser = cls(proc, kind)
+        try:
+            ready = await asyncio.wait_for(browser._call({}, expect_id=0), 60)
+        except BaseException:
+            await browser.close()
+            raise
+        browser.version = str(ready.get("version", ""))
+        browser._browser_pid = ready.get("pid")
         return browser
 
     async def _read(self) -> None:
@@ -71,10 +99,10 @@ class Browser:
                 if msg.get("ok"):
                     fut.set_result(msg.get("result"))
                 else:
-                    fut.set_exception(RuntimeError(f"in Chromium: {msg.get('error')}"))
+                    fut.set_exception(RuntimeError(f"in {self.kind}: {msg.get('error')}"))
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(RuntimeError("the Chromium driver exited"))
+                fut.set_exception(RuntimeError(f"the {self.kind} driver exited"))
 
     async def _call(self, msg: dict[str, Any], expect_id: int | None = None) -> Any:
         loop = asyncio.get_running_loop()
@@ -99,20 +127,36 @@ class Browser:
         return await asyncio.wait_for(self._call({"run": scenario, "args": list(args)}), timeout)
 
     async def close(self) -> None:
+        """Close the browser: the driver closes it; if the driver hangs, both are killed."""
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         try:
-            await asyncio.wait_for(self._proc.wait(), 10)
+            await asyncio.wait_for(self._proc.wait(), 15)
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+        if self._browser_pid is not None and self._proc.returncode != 0:
+            # the driver died without closing it, and a BiDi browser outlives its driver
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._browser_pid, signal.SIGKILL)
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
 
 
+class _NoCommand(EOFError):
+    """A stream that ended (FIN) before its first newline; ``data`` is all it carried."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("stream ended before its command")
+        self.data = data
+
+
 class CommandApp:
-    """The listener side of the browser scenarios: each stream's first line is a command."""
+    """The listener side of the browser scenarios: each stream's first line is a command.
+
+    A stream that ends before any newline is echoed whole (the demo page's echo box).
+    """
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any]] = []
@@ -141,7 +185,7 @@ class CommandApp:
         while b"\n" not in buffer:
             chunk = await stream.read()
             if not chunk:
-                raise EOFError("stream ended before its command")
+                raise _NoCommand(buffer)
             buffer += chunk
         line, rest = buffer.split(b"\n", 1)
         return line.decode(), rest
@@ -153,7 +197,12 @@ class CommandApp:
 
     async def _stream(self, conn: Connection, stream: Stream) -> None:
         with contextlib.suppress(StreamError, EOFError, ConnectionError):
-            line, rest = await self._line(stream)
+            try:
+                line, rest = await self._line(stream)
+            except _NoCommand as whole:  # the demo page's echo box: no command line
+                await stream.write(whole.data)
+                await stream.close_write()
+                return
             words = line.split()
             command = words[0]
             if command == "echo":
@@ -191,9 +240,8 @@ class CommandApp:
                 await stream.close_write()
             elif command == "source":
                 data = pattern(int(words[1]), int(words[2]))
-                view = memoryview(data)
                 for at in range(0, len(data), 1 << 20):
-                    await stream.write(view[at:at + (1 << 20)])
+                    await stream.write(data[at:at + (1 << 20)])
                 await stream.close_write()
             elif command == "close-me":
                 await conn.close(int(words[1]))
@@ -202,7 +250,7 @@ class CommandApp:
 
     async def _poison(self, conn: Connection, stream: Stream, kind: str) -> None:
         """Break KPS wire v1 toward the peer on purpose, beneath the engine."""
-        from keywire.webrtc import frames as f
+        from keywire.kps.webrtc import frames as f
 
         link = conn._link  # type: ignore[attr-defined]
         if kind == "data-after-fin":

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keywire.identity import Identity
-from keywire.webrtc.connection import WebRTCConnection
-from keywire.webrtc.server import WebRTCListener
+from keywire.kps.webrtc.connection import WebRTCConnection
+from keywire.kps.webrtc.server import WebRTCListener
 
 
 @dataclass

@@ -1,4 +1,5 @@
-// Browser-side halves of keywire's Chromium tests; each runs in the page and returns JSON.
+// Browser-side halves of keywire's browser tests and benchmarks; each runs in the page and
+// returns JSON.
 // The Python side (tests/webrtc/test_browser.py) serves a listener whose streams obey a
 // first-line command: "echo", "reset N", "expect-reset", "flood", "sink SIZE",
 // "source SIZE SEED", "close-me N".
@@ -173,11 +174,11 @@ export async function closeCode(address) {
   return { code: error.code, remote: error.remote, closeCode: conn.closeCode };
 }
 
-export async function dialTimes(address, count) {
+export async function dialTimes(address, count, wire) {
   const times = [];
   for (let i = 0; i < count; i++) {
     const started = performance.now();
-    const conn = await dial(address);
+    const conn = await dial(address, wire ? { wire } : {});
     await conn.openStream();
     times.push(performance.now() - started);
     await conn.close();
@@ -206,29 +207,63 @@ export async function manyAtOnce(address, count) {
 
 export const codes = Code;
 
-/** Reference: one Chromium data channel to another in the same page (loopback ICE). */
-export async function chromiumPair(size, messageSize = 16384) {
-  const a = new RTCPeerConnection({ iceServers: [] });
-  const b = new RTCPeerConnection({ iceServers: [] });
-  a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
-  b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
-  const dc = a.createDataChannel("bench", { ordered: true });
+// Reference for bench/bench_webrtc.py: a plain data channel between two SEPARATE browser
+// processes (one page each), the SDP relayed by the harness, moving the same bytes in the same
+// 16 KiB messages with the same 1 MiB send buffering as keywire.js. One pair per page at a time.
+let pair = null;
+
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    });
+  });
+}
+
+/** The sending end: create the offer (all candidates gathered) and return its SDP. */
+export async function pairOffer() {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const dc = pc.createDataChannel("bench", { ordered: true });
   dc.binaryType = "arraybuffer";
-  const received = new Promise((resolve) => {
-    b.ondatachannel = (e) => {
+  const opened = new Promise((resolve) => { dc.onopen = resolve; });
+  pair = { pc, dc, opened };
+  await pc.setLocalDescription();
+  await gathered(pc);
+  return pc.localDescription.sdp;
+}
+
+/** The receiving end: answer `offer`; count `size` bytes, then send one byte back. */
+export async function pairAnswer(offer, size) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const done = new Promise((resolve) => {
+    pc.ondatachannel = ({ channel }) => {
       let got = 0;
-      e.channel.binaryType = "arraybuffer";
-      e.channel.onmessage = (m) => {
+      channel.binaryType = "arraybuffer";
+      channel.onmessage = (m) => {
         got += m.data.byteLength;
-        if (got >= size) resolve(performance.now());
+        if (got >= size) { channel.send(new Uint8Array(1)); resolve(got); }
       };
     };
   });
-  await a.setLocalDescription();
-  await b.setRemoteDescription(a.localDescription);
-  await b.setLocalDescription();
-  await a.setRemoteDescription(b.localDescription);
-  await new Promise((resolve) => { dc.onopen = resolve; });
+  pair = { pc, done };
+  await pc.setRemoteDescription({ type: "offer", sdp: offer });
+  await pc.setLocalDescription();
+  await gathered(pc);
+  return pc.localDescription.sdp;
+}
+
+/** The sending end: apply the answer and wait until the channel is open. */
+export async function pairConnect(answer) {
+  await pair.pc.setRemoteDescription({ type: "answer", sdp: answer });
+  await pair.opened;
+  return true;
+}
+
+/** Send `size` bytes; the time from the first byte to the receiver's one-byte confirmation. */
+export async function pairSend(size, messageSize = 16384) {
+  const { dc } = pair;
+  const confirmed = new Promise((resolve) => { dc.onmessage = () => resolve(performance.now()); });
   const chunk = new Uint8Array(messageSize);
   dc.bufferedAmountLowThreshold = 256 << 10;
   const started = performance.now();
@@ -238,10 +273,18 @@ export async function chromiumPair(size, messageSize = 16384) {
     }
     dc.send(chunk.subarray(0, Math.min(messageSize, size - sent)));
   }
-  const ended = await received;
-  a.close();
-  b.close();
-  return { ms: ended - started };
+  return { ms: (await confirmed) - started };
+}
+
+/** The receiving end: bytes received (once all arrived). */
+export async function pairReceived() {
+  return await pair.done;
+}
+
+export async function pairClose() {
+  pair?.pc.close();
+  pair = null;
+  return true;
 }
 
 export async function vectors() {
@@ -258,6 +301,52 @@ export async function vectors() {
   }
   const good = parseAddress("[::1]:9:uEiAAAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHw");
   return { pwd, bad, host: good.host, port: good.port, first: good.digest[1] };
+}
+
+/** Wire v2's vector (tests/webrtc/test_wire_v2.py): digest 0..31, nonce 0..11. */
+export async function vectorsV2() {
+  const { sealServerUfrag, deriveIcePasswordV2, iceCredentials } = await import("/keywire.js");
+  const digest = Uint8Array.from({ length: 32 }, (_, i) => i);
+  const nonce = Uint8Array.from({ length: 12 }, (_, i) => i);
+  const ufrag = await sealServerUfrag(digest, "Tq3v", "abcdefghijklmnopqrstuvwx", nonce);
+  const pwd = await deriveIcePasswordV2(digest, ufrag);
+  const fresh = await sealServerUfrag(digest, "Tq3v", "abcdefghijklmnopqrstuvwx");
+  const creds = iceCredentials("v=0\r\na=ice-ufrag:Ab+/\r\na=ice-pwd:0123456789abcdef012345\r\n");
+  return { ufrag, pwd, freshDiffers: fresh !== ufrag && fresh.length === ufrag.length, creds };
+}
+
+/**
+ * Dial with RTCPeerConnection's createOffer / setLocalDescription watched: report whether every
+ * description handed to setLocalDescription is exactly what createOffer returned, then echo.
+ */
+export async function sdpUntouched(address, wire) {
+  const proto = RTCPeerConnection.prototype;
+  const { createOffer, setLocalDescription } = proto;
+  const offers = [];
+  const set = [];
+  proto.createOffer = async function (...a) {
+    const offer = await createOffer.apply(this, a);
+    offers.push(offer.sdp);
+    return offer;
+  };
+  proto.setLocalDescription = function (desc, ...a) {
+    set.push(desc === undefined ? null : desc.sdp);
+    return setLocalDescription.call(this, desc, ...a);
+  };
+  let echoed = null, error = null;
+  try {
+    const conn = await dial(address, wire ? { wire, timeout: 10000 } : { timeout: 10000 });
+    const s = await command(conn, "echo", enc.encode("same sdp"));
+    echoed = dec.decode(await readAll(s));
+    await conn.close();
+  } catch (e) {
+    error = String(e.message);
+  } finally {
+    proto.createOffer = createOffer;
+    proto.setLocalDescription = setLocalDescription;
+  }
+  return { offers: offers.length, set: set.length, equal: set.length > 0 && set.every((s, i) => s === offers[i]),
+    echoed, error };
 }
 
 /** The server misbehaves on purpose (command `poison KIND`); report how the browser closed. */

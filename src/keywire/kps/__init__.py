@@ -14,6 +14,7 @@ can share (``KpsListener.demux.webrtc``). Layout:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from .connection import KpsConnection, KpsStream
@@ -21,9 +22,10 @@ from .dialer import dial
 from .handler import KpsHandler, KpsListening
 from .listener import KpsListener
 from .settings import KpsSettings
+from .webrtc.settings import WebRTCSettings
 
 if TYPE_CHECKING:
-    from ..chain import Registry
+    from ..registry import Registry
 
 __all__ = ["KpsConnection", "KpsHandler", "KpsListener", "KpsListening", "KpsSettings",
            "KpsStream", "dial", "register"]
@@ -31,3 +33,5 @@ __all__ = ["KpsConnection", "KpsHandler", "KpsListener", "KpsListening", "KpsSet
 
 def register(registry: Registry) -> None:
     registry.add_handler(KpsHandler())
+    registry.declare_settings("kps", (f.name for f in fields(KpsSettings)))
+    registry.declare_settings("webrtc", (f.name for f in fields(WebRTCSettings)))

@@ -12,10 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import Code, ConnectionClosed, StreamError
-from ..stream import Connection, DatagramQueue, ReceiveBuffer, RemoteIdentity, Stream
+from ..stream import (
+    Connection,
+    DatagramQueue,
+    ReceiveBuffer,
+    RemoteIdentity,
+    Stream,
+    finished_future,
+)
 from .session import (
     Address,
     Closed,
@@ -33,8 +40,6 @@ from .settings import KpsSettings
 log = logging.getLogger("keywire.kps")
 
 SendMany = Callable[[list[bytes], Address], None]
-#: seconds ``close()`` waits for the closing period before releasing the connection anyway
-CLOSING_WAIT = 0.25
 
 
 class KpsStream(Stream):
@@ -106,6 +111,9 @@ class KpsStream(Stream):
         if self._write_closed or self._write_error is not None:
             return
         self._check_writable()
+        self._finish()
+
+    def _finish(self) -> None:
         self._write_closed = True
         self._conn.session.send(self.id, b"", fin=True)
         self._conn._forget(self.id)
@@ -154,6 +162,7 @@ class KpsConnection(Connection):
         #: done once the connection's own resources (a dialer's socket) are gone
         self._released = released
         self.settings = settings
+        self.close_timeout = settings.close_timeout
         self.address = address
         self.remote = remote if remote is not None else RemoteIdentity()
         self._send_many = send_many
@@ -316,8 +325,9 @@ class KpsConnection(Connection):
             waiter.set_result(None)
 
     def _start_keepalive(self) -> None:
-        if self.settings.keepalive > 0 and self._keepalive is None:
-            self._keepalive = self._loop.call_later(self.settings.keepalive, self._ping)
+        interval = self.settings.ping_interval
+        if interval > 0 and self._keepalive is None:
+            self._keepalive = self._loop.call_later(interval, self._ping)
 
     def _ping(self) -> None:
         self._keepalive = None
@@ -382,11 +392,13 @@ class KpsConnection(Connection):
         if self._on_finished is not None:
             self._on_finished(self)
 
-    def abort(self, code: int = Code.INTERNAL_ERROR, reason: str = "") -> None:
-        """Close at once without lingering (used by listeners on shutdown and timeouts)."""
-        self.session.close(code, reason)
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """CONNECTION_CLOSE now: queued stream data is dropped (also used by listeners on
+        shutdown and timeouts)."""
+        self.session.close(code, reason or "aborted locally")
         self._process()
         self._transmit()
+        return finished_future()
 
     # -- the Connection API -----------------------------------------------------------------------
     async def open_stream(self) -> KpsStream:
@@ -419,31 +431,56 @@ class KpsConnection(Connection):
         return self._incoming.popleft()
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        """Graceful: FIN every stream still open for writing (with code 0), wait until every
+        stream's data is acknowledged (at most ``kps.close_timeout``), then CONNECTION_CLOSE.
+
+        Nothing is waited for when nothing is queued.
+        """
         if self._closed is not None:
             return
-        if code == Code.NONE and self.settings.close_linger > 0:
-            self._drained.clear()
-            self._lingering = True
-            self._wake_writers()
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.close_linger):
-                        await self._drained.wait()
-            finally:
-                self._lingering = False
+        try:
+            self._end_streams(finish=code == Code.NONE)
+            # send now: a FIN alone counts neither as queued nor (until sent) as in flight
+            self._process()
+            self._transmit()
+            if not self.session.all_acknowledged():
+                self._drained.clear()
+                self._lingering = True
+                self._wake_writers()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.close_timeout):
+                            await self._drained.wait()
+                finally:
+                    self._lingering = False
+        except asyncio.CancelledError:
+            self.abort(Code.CANCELLED, "close cancelled")
+            raise
         if self._closed is None:
             self.session.close(code, reason)
             self._process()
             self._transmit()
-            # the closing period re-sends CONNECTION_CLOSE to late packets; a short wait lets
-            # it end on its own, then the state (and a dialer's socket) is released regardless
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSING_WAIT):
-                    await self._finished_event.wait()
+        # everything was acknowledged before CONNECTION_CLOSE went out, so the closing period
+        # (re-sending it to late packets) is not waited for: the state and a dialer's socket
+        # go now
         self._finish_now()
         if self._released is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._released), 1.0)
+
+    def _end_streams(self, *, finish: bool) -> None:
+        """Before a graceful close: a write still waiting can no longer complete, so its stream
+        is reset (never a clean EOF after a truncated write); with ``finish`` every other stream
+        still open for writing gets FIN after its queued bytes."""
+        for stream in list(self._table.values()):
+            if stream._write_closed or stream._write_error is not None:
+                continue
+            if stream._writable is not None:
+                stream.reset(Code.CLOSED)
+            elif finish:
+                with contextlib.suppress(StreamError):
+                    stream._finish()
+        self._kick()
 
     @property
     def closed(self) -> bool:

@@ -10,18 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..address import Alternative, Scope, Section, format_alternative
-from ..chain import ChainHandler, ConnectionHandler, Listening, Options
 from ..errors import AddressError
 from ..netinfo import addresses_for_scope
+from ..options import Options
+from ..plugin import ChainHandler, ConnectionHandler, Listening
 from ..stream import Connection
-from ..webrtc.settings import WebRTCSettings
 from .connection import KpsConnection
 from .dialer import dial
 from .listener import KpsListener
 from .settings import KpsSettings
+from .webrtc.settings import WebRTCSettings
 
 if TYPE_CHECKING:
-    from ..webrtc.server import WebRTCListener
+    from .webrtc.server import WebRTCListener
 
 
 def _host(parts: tuple[str, ...]) -> str:
@@ -102,7 +103,7 @@ class KpsHandler(ChainHandler):
         host, port, certhash = dial_target(alt.transport)
         if WebRTCSettings.from_options(options).dial:
             # the transport override (KPS Go's DialWebRTC): the browser's path, from Python
-            from ..webrtc.dialer import dial_webrtc
+            from .webrtc.dialer import dial_webrtc
 
             return await dial_webrtc(host, port, certhash, options)
         settings = KpsSettings.from_options(options)
@@ -127,7 +128,7 @@ class KpsHandler(ChainHandler):
         await listener.start(host, port)
         webrtc: WebRTCListener | None = None
         if WebRTCSettings.from_options(options).serve:
-            from ..webrtc.server import attach
+            from .webrtc.server import attach
 
             announced = format_alternative(Alternative((
                 kps_section(_announced_host(host), listener.port, identity.certhash),)))

@@ -1,23 +1,40 @@
 """The KPS listener: one UDP socket, the demultiplexer, the QUIC router, server connections.
 
 The socket is shared with the WebRTC side through ``listener.demux.webrtc`` (see ``udp``).
-New QUIC connections are admitted by ``QuicRouter`` (limit, refusals), must finish their
+New QUIC connections are admitted by ``QuicRouter`` (limit, refusals, Retry), must finish their
 handshake within ``kps.handshake_timeout``, and are handed to ``on_connection`` only once the
 handshake is complete.
+
+Address validation: once ``retry_threshold`` handshakes are in flight (``kps.retry_threshold``,
+default ``DEFAULT_RETRY_THRESHOLD``; 0 = always), a new client must come back with a Retry
+token before any connection state is made for it (``retry``), so a flood of Initials from
+spoofed sources costs one small stateless reply each and never fills the connection table.
+
+Memory: each connection's receive window comes out of a listener-wide ``ReceiveBudget``
+(``budget``), and once connections holding enough bytes have ended, ``Reclaimer`` runs one
+cyclic collection and ``malloc_trim`` so the process gives the memory back (docs/kps.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
+
+from qh3.quic.configuration import QuicConfiguration
 
 from ..identity import Identity
 from ..stream import RemoteIdentity
+from .budget import DEFAULT_FLOOR, DEFAULT_TOTAL, ReceiveBudget
 from .connection import KpsConnection
-from .quic import CID_LENGTH, GatedQuicConnection, server_configuration
-from .router import Action, QuicRouter
+from .probe import ProbeAnsweringQuicConnection
+from .quic import CID_LENGTH, server_configuration
+from .reclaim import Reclaimer
+from .retry import RetryTokens
+from .router import Action, Decision, QuicRouter
 from .session import Address, KpsSession
 from .settings import KpsSettings
 from .udp import DatagramDemux, open_demux
@@ -25,6 +42,20 @@ from .udp import DatagramDemux, open_demux
 log = logging.getLogger("keywire.kps")
 
 OnConnection = Callable[[KpsConnection], Awaitable[None]]
+
+#: handshakes in flight before new clients must validate their address with a Retry: a Retry
+#: costs every client one more round trip, so it is kept for load (``kps.retry_threshold``)
+DEFAULT_RETRY_THRESHOLD = 16
+#: seconds without a large connection finishing before memory is reclaimed, and the most a
+#: reclaim is put off by connections that keep finishing
+RECLAIM_SETTLE = 1.0
+RECLAIM_MAX_DELAY = 10.0
+#: seconds between two "under load" log lines (Retries, refusals)
+LOAD_LOG_INTERVAL = 60.0
+#: further reclaims (``Reclaimer.interval`` apart) while finished connections are still alive
+RECLAIM_FOLLOW_UPS = 6
+#: a finished connection holding this many bytes is watched until it is freed
+RECLAIM_TRACKED = 256 << 10
 
 
 class KpsListener:
@@ -35,9 +66,25 @@ class KpsListener:
         self.identity = identity
         self.settings = settings
         self._on_connection = on_connection
-        self._config = server_configuration(identity, settings)
+        self._configs: dict[int, QuicConfiguration] = {}
+        #: receive windows shared out of ``kps.receive_budget`` (settings read with defaults
+        #: here until KpsSettings has them)
+        self.budget = ReceiveBudget(
+            total=int(getattr(settings, "receive_budget", DEFAULT_TOTAL)),
+            floor=int(getattr(settings, "min_connection_window", DEFAULT_FLOOR)),
+            ceiling=settings.connection_window)
+        self._windows: dict[int, int] = {}
+        self.reclaimer = Reclaimer()
+        self._reclaim_handle: asyncio.TimerHandle | None = None
+        self._reclaim_since = 0.0
+        self._follow_ups = 0
+        self._load_logged_at: float | None = None
+        #: finished connections that held many bytes and are not yet freed
+        self._released: weakref.WeakSet[KpsConnection] = weakref.WeakSet()
+        threshold = int(getattr(settings, "retry_threshold", DEFAULT_RETRY_THRESHOLD))
         self.router = QuicRouter(cid_length=CID_LENGTH, max_connections=settings.max_connections,
-                                 replies_per_second=settings.refusals_per_second)
+                                 replies_per_second=settings.refusals_per_second,
+                                 tokens=RetryTokens(), retry_threshold=threshold)
         self.demux: DatagramDemux | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,11 +124,13 @@ class KpsListener:
             elif self._closing:
                 continue
             elif decision.action is Action.ACCEPT:
-                self._accept(data, addr, decision.dcid)
+                self._accept(data, addr, decision)
             elif decision.action is Action.REFUSE:
-                self._refuse(data, addr, decision.dcid)
+                self._refuse(data, addr, decision)
             elif decision.action is Action.REPLY:
                 self._send(decision.reply, addr)
+                if decision.reason.endswith("(Retry)") and self.router.retry_threshold > 0:
+                    self._note_load(now)  # (with the threshold at 0 every client is retried)
         if batch and target is not None:
             target.datagrams_received(batch, addr)
 
@@ -93,34 +142,58 @@ class KpsListener:
         if self.demux is not None:
             self.demux.sendto_many(datagrams, addr)
 
-    def _new_session(self, dcid: bytes) -> KpsSession:
-        quic = GatedQuicConnection(configuration=self._config,
-                                   original_destination_connection_id=dcid,
-                                   max_streams=self.settings.max_streams)
-        return KpsSession(quic, connection_window=self.settings.connection_window,
-                          max_backlog=self.settings.max_streams)
+    def _settings_for(self, window: int) -> KpsSettings:
+        if window == self.settings.connection_window:
+            return self.settings
+        # the send side follows the same share: a peer that never reads the answers then
+        # parks at most ``window`` queued bytes per stream too
+        return dataclasses.replace(self.settings, connection_window=window,
+                                   stream_window=min(self.settings.stream_window, window),
+                                   send_buffer=min(self.settings.send_buffer, window))
 
-    def _accept(self, data: bytes, addr: Address, dcid: bytes) -> None:
-        session = self._new_session(dcid)
-        conn = KpsConnection(session, self._send_many, self.settings, address="kps",
+    def _config_for(self, settings: KpsSettings) -> QuicConfiguration:
+        config = self._configs.get(settings.connection_window)
+        if config is None:
+            config = server_configuration(self.identity, settings)
+            self._configs[settings.connection_window] = config
+        return config
+
+    def _new_session(self, decision: Decision, settings: KpsSettings) -> KpsSession:
+        quic = ProbeAnsweringQuicConnection(
+            configuration=self._config_for(settings),
+            original_destination_connection_id=decision.original_dcid or decision.dcid,
+            retry_source_connection_id=decision.retry_scid,
+            max_streams=settings.max_streams)
+        return KpsSession(quic, connection_window=settings.connection_window,
+                          max_backlog=settings.max_streams)
+
+    def _accept(self, data: bytes, addr: Address, decision: Decision) -> None:
+        dcid = decision.dcid
+        window = self.budget.grant()
+        settings = self._settings_for(window)
+        session = self._new_session(decision, settings)
+        conn = KpsConnection(session, self._send_many, settings, address="kps",
                              remote=RemoteIdentity(), on_cid=self._on_cid,
                              on_finished=self._on_finished)
         conn.remote_address = addr
         session.receive_datagram(data, addr, self._loop.time() if self._loop else 0.0)
         core = session.quic._core
         if core is None or not core.received_authenticated_packet:
+            self.budget.release(window)
             return  # not a decryptable Initial: keep no state for it
+        self._windows[id(conn)] = window
         self.router.add(conn, dcid, addr)
         self.router.add(conn, session.quic.host_cid)
+        self.router.handshake_started(conn)
         conn._process()
         conn._transmit()
         task = asyncio.ensure_future(self._admit(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _refuse(self, data: bytes, addr: Address, dcid: bytes) -> None:
+    def _refuse(self, data: bytes, addr: Address, decision: Decision) -> None:
         """Answer CONNECTION_REFUSED from a throwaway connection; nothing is kept."""
-        session = self._new_session(dcid)
+        session = self._new_session(decision, self._settings_for(self.budget.floor))
         now = self._loop.time() if self._loop else 0.0
         session.receive_datagram(data, addr, now)
         core = session.quic._core
@@ -130,6 +203,17 @@ class KpsListener:
         for datagram, to in session.datagrams_to_send(now):
             self._send(datagram, to)
         self.refused += 1
+        self._note_load(self._loop.time() if self._loop else 0.0)
+
+    def _note_load(self, now: float) -> None:
+        """One log line per ``LOAD_LOG_INTERVAL`` while the listener is under pressure."""
+        if self._load_logged_at is not None and now - self._load_logged_at < LOAD_LOG_INTERVAL:
+            return
+        self._load_logged_at = now
+        r = self.router
+        log.warning("KPS listener under load: %d handshakes in flight, %d connections; "
+                    "%d Retries sent, %d invalid tokens, %d refused so far",
+                    r.handshakes_in_flight, len(r), r.retries, r.bad_tokens, self.refused)
 
     def _on_cid(self, conn: KpsConnection, cid: bytes, added: bool) -> None:
         if added:
@@ -139,8 +223,53 @@ class KpsListener:
 
     def _on_finished(self, conn: KpsConnection) -> None:
         self.router.remove(conn)
+        window = self._windows.pop(id(conn), None)
+        if window is not None:
+            self.budget.release(window)
+        session = conn.session
+        held = session.unread + session.send_buffered_total()
+        self.reclaimer.freed(held)
+        if held >= RECLAIM_TRACKED:
+            self._released.add(conn)
+        quic = session.quic
+        if isinstance(quic, ProbeAnsweringQuicConnection):
+            quic.drop_references()
+        self._schedule_reclaim()
         if self._closing and len(self.router) == 0 and self.demux is not None:
             self.demux.close()
+
+    def _schedule_reclaim(self) -> None:
+        """Reclaim once finishing has been quiet for ``RECLAIM_SETTLE`` seconds: a finished
+        connection's handler tasks and streams only become garbage once they have run."""
+        if self._loop is None or self.reclaimer.pending < self.reclaimer.threshold:
+            return
+        now = self._loop.time()
+        if self._reclaim_handle is not None:
+            if now - self._reclaim_since >= RECLAIM_MAX_DELAY:
+                return  # constant churn: keep the time already set
+            self._reclaim_handle.cancel()
+        else:
+            self._reclaim_since = now
+        at = max(now + RECLAIM_SETTLE, self.reclaimer.next_at(now))
+        self._reclaim_handle = self._loop.call_at(at, self._reclaim)
+
+    def _reclaim(self, follow_up: bool = False) -> None:
+        self._reclaim_handle = None
+        if self._loop is None:
+            return
+        now = self._loop.time()
+        if not (follow_up or self.reclaimer.due(now)):
+            return
+        self.reclaimer.reclaim(now)
+        # a connection leaves the table when it is finished, but its buffers become garbage
+        # only once its draining period and its handler's tasks end: while any finished
+        # connection is still alive after a collection, look again later (boundedly)
+        if self._released and not self._closing and self._follow_ups < RECLAIM_FOLLOW_UPS:
+            self._follow_ups += 1
+            self._reclaim_handle = self._loop.call_at(
+                now + self.reclaimer.interval, self._reclaim, True)
+        else:
+            self._follow_ups = 0
 
     async def _admit(self, conn: KpsConnection) -> None:
         try:
@@ -155,6 +284,8 @@ class KpsListener:
         except Exception as exc:
             log.debug("KPS handshake from %s failed: %s", conn.remote_address, exc)
             return
+        finally:
+            self.router.handshake_ended(conn)
         if self._closing:
             conn.abort(1, "listener closed")
             return
@@ -191,6 +322,9 @@ class KpsListener:
                 conn._finish_now()
         if len(self.router) == 0 and self.demux is not None:
             self.demux.close()
+        if self._reclaim_handle is not None:
+            self._reclaim_handle.cancel()
+            self._reclaim_handle = None
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait (bounded) until the socket is released."""

@@ -17,6 +17,8 @@ from typing import Any
 from qh3._hazmat import pull_quic_header
 from qh3.quic.packet import QuicPacketType, QuicProtocolVersion, encode_quic_version_negotiation
 
+from .retry import RetryTokens, TokenError
+
 Address = tuple[Any, ...]
 #: RFC 9000 §14.1: a client's first datagram is padded to at least this size
 MIN_INITIAL_SIZE = 1200
@@ -40,6 +42,15 @@ class Decision:
     #: the client's chosen destination connection id (ACCEPT / REFUSE)
     dcid: bytes = b""
     reason: str = ""
+    #: ACCEPT / REFUSE: the id the client first chose (differs from ``dcid`` after a Retry)
+    original_dcid: bytes = b""
+    #: ACCEPT / REFUSE after a valid Retry token: the Retry's source id (= ``dcid``)
+    retry_scid: bytes | None = None
+
+    @property
+    def validated(self) -> bool:
+        """The client proved it receives at its address (it came back with our token)."""
+        return self.retry_scid is not None
 
 
 class TokenBucket:
@@ -65,10 +76,20 @@ class QuicRouter:
 
     def __init__(self, *, cid_length: int, max_connections: int,
                  replies_per_second: float = 20.0,
-                 supported_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,)) -> None:
+                 supported_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,),
+                 tokens: RetryTokens | None = None, retry_threshold: int = 0) -> None:
         self.cid_length = cid_length
         self.max_connections = max_connections
         self.supported_versions = supported_versions
+        #: Retry tokens (None: no address validation)
+        self.tokens = tokens
+        #: Retry token-less Initials once this many handshakes are in flight (0: always)
+        self.retry_threshold = retry_threshold
+        self._handshaking: set[int] = set()
+        #: counters: Retries sent, Initials with a token that failed, validated admissions
+        self.retries = 0
+        self.bad_tokens = 0
+        self.validated = 0
         self._by_cid: dict[bytes, Any] = {}
         self._by_addr: dict[Address, Any] = {}
         self._cids_of: dict[int, set[bytes]] = {}
@@ -110,6 +131,21 @@ class QuicRouter:
         if addr is not None and self._by_addr.get(addr) is conn:
             del self._by_addr[addr]
         self._connections.pop(key, None)
+        self._handshaking.discard(key)
+
+    def handshake_started(self, conn: Any) -> None:
+        """``conn`` holds handshake state (counts towards ``retry_threshold``)."""
+        self._handshaking.add(id(conn))
+
+    def handshake_ended(self, conn: Any) -> None:
+        self._handshaking.discard(id(conn))
+
+    @property
+    def handshakes_in_flight(self) -> int:
+        return len(self._handshaking)
+
+    def retry_required(self) -> bool:
+        return self.tokens is not None and len(self._handshaking) >= self.retry_threshold
 
     # -- classification -------------------------------------------------------------------------
     def classify(self, data: bytes, addr: Address, now: float) -> Decision:
@@ -138,11 +174,31 @@ class QuicRouter:
             return Decision(Action.REPLY, reply=reply, reason="unsupported version")
         if packet_type != QuicPacketType.INITIAL:
             return self._drop("not an Initial for an unknown connection")
+        original, retry_scid = dcid, None
+        token = header[5]
+        if token and self.tokens is not None:
+            try:
+                checked = self.tokens.validate(token, addr, dcid, now)
+            except TokenError as exc:
+                # a Retry token that fails cannot be answered with another Retry (the client
+                # ignores a second one), and a token we did not mint is not worth a handshake
+                self.bad_tokens += 1
+                return self._drop(f"invalid token: {exc}")
+            original, retry_scid = checked.original_dcid, checked.retry_scid
+        elif self.retry_required():
+            self.retries += 1
+            assert self.tokens is not None
+            reply = self.tokens.retry_packet(version=version, addr=addr, client_scid=scid,
+                                             original_dcid=dcid, now=now)
+            return Decision(Action.REPLY, reply=reply, reason="address validation (Retry)")
         if len(self._connections) >= self.max_connections:
             if self._replies.take(now):
-                return Decision(Action.REFUSE, dcid=dcid, reason="connection limit")
+                return Decision(Action.REFUSE, dcid=dcid, reason="connection limit",
+                                original_dcid=original, retry_scid=retry_scid)
             return self._drop("connection limit (refusals rate-limited)")
-        return Decision(Action.ACCEPT, dcid=dcid)
+        if retry_scid is not None:
+            self.validated += 1
+        return Decision(Action.ACCEPT, dcid=dcid, original_dcid=original, retry_scid=retry_scid)
 
     def _drop(self, reason: str) -> Decision:
         self.dropped += 1

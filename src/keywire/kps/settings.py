@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..chain import Options, prefixed_extra
+from ..options import Options, read_settings
 
 PREFIX = "kps."
 
@@ -18,10 +18,11 @@ PREFIX = "kps."
 class KpsSettings:
     """Limits and timers of KPS connections (the defaults follow KPS and quic-go)."""
 
-    #: seconds without any packet before a connection fails with ``timeout``
+    #: seconds without any packet before a connection fails with ``timeout`` (quic-go's 30 s)
     idle_timeout: float = 30.0
-    #: seconds between PINGs on an otherwise quiet connection (0 = no keep-alive)
-    keepalive: float = 0.0
+    #: seconds between PINGs on an otherwise quiet connection (0 = no keep-alive); idle
+    #: connections stay up by default (see ``ping_interval``)
+    keepalive: float = 10.0
     #: seconds a handshake may take (dialer and listener)
     handshake_timeout: float = 5.0
     #: listener: most connections (including handshakes in progress) at once
@@ -38,12 +39,21 @@ class KpsSettings:
     datagram_queue: int = 256
     #: initial UDP payload size in bytes (a dialer probes for more)
     max_packet_size: int = 1280
-    #: seconds a clean close waits for queued stream data to be sent and acknowledged
-    close_linger: float = 2.0
+    #: most seconds a graceful close waits for queued stream data to be acknowledged (it returns
+    #: as soon as everything is; then CONNECTION_CLOSE is sent)
+    close_timeout: float = 10.0
     #: listener: refusals (CONNECTION_REFUSED answers) sent per second at most
     refusals_per_second: float = 20.0
     #: seconds assumed for the round trip before one is measured (sets the first PTO)
     initial_rtt: float = 0.1
+
+    @property
+    def ping_interval(self) -> float:
+        """Seconds between keep-alive PINGs: ``keepalive``, but at least three per
+        ``idle_timeout`` so a shortened idle timeout never outruns it (0 = none)."""
+        if self.keepalive <= 0:
+            return 0.0
+        return min(self.keepalive, self.idle_timeout / 3)
 
     @classmethod
     def from_options(cls, options: Options) -> KpsSettings:
@@ -53,7 +63,7 @@ class KpsSettings:
             "max_connections": options.max_connections,
         }
         known = {f.name: f for f in fields(cls)}
-        values.update(prefixed_extra(options, PREFIX, known))
+        values.update(read_settings(options, PREFIX, known))
         return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
 
     def __post_init__(self) -> None:
@@ -63,7 +73,7 @@ class KpsSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"kps.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("keepalive", "close_linger", "refusals_per_second"):
+        for name in ("keepalive", "close_timeout", "refusals_per_second"):
             if getattr(self, name) < 0:
                 raise ValueError(f"kps.{name} must not be negative, got {getattr(self, name)!r}")
         if not 1200 <= self.max_packet_size <= 65527:

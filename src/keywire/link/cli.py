@@ -7,61 +7,12 @@ parsed arguments and returns an exit code.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
+import json
 import sys
 from typing import Any
 
 from ..errors import KeywireError
-
-
-def _relay_parser(parser: argparse.ArgumentParser) -> None:
-    from .relay import config
-
-    config.add_arguments(parser)
-    parser.set_defaults(func=run_relay)
-
-
-async def run_relay(args: argparse.Namespace) -> int:
-    """Run a relay until SIGTERM/SIGINT; prints its WebSocket URL as the first stdout line."""
-    from .relay import config as relay_config
-    from .relay.server import RelayServer, setup_json_logging
-
-    try:
-        cfg = relay_config.load(args=args)
-    except ValueError as exc:
-        print(f"keywire relay: {exc}", file=sys.stderr)
-        return 2
-    setup_json_logging()
-    server = RelayServer(cfg)
-    try:
-        port = await server.start()
-    except OSError as exc:
-        print(f"keywire relay: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
-    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-    print(f"ws://{shown}:{port}/v1/link", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    try:
-        await asyncio.wait_for(server.stop(grace=4.5), 5.0)
-    except TimeoutError:
-        pass
-    return 0
-
-
-def relay_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="keywire relay",
-                                     description="Run a Link relay (content-blind).")
-    _relay_parser(parser)
-    args = parser.parse_args(argv)
-    return asyncio.run(run_relay(args))
+from .relay.cli import add_relay_arguments
 
 
 def _pair_parser(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +60,8 @@ def _credentials_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     listing = sub.add_parser("list", help="credentials this device holds, and devices paired "
                              "with this host")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON object: credentials, devices and recovery keys")
     listing.set_defaults(func=run_credentials_list)
     revoke = sub.add_parser("revoke", help="revoke a paired device (by key id) on this host")
     revoke.add_argument("key_id", help="the device's keyId (base64url), from 'list'")
@@ -121,15 +74,26 @@ def _credentials_parser(parser: argparse.ArgumentParser) -> None:
 async def run_credentials_list(args: argparse.Namespace) -> int:
     from .store import ClientStore, HostStore, RecoveryStore
 
-    client = ClientStore()
-    for cred in client.all():
-        print(f"credential  host={cred.address}  keyId={_b64(cred.key_id)}")
+    credentials = [{"host": cred.address, "key_id": _b64(cred.key_id)}
+                   for cred in ClientStore().all()]
+    devices: list[dict[str, str]] = []
+    recovery: list[dict[str, str]] = []
     for host in HostStore.all_hosts():
         for key_id, info in host.devices().items():
-            print(f"device      host={host.address}  keyId={key_id}  paired={info}")
-        recovery = RecoveryStore(host.address)
-        if recovery.path.exists():
-            print(f"recovery    host={host.address}  a saved recovery key ({recovery.path})")
+            devices.append({"host": host.address, "key_id": key_id, "paired": str(info)})
+        saved = RecoveryStore(host.address)
+        if saved.path.exists():
+            recovery.append({"host": host.address, "path": str(saved.path)})
+    if getattr(args, "json", False):
+        print(json.dumps({"credentials": credentials, "devices": devices,
+                          "recovery_keys": recovery}))
+        return 0
+    for cred in credentials:
+        print(f"credential  host={cred['host']}  keyId={cred['key_id']}")
+    for dev in devices:
+        print(f"device      host={dev['host']}  keyId={dev['key_id']}  paired={dev['paired']}")
+    for rec in recovery:
+        print(f"recovery    host={rec['host']}  a saved recovery key ({rec['path']})")
     return 0
 
 
@@ -161,7 +125,7 @@ def _b64(data: bytes) -> str:
 
 def add_parser(subparsers: Any) -> None:
     """Add ``relay``, ``pair`` and ``credentials`` to the keywire CLI."""
-    _relay_parser(subparsers.add_parser("relay", help="run a Link relay"))
+    add_relay_arguments(subparsers.add_parser("relay", help="run a Link relay"))
     _pair_parser(subparsers.add_parser(
         "pair", help="pair with a Link host using its code (or its recovery key)"))
     _credentials_parser(subparsers.add_parser("credentials",

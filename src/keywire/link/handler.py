@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ..address import Alternative, Scope, Section, format_address
-from ..chain import ChainHandler, ConnectionHandler, Listening, Options, Registry
 from ..errors import AddressError, HandshakeError
 from ..mux.connection import MuxConnection
 from ..mux.transform import config_from_options
+from ..options import Options
+from ..plugin import ChainHandler, ConnectionHandler, Listening
+from ..registry import Registry
 from ..stream import Connection
 from . import client, codes
 from .handshake import DEFAULT_RECOVER_CONCURRENCY, PairingCode, recovery_scalar
@@ -136,8 +138,11 @@ class LinkHandler(ChainHandler):
             pipe, credential = await client.recover_via(url, address, recovery, timeout)
             store.save(credential, [url])
         else:
-            raise HandshakeError(f"no credential for {address}: pair first (keywire pair "
-                                 "ADDRESS CODE) or dial with a pairing code or recovery key")
+            missing = HandshakeError(f"no credential for {address}: pair first (keywire "
+                                     "pair ADDRESS CODE) or dial with a pairing code or "
+                                     "recovery key")
+            missing.permanent = True  # a local lack: dialing again cannot supply it
+            raise missing
         return MuxConnection(pipe, client=True, config=config_from_options(options),
                              address=str(alt))
 
@@ -244,8 +249,14 @@ class LinkHandler(ChainHandler):
         asyncio.get_running_loop().call_later(0.3, show)
 
 
+#: the ``link.*`` settings this handler reads from ``Options.extra``
+SETTINGS = ("pairing_code", "pairing_ttl", "code_id", "recovery_key", "recover_concurrency",
+            "store_dir", "on_pairing_code", "on_recovery_key")
+
+
 def register(registry: Registry) -> None:
     registry.add_handler(LinkHandler())
+    registry.declare_settings("link", SETTINGS)
 
 
 __all__ = ["LinkHandler", "b64u", "register"]

@@ -10,10 +10,19 @@
 Each machine takes whole relayed frames and returns the frames to send; the shell moves them.
 The host counts failed code guesses on the *code* it handed out (not on the code's text), so
 two codes with the same text never share a counter, and reopening a code starts a new one.
+
+Wrong guesses do not lock a code at once (five of them used to, so anyone who knew the host's
+address could lock its owner out): after ``FREE_GUESSES`` each wrong guess makes the code rest,
+1 s, 2 s, 4 s … up to ``MAX_REST`` s, before it takes another, and only after
+``MAX_PAIR_GUESSES`` wrong guesses is it locked for good. A guesser thus has at most
+100 chances in 2^40 (under 1e-10) for a default code; with ``MAX_PAIR_CONCURRENT`` tries at
+once it needs at least 45 minutes to use them up, and gets at most about 40 guesses in a
+default 15-minute code lifetime. The host logs every wrong guess.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,9 +55,20 @@ from .wire import (
     transport_keys,
 )
 
-MAX_PAIR_ATTEMPTS = 5
+#: wrong guesses after which a code is locked for good (its owner opens a new one)
+MAX_PAIR_GUESSES = 100
+#: kept for callers of the old name; the bound is now on wrong guesses over the code's life
+MAX_PAIR_ATTEMPTS = MAX_PAIR_GUESSES
+#: wrong guesses that cost no rest (a person mistyping)
+FREE_GUESSES = 3
+#: the longest rest between two guesses, seconds
+MAX_REST = 60.0
+#: pairing handshakes with one code at once
+MAX_PAIR_CONCURRENT = 2
 DEFAULT_RECOVER_CONCURRENCY = 4
 CONFIRM_SIZE = 32
+
+log = logging.getLogger("keywire.link")
 
 
 class DeviceRevoked(HandshakeError):
@@ -67,6 +87,17 @@ class RecoveryUnavailable(PairingRefused):
 
 class RecoverBusy(PairingRefused):
     """The host is already running its maximum of recover handshakes; try again shortly."""
+
+
+class PairingBusy(PairingRefused):
+    """The code is resting after wrong guesses (or being tried already); try again shortly."""
+
+
+def rest_after(failures: int) -> float:
+    """Seconds a code rests after its ``failures``-th wrong guess: 0, then doubling to a cap."""
+    if failures <= FREE_GUESSES:
+        return 0.0
+    return min(MAX_REST, 2.0 ** (failures - FREE_GUESSES - 1))
 
 
 def password_scalar(code: str) -> int:
@@ -117,19 +148,26 @@ class RecoveryGate:
 
 @dataclass(eq=False)
 class PairingCode:
-    """One code the host handed out: single use, optional expiry, locked after 5 failures."""
+    """One code the host handed out: single use, optional expiry, resting after wrong guesses
+    and locked only after ``max_attempts`` of them."""
 
     code: str
     code_id: bytes | None
     expires_at: float | None
-    max_attempts: int = MAX_PAIR_ATTEMPTS
+    max_attempts: int = MAX_PAIR_GUESSES
     failures: int = 0
     in_flight: int = 0
     spent: bool = False
+    #: no guess is taken before this time (the rest after the last wrong guess)
+    resting_until: float = 0.0
 
     @property
     def locked(self) -> bool:
         return self.failures >= self.max_attempts
+
+    @property
+    def name(self) -> str:
+        return f"code id {self.code_id.hex()}" if self.code_id else "the default code"
 
     def unavailable_reason(self, now: float) -> str | None:
         if self.spent:
@@ -138,8 +176,17 @@ class PairingCode:
             return f"locked after {self.failures} failed attempts"
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
+        return None
+
+    def busy_reason(self, now: float) -> str | None:
+        """Why the code takes no guess right now, though it is live."""
+        if now < self.resting_until:
+            return (f"resting {self.resting_until - now:.0f} s after {self.failures} wrong "
+                    f"guesses")
+        if self.in_flight >= MAX_PAIR_CONCURRENT:
+            return "being tried already"
         if self.failures + self.in_flight >= self.max_attempts:
-            return "too many attempts in progress"
+            return "out of guesses"
         return None
 
 
@@ -182,9 +229,13 @@ class CodeBook:
         entry = self.default if code_id is None else self._by_id.get(code_id)
         if entry is None:
             raise PairingRefused("no such pairing code" if code_id else "no pairing code is open")
-        reason = entry.unavailable_reason(self._clock())
+        now = self._clock()
+        reason = entry.unavailable_reason(now)
         if reason is not None:
             raise PairingRefused(f"the pairing code is {reason}")
+        busy = entry.busy_reason(now)
+        if busy is not None:
+            raise PairingBusy(f"the pairing code is {busy}")
         entry.in_flight += 1
         return entry
 
@@ -192,8 +243,18 @@ class CodeBook:
         entry.in_flight = max(0, entry.in_flight - 1)
 
     def failed(self, entry: PairingCode) -> None:
+        """A wrong guess: the code rests, the host is told (a status line on stderr)."""
         self.refund(entry)
         entry.failures += 1
+        rest = rest_after(entry.failures)
+        entry.resting_until = max(entry.resting_until, self._clock() + rest)
+        if entry.locked:
+            log.warning("pairing: %s is locked after %d wrong guesses; open a new code",
+                        entry.name, entry.failures)
+        else:
+            log.warning("pairing: a wrong guess at %s (%d of %d allowed)%s", entry.name,
+                        entry.failures, entry.max_attempts,
+                        f"; it takes no guess for {rest:.0f} s" if rest else "")
 
     def succeeded(self, entry: PairingCode) -> None:
         self.refund(entry)
@@ -278,6 +339,9 @@ class HostHandshake:
             if self.header.mode is Mode.PAIR:
                 try:
                     self._slot = self.ctx.codebook.reserve(self.header.code_id)
+                except PairingBusy as exc:
+                    self.step, self.refusal = Step.REFUSED, str(exc)
+                    return [refusal_frame(Refusal.RECOVER_BUSY)]  # "busy: try again shortly"
                 except PairingRefused as exc:
                     self.step, self.refusal = Step.REFUSED, str(exc)
                     return [refusal_frame(Refusal.CODE_UNAVAILABLE)]
@@ -367,8 +431,11 @@ class HostHandshake:
             self._gate = None
 
 
-def _refusal_error(refusal: Refusal) -> HandshakeError:
+def _refusal_error(refusal: Refusal, pairing: bool = False) -> HandshakeError:
     """The error a pairing or recovering client raises for the host's refusal frame."""
+    if refusal is Refusal.RECOVER_BUSY and pairing:
+        return PairingBusy("the host is not taking guesses at this pairing code right now "
+                           "(it rests after wrong guesses); try again shortly")
     if refusal is Refusal.CODE_UNAVAILABLE:
         return PairingRefused("the host has no live pairing code for this attempt "
                               "(unknown code id, used, expired or locked)")
@@ -409,7 +476,7 @@ class ClientPairing:
         if self.step is Step.SHARE:
             refusal = parse_refusal(frame)
             if refusal is not None:
-                raise _refusal_error(refusal)
+                raise _refusal_error(refusal, pairing=not isinstance(self, ClientRecovery))
             result = self._spake.finish(frame)
             self.step = Step.CONFIRM
             return [result.confirm_a]

@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import Code, ConnectionClosed, StreamError
-from ..pipe import Pipe
-from ..stream import Connection, ReceiveBuffer, Stream
+from ..pipe import ACK_POLL, Pipe, unacknowledged
+from ..stream import Connection, ReceiveBuffer, Stream, finished_future
 from .frame import check_code
 from .session import (
     ConnectionTerminated,
@@ -42,8 +42,10 @@ READ_SIZE = 256 * 1024
 OUTPUT_HIGH_WATER = 1024 * 1024
 #: the reader pauses while more than this many bytes of answers wait to be sent
 CONTROL_HIGH_WATER = 64 * 1024
-#: how long ``close`` waits to flush the GoAway and pending frames before aborting the pipe
-CLOSE_TIMEOUT = 3.0
+#: how long ``abort`` gives the GoAway to reach the pipe before the pipe is torn down
+ABORT_FLUSH = 0.5
+#: how long a close waits for the peer's end once the peer's kernel acknowledged all we sent
+PEER_END_GRACE = 1.0
 
 
 class MuxStream(Stream):
@@ -120,8 +122,21 @@ class MuxStream(Stream):
             if self._write_closed:
                 return
             self._check_writable()
-            self._conn._session_call(lambda s: s.close_write(self.id))
-            self._write_closed = True
+            self._finish()
+
+    def _finish(self) -> None:
+        self._conn._session_call(lambda s: s.close_write(self.id))
+        self._write_closed = True
+
+    def _end_for_close(self, *, finish: bool) -> None:
+        """The connection closes gracefully: a write still in progress cannot complete, so its
+        stream is reset (a truncated stream never reads as EOF); otherwise FIN (``finish``)."""
+        if self._write_closed or self._write_error is not None:
+            return
+        if self._write_lock.locked():
+            self.reset(Code.CLOSED)
+        elif finish:
+            self._finish()
 
     def reset(self, code: int = Code.RESET) -> None:
         check_code(code)
@@ -159,6 +174,9 @@ class MuxConnection(Connection):
         self._output_idle.set()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pipe_dead = False
+        #: ``abort`` was called: the pipe goes without waiting for the peer
+        self._aborting = False
+        self._peer_eof = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._shutdown: asyncio.Task[None] | None = None
@@ -208,11 +226,34 @@ class MuxConnection(Connection):
 
     # -- closing --------------------------------------------------------------------------------
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        """Graceful: FIN the streams still open for writing (code 0), GoAway after every queued
+        frame, flush it all into the pipe, end the pipe's writing half and wait (at most
+        ``close_timeout``) for the peer to end its half, so nothing is cut off on the wire."""
         if self._error is None:
+            for stream in list(self._by_id.values()):
+                stream._end_for_close(finish=code == Code.NONE)
             self._session.close(code, reason)
             self._pump()
         if self._shutdown is not None:
-            await asyncio.shield(self._shutdown)
+            try:
+                await asyncio.shield(self._shutdown)
+            except asyncio.CancelledError:
+                self._pipe.abort()
+                raise
+
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """Now: queued frames are dropped, GoAway(code) is given a moment, the pipe goes."""
+        if self._error is None:
+            self._aborting = True
+            self._session.abort(code, reason)
+            self._pump()
+        elif not self._aborting:  # a graceful close in progress is cut short
+            self._aborting = True
+            self._pipe.abort()
+        if self._shutdown is None:
+            self._pipe.abort()
+            return finished_future()
+        return asyncio.shield(self._shutdown)
 
     @property
     def closed(self) -> bool:
@@ -377,11 +418,11 @@ class MuxConnection(Connection):
     async def _read_loop(self) -> None:
         session = self._session
         try:
-            while not session.closed:
+            while True:  # after the session ended: drained until the peer's end (see close)
                 data = await self._pipe.read(READ_SIZE)
                 if not data:
+                    self._peer_eof = True
                     session.receive_eof()
-                    self._pipe_dead = True
                     self._pump()
                     return
                 session.receive_data(data, self._loop.time())
@@ -421,26 +462,55 @@ class MuxConnection(Connection):
         finally:
             self._output_idle.set()
 
-    async def _close_pipe(self) -> None:
-        """After the session ended: flush the GoAway (bounded), close the pipe, stop the tasks.
+    async def _await_peer_end(self) -> None:
+        """Until the reader sees the peer's end of the pipe. A keywire peer ends its half as
+        soon as it reads our GoAway; a plain yamux peer may never do so, so once the kernel
+        says the peer has everything (``SIOCOUTQ`` 0) the wait is cut to ``PEER_END_GRACE``."""
+        loop = self._loop
+        acked_at: float | None = None
+        poll = ACK_POLL / 8
+        while not self._reader.done():
+            pending = unacknowledged(self._pipe)
+            if pending == 0:
+                acked_at = loop.time() if acked_at is None else acked_at
+                if loop.time() - acked_at >= PEER_END_GRACE:
+                    return
+            await asyncio.wait({self._reader}, timeout=None if pending is None else poll)
+            poll = min(poll * 2, ACK_POLL)
 
-        A pipe that could not take the flush within ``CLOSE_TIMEOUT`` is aborted at once
-        rather than given a second chance at an orderly close.
+    async def _close_pipe(self) -> None:
+        """After the session ended: flush what is queued (the GoAway last), end our half of the
+        pipe and wait for the peer's end, then close the pipe; bounded by ``close_timeout``.
+
+        Closing a socket while the peer still sends makes the kernel answer with RST, which
+        can destroy our last bytes in the peer's receive buffer; waiting for the peer's end
+        (which a keywire peer sends as soon as it sees the GoAway) avoids that. A pipe that
+        cannot take the flush in time is aborted.
         """
+        loop = self._loop
+        deadline = loop.time() + (ABORT_FLUSH if self._aborting else self.close_timeout)
         try:
             flushed = False
             if not self._pipe_dead:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                    async with asyncio.timeout_at(deadline):
                         await self._output_idle.wait()
                         flushed = not self._pipe_dead
-            for task in (self._writer, self._reader):
-                task.cancel()
-            if not flushed:
+            self._writer.cancel()
+            if flushed and not self._aborting:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._pipe.close_write()
+                        if not self._peer_eof:
+                            await self._await_peer_end()
+                except (TimeoutError, StreamError, OSError):
+                    flushed = False
+            self._reader.cancel()
+            if not flushed or self._aborting:
                 self._pipe.abort()
             else:
                 try:
-                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                    async with asyncio.timeout(max(1.0, deadline - loop.time())):
                         await self._pipe.close()
                 except (TimeoutError, StreamError, OSError):
                     self._pipe.abort()

@@ -420,6 +420,15 @@ class MuxSession:
         check_code(code)
         self._terminate(code, remote=False, reason=reason or "closed locally", go_away=True)
 
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> None:
+        """End at once: whatever output is still queued is dropped; only GoAway(code) goes."""
+        check_code(code)
+        if self._terminated is not None:
+            return
+        self._out = []
+        self._out_size = self._control = 0
+        self._terminate(code, remote=False, reason=reason or "aborted locally", go_away=True)
+
     def receive_eof(self) -> None:
         """The pipe ended. Without a GoAway first, that is a network error."""
         where = " in the middle of a frame" if self._partial or self._payload_left else ""

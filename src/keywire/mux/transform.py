@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..address import Section
-from ..chain import Options, Registry, Transform, prefixed_extra
 from ..errors import KeywireError
+from ..options import Options, read_settings
 from ..pipe import Pipe
+from ..plugin import Transform
+from ..registry import Registry
 from ..stream import Connection
 from .connection import MuxConnection
 from .session import MuxConfig
@@ -27,7 +29,7 @@ def config_from_options(options: Options) -> MuxConfig:
     """``max_streams`` from Options, windows and keep-alive from ``options.extra['mux.*']``."""
     fields: dict[str, Any] = {"max_streams": options.max_streams}
     try:
-        extra = prefixed_extra(options, "mux.", (k[len("mux."):] for k in EXTRA_KEYS))
+        extra = read_settings(options, "mux.", (k[len("mux."):] for k in EXTRA_KEYS))
     except ValueError as exc:
         raise KeywireError(f"mux: {exc}") from None
     for name, value in extra.items():
@@ -66,3 +68,4 @@ class MuxTransform(Transform):
 
 def register(registry: Registry) -> None:
     registry.add_transform(MuxTransform())
+    registry.declare_settings("mux", (k.removeprefix("mux.") for k in EXTRA_KEYS))

@@ -23,6 +23,7 @@ from .steps import (
     CLIENT_AUTH_LENGTH,
     SERVER_ACCEPT_LENGTH,
     Transcript,
+    _curve_public,
     keypair_from_seed,
 )
 
@@ -218,6 +219,12 @@ class ShsClient(_Machine):
         t = self._transcript
         if self._phase is _Phase.CHALLENGE:
             if not t.client_verify_challenge(message):
+                if t.remote_public is not None and _curve_public(t.remote_public) is None:
+                    bad_key = self._fail(2, "the server key we dialed is not a valid Ed25519 "
+                                            "public key (no usable curve point): check the "
+                                            "address's shs:KEY")
+                    bad_key.permanent = True  # no other round can make the key valid
+                    raise bad_key
                 raise self._fail(2, "the server's challenge is invalid (phase 2): it uses a "
                                     "different application cap (app key), or does not speak shs")
             self._phase = _Phase.AUTH

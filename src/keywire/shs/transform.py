@@ -15,10 +15,12 @@ import contextlib
 import inspect
 
 from ..address import Section, format_section
-from ..chain import Options, Registry, Transform
 from ..errors import AddressError, Code, HandshakeError, StreamError
+from ..options import Options
 from ..pipe import Pipe
-from ..stream import RemoteIdentity
+from ..plugin import Transform
+from ..registry import Registry
+from ..stream import Connection, RemoteIdentity
 from .boxstream import BoxStreamDecoder, BoxStreamEncoder
 from .handshake import SessionKeys, ShsClient, ShsHandshakeError, ShsServer
 
@@ -268,6 +270,12 @@ class ShsTransform(Transform):
             raise AddressError(format_section(section), len(section.name) + 1,
                                f"this identity's key {own} (or no key) in a listen spec")
         return Section(self.name, (own,))
+
+    def peer_section(self, section: Section, result: Pipe | Connection,
+                     options: Options) -> Section:
+        """``shs:<the client's key>``: what the handshake proved about the peer."""
+        key = result.remote.shs_id if isinstance(result, Pipe) else None
+        return Section(self.name, (key,)) if key else self.announce(section, options)
 
 
 def register(registry: Registry) -> None:

@@ -6,7 +6,7 @@ an in-memory store, the HTTP map server (``keywire map-server``) or Redis. See d
 
 from __future__ import annotations
 
-from .backend import StoreBackend, StoreError, StoreRefused, ValueTooLarge
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge
 from .core import StoreCore
 from .frame import Frame, FrameError, FrameType, Geometry
 from .mapclient import HttpStore
@@ -22,7 +22,7 @@ from .stream import StoreConnection, StoreStream
 __all__ = [
     "Frame", "FrameError", "FrameType", "Geometry", "HttpStore", "KeySchedule", "LossyStore",
     "MapServer", "MemoryStore", "Mode", "RedisStore", "Role", "SecretError", "StateError",
-    "StoreBackend", "StoreConnection", "StoreCore", "StoreError", "StoreParams", "StoreRefused",
-    "StoreStream", "ValueTooLarge", "format_secret", "generate_secret", "new_state_key",
-    "parse_secret",
+    "StoreBackend", "StoreConnection", "StoreCore", "StoreError", "StoreFull", "StoreParams",
+    "StoreRefused", "StoreStream", "ValueTooLarge", "format_secret", "generate_secret",
+    "new_state_key", "parse_secret",
 ]

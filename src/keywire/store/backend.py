@@ -29,6 +29,11 @@ class StoreRefused(StoreError):
         super().__init__(message)
 
 
+class StoreFull(StoreError):
+    """The store refused a put for want of room (a map server's 507, Redis's OOM): a stream
+    retries for a while, since entries expire, then fails with this text."""
+
+
 class ValueTooLarge(StoreError):
     """A value longer than the store accepts: a configuration error, never retried."""
 

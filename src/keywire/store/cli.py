@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 from typing import Any
@@ -83,10 +84,11 @@ async def run(args: argparse.Namespace) -> int:
                        tls=tls, token=token, token_read=args.token_read)
     try:
         await server.start()
-    except OSError as exc:
-        print(f"keywire map-server: cannot listen on {args.host}:{args.port}: {exc}",
+    except OSError as exc:  # a port in use is the caller's to fix, like a bad argument
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+        print(f"keywire map-server: cannot listen on {args.host}:{args.port}: {why}",
               file=sys.stderr)
-        return 1
+        return 2
     print(server.url, flush=True)
     access = ("open to anyone" if token is None else
               "reads and writes need the token" if args.token_read else

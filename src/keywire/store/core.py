@@ -19,7 +19,9 @@ gets to start; the shell reports each outcome (``put_done`` / ``get_done``) and 
 * **Reader.** Gets for the next ``window`` indices run at once; frames are reordered and
   delivered in order. A value that does not open, decode, or carry its own index is rejected
   and retried (a legitimate put may overwrite it); after ``bad_frame_tries`` the stream fails
-  with a protocol error naming the frame.
+  with a protocol error naming the frame. A full read buffer does not stop the gets: data
+  frames wait (unacknowledged) in the reorder buffer, but their acks are used at once, since
+  an application blocked in ``write`` (window full) reads nothing until those acks arrive.
 * **End and Reset** are acknowledged and retransmitted like data; each direction closes on its
   own (half-close).
 * **StopSending** (a keywire extension, like Reset): ``stop_sending(code)`` discards what
@@ -377,6 +379,12 @@ class StoreCore:
             return []
         if self._recovering:
             return self._poll_recover(now)
+        if self._reorder:
+            try:
+                self._deliver_ready(now)    # the application may have made room
+            except FrameError as exc:
+                self._fail(StreamError(Code.PROTOCOL_ERROR, str(exc)))
+                return []
         self._build_frames(now)
         ops: list[Op] = []
         self._poll_sent(now, ops)
@@ -622,7 +630,10 @@ class StoreCore:
         if self.publisher:
             return False
         if self._rstate is _RState.OPEN:
-            return self._unconsumed_size < self.max_read_buffer or self._discard_incoming
+            # also with a full read buffer: the peer's acks travel in its frames, and an
+            # application blocked in write (its window full) would otherwise never read again
+            # (data frames then wait in the reorder buffer, at most the read span of them)
+            return True
         # the peer ended: keep reading for acks of our frames, and while our direction is open
         # for a StopSending the peer may still send
         return self.mode is Mode.DUPLEX and (self._awaiting_acks() or self._write_open())
@@ -743,8 +754,20 @@ class StoreCore:
             # a frame lost in the other direction does not delay them
             self._on_peer_ack(frame.ack, now)
         self._reorder[op.index] = frame
+        self._deliver_ready(now)
+
+    def _deliver_ready(self, now: float) -> None:
+        """Deliver the frames that are next in order, except data while the read buffer is
+        full: those wait in ``_reorder`` (their acks were already used) until the application
+        reads, so a full buffer never stops us from hearing acks."""
         while self._read_idx in self._reorder and self._fatal is None:
-            self._deliver(self._reorder.pop(self._read_idx), now)
+            frame = self._reorder[self._read_idx]
+            if (frame.payload and frame.type not in CONTROL_FRAMES
+                    and not self._discard_incoming and self._rstate is _RState.OPEN
+                    and self._unconsumed_size >= self.max_read_buffer):
+                return
+            del self._reorder[self._read_idx]
+            self._deliver(frame, now)
 
     def _deliver(self, frame: Frame, now: float) -> None:
         index = frame.id

@@ -2,10 +2,14 @@
 
 Dialing takes Katzenpost's dialer role; listening takes the listener role (Katzenpost's
 ``Initiator``). Listening without a secret creates a fresh one, and ``announce`` gives the whole
-address to hand to the dialer. A dialer always puts frame 0 at once (a bare Start), so the
-listener learns that it arrived even if the dialer's application only reads; the listener's
-connection is handed out when that frame is read. One secret pairs exactly two ends, so a
-listener serves one connection.
+address to hand to the dialer.
+
+Every dial is a new *session* (``keywire.store.session``): the dialer announces a random
+session id in the first free slot of the address, and the stream runs on keys derived from
+the secret, the slot and that id, so a second dial never reads the first one's frames. The
+listener waits for each slot in turn, claims the dial it finds there and hands out one
+connection per session (when the dialer's first frame is read), while it goes on waiting for
+the next slot.
 
 Settings in ``Options.extra``: ``store.window``, ``store.value_size``, ``store.max_value``,
 ``store.ttl`` (Redis), ``store.linger`` (seconds ``close`` waits for acknowledgements),
@@ -13,9 +17,10 @@ Settings in ``Options.extra``: ``store.window``, ``store.value_size``, ``store.m
 ``store.token`` (the map server's bearer token; default ``$KEYWIRE_MAP_TOKEN``, so the CLI can
 reach a protected server). For the CLI, ``$SSL_CERT_FILE`` names CA certificates too.
 
-Before a stream starts, one cheap request (``probe``) checks the store, so an untrusted
-certificate or a refused token fails the dial or the listen with a clear error rather than
-inside the stream; a store that is merely unreachable is left to the stream's retries.
+Both ends need the store when they start: a dial announces its session there and a listener
+looks up where to start, each within ``options.timeout``, so a store that is down, refuses
+us or is full fails the dial or the listen with the store's error instead of a silent wait.
+Once a stream runs, store failures are retried until the store is back.
 """
 
 from __future__ import annotations
@@ -24,26 +29,33 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..address import Alternative, Scope, Section, redacted
-from ..chain import ChainHandler, ConnectionHandler, Listening, Options, Registry
 from ..errors import AddressError
-from .backend import StoreBackend, StoreError, StoreRefused
+from ..options import Options
+from ..plugin import ChainHandler, ConnectionHandler, Listening
+from ..registry import Registry
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused
 from .mapauth import TOKEN_ENV
 from .mapclient import HttpStore
 from .params import StoreParams
 from .redisstore import RedisStore
+from .rendezvous import SessionDialer, SessionListener
 from .schedule import Role
 from .secret import SecretError, format_secret, generate_secret, parse_secret
+from .session import RecordError, Session
 from .stream import StoreConnection, StoreStream
 
 log = logging.getLogger("keywire.store")
 
 STORE_SCHEMES = ("http", "https", "redis", "rediss")
 DEFAULT_STORE_VALUE = 1 << 16
-#: most seconds the probe before a stream may take (a slow store is not a refusal)
-PROBE_TIMEOUT = 5.0
+#: long-poll time of the listener's wait for the next dial
+DIAL_WAIT = 20.0
+#: backoff bounds of the listener while the store fails
+RETRY_MIN, RETRY_MAX = 0.2, 5.0
 
 
 def _extra(options: Options, name: str, default: Any) -> Any:
@@ -67,20 +79,33 @@ def make_backend(section: Section, options: Options) -> StoreBackend:
     return HttpStore(section.url, max_value=max_value, cafile=cafile, token=token)
 
 
-async def checked_backend(section: Section, options: Options) -> StoreBackend:
-    """``make_backend``, then its probe: a refusal raises ``StoreRefused`` (the backend closed),
-    anything else is logged and left to the stream, which retries."""
-    backend = make_backend(section, options)
+async def _bounded[T](backend: StoreBackend, work: Callable[[], Awaitable[T]], timeout: float,
+                      doing: str) -> T:
+    """``work()`` within ``timeout``, tried again (with backoff) after a store error that is
+    not a refusal: a slow connect under load is no reason to fail. When the time is up, a
+    ``StoreError`` names the store and the last error; any failure closes ``backend``."""
+    last: StoreError | None = None
+    bound = timeout * 0.95     # inside the caller's own bound, so our message is the one seen
     try:
-        async with asyncio.timeout(min(options.timeout, PROBE_TIMEOUT)):
-            await backend.probe()
-    except StoreRefused:
+        async with asyncio.timeout(bound):
+            for attempt in range(1_000_000):
+                try:
+                    return await work()
+                except (StoreRefused, StoreFull):
+                    raise
+                except StoreError as exc:
+                    last = exc
+                await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2 ** min(attempt, 10)))
+        raise AssertionError("unreachable")   # pragma: no cover
+    except TimeoutError:
+        await backend.close()
+        if last is not None:
+            raise StoreError(f"{last} (still failing after {bound:.3g} s, {doing})") from None
+        raise StoreError(f"{backend.description}: no answer in {bound:.3g} s while "
+                         f"{doing}") from None
+    except BaseException:
         await backend.close()
         raise
-    except (StoreError, TimeoutError) as exc:
-        log.info("%s: not answering yet (%s); the stream will retry", backend.description,
-                 exc or "timed out")
-    return backend
 
 
 def stream_secret(alt: Alternative, *, required: bool) -> bytes | None:
@@ -102,23 +127,86 @@ def stream_secret(alt: Alternative, *, required: bool) -> bytes | None:
 
 
 class _StoreListening(Listening):
-    def __init__(self, alt: Alternative, secret: bytes, conn: StoreConnection,
-                 task: asyncio.Task[None]) -> None:
+    """Waits for one dial after another; each becomes a connection of its own."""
+
+    def __init__(self, alt: Alternative, secret: bytes, options: Options, backend: StoreBackend,
+                 epoch: int, on_connection: ConnectionHandler) -> None:
         self._alt = alt
         self._secret = secret
-        self._conn = conn
-        self._task = task
+        self._options = options
+        self._backend = backend
+        self._sessions = SessionListener(backend, secret, store_params(options).value_size)
+        self._on_connection = on_connection
+        self._full = Alternative((alt.sections[0], Section("stream", (format_secret(secret),))))
+        #: sessions whose connection was not handed out yet (aborted by ``close``)
+        self._waiting: dict[asyncio.Task[None], StoreConnection] = {}
+        self.epoch = epoch
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+        self._task.add_done_callback(_log_failure)
 
     def announce(self, scope: Scope) -> list[Alternative]:
-        stream = Section("stream", (format_secret(self._secret),))
-        return [Alternative((self._alt.sections[0], stream))]
+        return [self._full]
+
+    async def _accept(self) -> None:
+        failures = 0
+        while True:
+            try:
+                session = await self._sessions.take(self.epoch, DIAL_WAIT)
+                if session is not None:
+                    await self._sessions.claim(session)
+            except RecordError as exc:
+                log.warning("store listener: skipping session slot %d: %s", self.epoch, exc)
+                self.epoch += 1
+                continue
+            except StoreRefused:
+                raise
+            except StoreError as exc:
+                failures += 1
+                delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(failures - 1, 10))
+                log.info("store listener: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if session is None:
+                continue
+            self.epoch += 1
+            self._start(session)
+
+    def _start(self, session: Session) -> None:
+        options = self._options
+        backend = make_backend(self._alt.sections[0], options)
+        stream = StoreStream.open(backend, session.secret, Role.LISTENER,
+                                  params=store_params(options))
+        conn = StoreConnection(stream, redacted(self._full),
+                               linger=float(_extra(options, "linger", 30.0)),
+                               owns_backend=backend)
+        log.info("store listener: session %d arrived", session.epoch)
+
+        async def deliver() -> None:
+            try:
+                await stream.wait_peer()
+            except Exception:
+                self._waiting.pop(task, None)
+                await conn.abort()
+                raise
+            self._waiting.pop(task, None)
+            await self._on_connection(conn)
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._waiting[task] = conn
+        task.add_done_callback(_log_failure)
 
     async def close(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        waiting, self._waiting = self._waiting, {}
+        for task, conn in waiting.items():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            await self._conn.abort()      # no dialer came: leave nothing in the store
+                await task
+            await conn.abort()      # its dialer never showed up: leave nothing in the store
+        await self._backend.close()
 
 
 class StoreStreamHandler(ChainHandler):
@@ -130,37 +218,46 @@ class StoreStreamHandler(ChainHandler):
     async def dial(self, alt: Alternative, options: Options) -> StoreConnection:
         secret = stream_secret(alt, required=True)
         assert secret is not None
-        backend = await checked_backend(alt.sections[0], options)
-        stream = StoreStream.open(backend, secret, Role.DIALER, params=store_params(options))
+        backend = make_backend(alt.sections[0], options)
+        params = store_params(options)
+        dialer = SessionDialer(backend, secret, params.value_size)
+        session = await _bounded(backend, lambda: self._announce(backend, dialer),
+                                 options.timeout, "announcing the session")
+        stream = StoreStream.open(backend, session.secret, Role.DIALER, params=params)
         return StoreConnection(stream, redacted(alt),
                                linger=float(_extra(options, "linger", 30.0)),
                                owns_backend=backend)
+
+    @staticmethod
+    async def _announce(backend: StoreBackend, dialer: SessionDialer) -> Session:
+        await backend.probe()
+        return await dialer.announce()
 
     async def listen(self, alt: Alternative, options: Options,
                      on_connection: ConnectionHandler) -> Listening:
         secret = stream_secret(alt, required=False)
         if secret is None:
             secret = generate_secret()
-        backend = await checked_backend(alt.sections[0], options)
-        stream = StoreStream.open(backend, secret, Role.LISTENER, params=store_params(options))
-        full = Alternative((alt.sections[0], Section("stream", (format_secret(secret),))))
-        conn = StoreConnection(stream, redacted(full),
-                               linger=float(_extra(options, "linger", 30.0)),
-                               owns_backend=backend)
+        backend = make_backend(alt.sections[0], options)
 
-        async def deliver() -> None:
-            await stream.wait_peer()
-            await on_connection(conn)
+        async def first_epoch() -> int:
+            await backend.probe()
+            return await SessionListener(backend, secret).first_epoch()
 
-        task = asyncio.get_running_loop().create_task(deliver())
-        task.add_done_callback(_log_failure)
-        return _StoreListening(alt, secret, conn, task)
+        epoch = await _bounded(backend, first_epoch, options.timeout,
+                               "looking up the address's sessions")
+        return _StoreListening(alt, secret, options, backend, epoch, on_connection)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("store stream listener ended: %s", task.exception())
+        log.warning("store stream listener: %s", task.exception())
+
+
+#: the ``store.*`` keys of ``Options.extra`` this plugin reads
+SETTINGS = ("window", "value_size", "max_value", "ttl", "linger", "cafile", "token")
 
 
 def register(registry: Registry) -> None:
     registry.add_handler(StoreStreamHandler())
+    registry.declare_settings("store", SETTINGS)

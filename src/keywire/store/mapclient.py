@@ -12,7 +12,14 @@ import contextlib
 import ssl
 from urllib.parse import urlsplit
 
-from .backend import StoreBackend, StoreError, StoreRefused, ValueTooLarge, check_address
+from .backend import (
+    StoreBackend,
+    StoreError,
+    StoreFull,
+    StoreRefused,
+    ValueTooLarge,
+    check_address,
+)
 from .http1 import HttpError, format_request, parse_response_head
 from .mapauth import check_token
 from .tls import client_context, explain
@@ -117,6 +124,9 @@ class HttpStore(StoreBackend):
             raise ValueTooLarge(len(value), self.max_value)
         if status == 401:
             raise self._refused("write", body)
+        if status == 507:
+            raise StoreFull(f"{self.description} is full: "
+                            f"{body[:200].decode('utf-8', 'replace').strip()} (507)")
         if status not in (200, 201, 204):
             raise StoreError(f"{self.description}: PUT answered {status}: "
                              f"{body[:200].decode('utf-8', 'replace').strip()}")

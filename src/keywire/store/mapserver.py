@@ -34,8 +34,18 @@ log = logging.getLogger("keywire.store.mapserver")
 
 MAX_WAIT = 60.0
 SWEEP_INTERVAL = 5.0
-#: idle keep-alive connections are closed after this long
+#: idle keep-alive connections are closed after this long (between requests)
 IDLE_TIMEOUT = 120.0
+#: a new connection must send its first request head within this, and a request that has
+#: begun must finish its head within this
+HEAD_TIMEOUT = 10.0
+#: a body announced by Content-Length must arrive within this
+BODY_TIMEOUT = 10.0
+#: the body of a request refused for its token is read (so the client sees the 401 rather
+#: than a reset) for at most this long
+REFUSED_BODY_TIMEOUT = 2.0
+#: limit lines are logged at most this often per kind
+LOG_EVERY = 10.0
 #: a TLS client that has not finished its handshake by then is dropped
 HANDSHAKE_TIMEOUT = 10.0
 _BINARY = "application/octet-stream"
@@ -80,6 +90,7 @@ class MapServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: float = 3600.0,
                  max_value: int = 1 << 16, max_bytes: int = 256 << 20,
                  max_waiters: int = 4096, max_connections: int = 1024,
+                 max_connections_per_ip: int = 256,
                  db: str | Path | None = None, tls: ssl.SSLContext | None = None,
                  token: str | None = None, token_read: bool = False) -> None:
         if token_read and token is None:
@@ -89,6 +100,9 @@ class MapServer:
         self.table = MapTable(max_value=max_value, ttl=ttl, max_bytes=max_bytes,
                               max_waiters=max_waiters)
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self._per_ip: dict[str, int] = {}
+        self._limit_logged: dict[str, tuple[float, int]] = {}
         self._tls = tls
         self._policy = None if token is None else TokenPolicy(token, protect_reads=token_read)
         self._db_path = db
@@ -162,17 +176,41 @@ class MapServer:
                 self._db.delete(gone)
 
     # -- connections -------------------------------------------------------------------------
+    def _log_limit(self, kind: str, message: str) -> None:
+        """One line per ``kind`` per ``LOG_EVERY`` seconds, with how many were not logged."""
+        now = time.monotonic()
+        last, skipped = self._limit_logged.get(kind, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._limit_logged[kind] = (last, skipped + 1)
+            return
+        more = f" ({skipped} more since the last line)" if skipped else ""
+        log.warning("map server: %s%s", message, more)
+        self._limit_logged[kind] = (now, 0)
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        writer.write(format_response(503, why.encode() + b"\n", keep_alive=False,
+                                     content_type="text/plain"))
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._connections.add(task)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         try:
-            if len(self._connections) > self.max_connections:
-                writer.write(format_response(503, b"too many connections\n", keep_alive=False,
-                                             content_type="text/plain"))
+            if self._per_ip[ip] > self.max_connections_per_ip:
+                self._log_limit("per-ip", f"refusing connections from {ip}: it has "
+                                          f"{self.max_connections_per_ip} open")
+                self._refuse(writer, "too many connections from your address")
                 return
-            while await self._one_request(reader, writer):
-                pass
+            if len(self._connections) > self.max_connections:
+                self._log_limit("total", f"refusing connections: {self.max_connections} open")
+                self._refuse(writer, "too many connections")
+                return
+            first = True
+            while await self._one_request(reader, writer, first):
+                first = False
         except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -183,15 +221,28 @@ class MapServer:
                                              content_type="text/plain"))
         finally:
             self._connections.discard(task)
+            left = self._per_ip[ip] - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                del self._per_ip[ip]
             with contextlib.suppress(Exception):
                 writer.close()
 
     async def _one_request(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> bool:
-        """Serve one request; False when the connection should close."""
+                           writer: asyncio.StreamWriter, first: bool) -> bool:
+        """Serve one request; False when the connection should close. A new connection gets
+        ``HEAD_TIMEOUT`` for its whole first head; a kept-alive one may idle for
+        ``IDLE_TIMEOUT``, and then has ``HEAD_TIMEOUT`` from the first byte of its next."""
         try:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                head_bytes = await reader.readuntil(b"\r\n\r\n")
+            if first:
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    head_bytes = await reader.readuntil(b"\r\n\r\n")
+            else:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    opening = await reader.readexactly(1)
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    head_bytes = opening + await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
             return False
         self.requests += 1
@@ -219,8 +270,9 @@ class MapServer:
             # read a refused put's body (it is at most one value) before answering, so closing
             # the socket does not reset the connection before the client reads the 401
             if 0 < head.content_length <= self.table.max_value:
-                async with asyncio.timeout(IDLE_TIMEOUT):
-                    await reader.readexactly(head.content_length)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REFUSED_BODY_TIMEOUT):
+                        await reader.readexactly(head.content_length)
             raise
 
     async def _handle(self, head: RequestHead,
@@ -253,7 +305,13 @@ class MapServer:
             self.table.check_put(address, head.content_length)
         except TableError as exc:
             raise HttpError(exc.status, str(exc)) from None
-        value = await reader.readexactly(head.content_length)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                value = await reader.readexactly(head.content_length)
+        except TimeoutError:
+            self._log_limit("body", f"dropped a PUT whose {head.content_length}-byte body did "
+                                    f"not arrive in {BODY_TIMEOUT:g} s")
+            raise
         now = time.time()
         try:
             woken = self.table.put(address, value, now)

@@ -22,9 +22,16 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisError, ResponseError
 
-from .backend import StoreBackend, StoreError, StoreRefused, ValueTooLarge, check_address
+from .backend import (
+    StoreBackend,
+    StoreError,
+    StoreFull,
+    StoreRefused,
+    ValueTooLarge,
+    check_address,
+)
 from .tls import explain, verify_failure
 
 _PUT_SCRIPT = """
@@ -245,6 +252,9 @@ class RedisStore(StoreBackend):
             return StoreRefused(f"{self.description}: {explain(bad_certificate)}")
         if isinstance(exc, AuthenticationError):
             return StoreRefused(f"{self.description}: authentication failed: {exc}")
+        if isinstance(exc, OutOfMemoryError) or (
+                isinstance(exc, ResponseError) and str(exc).startswith("OOM")):
+            return StoreFull(f"{self.description} is full (maxmemory): {exc}")
         return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
 
     async def _read(self, address: bytes) -> bytes | None:

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable
 
 from ..errors import Code, ConnectionClosed, StreamError
 from ..pipe import OneStreamConnection
-from ..stream import ReceiveBuffer, RemoteIdentity, Stream
-from .backend import StoreBackend, StoreRefused, ValueTooLarge
+from ..stream import ReceiveBuffer, RemoteIdentity, Stream, task_future
+from .backend import StoreBackend, StoreFull, StoreRefused, ValueTooLarge
 from .core import StoreCore
 from .ops import (
     DataReceived,
@@ -36,6 +37,9 @@ log = logging.getLogger("keywire.store")
 
 #: a put or a read-back that takes longer than this counts as failed (and is retried)
 OP_TIMEOUT = 15.0
+#: a store that refuses every put as full for this long fails the stream (entries expire, so
+#: a short spell is waited out; a full store is otherwise a silent stall)
+FULL_GRACE = 10.0
 
 
 class StoreStream(Stream):
@@ -54,6 +58,8 @@ class StoreStream(Stream):
         self._write_error: StreamError | None = None
         self._stopped: ConnectionClosed | None = None
         self._finished = asyncio.Event()
+        self._writing = False
+        self._full_since: float | None = None
         #: the latest rejected frames and store troubles, for diagnostics
         self.rejections: deque[FrameRejected] = deque(maxlen=64)
         self.troubles: deque[StoreTrouble] = deque(maxlen=64)
@@ -121,14 +127,18 @@ class StoreStream(Stream):
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            self._check_write()
-            taken = self._core.write(view)
-            if taken:
-                view = view[taken:]
-                self._wake.set()
-            if view:
-                await self._progress()
+        self._writing = True  # a graceful close must not FIN a half-taken write
+        try:
+            while view:
+                self._check_write()
+                taken = self._core.write(view)
+                if taken:
+                    view = view[taken:]
+                    self._wake.set()
+                if view:
+                    await self._progress()
+        finally:
+            self._writing = False
 
     def _check_write(self) -> None:
         if self._write_error is not None:
@@ -285,6 +295,7 @@ class StoreStream(Stream):
             if isinstance(op, PutOp):
                 async with asyncio.timeout(OP_TIMEOUT):
                     await self._backend.put(op.address, op.value)
+                self._full_since = None
                 self._core.put_done(op, None, loop.time())
             else:
                 assert isinstance(op, GetOp)
@@ -297,6 +308,15 @@ class StoreStream(Stream):
             self._core.fail(StreamError(Code.TOO_LARGE, f"{self._backend.description}: {exc}"))
         except StoreRefused as exc:   # nor can it against a wrong token or certificate
             self._core.fail(StreamError(exc.code, str(exc)))
+        except StoreFull as exc:
+            now = loop.time()
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since >= FULL_GRACE:
+                self._core.fail(StreamError(Code.QUEUE_FULL, f"{exc} (for {FULL_GRACE:g} s)"))
+            else:
+                assert isinstance(op, PutOp)
+                self._core.put_done(op, str(exc), now)
         except Exception as exc:  # every other store failure is retried by the core
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if isinstance(op, PutOp):
@@ -317,38 +337,51 @@ class StoreConnection(OneStreamConnection):
         super().__init__(stream, stream._finished, address)
         self._stream = stream
         self.remote = RemoteIdentity()
-        self._linger = linger
+        #: ``linger`` (``store.linger``): most seconds a graceful close waits for the peer's
+        #: acknowledgements
+        self.close_timeout = linger
         self._backend = owns_backend
+        self._aborting: asyncio.Future[None] | None = None
 
     @property
     def stream(self) -> StoreStream:
         return self._stream
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
-        """Clean close: FIN and StopSending(closed), then wait (up to the linger time) until
-        our frames and our acks are confirmed, so nothing is lost; otherwise reset with
-        ``code``."""
+        """Graceful: FIN and StopSending(closed), then wait (at most ``close_timeout``) until
+        every frame we wrote and every ack we owe is confirmed, so nothing is lost; with a
+        code, reset with it. A write still in progress resets the stream (``closed``)."""
         if self._closed is not None:
             return
         self._closed = ConnectionClosed(code, reason or "closed locally")
         stream = self._stream
-        if code == Code.NONE:
-            await stream.close_write()
-            stream.stop_sending(Code.CLOSED)
-            await stream.linger(self._linger)
-        else:
-            stream.reset(code)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(min(self._linger, 5.0)):
-                    await stream.sync()
+        try:
+            if code == Code.NONE and not stream._writing:
+                await stream.close_write()
+                stream.stop_sending(Code.CLOSED)
+                await stream.linger(self.close_timeout)
+            else:
+                stream.reset(Code.CLOSED if code == Code.NONE else code)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(min(self.close_timeout, 5.0)):
+                        await stream.sync()
+        except asyncio.CancelledError:
+            self.abort(Code.CANCELLED)
+            raise
         await stream.abort(Code.CLOSED if code == Code.NONE else code)
         if self._backend is not None:
             await self._backend.close()
 
-    async def abort(self, code: int = Code.CANCELLED) -> None:
-        """Stop at once without writing anything more to the store."""
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """Stop at once without writing anything more to the store (await the result to wait
+        until its operations are cancelled and the backend is closed)."""
         if self._closed is None:
-            self._closed = ConnectionClosed(code, "aborted locally")
+            self._closed = ConnectionClosed(code, reason or "aborted locally")
+        if self._aborting is None:
+            self._aborting = task_future(self._aborted(code))
+        return self._aborting
+
+    async def _aborted(self, code: int) -> None:
         await self._stream.abort(code)
         if self._backend is not None:
             await self._backend.close()

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 
 from ..address import Alternative, Scope, Section
-from ..chain import Listening, PipeHandler
 from ..netinfo import addresses_for_scope
 from ..pipe import Pipe
+from ..plugin import Listening, PipeHandler
 
 log = logging.getLogger("keywire.transport")
 

@@ -6,9 +6,11 @@ import asyncio
 import socket
 
 from ..address import Section, host_port_args, split_host_port
-from ..chain import Listening, Options, PipeHandler, Registry, Transport
 from ..errors import Code, StreamError
+from ..options import Options
 from ..pipe import Pipe, StreamPipe
+from ..plugin import Listening, PipeHandler, Transport
+from ..registry import Registry
 from .base import ServerListening, run_pipe_handler
 
 #: how much a pipe's StreamReader buffers before it stops reading the socket (backpressure)

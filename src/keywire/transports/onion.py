@@ -10,9 +10,11 @@ from python_socks import ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy
 
 from ..address import Section, split_host_port
-from ..chain import Listening, Options, PipeHandler, Registry, Transport
 from ..errors import Code, StreamError, UnsupportedError
+from ..options import Options
 from ..pipe import Pipe, StreamPipe
+from ..plugin import Listening, PipeHandler, Transport
+from ..registry import Registry
 from .net import READ_LIMIT
 
 

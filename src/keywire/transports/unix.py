@@ -8,9 +8,11 @@ import os
 import socket
 
 from ..address import Section
-from ..chain import Listening, Options, PipeHandler, Registry, Transport
 from ..errors import AddressError, Code, StreamError
+from ..options import Options
 from ..pipe import Pipe, StreamPipe
+from ..plugin import Listening, PipeHandler, Transport
+from ..registry import Registry
 from .base import ServerListening, run_pipe_handler
 from .net import READ_LIMIT
 

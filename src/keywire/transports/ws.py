@@ -8,6 +8,7 @@ layer above (box-stream's goodbye, mux's FIN) carries the end in band.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 from urllib.parse import urlunsplit
@@ -18,14 +19,42 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidH
 from websockets.protocol import State
 
 from ..address import DEFAULT_PORTS, Section, format_url_host
-from ..chain import Listening, Options, PipeHandler, Registry, Transport
+from ..admission import LimitLog, per_ip_share
 from ..errors import Code, StreamError
-from ..pipe import Pipe
+from ..options import Options
+from ..pipe import Pipe, socket_unacknowledged
+from ..plugin import Listening, PipeHandler, Transport
+from ..registry import Registry
 from .base import ServerListening, run_pipe_handler
 from .net import bind_tcp
 
 MAX_MESSAGE = 1 << 20
 WRITE_LIMIT = 1 << 20
+
+#: the logger our ws servers give websockets: a peer's misbehaviour is not our error
+server_log = logging.getLogger("keywire.transport.ws")
+
+
+class _PeerFaults(logging.Filter):
+    """Keeps websockets' tracebacks for a peer that half-closes or hangs up mid-upgrade out of
+    stderr: websockets 17 reports that as an "unexpected internal error" (an AssertionError in
+    ``send_eof``), though only the peer did anything wrong. One rate-limited line remains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits = LimitLog(server_log)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or record.levelno < logging.ERROR:
+            return True
+        exc = record.exc_info[1]
+        if isinstance(exc, AssertionError | ConnectionError | EOFError):
+            server_log.debug("peer failed its upgrade: %r", exc)
+            return False
+        return True
+
+
+server_log.addFilter(_PeerFaults())
 
 
 class WsPipe(Pipe):
@@ -75,6 +104,15 @@ class WsPipe(Pipe):
             return
         self._write_closed = True
         await self._ws.close(1000)
+
+    def unacknowledged(self) -> int | None:
+        """Bytes in the transport's buffer plus those the peer's kernel has not acknowledged
+        (a closing stream waits for 0 before it closes the socket)."""
+        transport = self._ws.transport
+        if transport is None or transport.is_closing():
+            return None
+        queued = socket_unacknowledged(transport.get_extra_info("socket"))
+        return None if queued is None else queued + transport.get_write_buffer_size()
 
     def abort(self) -> None:
         transport = self._ws.transport
@@ -126,19 +164,46 @@ class WsTransport(Transport):
             raise ValueError("listening on wss:// needs Options.extra['ws.ssl'] (an SSLContext "
                              "with the server certificate); or serve ws:// behind a TLS proxy")
         sock = bind_tcp(host, port)
-        opening: set[ServerConnection] = set()
+        # before their upgrade, oldest first, with the source IP of each
+        opening: dict[ServerConnection, str] = {}
+        per_ip: dict[str, int] = {}
+        share = per_ip_share(options.max_connections)
+        limits = LimitLog(server_log)
 
         class TrackedConnection(ServerConnection):
             """Known from the first byte, so closing the listener can drop unfinished upgrades
-            (websockets itself only answers them once their request is complete)."""
+            (websockets itself only answers them once their request is complete), and so one
+            source cannot hold every pre-upgrade slot: past its share a newcomer from that IP
+            is dropped, past the total the oldest unfinished upgrade makes room."""
 
             def connection_made(self, transport: Any) -> None:
                 super().connection_made(transport)
-                opening.add(self)
+                peer = transport.get_extra_info("peername")
+                ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+                if per_ip.get(ip, 0) >= share:
+                    limits.hit("ws upgrades per IP", ip)
+                    transport.abort()
+                    return
+                while len(opening) >= options.max_connections:
+                    oldest = next(iter(opening))
+                    limits.hit("ws upgrades in all", opening[oldest])
+                    _forget(oldest)
+                    oldest.transport.abort()
+                opening[self] = ip
+                per_ip[ip] = per_ip.get(ip, 0) + 1
 
             def connection_lost(self, exc: Exception | None) -> None:
-                opening.discard(self)
+                _forget(self)
                 super().connection_lost(exc)
+
+        def _forget(ws: ServerConnection) -> None:
+            ip = opening.pop(ws, None)
+            if ip is not None:
+                left = per_ip.get(ip, 0) - 1
+                if left > 0:
+                    per_ip[ip] = left
+                else:
+                    per_ip.pop(ip, None)
 
         def drop_opening() -> None:
             for ws in list(opening):
@@ -146,6 +211,7 @@ class WsTransport(Transport):
                     ws.transport.abort()
 
         async def accepted(ws: ServerConnection) -> None:
+            _forget(ws)  # upgraded: the Server's own per-IP share counts it from here
             remote = ws.remote_address
             peer = f"{self.name}:{remote[0]}:{remote[1]}" if remote else self.name
             pipe = WsPipe(ws, peer)
@@ -157,6 +223,7 @@ class WsTransport(Transport):
             write_limit=WRITE_LIMIT, ssl=server_ssl, server_header=None,
             # a client that never completes its upgrade is dropped like any other handshake
             open_timeout=options.handshake_timeout, create_connection=TrackedConnection,
+            logger=server_log,
         )
         bound = sock.getsockname()[1]
         path = parts.path
@@ -178,3 +245,4 @@ def url_section(scheme: str, host: str, port: int, path: str = "") -> Section:
 def register(registry: Registry) -> None:
     registry.add_transport(WsTransport("ws"))
     registry.add_transport(WsTransport("wss"))
+    registry.declare_settings("ws", ("ssl", "ssl_client", "proxy"))

@@ -1,9 +1,12 @@
-// keywire for the browser: dial a KPS address over WebRTC-direct and speak KPS wire v1.
+// keywire for the browser: dial a KPS address over WebRTC-direct and speak KPS wire v1 frames.
 //
 // A KPS address (`IP:PORT:CERTHASH`, optionally `kps:`-prefixed, IPv6 bracketed) is all the
-// browser needs: it invents the server's SDP answer, derives the ICE password from the certhash
-// (so only someone who knows the address gets an answer), pins DTLS to the certhash through the
-// answer's fingerprint, then exchanges HELLO on channel 0. No signalling server is involved.
+// browser needs: it invents the server's SDP answer, derives the server's ICE password from the
+// certhash (so only someone who knows the address gets an answer), pins DTLS to the certhash
+// through the answer's fingerprint, then exchanges HELLO on channel 0. No signalling server is
+// involved. By default (keywire wire v2, docs/webrtc.md) the browser's own offer is handed to
+// setLocalDescription untouched; its ICE password reaches the server sealed inside the
+// server's ufrag. `{wire: 1}` is KPS's munging scheme, for KPS servers.
 //
 //   import { dial } from "./keywire.js";
 //   const conn = await dial("127.0.0.1:4242:uEi...");
@@ -102,16 +105,66 @@ export function parseAddress(address) {
   return { host, port: +portText, certhash, digest: raw.slice(2) };
 }
 
-/** KPS: base64std_nopad(HMAC-SHA256(digest, "kps-ice-pwd-v1:" || ufrag)). */
-export async function deriveIcePassword(digest, ufrag) {
+function subtle() {
   if (!globalThis.crypto?.subtle) {
     throw new DialError("WebCrypto is unavailable: serve the page over https or from localhost");
   }
-  const key = await crypto.subtle.importKey("raw", digest, { name: "HMAC", hash: "SHA-256" },
+  return crypto.subtle;
+}
+
+async function hmacSha256(keyBytes, text) {
+  const key = await subtle().importKey("raw", keyBytes, { name: "HMAC", hash: "SHA-256" },
     false, ["sign"]);
-  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key,
-    new TextEncoder().encode("kps-ice-pwd-v1:" + ufrag)));
-  return btoa(String.fromCharCode(...mac)).replace(/=+$/, "");
+  return new Uint8Array(await subtle().sign("HMAC", key, new TextEncoder().encode(text)));
+}
+
+function b64nopad(bytes) {
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/=+$/, "");
+}
+
+/** KPS: base64std_nopad(HMAC-SHA256(digest, "kps-ice-pwd-v1:" || ufrag)). */
+export async function deriveIcePassword(digest, ufrag) {
+  return b64nopad(await hmacSha256(digest, "kps-ice-pwd-v1:" + ufrag));
+}
+
+/** Wire v2: the server's password, base64std_nopad(HMAC-SHA256(digest, "keywire-ice-pwd-v2:" || serverUfrag)). */
+export async function deriveIcePasswordV2(digest, serverUfrag) {
+  return b64nopad(await hmacSha256(digest, "keywire-ice-pwd-v2:" + serverUfrag));
+}
+
+const ICE_UFRAG = /^[A-Za-z0-9+/]{4,256}$/;
+const ICE_PWD = /^[A-Za-z0-9+/]{22,128}$/;
+
+/**
+ * Wire v2: the server ufrag that carries the browser's own ICE password to the server,
+ * base64std_nopad(nonce(12) || AES-256-GCM(key, nonce, clientPwd, aad = "keywire-ice-v2:" || clientUfrag))
+ * with key = HMAC-SHA256(digest, "keywire-ice-v2-key"). `nonce` is random unless given (vectors).
+ */
+export async function sealServerUfrag(digest, clientUfrag, clientPwd, nonce) {
+  if (!ICE_UFRAG.test(clientUfrag) || !ICE_PWD.test(clientPwd)) {
+    throw new DialError("wire v2 needs a 4..256 ice-char ufrag and a 22..128 ice-char password");
+  }
+  const iv = nonce ?? crypto.getRandomValues(new Uint8Array(12));
+  const key = await subtle().importKey("raw", await hmacSha256(digest, "keywire-ice-v2-key"),
+    { name: "AES-GCM" }, false, ["encrypt"]);
+  const enc = new TextEncoder();
+  const box = new Uint8Array(await subtle().encrypt(
+    { name: "AES-GCM", iv, additionalData: enc.encode("keywire-ice-v2:" + clientUfrag), tagLength: 128 },
+    key, enc.encode(clientPwd)));
+  const out = new Uint8Array(iv.length + box.length);
+  out.set(iv);
+  out.set(box, iv.length);
+  return b64nopad(out);
+}
+
+/** The `a=ice-ufrag` / `a=ice-pwd` of an SDP (read, never changed). */
+export function iceCredentials(sdp) {
+  const ufrag = /^a=ice-ufrag:(\S+)\s*$/m.exec(sdp)?.[1];
+  const pwd = /^a=ice-pwd:(\S+)\s*$/m.exec(sdp)?.[1];
+  if (!ufrag || !pwd) throw new DialError("the browser's offer has no ICE ufrag/password");
+  return { ufrag, pwd };
 }
 
 export function randomUfrag() {
@@ -732,15 +785,18 @@ export class KeywireConnection {
 /**
  * Dial a KPS address over WebRTC-direct; resolves once HELLO has been exchanged.
  * Options: `timeout` (ms, default 15000), `signal` (AbortSignal), `streamWindow`,
- * `connectionWindow`, `maxStreams`.
+ * `connectionWindow`, `maxStreams`, `wire` (2, default: keywire wire v2, the browser's offer is
+ * never edited; 1: KPS wire v1 for KPS servers, which munges the offer and fails in browsers
+ * that forbid it).
  */
 export async function dial(address, options = {}) {
   const { host, port, certhash, digest } = parseAddress(address);
   const settings = { ...DEFAULTS };
   for (const k of Object.keys(DEFAULTS)) if (options[k] !== undefined) settings[k] = options[k];
   const timeout = options.timeout ?? 15000;
-  const ufrag = randomUfrag();
-  const pwd = await deriveIcePassword(digest, ufrag);
+  const wire = options.wire ?? 2;
+  if (wire !== 1 && wire !== 2) throw new DialError(`wire must be 1 or 2, got ${wire}`);
+  subtle();
   const pc = new RTCPeerConnection({ iceServers: [] });
   const control = pc.createDataChannel("_kps_control", { negotiated: true, id: 0 });
   const datagrams = pc.createDataChannel("_kps_datagrams",
@@ -753,12 +809,24 @@ export async function dial(address, options = {}) {
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
     const offer = await pc.createOffer();
-    await pc.setLocalDescription({ type: "offer", sdp: mungeCredentials(offer.sdp, ufrag, pwd) });
-    await pc.setRemoteDescription({ type: "answer", sdp: serverAnswer(host, port, ufrag, pwd, digest) });
+    let serverUfrag, serverPwd;
+    if (wire === 2) {
+      // the offer goes in untouched; our own password reaches the server inside its ufrag
+      const own = iceCredentials(offer.sdp);
+      serverUfrag = await sealServerUfrag(digest, own.ufrag, own.pwd);
+      serverPwd = await deriveIcePasswordV2(digest, serverUfrag);
+      await pc.setLocalDescription(offer);
+    } else {
+      serverUfrag = randomUfrag();
+      serverPwd = await deriveIcePassword(digest, serverUfrag);
+      await pc.setLocalDescription({ type: "offer", sdp: mungeCredentials(offer.sdp, serverUfrag, serverPwd) });
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: serverAnswer(host, port, serverUfrag, serverPwd, digest) });
     const expired = new Promise((_, reject) => {
       timer = setTimeout(() => reject(new DialError(
         `dial ${host}:${port} timed out after ${timeout} ms (ICE ${pc.iceConnectionState}, ` +
-        `connection ${pc.connectionState}: a wrong certhash gets no answer)`, Code.TIMEOUT)), timeout);
+        `connection ${pc.connectionState}: a wrong certhash gets no answer` +
+        `${wire === 2 ? ", and so does a KPS server that speaks only wire v1: try {wire: 1}" : ""})`, Code.TIMEOUT)), timeout);
     });
     const ended = conn._ended.promise.then(() => {
       throw new DialError(`dial ${host}:${port} failed: ${conn._error.message}`, conn._error.code);

@@ -37,6 +37,19 @@ class RelayConfig:
     handshake_sec: float = 30.0
     #: at most this many links waiting for the host's dial-back per registered host
     max_pending_per_host: int = 64
+    #: ... and at most this many of them from one client IP, so resolving a host's address
+    #: from one source cannot fill the host's waiting room (issue 18)
+    max_pending_per_ip: int = 8
+    #: open sockets in all; 0 = from the file-descriptor limit (leaving room for the rest)
+    max_sockets: int = 0
+    #: open sockets from one IP
+    max_sockets_per_ip: int = 256
+    #: a TCP connection must finish its WebSocket upgrade within this many seconds
+    upgrade_sec: float = 10.0
+    #: connections still before their upgrade, in all and per IP; past the total the oldest
+    #: is dropped (a newcomer always gets its chance), past the per-IP share the newcomer is
+    max_upgrading: int = 1024
+    max_upgrading_per_ip: int = 32
 
     @property
     def allowlist_active(self) -> bool:
@@ -70,6 +83,18 @@ _SETTINGS: dict[str, tuple[str, str, str]] = {
                       "cut a link whose receiver drained nothing for this long (default 30)"),
     "heartbeat_sec": ("LINK_HEARTBEAT_SEC", "--heartbeat-sec",
                       "WebSocket ping interval (default 30)"),
+    "max_pending_per_ip": ("LINK_RELAY_MAX_PENDING_PER_IP", "--max-pending-per-ip",
+                           "clients from one IP waiting for one host (default 8)"),
+    "max_sockets": ("LINK_RELAY_MAX_SOCKETS", "--max-sockets",
+                    "open sockets in all; 0 = from the fd limit (default)"),
+    "max_sockets_per_ip": ("LINK_RELAY_MAX_SOCKETS_PER_IP", "--max-sockets-per-ip",
+                           "open sockets from one IP (default 256)"),
+    "upgrade_sec": ("LINK_RELAY_UPGRADE_SEC", "--upgrade-sec",
+                    "drop a connection that has not upgraded to WebSocket by then (default 10)"),
+    "max_upgrading": ("LINK_RELAY_MAX_UPGRADING", "--max-upgrading",
+                      "connections before their upgrade, in all (default 1024)"),
+    "max_upgrading_per_ip": ("LINK_RELAY_MAX_UPGRADING_PER_IP", "--max-upgrading-per-ip",
+                             "connections before their upgrade, per IP (default 32)"),
 }
 _KEYS_FILE = ("LINK_ALLOWED_REGISTER_KEYS_FILE", "--allowed-register-keys-file")
 

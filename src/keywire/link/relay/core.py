@@ -345,17 +345,42 @@ class RelayCore:
             self.counters.reject("unknown_address")
             return [Send(peer.id, {"type": "error", "error": "unknown_address"})]
         control = reg.peer
-        waiting = sum(1 for lk in self.links.values()
-                      if lk.control is control and lk.state is not LinkState.RELAYING)
-        if waiting >= self.config.max_pending_per_host:
-            return [self._close(peer, CloseCode.RATE_LIMITED, "too many clients waiting for host")]
+        waiting = [lk for lk in self.links.values()
+                   if lk.control is control and lk.state is not LinkState.RELAYING]
+        mine = sum(1 for lk in waiting if lk.client.ip == peer.ip)
+        if mine >= self.config.max_pending_per_ip:
+            return [self._close(peer, CloseCode.RATE_LIMITED,
+                                "too many clients from this IP waiting for host")]
+        actions: list[Action] = []
+        if len(waiting) >= self.config.max_pending_per_host:
+            victim = self._crowding(waiting)
+            if victim is None:
+                return [self._close(peer, CloseCode.RATE_LIMITED,
+                                    "too many clients waiting for host")]
+            self.counters.reject("evicted_waiting")
+            actions += self._end_link(victim, now, "evicted: too many clients waiting",
+                                      survivor=None)
+            actions.append(Close(victim.client.id, int(CloseCode.RATE_LIMITED),
+                                 "too many clients waiting for host"))
         link = Link(str(uuid.uuid4()), address, peer, control, now, b64u(secrets.token_bytes(18)),
                     last_activity=now)
         self.links[link.id] = link
         peer.role, peer.address, peer.link = Role.CLIENT, address, link
         self.counters.links_total += 1
-        return [Send(peer.id, {"type": "found", "linkId": link.id}),
+        return [*actions, Send(peer.id, {"type": "found", "linkId": link.id}),
                 Send(control.id, {"type": "arrived", "linkId": link.id, "address": address})]
+
+    @staticmethod
+    def _crowding(waiting: list[Link]) -> Link | None:
+        """The oldest waiting link of the IP holding the most of a full waiting room, if that
+        IP holds more than one: the crowd makes room, a lone client is never pushed out."""
+        per_ip: dict[str, list[Link]] = {}
+        for link in waiting:
+            per_ip.setdefault(link.client.ip, []).append(link)
+        crowd = max(per_ip.values(), key=len)
+        if len(crowd) < 2:
+            return None
+        return min(crowd, key=lambda lk: lk.created)
 
     def _relay(self, peer: Peer, msg: dict[str, Any], now: float) -> list[Action]:
         link_id = msg.get("linkId")

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import resource
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidState
+from websockets.exceptions import InvalidMessage, InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from ...admission import ACCEPT_EXHAUSTED
 from .config import RelayConfig
 from .core import (
     MAX_FRAME,
@@ -46,20 +49,37 @@ WRITE_LOW = 1 << 18
 HARD_BUFFER_CAP = 64 << 20
 CLOSE_TIMEOUT = 2.0
 SWEEP_SEC = 0.5
+#: bytes of HTTP request a connection may send before its upgrade (websockets alone would
+#: take up to 128 header lines of 8 KiB each)
+MAX_REQUEST = 16 * 1024
+#: the largest message before a socket is spliced: control frames are at most 4 KiB, so an
+#: unauthenticated peer never makes the relay buffer more than this (16 MiB once relaying)
+MAX_CONTROL_MESSAGE = 8 * 1024
+#: how many of the oldest unfinished upgrades are looked at to find one from a crowded IP
+EVICTION_SCAN = 32
+#: file descriptors kept free of sockets, for the listener, logs and the interpreter
+FD_RESERVE = 64
+#: at most one line per this many seconds for each kind of "at a limit" event
+LIMIT_LOG_SEC = 10.0
 
 
 class _Socket(asyncio.Protocol):
     """One TCP connection: HTTP request, then WebSocket frames."""
 
-    __slots__ = ("assembling", "blocked_since", "close_timer", "id", "ip", "origin", "paused",
-                 "pinged", "queue", "relay", "retry", "transport", "write_blocked", "ws")
+    __slots__ = ("admitted", "assembling", "blocked_since", "close_timer", "id", "ip", "opened",
+                 "origin", "paused", "pinged", "queue", "relay", "request_bytes", "retry", "tcp_ip",
+                 "transport", "write_blocked", "ws")
 
     def __init__(self, relay: RelayServer, socket_id: int) -> None:
         self.relay = relay
         self.id = socket_id
-        self.ws = ServerProtocol(max_size=MAX_FRAME)
+        self.ws = ServerProtocol(max_size=MAX_CONTROL_MESSAGE)
         self.transport: asyncio.Transport | None = None
         self.ip = ""
+        self.tcp_ip = ""
+        self.opened = 0.0
+        self.request_bytes = 0
+        self.admitted = False
         self.origin = ""
         self.paused = False
         self.write_blocked = False
@@ -76,13 +96,31 @@ class _Socket(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else "?"
+        self.ip = self.tcp_ip = str(peer[0]) if peer else "?"
+        self.opened = self.relay.now()
+        self.relay.admit(self)
 
     def data_received(self, data: bytes) -> None:
         self.pinged = False
+        if self.ws.state is State.CONNECTING:
+            self.request_bytes += len(data)
+            if self.request_bytes > MAX_REQUEST:
+                self.relay.limit_hit("request_too_large", self.tcp_ip)
+                self.ws.send_response(self.ws.reject(431, "request too large\n"))
+                self.flush()
+                self.abort()
+                return
         self.ws.receive_data(data)
+        if self.ws.state is State.CONNECTING and isinstance(self.ws.handshake_exc, InvalidMessage):
+            self._answer_garbage()
         self._handle_events()
         self.flush()
+
+    def _answer_garbage(self) -> None:
+        """Not HTTP: websockets just closes; say 400 first, as any HTTP server would."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -147,6 +185,7 @@ class _Socket(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self.relay.request(self, event)
+                self.relay.upgraded(self)
                 continue
             if not isinstance(event, Frame):
                 continue
@@ -187,14 +226,25 @@ class RelayServer:
         self._last_heartbeat = self.now()
         self.port = 0
         self.stopping = False
+        #: sockets whose HTTP request is not complete yet, oldest first
+        self.upgrading: OrderedDict[int, _Socket] = OrderedDict()
+        self._upgrading_per_ip: dict[str, int] = {}
+        self._per_ip: dict[str, int] = {}
+        self.admitted = 0
+        budget, self.backlog = socket_budget()
+        self.max_sockets = config.max_sockets or budget
+        self._limit_logged: dict[str, float] = {}
+        self._limit_counts: dict[str, int] = {}
 
     def now(self) -> float:
         return self._loop.time()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> int:
+        self._install_accept_log()
         self._server = await self._loop.create_server(self._make_socket, self.config.host,
-                                                      self.config.port, reuse_address=True)
+                                                      self.config.port, reuse_address=True,
+                                                      backlog=self.backlog)
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         self._schedule_sweep()
@@ -207,6 +257,94 @@ class RelayServer:
         sock = _Socket(self, self._next_id)
         self.sockets[sock.id] = sock
         return sock
+
+    # -- admission: what an unauthenticated peer may hold -------------------------------------
+    def admit(self, sock: _Socket) -> None:
+        """A new TCP connection: within the caps, or dropped at once (its fd freed).
+
+        A source past its share is refused; when the relay as a whole is full, the oldest
+        connection still before its upgrade makes room, so a flood of idle connections
+        cannot keep out a newcomer (a real client upgrades at once and stops counting here).
+        """
+        ip = sock.tcp_ip
+        if self._per_ip.get(ip, 0) >= self.config.max_sockets_per_ip:
+            self.limit_hit("max_sockets_per_ip", ip)
+            sock.abort()
+            return
+        if self._upgrading_per_ip.get(ip, 0) >= self.config.max_upgrading_per_ip:
+            self.limit_hit("max_upgrading_per_ip", ip)
+            sock.abort()
+            return
+        while self.upgrading and (len(self.upgrading) >= self.config.max_upgrading
+                                  or self.admitted >= self.max_sockets):
+            victim = self._eviction_candidate()
+            del self.upgrading[victim.id]
+            self._forget_upgrading(victim)
+            self._release(victim)
+            self.limit_hit("max_upgrading", victim.tcp_ip)
+            victim.abort()
+        if self.admitted >= self.max_sockets:
+            self.limit_hit("max_sockets", ip)
+            sock.abort()
+            return
+        sock.admitted = True
+        self.admitted += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self.upgrading[sock.id] = sock
+        self._upgrading_per_ip[ip] = self._upgrading_per_ip.get(ip, 0) + 1
+
+    def _eviction_candidate(self) -> _Socket:
+        """Among the oldest few unfinished upgrades, the first whose IP holds others too (the
+        crowd makes room; a lone newcomer survives a burst), else the oldest of all."""
+        oldest: _Socket | None = None
+        for n, sock in enumerate(self.upgrading.values()):
+            oldest = oldest or sock
+            if self._upgrading_per_ip.get(sock.tcp_ip, 0) > 1 or n >= EVICTION_SCAN:
+                return sock if n < EVICTION_SCAN else oldest
+        assert oldest is not None
+        return oldest
+
+    def upgraded(self, sock: _Socket) -> None:
+        """Its HTTP request is complete (answered, or upgraded to WebSocket)."""
+        if self.upgrading.pop(sock.id, None) is not None:
+            self._forget_upgrading(sock)
+
+    def _forget_upgrading(self, sock: _Socket) -> None:
+        _decrement(self._upgrading_per_ip, sock.tcp_ip)
+
+    def _release(self, sock: _Socket) -> None:
+        """Its slot (in all and in its IP's share) is free again, at once."""
+        if sock.admitted:
+            sock.admitted = False
+            self.admitted -= 1
+            _decrement(self._per_ip, sock.tcp_ip)
+
+    def limit_hit(self, reason: str, ip: str) -> None:
+        """Count a refusal; log at most one line per reason every ``LIMIT_LOG_SEC``."""
+        self.core.counters.reject(reason)
+        self._limit_counts[reason] = self._limit_counts.get(reason, 0) + 1
+        now = self.now()
+        if now - self._limit_logged.get(reason, -LIMIT_LOG_SEC) >= LIMIT_LOG_SEC:
+            self._limit_logged[reason] = now
+            count, self._limit_counts[reason] = self._limit_counts[reason], 0
+            log.warning("limit reached", extra={"fields": {"limit": reason, "lastIp": ip,
+                                                           "refusals": count}})
+
+    def _install_accept_log(self) -> None:
+        """asyncio reports an exhausted accept() through the loop's exception handler, once per
+        retry; keep one rate-limited line of it instead of a traceback each time."""
+        previous = self._loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if context.get("message") == ACCEPT_EXHAUSTED:
+                self.limit_hit("accept_exhausted", "?")
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        self._loop.set_exception_handler(handler)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close every socket with 1001, and wait (bounded) for them to go."""
@@ -256,8 +394,9 @@ class RelayServer:
         if path in ("/health", "/healthz"):
             return 200, "application/json", b'{"status":"ok"}'
         if path == "/v1/stats":
-            admin = bool(self.config.admin_token) and headers.get("Authorization", "") == (
-                f"Bearer {self.config.admin_token}")
+            given = headers.get("Authorization", "").encode("utf-8", "replace")
+            wanted = f"Bearer {self.config.admin_token}".encode()
+            admin = bool(self.config.admin_token) and hmac.compare_digest(given, wanted)
             return 200, "application/json", json.dumps(self.core.stats(self.now(), admin)).encode()
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics().encode()
@@ -341,6 +480,7 @@ class RelayServer:
             return
         self._ends[client.id] = host
         self._ends[host.id] = client
+        client.ws.max_message_size = host.ws.max_message_size = MAX_FRAME
         log.info("link relaying", extra={"fields": {"address": link.address}})
 
     def _pump(self, src: _Socket) -> None:
@@ -401,6 +541,8 @@ class RelayServer:
 
     def lost(self, sock: _Socket) -> None:
         self.sockets.pop(sock.id, None)
+        self._release(sock)
+        self.upgraded(sock)
         partner = self._ends.pop(sock.id, None)
         if partner is not None:
             self._ends.pop(partner.id, None)
@@ -416,6 +558,15 @@ class RelayServer:
         now = self.now()
         try:
             self.apply(self.core.sweep(now))
+            deadline = now - self.config.upgrade_sec
+            while self.upgrading:
+                oldest = next(iter(self.upgrading.values()))
+                if oldest.opened > deadline:
+                    break
+                self.upgraded(oldest)
+                self._release(oldest)
+                self.limit_hit("upgrade_timeout", oldest.tcp_ip)
+                oldest.abort()
             for sock in list(self.sockets.values()):
                 if sock.blocked_since is not None and now - sock.blocked_since > (
                     self.config.slow_peer_sec
@@ -445,6 +596,30 @@ class RelayServer:
             sock.pinged = True
             sock.ws.send_ping(b"")
             sock.flush()
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def socket_budget() -> tuple[int, int]:
+    """Sockets the relay may hold, and its listen backlog: the fd limit (raised to its hard
+    maximum) less a reserve and two accept batches (asyncio accepts up to ``backlog``
+    sockets at a time, before the caps can drop any), so a flood meets the relay's own cap,
+    not EMFILE in ``accept``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    backlog = max(8, min(512, int(soft) // 8))
+    return max(16, int(soft) - FD_RESERVE - 2 * backlog), backlog
 
 
 class JsonLogFormatter(logging.Formatter):
