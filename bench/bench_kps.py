@@ -129,8 +129,9 @@ class MinimalDriver(asyncio.DatagramProtocol):
     def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
         if self.quic is None:
             dcid = pull_quic_header(datagrams[0], 0, 8)[3]
-            self.quic = QuicConnection(configuration=self.config,
-                                       original_destination_connection_id=dcid)
+            self.quic = QuicConnection(
+                configuration=self.config, original_destination_connection_id=dcid
+            )
             self.remote = addr
         self.quic.receive_many_datagrams(datagrams, addr, self.loop.time())
         self.handle_events()
@@ -188,13 +189,18 @@ async def run_server(mode: str, key: str) -> None:
         sock = _udp_socket()
         port = sock.getsockname()[1]
         await create_optimized_datagram_transport(
-            loop, lambda: MinimalDriver(server_configuration(identity, SETTINGS)), sock=sock)
+            loop, lambda: MinimalDriver(server_configuration(identity, SETTINGS)), sock=sock
+        )
     elif mode == "qh3":
-        server = await serve("127.0.0.1", 0, configuration=server_configuration(identity,
-                                                                                SETTINGS),
-                             create_protocol=BareServer)
+        server = await serve(
+            "127.0.0.1",
+            0,
+            configuration=server_configuration(identity, SETTINGS),
+            create_protocol=BareServer,
+        )
         port = server._transport.get_extra_info("sockname")[1]
     else:
+
         async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             total = 0
             while chunk := await reader.read(1 << 20):
@@ -212,8 +218,15 @@ async def run_server(mode: str, key: str) -> None:
 @contextlib.asynccontextmanager
 async def child_server(mode: str, key: str):  # type: ignore[no-untyped-def]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", mode, "--key", key,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        __file__,
+        "--serve",
+        mode,
+        "--key",
+        key,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stdin is not None
     port = int((await proc.stdout.readline()).decode())
     try:
@@ -258,7 +271,7 @@ async def throughput_kps(port: int, identity: Identity, payload: bytes) -> float
     started = time.perf_counter()
     view = memoryview(payload)
     for offset in range(0, len(payload), CHUNK):
-        await stream.write(view[offset:offset + CHUNK])
+        await stream.write(view[offset : offset + CHUNK])
     await stream.close_write()
     reply = await stream.read_all()
     elapsed = time.perf_counter() - started
@@ -269,8 +282,9 @@ async def throughput_kps(port: int, identity: Identity, payload: bytes) -> float
 
 async def throughput_qh3(port: int, identity: Identity, payload: bytes) -> float:
     limit = SETTINGS.send_buffer
-    async with connect("127.0.0.1", port, configuration=bare_client_config(identity),
-                       create_protocol=BareClient) as client:
+    async with connect(
+        "127.0.0.1", port, configuration=bare_client_config(identity), create_protocol=BareClient
+    ) as client:
         assert isinstance(client, BareClient)
         quic = client._quic
         stream_id = quic.get_next_available_stream_id()
@@ -286,7 +300,7 @@ async def throughput_qh3(port: int, identity: Identity, payload: bytes) -> float
             for _ in range(max(1, (limit - buffered) // CHUNK)):
                 if offset >= len(payload):
                     break
-                quic.send_stream_data(stream_id, view[offset:offset + CHUNK])
+                quic.send_stream_data(stream_id, view[offset : offset + CHUNK])
                 offset += CHUNK
             client.transmit()
             await asyncio.sleep(0)
@@ -302,8 +316,10 @@ async def throughput_minimal(port: int, identity: Identity, payload: bytes) -> f
     limit = SETTINGS.send_buffer
     loop = asyncio.get_running_loop()
     transport, driver = await create_optimized_datagram_transport(
-        loop, lambda: MinimalDriver(bare_client_config(identity), ("127.0.0.1", port)),
-        sock=_udp_socket())
+        loop,
+        lambda: MinimalDriver(bare_client_config(identity), ("127.0.0.1", port)),
+        sock=_udp_socket(),
+    )
     assert isinstance(driver, MinimalDriver)
     driver.start_client()
     await driver.connected.wait()
@@ -319,7 +335,7 @@ async def throughput_minimal(port: int, identity: Identity, payload: bytes) -> f
             driver.sent.clear()
             await driver.sent.wait()
             continue
-        quic.send_stream_data(stream_id, view[offset:offset + room])
+        quic.send_stream_data(stream_id, view[offset : offset + room])
         offset += room
         driver.flush()
         await asyncio.sleep(0)
@@ -339,7 +355,7 @@ async def throughput_tcp(port: int, payload: bytes) -> float:
     started = time.perf_counter()
     view = memoryview(payload)
     for offset in range(0, len(payload), CHUNK):
-        writer.write(view[offset:offset + CHUNK])
+        writer.write(view[offset : offset + CHUNK])
         await writer.drain()
     writer.write_eof()
     reply = await reader.read()
@@ -427,13 +443,18 @@ async def main(args: argparse.Namespace) -> None:
                         rates[mode].append(await throughput_minimal(port, identity, payload))
                     else:
                         rates[mode].append(await throughput_tcp(port, payload))
-        kps, qh3, minimal, tcp = (statistics.median(rates[m])
-                                  for m in ("kps", "qh3", "minimal", "tcp"))
+        kps, qh3, minimal, tcp = (
+            statistics.median(rates[m]) for m in ("kps", "qh3", "minimal", "tcp")
+        )
         print(f"throughput, one stream of {args.size_mb} MB (median of {args.rounds}):")
-        print(f"  kps {kps:.1f} MB/s | qh3 minimal driver {minimal:.1f} MB/s | "
-              f"qh3 asyncio serve/connect {qh3:.1f} MB/s | raw TCP {tcp:.1f} MB/s")
-        print(f"  kps / qh3 minimal = {kps / minimal:.3f}   kps / qh3 asyncio = {kps / qh3:.3f}"
-              f"   kps / TCP = {kps / tcp:.4f}")
+        print(
+            f"  kps {kps:.1f} MB/s | qh3 minimal driver {minimal:.1f} MB/s | "
+            f"qh3 asyncio serve/connect {qh3:.1f} MB/s | raw TCP {tcp:.1f} MB/s"
+        )
+        print(
+            f"  kps / qh3 minimal = {kps / minimal:.3f}   kps / qh3 asyncio = {kps / qh3:.3f}"
+            f"   kps / TCP = {kps / tcp:.4f}"
+        )
 
         async with child_server("qh3", key) as port:
             bare = await handshakes_qh3(port, identity, args.connects)
@@ -442,11 +463,15 @@ async def main(args: argparse.Namespace) -> None:
             streams_s = await many_streams(port, identity, args.streams)
             sent_rate, delivered = await datagram_rate(port, identity, args.datagrams)
         print(f"handshake over {args.connects} connects (ms):")
-        print(f"  kps p50 {pct(ours, .5) * 1e3:.2f} p99 {pct(ours, .99) * 1e3:.2f}   "
-              f"bare qh3 p50 {pct(bare, .5) * 1e3:.2f} p99 {pct(bare, .99) * 1e3:.2f}")
-        print(f"  p50 ratio kps / bare qh3 = {pct(ours, .5) / pct(bare, .5):.3f}")
-        print(f"{args.streams} concurrent request/response streams on one connection: "
-              f"{streams_s * 1e3:.0f} ms ({args.streams / streams_s:.0f} streams/s)")
+        print(
+            f"  kps p50 {pct(ours, 0.5) * 1e3:.2f} p99 {pct(ours, 0.99) * 1e3:.2f}   "
+            f"bare qh3 p50 {pct(bare, 0.5) * 1e3:.2f} p99 {pct(bare, 0.99) * 1e3:.2f}"
+        )
+        print(f"  p50 ratio kps / bare qh3 = {pct(ours, 0.5) / pct(bare, 0.5):.3f}")
+        print(
+            f"{args.streams} concurrent request/response streams on one connection: "
+            f"{streams_s * 1e3:.0f} ms ({args.streams / streams_s:.0f} streams/s)"
+        )
         print(f"datagrams of 1000 B: {sent_rate:.0f} sent/s, {delivered:.1%} delivered")
 
 

@@ -49,14 +49,18 @@ def rss_kb(pid: int) -> int:
 
 def start_relay(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "keywire.link.relay", "--host", "127.0.0.1",
-                             "--port", "0", *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keywire.link.relay", "--host", "127.0.0.1", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().decode().strip()
 
 
 # -- 1. throughput ---------------------------------------------------------------------------
+
 
 async def transfer(conn_client: Connection, conn_server: Connection, size: int) -> float:
     """Seconds to move ``size`` bytes client → server on one stream (until FIN is read)."""
@@ -116,8 +120,9 @@ async def relayed_throughput(size: int) -> float:
         try:
             await host.add_relay(url)
             address = f"{url}~link:{host.address}"
-            credential, _ = await client.pair(address, host.open_pairing_code().code,
-                                              store_dir=Path(tmp) / "c")
+            credential, _ = await client.pair(
+                address, host.open_pairing_code().code, store_dir=Path(tmp) / "c"
+            )
             await (await accepted.get()).close()  # the pairing session's connection
             pipe = await client.connect(address, credential=credential)
             conn = MuxConnection(pipe, client=True)
@@ -131,6 +136,7 @@ async def relayed_throughput(size: int) -> float:
 
 
 # -- 2. idle hosts and introductions ----------------------------------------------------------
+
 
 async def _worker(url: str, count: int, mode: str) -> None:
     """Hold ``count`` sockets (registered hosts that answer dial-backs, or bare ones), print
@@ -147,8 +153,9 @@ async def _worker(url: str, count: int, mode: str) -> None:
 
     async def dial_back(message: dict[str, str]) -> None:
         ws = await connect(url, compression=None)
-        await ws.send(json.dumps({"type": "accept", "linkId": message["linkId"],
-                                  "ticket": message["ticket"]}))
+        await ws.send(
+            json.dumps({"type": "accept", "linkId": message["linkId"], "ticket": message["ticket"]})
+        )
         await ws.recv()
         await ws.close()
 
@@ -167,7 +174,8 @@ async def _worker(url: str, count: int, mode: str) -> None:
                 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
                 address = address_for_register_key(
-                    key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+                    key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                )
                 ws = await connect(url, compression=None, ping_interval=None)
                 await ws.send(json.dumps(register_message(key, address, url)))
                 assert json.loads(await ws.recv())["type"] == "registered"
@@ -183,9 +191,12 @@ async def _worker(url: str, count: int, mode: str) -> None:
 
 
 async def _spawn_worker(url: str, count: int, mode: str) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
-    proc = subprocess.Popen([sys.executable, str(HERE), "--worker", mode, "--url", url,
-                             "--hosts", str(count)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), "--worker", mode, "--url", url, "--hosts", str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     assert proc.stdout is not None
     line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
     return proc, json.loads(line)
@@ -193,11 +204,13 @@ async def _spawn_worker(url: str, count: int, mode: str) -> tuple[subprocess.Pop
 
 async def bare_server_kb_per_conn(count: int) -> float:
     """Reference: a bare websockets server process holding ``count`` idle connections."""
-    code = ("import asyncio,sys\nfrom websockets.asyncio.server import serve\n"
-            "async def h(ws):\n    await ws.wait_closed()\n"
-            "async def m():\n    async with serve(h,'127.0.0.1',0,compression=None) as s:\n"
-            "        print(next(iter(s.sockets)).getsockname()[1],flush=True)\n"
-            "        await asyncio.Future()\nasyncio.run(m())\n")
+    code = (
+        "import asyncio,sys\nfrom websockets.asyncio.server import serve\n"
+        "async def h(ws):\n    await ws.wait_closed()\n"
+        "async def m():\n    async with serve(h,'127.0.0.1',0,compression=None) as s:\n"
+        "        print(next(iter(s.sockets)).getsockname()[1],flush=True)\n"
+        "        await asyncio.Future()\nasyncio.run(m())\n"
+    )
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert server.stdout is not None
     port = int(server.stdout.readline())
@@ -213,9 +226,22 @@ async def bare_server_kb_per_conn(count: int) -> float:
     return (after - before) / count
 
 
-async def relay_kb_per_host(count: int) -> tuple[float, subprocess.Popen[bytes], str, list[str],
-                                                  subprocess.Popen[bytes]]:
-    relay, url = start_relay("--ip-rate-per-min", "0", "--max-bps", "0")
+async def relay_kb_per_host(
+    count: int,
+) -> tuple[float, subprocess.Popen[bytes], str, list[str], subprocess.Popen[bytes]]:
+    # every host comes from 127.0.0.1 here, so the per-IP shares that keep one real source from
+    # starving others are lifted to the count: this measures memory per host, not admission
+    share = str(count + 64)
+    relay, url = start_relay(
+        "--ip-rate-per-min",
+        "0",
+        "--max-bps",
+        "0",
+        "--max-sockets-per-ip",
+        share,
+        "--max-upgrading-per-ip",
+        share,
+    )
     await asyncio.sleep(0.5)
     before = rss_kb(relay.pid)
     worker, info = await _spawn_worker(url, count, "link")
@@ -264,8 +290,10 @@ async def main(args: argparse.Namespace) -> None:
     per_host, relay, url, addresses, worker = await relay_kb_per_host(args.hosts)
     try:
         print(f"bare websockets server       : {reference:8.1f} KB per idle connection")
-        print(f"relay                        : {per_host:8.1f} KB per idle registered host "
-              f"(target <= 20)")
+        print(
+            f"relay                        : {per_host:8.1f} KB per idle registered host "
+            f"(target <= 20)"
+        )
         print(f"ratio relay/bare             : {per_host / reference:8.2f}")
         shakes = await handshakes_per_sec(url, args.intros)
         intros = await introductions_per_sec(url, addresses, args.intros)
@@ -280,8 +308,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=32)
     parser.add_argument("--hosts", type=int, default=2000)
     parser.add_argument("--intros", type=int, default=500)

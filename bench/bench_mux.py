@@ -42,8 +42,9 @@ from keywire.pipe import Pipe, StreamPipe  # noqa: E402
 from keywire.stream import Connection, Stream  # noqa: E402
 
 BLOCK = os.urandom(1 << 18)
-WINDOW_KIB = int(sys.argv[sys.argv.index("--window-kib") + 1]) if "--window-kib" in sys.argv \
-    else 256
+WINDOW_KIB = (
+    int(sys.argv[sys.argv.index("--window-kib") + 1]) if "--window-kib" in sys.argv else 256
+)
 CONFIG = MuxConfig(window=WINDOW_KIB * 1024)
 FIXED = MuxConfig(window=WINDOW_KIB * 1024, max_window=WINDOW_KIB * 1024)
 REQUEST = b"R" + os.urandom(63)
@@ -53,10 +54,13 @@ REQUEST = b"R" + os.urandom(63)
 class Reader:
     """The same protocol over an asyncio StreamReader or a keywire Stream."""
 
-    def __init__(self, read: Callable[[int], Awaitable[bytes]],
-                 exact: Callable[[int], Awaitable[bytes]],
-                 write: Callable[[bytes], Awaitable[None]],
-                 finish: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        read: Callable[[int], Awaitable[bytes]],
+        exact: Callable[[int], Awaitable[bytes]],
+        write: Callable[[bytes], Awaitable[None]],
+        finish: Callable[[], Awaitable[None]],
+    ) -> None:
         self.read, self.exact, self.write, self.finish = read, exact, write, finish
 
     async def serve(self) -> None:
@@ -93,8 +97,7 @@ async def child() -> None:
 
     async def serve_stream(stream: Stream) -> None:
         try:
-            await Reader(stream.read, stream.readexactly, stream.write,
-                         stream.close_write).serve()
+            await Reader(stream.read, stream.readexactly, stream.write, stream.close_write).serve()
         except (StreamError, asyncio.IncompleteReadError):
             pass
 
@@ -116,9 +119,11 @@ async def child() -> None:
     raw = await asyncio.start_server(on_raw, "127.0.0.1", 0, backlog=4096)
     mux = await asyncio.start_server(on_mux, "127.0.0.1", 0)
     mux_fixed = await asyncio.start_server(on_mux_fixed, "127.0.0.1", 0)
-    where: dict[str, int | str] = {"raw": raw.sockets[0].getsockname()[1],
-                                   "mux": mux.sockets[0].getsockname()[1],
-                                   "mux_fixed": mux_fixed.sockets[0].getsockname()[1]}
+    where: dict[str, int | str] = {
+        "raw": raw.sockets[0].getsockname()[1],
+        "mux": mux.sockets[0].getsockname()[1],
+        "mux_fixed": mux_fixed.sockets[0].getsockname()[1],
+    }
     if "--shs" in sys.argv:
         import keywire
 
@@ -166,8 +171,7 @@ async def bulk_stream(conn: Connection, size: int) -> float:
     return size / elapsed / 1e6
 
 
-async def mux_connect(port: int, config: MuxConfig = CONFIG,
-                      delay: float = 0.0) -> MuxConnection:
+async def mux_connect(port: int, config: MuxConfig = CONFIG, delay: float = 0.0) -> MuxConnection:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     pipe: Pipe = StreamPipe(reader, writer)
     if delay:
@@ -236,11 +240,19 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="concurrent requests")
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (best counts)")
     parser.add_argument("--shs", action="store_true", help="also net~shs vs net~shs~mux")
-    parser.add_argument("--delay-ms", type=float, default=20.0,
-                        help="round trip of the delayed-link comparison (0 skips it)")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=20.0,
+        help="round trip of the delayed-link comparison (0 skips it)",
+    )
     parser.add_argument("--delay-size-mb", type=int, default=16)
-    parser.add_argument("--window-kib", type=int, default=256,
-                        help="mux receive window per stream (the --shs chain uses the default)")
+    parser.add_argument(
+        "--window-kib",
+        type=int,
+        default=256,
+        help="mux receive window per stream (the --shs chain uses the default)",
+    )
     args = parser.parse_args()
     size = args.size_mb << 20
 
@@ -254,23 +266,30 @@ async def main() -> None:
         raw_rates = [await bulk_raw(ports["raw"], size) for _ in range(args.rounds)]
         mux_rates = [await bulk_stream(conn, size) for _ in range(args.rounds)]
         raw_best, mux_best = max(raw_rates), max(mux_rates)
-        print(f"bulk, {args.size_mb} MB one way, {args.window_kib} KiB window "
-              f"(best of {args.rounds})")
+        print(
+            f"bulk, {args.size_mb} MB one way, {args.window_kib} KiB window (best of {args.rounds})"
+        )
         print(f"  raw TCP              {raw_best:8.1f} MB/s   1.000")
         print(f"  mux stream over TCP  {mux_best:8.1f} MB/s   {mux_best / raw_best:.3f}")
 
-        raw_rr = [await many(args.requests, lambda: request_raw(ports["raw"]))
-                  for _ in range(args.rounds)]
-        mux_rr = [await many(args.requests, lambda: request_stream(conn))
-                  for _ in range(args.rounds)]
+        raw_rr = [
+            await many(args.requests, lambda: request_raw(ports["raw"])) for _ in range(args.rounds)
+        ]
+        mux_rr = [
+            await many(args.requests, lambda: request_stream(conn)) for _ in range(args.rounds)
+        ]
         raw_rate, raw_lat = max(raw_rr)
         mux_rate, mux_lat = max(mux_rr)
         print(f"request/response, {args.requests} at once (best of {args.rounds})")
         print(f"  {'':31}{'per s':>8} {'p50 ms':>8} {'p99 ms':>8}   ratio")
-        print(f"  raw TCP, a connection each    {raw_rate:8.0f} {pct(raw_lat, .5):8.1f} "
-              f"{pct(raw_lat, .99):8.1f}   1.000")
-        print(f"  mux, a stream each, 1 conn    {mux_rate:8.0f} {pct(mux_lat, .5):8.1f} "
-              f"{pct(mux_lat, .99):8.1f}   {mux_rate / raw_rate:.3f}")
+        print(
+            f"  raw TCP, a connection each    {raw_rate:8.0f} {pct(raw_lat, 0.5):8.1f} "
+            f"{pct(raw_lat, 0.99):8.1f}   1.000"
+        )
+        print(
+            f"  mux, a stream each, 1 conn    {mux_rate:8.0f} {pct(mux_lat, 0.5):8.1f} "
+            f"{pct(mux_lat, 0.99):8.1f}   {mux_rate / raw_rate:.3f}"
+        )
         await conn.close()
 
         if args.delay_ms:
@@ -282,8 +301,10 @@ async def main() -> None:
                 await slow.close()
             print(f"bulk, {args.delay_size_mb} MB one way over a {args.delay_ms:g} ms round trip")
             print(f"  fixed {CONFIG.window >> 10} KiB window {rates['fixed']:8.1f} MB/s   1.000")
-            print(f"  auto-tuned window     {rates['tuned']:8.1f} MB/s   "
-                  f"{rates['tuned'] / rates['fixed']:.3f}")
+            print(
+                f"  auto-tuned window     {rates['tuned']:8.1f} MB/s   "
+                f"{rates['tuned'] / rates['fixed']:.3f}"
+            )
 
         if args.shs:
             import keywire
@@ -298,16 +319,22 @@ async def main() -> None:
             muxed = await keywire.dial(ports["shs~mux"])
             shs_mux_rates = [await bulk_stream(muxed, size) for _ in range(args.rounds)]
             shs_rr_rate = statistics.mean(
-                [(await many(args.requests, lambda: request_stream(muxed)))[0]
-                 for _ in range(args.rounds)])
+                [
+                    (await many(args.requests, lambda: request_stream(muxed)))[0]
+                    for _ in range(args.rounds)
+                ]
+            )
             await muxed.close()
             shs_best, shs_mux_best = max(shs_rates), max(shs_mux_rates)
             print(f"net~shs, {args.size_mb} MB one way (best of {args.rounds})")
             print(f"  net~shs              {shs_best:8.1f} MB/s   1.000")
-            print(f"  net~shs~mux          {shs_mux_best:8.1f} MB/s   "
-                  f"{shs_mux_best / shs_best:.3f}")
-            print(f"  net~shs~mux, {args.requests} requests at once: {shs_rr_rate:.0f} per s "
-                  f"(mean of {args.rounds})")
+            print(
+                f"  net~shs~mux          {shs_mux_best:8.1f} MB/s   {shs_mux_best / shs_best:.3f}"
+            )
+            print(
+                f"  net~shs~mux, {args.requests} requests at once: {shs_rr_rate:.0f} per s "
+                f"(mean of {args.rounds})"
+            )
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

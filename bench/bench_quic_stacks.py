@@ -37,8 +37,9 @@ WINDOW = 16 << 20
 
 def _configuration(stack: str, is_client: bool, cert: Path, key: Path) -> Any:
     module = importlib.import_module(f"{stack}.quic.configuration")
-    config = module.QuicConfiguration(is_client=is_client, alpn_protocols=["h3"],
-                                      max_data=WINDOW, max_stream_data=WINDOW)
+    config = module.QuicConfiguration(
+        is_client=is_client, alpn_protocols=["h3"], max_data=WINDOW, max_stream_data=WINDOW
+    )
     if is_client:
         config.verify_mode = ssl.CERT_NONE
     else:
@@ -53,7 +54,8 @@ def _measure_memory(stack: str, size: int, cert: Path, key: Path) -> float:
     client = connection.QuicConnection(configuration=_configuration(stack, True, cert, key))
     server = connection.QuicConnection(
         configuration=_configuration(stack, False, cert, key),
-        original_destination_connection_id=client.original_destination_connection_id)
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
     client_addr, server_addr = ("192.0.2.1", 1), ("192.0.2.2", 2)
     clock = 0.0
 
@@ -100,8 +102,9 @@ async def _measure(stack: str, size: int, cert: Path, key: Path) -> float:
                 self._quic.send_stream_data(event.stream_id, b"k", True)
                 self.transmit()
 
-    server = await aio.serve("127.0.0.1", 0, configuration=_configuration(stack, False, cert, key),
-                             create_protocol=Sink)
+    server = await aio.serve(
+        "127.0.0.1", 0, configuration=_configuration(stack, False, cert, key), create_protocol=Sink
+    )
     port = server._transport.get_extra_info("sockname")[1]
     try:
         client_config = _configuration(stack, True, cert, key)
@@ -128,11 +131,18 @@ def _run(mode: str, stack: str, size: int, cert: Path, key: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stacks", nargs="*", default=["qh3", "aioquic"],
-                        help="importable QUIC packages with an aioquic-style asyncio API")
+    parser.add_argument(
+        "stacks",
+        nargs="*",
+        default=["qh3", "aioquic"],
+        help="importable QUIC packages with an aioquic-style asyncio API",
+    )
     parser.add_argument("--size-mb", type=int, default=64, help="MB sent per stack")
-    parser.add_argument("--modes", default="memory,asyncio",
-                        help="comma list of: memory (protocol CPU only), asyncio (loopback)")
+    parser.add_argument(
+        "--modes",
+        default="memory,asyncio",
+        help="comma list of: memory (protocol CPU only), asyncio (loopback)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="runs per stack (median reported)")
     args = parser.parse_args()
     size = args.size_mb * 1_000_000 // CHUNK * CHUNK
@@ -150,8 +160,10 @@ def main() -> int:
                 rate = figures[len(figures) // 2]
                 reference = reference or rate
                 runs = ", ".join(f"{f:.1f}" for f in figures)
-                print(f"{mode:8} {stack} {version}: {rate:.1f} MB/s, "
-                      f"{rate / reference:.2f}x the first stack (runs: {runs})")
+                print(
+                    f"{mode:8} {stack} {version}: {rate:.1f} MB/s, "
+                    f"{rate / reference:.2f}x the first stack (runs: {runs})"
+                )
     return 0
 
 

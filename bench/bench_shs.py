@@ -31,6 +31,7 @@ BLOCK = os.urandom(1 << 18)
 
 # -- receivers (child processes) ---------------------------------------------------------------
 
+
 async def serve_raw() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,8 +51,9 @@ async def serve_raw() -> None:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(json.dumps({"address": f"tcp:127.0.0.1:{server.sockets[0].getsockname()[1]}"}),
-          flush=True)
+    print(
+        json.dumps({"address": f"tcp:127.0.0.1:{server.sockets[0].getsockname()[1]}"}), flush=True
+    )
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
@@ -89,6 +91,7 @@ async def serve_keywire(spec: str, app_key: bytes) -> None:
 
 # -- senders -------------------------------------------------------------------------------------
 
+
 class Child:
     """A receiver process and the address it printed."""
 
@@ -97,11 +100,12 @@ class Child:
         self.address = address
 
     @classmethod
-    async def start(cls, *argv: str, env: dict[str, str] | None = None,
-                    cwd: Path | None = None) -> Child:
+    async def start(
+        cls, *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Child:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            cwd=cwd)
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=cwd
+        )
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         return cls(proc, json.loads(line)["address"])
@@ -161,17 +165,25 @@ async def send_keywire(address: str, size: int) -> float:
 async def node_pair(size: int) -> float:
     node = shutil.which("node")
     if node is None or not (NPM_DIR / "node_modules" / "multiserver").is_dir():
-        raise SystemExit("the Node reference needs node and `npm ci --prefix tests/interop/npm`"
-                         " (or pass --no-node)")
+        raise SystemExit(
+            "the Node reference needs node and `npm ci --prefix tests/interop/npm`"
+            " (or pass --no-node)"
+        )
     import base64
 
     env = dict(os.environ, KW_APP_KEY=base64.b64encode(APP_KEY).decode())
-    receiver = await Child.start(node, "bench_pair.js", "receive", str(size), env=env,
-                                 cwd=NPM_DIR)
+    receiver = await Child.start(node, "bench_pair.js", "receive", str(size), env=env, cwd=NPM_DIR)
     try:
         proc = await asyncio.create_subprocess_exec(
-            node, "bench_pair.js", "send", receiver.address, str(size), env=env, cwd=NPM_DIR,
-            stdout=asyncio.subprocess.PIPE)
+            node,
+            "bench_pair.js",
+            "send",
+            receiver.address,
+            str(size),
+            env=env,
+            cwd=NPM_DIR,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 600)
         return float(json.loads(out.decode().splitlines()[0])["seconds"])
     finally:
@@ -179,8 +191,7 @@ async def node_pair(size: int) -> float:
 
 
 async def keywire_child(spec: str) -> Child:
-    return await Child.start(sys.executable, __file__, "--serve", spec,
-                             "--app-key", APP_KEY.hex())
+    return await Child.start(sys.executable, __file__, "--serve", spec, "--app-key", APP_KEY.hex())
 
 
 async def latency(address: str, count: int, raw: bool) -> list[float]:
@@ -222,8 +233,10 @@ async def main(args: argparse.Namespace) -> None:
         raw_connect = await latency(raw.address, args.connects, raw=True)
     finally:
         await raw.stop()
-    for spec, label in (("net:127.0.0.1:0~shs", "keywire net~shs"),
-                        ("ws://127.0.0.1:0~shs", "keywire ws~shs")):
+    for spec, label in (
+        ("net:127.0.0.1:0~shs", "keywire net~shs"),
+        ("ws://127.0.0.1:0~shs", "keywire ws~shs"),
+    ):
         child = await keywire_child(spec)
         try:
             rates[label] = size / await send_keywire(child.address, size)
@@ -234,8 +247,11 @@ async def main(args: argparse.Namespace) -> None:
     if not args.no_node:
         rates["Node secret-handshake pair"] = size / await node_pair(size)
 
-    print(f"one-way transfer of {args.size_mb} MB (MB/s, ratio to raw TCP"
-          + ("" if args.no_node else ", ratio to the Node pair") + ")")
+    print(
+        f"one-way transfer of {args.size_mb} MB (MB/s, ratio to raw TCP"
+        + ("" if args.no_node else ", ratio to the Node pair")
+        + ")"
+    )
     node_rate = rates.get("Node secret-handshake pair")
     for label, rate in rates.items():
         line = f"  {label:28s} {rate / 1e6:8.1f} MB/s  {rate / rates['raw TCP']:6.3f}x raw"
@@ -244,8 +260,10 @@ async def main(args: argparse.Namespace) -> None:
         print(line)
     print(f"connect latency over {args.connects} sequential connects (ms)")
     for label, values in (("raw TCP connect", raw_connect), ("keywire net~shs", shs_connect)):
-        print(f"  {label:28s} p50 {pct(values, 0.5) * 1e3:7.3f}  p99 {pct(values, 0.99) * 1e3:7.3f}"
-              f"  mean {statistics.fmean(values) * 1e3:7.3f}")
+        print(
+            f"  {label:28s} p50 {pct(values, 0.5) * 1e3:7.3f}  p99 {pct(values, 0.99) * 1e3:7.3f}"
+            f"  mean {statistics.fmean(values) * 1e3:7.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def client_pair(make: Callable[[], StoreBackend]) -> AsyncIterator[
-        tuple[StoreBackend, StoreBackend]]:
+async def client_pair(
+    make: Callable[[], StoreBackend],
+) -> AsyncIterator[tuple[StoreBackend, StoreBackend]]:
     """Two clients of one store (each end of a stream has its own connection)."""
     a, b = make(), make()
     try:
@@ -76,11 +77,35 @@ async def redis_server(tls: tuple[Path, Path] | None) -> AsyncIterator[str]:
     listen = ["--port", str(port)]
     if tls is not None:
         cert, key = tls
-        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                  "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-                  "--tls-auth-clients", "no"]
-    proc = subprocess.Popen(["redis-server", *listen, "--bind", "127.0.0.1", "--dir", folder,
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        listen = [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        ]
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            folder,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
@@ -96,8 +121,9 @@ async def redis_server(tls: tuple[Path, Path] | None) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def backend_pair(name: str, args: argparse.Namespace) -> AsyncIterator[
-        tuple[StoreBackend, StoreBackend]]:
+async def backend_pair(
+    name: str, args: argparse.Namespace
+) -> AsyncIterator[tuple[StoreBackend, StoreBackend]]:
     """Two clients of one store of kind ``name``: memory, http, https, redis or rediss."""
     big = 1 << 20
     if name == "memory":
@@ -120,9 +146,11 @@ async def backend_pair(name: str, args: argparse.Namespace) -> AsyncIterator[
             url = args.redis_url if name == "redis" else None
             if url is None:
                 url = await stack.enter_async_context(
-                    redis_server((cert, key) if name == "rediss" else None))
-            async with client_pair(lambda: RedisStore(url, max_value=big,
-                                                      cafile=str(cert))) as pair:
+                    redis_server((cert, key) if name == "rediss" else None)
+                )
+            async with client_pair(
+                lambda: RedisStore(url, max_value=big, cafile=str(cert))
+            ) as pair:
                 yield pair
 
 
@@ -139,8 +167,9 @@ async def raw_roundtrip(store: StoreBackend, value_size: int, rounds: int) -> fl
     return statistics.median(times)
 
 
-async def one_run(a_store: StoreBackend, b_store: StoreBackend, params: StoreParams,
-                  size: int, pings: int) -> tuple[float, float, int]:
+async def one_run(
+    a_store: StoreBackend, b_store: StoreBackend, params: StoreParams, size: int, pings: int
+) -> tuple[float, float, int]:
     """(throughput bytes/s, median one-way latency s, puts of the sender) for one setting."""
     secret = generate_secret()
     a = StoreStream.open(a_store, secret, Role.LISTENER, params=params)
@@ -174,10 +203,14 @@ async def one_run(a_store: StoreBackend, b_store: StoreBackend, params: StorePar
 async def main(args: argparse.Namespace) -> None:
     windows = [int(w) for w in args.windows.split(",")]
     losses = [float(x) for x in args.losses.split(",")]
-    print(f"store-stream benchmark: {args.size} bytes one way, value size {args.value_size}, "
-          f"{args.pings} ping-pongs, rto_min {args.rto_min} s")
-    header = (f"{'backend':8} {'loss':>5} {'window':>6} {'MB/s':>8} {'thr/raw':>8} "
-              f"{'lat ms':>8} {'lat/raw':>8} {'raw ms':>7}")
+    print(
+        f"store-stream benchmark: {args.size} bytes one way, value size {args.value_size}, "
+        f"{args.pings} ping-pongs, rto_min {args.rto_min} s"
+    )
+    header = (
+        f"{'backend':8} {'loss':>5} {'window':>6} {'MB/s':>8} {'thr/raw':>8} "
+        f"{'lat ms':>8} {'lat/raw':>8} {'raw ms':>7}"
+    )
     print(header)
     print("-" * len(header))
     for name in args.backends.split(","):
@@ -186,15 +219,22 @@ async def main(args: argparse.Namespace) -> None:
             raw_rate = args.value_size / raw
             for loss in losses:
                 for window in windows:
-                    params = StoreParams(window=window, value_size=args.value_size,
-                                         rto_min=args.rto_min,
-                                         rto_initial=max(args.rto_min, 0.2), seed=1)
+                    params = StoreParams(
+                        window=window,
+                        value_size=args.value_size,
+                        rto_min=args.rto_min,
+                        rto_initial=max(args.rto_min, 0.2),
+                        seed=1,
+                    )
                     a = LossyStore(store_a, put_loss=loss, seed=window) if loss else store_a
                     b = LossyStore(store_b, put_loss=loss, seed=window + 1) if loss else store_b
                     rate, latency, _ = await one_run(a, b, params, args.size, args.pings)
-                    print(f"{name:8} {loss:5.0%} {window:6d} {rate / 1e6:8.2f} "
-                          f"{rate / raw_rate:8.2f} {latency * 1e3:8.2f} {latency / raw:8.2f} "
-                          f"{raw * 1e3:7.2f}", flush=True)
+                    print(
+                        f"{name:8} {loss:5.0%} {window:6d} {rate / 1e6:8.2f} "
+                        f"{rate / raw_rate:8.2f} {latency * 1e3:8.2f} {latency / raw:8.2f} "
+                        f"{raw * 1e3:7.2f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
@@ -203,11 +243,19 @@ if __name__ == "__main__":
     parser.add_argument("--value-size", type=int, default=16384, help="store value size")
     parser.add_argument("--windows", default="1,8,32")
     parser.add_argument("--losses", default="0,0.1")
-    parser.add_argument("--backends", default="memory,http,https,redis,rediss",
-                        help="comma list of: memory, http, https, redis, rediss")
+    parser.add_argument(
+        "--backends",
+        default="memory,http,https,redis,rediss",
+        help="comma list of: memory, http, https, redis, rediss",
+    )
     parser.add_argument("--pings", type=int, default=20)
-    parser.add_argument("--rto-min", type=float, default=0.05,
-                        help="minimum retransmission timeout (the library default is 0.2)")
-    parser.add_argument("--redis-url", default=None,
-                        help="use this Redis instead of starting a redis-server")
+    parser.add_argument(
+        "--rto-min",
+        type=float,
+        default=0.05,
+        help="minimum retransmission timeout (the library default is 0.2)",
+    )
+    parser.add_argument(
+        "--redis-url", default=None, help="use this Redis instead of starting a redis-server"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -25,8 +25,9 @@ class NodeEventLog:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("event") == kind]
 
-    async def wait_events(self, kind: str, count: int = 1,
-                          timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_events(
+        self, kind: str, count: int = 1, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         """The first ``count`` events of ``kind``; ``TimeoutError`` if they do not come."""
         async with asyncio.timeout(timeout):
             while len(self.of(kind)) < count:

@@ -24,8 +24,14 @@ from urllib.parse import SplitResult, urlsplit
 from .errors import AddressError
 
 URL_SCHEMES: frozenset[str] = frozenset({"ws", "wss", "http", "https", "redis", "rediss"})
-DEFAULT_PORTS: dict[str, int] = {"ws": 80, "wss": 443, "http": 80, "https": 443, "redis": 6379,
-                                 "rediss": 6379}
+DEFAULT_PORTS: dict[str, int] = {
+    "ws": 80,
+    "wss": 443,
+    "http": 80,
+    "https": 443,
+    "redis": 6379,
+    "rediss": 6379,
+}
 #: the longest address text parsed at all; longer text is refused before any work is done
 MAX_ADDRESS_LENGTH = 4096
 _NAME = re.compile(r"[a-z][a-z0-9-]+")
@@ -33,8 +39,9 @@ _CERTHASH = re.compile(r"u[A-Za-z0-9_-]{46}")
 _SPECIALS = "!~;:"
 _WHITESPACE = re.compile(r"\s")
 #: one token per match, no nesting: an escape pair ('!' and the next character) or a separator
-_SEPARATOR_SCANNERS = {seps: re.compile(r"![\s\S]?|[" + re.escape(seps) + "]")
-                       for seps in (";", "~", ":")}
+_SEPARATOR_SCANNERS = {
+    seps: re.compile(r"![\s\S]?|[" + re.escape(seps) + "]") for seps in (";", "~", ":")
+}
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
@@ -184,7 +191,7 @@ class _Parser:
             if token == "!":
                 raise self.fail(start + match.start(), "a character after '!'")
             if len(token) == 1:
-                pieces.append((piece[begin:match.start()], start + begin))
+                pieces.append((piece[begin : match.start()], start + begin))
                 begin = match.end()
         pieces.append((piece[begin:], start + begin))
         return pieces
@@ -289,8 +296,9 @@ class _Parser:
 
 def _check_length(text: str) -> None:
     if len(text) > MAX_ADDRESS_LENGTH:
-        raise AddressError(text[:120], MAX_ADDRESS_LENGTH,
-                           f"an address of at most {MAX_ADDRESS_LENGTH} characters")
+        raise AddressError(
+            text[:120], MAX_ADDRESS_LENGTH, f"an address of at most {MAX_ADDRESS_LENGTH} characters"
+        )
 
 
 def parse_alternative(text: str) -> Alternative:
@@ -349,8 +357,9 @@ def _redact_section(section: Section) -> Section:
         if parts.password is None and parts.username is None:
             return section
         netloc = f"{REDACTED}@{parts.netloc.rpartition('@')[2]}"
-        return Section(section.name, section.args, parts._replace(netloc=netloc).geturl(),
-                       section.bare)
+        return Section(
+            section.name, section.args, parts._replace(netloc=netloc).geturl(), section.bare
+        )
     first = SECRET_ARGUMENTS.get(section.name)
     if first is None or len(section.args) <= first:
         return section
@@ -364,8 +373,9 @@ def redacted(addr: MultiAddress | Alternative) -> str:
     the address, and error messages end up in logs and bug reports.
     """
     alts = addr.alternatives if isinstance(addr, MultiAddress) else (addr,)
-    return ";".join(format_alternative(Alternative(tuple(_redact_section(s) for s in a.sections)))
-                    for a in alts)
+    return ";".join(
+        format_alternative(Alternative(tuple(_redact_section(s) for s in a.sections))) for a in alts
+    )
 
 
 def join(alternatives: Sequence[Alternative | str]) -> MultiAddress:
@@ -386,8 +396,9 @@ def split_host_port(section: Section, *, allow_zero: bool = False) -> tuple[str,
     As multiserver: an empty host means ``localhost``; the port must be a decimal number.
     """
     if len(section.args) < 2:
-        raise AddressError(format_section(section), len(section.name),
-                           f"':HOST:PORT' after {section.name!r}")
+        raise AddressError(
+            format_section(section), len(section.name), f"':HOST:PORT' after {section.name!r}"
+        )
     port_text = section.args[-1]
     host = ":".join(section.args[:-1]) or "localhost"
     if host.startswith("[") and host.endswith("]"):
@@ -395,8 +406,11 @@ def split_host_port(section: Section, *, allow_zero: bool = False) -> tuple[str,
     low = 0 if allow_zero else 1
     decimal = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
     if not decimal or not low <= int(port_text) <= 65535:
-        raise AddressError(format_section(section), len(format_section(section)) - len(port_text),
-                           f"a decimal port from {low} to 65535")
+        raise AddressError(
+            format_section(section),
+            len(format_section(section)) - len(port_text),
+            f"a decimal port from {low} to 65535",
+        )
     problem = host_problem(host.split("%", 1)[0] if ":" in host else host)
     if problem is not None:
         raise AddressError(format_section(section), len(section.name) + 1, problem)

@@ -49,8 +49,12 @@ class LimitLog:
             return
         self._last[reason] = now
         count, self._count[reason] = self._count[reason], 0
-        self._log.warning("limit reached: %s (%d refused since the last report; last from %s)",
-                          reason, count, source or "?")
+        self._log.warning(
+            "limit reached: %s (%d refused since the last report; last from %s)",
+            reason,
+            count,
+            source or "?",
+        )
 
 
 #: what asyncio says, through the loop's exception handler, each time accept() hits EMFILE

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from .errors import Code, CodedError, ConnectionClosed, KeywireError, StreamError
 from .stream import Stream
 
-CHUNK = 65536
+#: bytes per read of a local source: large enough that the per-chunk work (a hand-off, a
+#: stream write, the byte count) is small next to moving the bytes
+CHUNK = 1 << 18
 
 Reader = Callable[[], Awaitable[bytes]]
 Writer = Callable[[bytes], Awaitable[None]]
@@ -104,9 +106,15 @@ def _failure(task: asyncio.Future[object]) -> BaseException | None:
     return task.exception()
 
 
-async def splice(stream: Stream, read: Reader, write: Writer, close: Closer,
-                 transfer: Transfer | None = None,
-                 ended: Awaitable[object] | None = None, keep_sending: bool = True) -> Transfer:
+async def splice(
+    stream: Stream,
+    read: Reader,
+    write: Writer,
+    close: Closer,
+    transfer: Transfer | None = None,
+    ended: Awaitable[object] | None = None,
+    keep_sending: bool = True,
+) -> Transfer:
     """Both directions at once, each ending on its own; returns when both completed.
 
     Raises ``SpliceError`` when either failed. When the peer's side fails (reset, connection
@@ -118,7 +126,8 @@ async def splice(stream: Stream, read: Reader, write: Writer, close: Closer,
     t = transfer if transfer is not None else Transfer()
     outbound: asyncio.Future[object] = asyncio.ensure_future(pump_to_stream(read, stream, t))
     inbound: asyncio.Future[object] = asyncio.ensure_future(
-        pump_from_stream(stream, write, close, t))
+        pump_from_stream(stream, write, close, t)
+    )
     watch = asyncio.ensure_future(ended) if ended is not None else None
     lost: BaseException | None = None
     try:
@@ -132,8 +141,7 @@ async def splice(stream: Stream, read: Reader, write: Writer, close: Closer,
                 lost = ConnectionClosed(Code.CLOSED, "the connection ended before our input did")
                 outbound.cancel()
             failed = _failure(inbound)
-            doomed = isinstance(failed, REMOTE_ERRORS) or (failed is not None
-                                                           and not keep_sending)
+            doomed = isinstance(failed, REMOTE_ERRORS) or (failed is not None and not keep_sending)
             if doomed and outbound in pending:
                 outbound.cancel()
                 with contextlib.suppress(KeywireError):
@@ -156,8 +164,12 @@ async def splice(stream: Stream, read: Reader, write: Writer, close: Closer,
     return t
 
 
-async def splice_tcp(stream: Stream, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, transfer: Transfer | None = None) -> Transfer:
+async def splice_tcp(
+    stream: Stream,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    transfer: Transfer | None = None,
+) -> Transfer:
     """Stream ↔ a TCP connection (``--forward`` / ``--forward-local``); TCP half-closes, so
     both directions end on their own."""
 
@@ -182,11 +194,18 @@ async def splice_tcp(stream: Stream, reader: asyncio.StreamReader,
 
 
 class StdinReader:
-    """Reads a file descriptor on a daemon thread so a blocked read never holds the process
-    open (stdin may be a terminal that never ends)."""
+    """Reads stdin without ever blocking the event loop for long.
+
+    A regular file is read in the loop (a read of it never waits on anyone); anything else
+    (a pipe, a terminal, a socket) is read on a daemon thread, so a blocked read never holds
+    the process open (a terminal may never end).
+    """
 
     def __init__(self, fd: int | None = None) -> None:
         self._fd = sys.stdin.fileno() if fd is None else fd
+        self._direct = _is_regular(self._fd)
+        if self._direct:
+            return
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(4)
         self._room = threading.Semaphore(4)
@@ -207,11 +226,21 @@ class StdinReader:
                 return
 
     async def read(self) -> bytes:
+        if self._direct:
+            await asyncio.sleep(0)  # let the other direction and timers run between chunks
+            return os.read(self._fd, CHUNK)
         item = await self._queue.get()
         self._room.release()
         if isinstance(item, BaseException):
             raise item
         return item
+
+
+def _is_regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def remaining_size(fd: int) -> int | None:
@@ -225,8 +254,9 @@ def remaining_size(fd: int) -> int | None:
         return None
 
 
-async def splice_stdio(stream: Stream, transfer: Transfer | None = None,
-                       ended: Awaitable[object] | None = None) -> Transfer:
+async def splice_stdio(
+    stream: Stream, transfer: Transfer | None = None, ended: Awaitable[object] | None = None
+) -> Transfer:
     """Stream ↔ this process's stdin/stdout (``keywire dial`` and ``listen --stdio``)."""
     stdin = StdinReader()
     out = sys.stdout.buffer
@@ -242,14 +272,20 @@ async def splice_stdio(stream: Stream, transfer: Transfer | None = None,
     return await splice(stream, stdin.read, write, close, transfer, ended, keep_sending=False)
 
 
-async def splice_process(stream: Stream, command: str, env: Mapping[str, str] | None = None,
-                         transfer: Transfer | None = None) -> int:
+async def splice_process(
+    stream: Stream,
+    command: str,
+    env: Mapping[str, str] | None = None,
+    transfer: Transfer | None = None,
+) -> int:
     """Stream ↔ a shell command's stdin/stdout (``--exec``); returns its exit status.
 
     ``env`` is added to this process's environment for the child.
     """
     proc = await asyncio.create_subprocess_shell(
-        command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        command,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, **env} if env else None,
     )
     assert proc.stdin is not None and proc.stdout is not None

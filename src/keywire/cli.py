@@ -90,29 +90,55 @@ def not_negative(text: str) -> float:
 
 
 def add_common(p: argparse.ArgumentParser, *, app_key: bool = True) -> None:
-    p.add_argument("--key", metavar="FILE",
-                   help=f"identity key file (default {default_key_path()}; created if missing)")
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help=f"identity key file (default {default_key_path()}; created if missing)",
+    )
     if app_key:
-        p.add_argument("--app-key", metavar="BASE64", default=SSB_APP_KEY,
-                       help="shs network key (default: the SSB main network)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="bound on connecting and handshaking, per alternative, and on a "
-                        "graceful close (default 10)")
+        p.add_argument(
+            "--app-key",
+            metavar="BASE64",
+            default=SSB_APP_KEY,
+            help="shs network key (default: the SSB main network)",
+        )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="bound on connecting and handshaking, per alternative, and on a "
+        "graceful close (default 10)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
 
 
 def add_session(p: argparse.ArgumentParser) -> None:
     """Flags of the commands that hold connections: kps timers, --json, -q."""
-    p.add_argument("--idle-timeout", type=positive, metavar="SECONDS",
-                   help="kps: a connection without any packet for this long fails "
-                        "(kps.idle_timeout)")
-    p.add_argument("--keepalive", type=not_negative, metavar="SECONDS",
-                   help="kps: PING a quiet connection this often, 0 for never; keep it below "
-                        "the idle timeout (kps.keepalive)")
-    p.add_argument("--json", action="store_true",
-                   help="stderr carries one JSON event per line instead of status lines")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no per-connection status lines and no summary after a success")
+    p.add_argument(
+        "--idle-timeout",
+        type=positive,
+        metavar="SECONDS",
+        help="kps: a connection without any packet for this long fails (kps.idle_timeout)",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=not_negative,
+        metavar="SECONDS",
+        help="kps: PING a quiet connection this often, 0 for never; keep it below "
+        "the idle timeout (kps.keepalive)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="stderr carries one JSON event per line instead of status lines",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no per-connection status lines and no summary after a success",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -201,8 +227,12 @@ def start_progress(t: Transfer, report: Reporter) -> Progress:
 
 async def cmd_id(args: argparse.Namespace) -> int:
     ident = Identity.load_or_create(args.key)
-    info = {"certhash": ident.certhash, "shs": ident.shs_id, "ssb": ident.ssb_id,
-            "file": str(ident.path)}
+    info = {
+        "certhash": ident.certhash,
+        "shs": ident.shs_id,
+        "ssb": ident.ssb_id,
+        "file": str(ident.path),
+    }
     if args.json:
         print(json.dumps(info))
     else:
@@ -223,8 +253,9 @@ def parse_shs_key(text: str) -> bytes:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:
-        raise ValueError(f"{text.strip()!r} is not an shs public key (base64 of 32 bytes, or "
-                         "@….ed25519)")
+        raise ValueError(
+            f"{text.strip()!r} is not an shs public key (base64 of 32 bytes, or @….ed25519)"
+        )
     return raw
 
 
@@ -274,8 +305,10 @@ class Gate:
         if key is not None and key in self.allowed:
             return True
         if key is None:
-            why = (f"{chain_name(conn.address)} proves no client identity, and --allow admits "
-                   "only clients with a proven shs key")
+            why = (
+                f"{chain_name(conn.address)} proves no client identity, and --allow admits "
+                "only clients with a proven shs key"
+            )
         else:
             why = "its key is not in --allow"
         self.refused(str(conn.remote), why, address=conn.address)
@@ -290,8 +323,9 @@ class Gate:
         for spec in specs:
             for alt in parse(spec).alternatives:
                 if "shs" not in alt.names:
-                    self.report.status(f"--allow: clients of {alt} prove no key and will be "
-                                       "refused")
+                    self.report.status(
+                        f"--allow: clients of {alt} prove no key and will be refused"
+                    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,16 +355,20 @@ async def echo_stream(conn: Connection, stream: Stream, t: Transfer) -> None:
 def exec_env(conn: Connection) -> dict[str, str]:
     """What an --exec child learns about its peer."""
     remote = conn.remote
-    return {"KEYWIRE_PEER": "" if str(remote) == "anonymous" else str(remote),
-            "KEYWIRE_TRANSPORT": chain_name(conn.address),
-            "KEYWIRE_ADDRESS": conn.address}
+    return {
+        "KEYWIRE_PEER": "" if str(remote) == "anonymous" else str(remote),
+        "KEYWIRE_TRANSPORT": chain_name(conn.address),
+        "KEYWIRE_ADDRESS": conn.address,
+    }
 
 
 def stream_handler(args: argparse.Namespace, report: Reporter) -> StreamHandler:
     """The per-stream action chosen by --echo / --exec / --forward."""
     if args.exec:
+
         async def run_exec(conn: Connection, stream: Stream, t: Transfer) -> None:
             await splice_process(stream, args.exec, exec_env(conn), t)
+
         return run_exec
     if args.forward:
         host, _, port = args.forward.rpartition(":")
@@ -343,6 +381,7 @@ def stream_handler(args: argparse.Namespace, report: Reporter) -> StreamHandler:
                 stream.reset(Code.NETWORK_ERROR)
                 raise
             await splice_tcp(stream, reader, writer, t)
+
         return run_forward
     return echo_stream
 
@@ -354,8 +393,9 @@ async def echo_datagrams(conn: Connection) -> None:
             conn.send_datagram(await conn.receive_datagram())
 
 
-async def serve_streams(conn: Connection, handle: StreamHandler, report: Reporter,
-                        verbose: bool = False) -> None:
+async def serve_streams(
+    conn: Connection, handle: StreamHandler, report: Reporter, verbose: bool = False
+) -> None:
     """Run ``handle`` for every stream of ``conn`` until the connection ends."""
     tasks: set[asyncio.Task[None]] = set()
     datagrams: asyncio.Future[None] | None = None
@@ -377,9 +417,15 @@ async def serve_streams(conn: Connection, handle: StreamHandler, report: Reporte
             report.error(f"stream from {conn.address} failed: {exc}")
             stream.reset(Code.INTERNAL_ERROR)
         t.ended = time.monotonic()
-        report.event("stream_closed", stream=stream.id, sent=t.sent, received=t.received,
-                     ok=not reason, reason=reason or "done",
-                     seconds=round(t.seconds, 3))
+        report.event(
+            "stream_closed",
+            stream=stream.id,
+            sent=t.sent,
+            received=t.received,
+            ok=not reason,
+            reason=reason or "done",
+            seconds=round(t.seconds, 3),
+        )
 
     try:
         async for stream in conn:
@@ -446,6 +492,10 @@ async def cmd_listen(args: argparse.Namespace) -> int:
         opts.authorize = gate.authorize
     if args.pairing_code is not None:
         opts.extra["link.pairing_code"] = args.pairing_code
+        # --no-qr (or a non-terminal stderr, or --json) also drops the pairing code's QR
+        opts.extra["link.pairing_qr"] = not args.json and (
+            args.qr is True or (args.qr is None and sys.stderr.isatty())
+        )
     if args.recovery_key is not None:
         opts.extra["link.recovery_key"] = args.recovery_key
     server = Server(specs, opts)
@@ -482,8 +532,11 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             report.event("connected", **peer_fields(conn))
             await serve_streams(conn, handle, report, args.verbose)
             reason = conn.close_error
-            report.event("disconnected", address=conn.address,
-                         reason=str(reason) if reason is not None else "done")
+            report.event(
+                "disconnected",
+                address=conn.address,
+                reason=str(reason) if reason is not None else "done",
+            )
 
         await server.serve(on_connection)
         return EXIT_OK
@@ -504,8 +557,7 @@ def announce(address: str, args: argparse.Namespace, opts: Options, report: Repo
     """The address on stdout (stderr with --stdio, whose stdout is the peer's bytes), who we
     are, and a QR code when it fits the terminal."""
     ident = opts.need_identity()
-    report.event("listening", address=address, identity=ident.ssb_id,
-                 certhash=ident.certhash)
+    report.event("listening", address=address, identity=ident.ssb_id, certhash=ident.certhash)
     used = 0
     columns, _ = terminal_size()
     if args.stdio:
@@ -529,8 +581,12 @@ async def start_demo(server: Server, spec: str, report: Reporter) -> tuple[Any, 
     """``--web HOST:PORT``: the echo and chat page, dialing this listener's kps address."""
     from .kps.webrtc.demo import DemoApp, serve_demo
 
-    kps = [a for s in SCOPE_ORDER[::-1] for a in server.addresses(s).alternatives
-           if a.transport.name == "kps"]
+    kps = [
+        a
+        for s in SCOPE_ORDER[::-1]
+        for a in server.addresses(s).alternatives
+        if a.transport.name == "kps"
+    ]
     if not kps:
         raise KeywireError("--web needs a kps: listen spec (the page dials it over WebRTC)")
     host, _, port = spec.rpartition(":")
@@ -540,15 +596,18 @@ async def start_demo(server: Server, spec: str, report: Reporter) -> tuple[Any, 
 
     async def handle(conn: Connection, stream: Stream, t: Transfer) -> None:
         await app.handle_stream(stream)
+
     return demo, handle
 
 
-async def listen_stdio(server: Server, gate: Gate, report: Reporter, shutdown: Shutdown,
-                       timeout: float) -> int:
+async def listen_stdio(
+    server: Server, gate: Gate, report: Reporter, shutdown: Shutdown, timeout: float
+) -> int:
     """netcat -l: the first stream of the first admitted connection ↔ stdin/stdout.
 
     A connection that ends without opening a stream (``keywire pair`` on a Link host, a port
-    probe) moved no data, so the listener keeps waiting for the next one.
+    probe) moved no data, so the listener keeps waiting for the next one. Once a stream is
+    taken, the server stops listening and keeps only that connection.
     """
     while True:
         conn = await server.accept()
@@ -559,11 +618,12 @@ async def listen_stdio(server: Server, gate: Gate, report: Reporter, shutdown: S
         try:
             stream = await conn.accept_stream()
         except ConnectionClosed as exc:
-            report.info(f"that connection ended before opening a stream ({exc}); "
-                        "still listening")
+            report.info(f"that connection ended before opening a stream ({exc}); still listening")
             report.event("disconnected", address=conn.address, reason=str(exc))
             continue
         break
+    # one session: later dialers are refused at once rather than left waiting
+    await server.stop_listening()
 
     async def first() -> Stream:
         return stream
@@ -572,9 +632,14 @@ async def listen_stdio(server: Server, gate: Gate, report: Reporter, shutdown: S
     return await run_stdio_session(conn, first, t, report, shutdown, timeout)
 
 
-async def run_stdio_session(conn: Connection, get_stream: Callable[[], Awaitable[Stream]],
-                            t: Transfer, report: Reporter, shutdown: Shutdown,
-                            timeout: float) -> int:
+async def run_stdio_session(
+    conn: Connection,
+    get_stream: Callable[[], Awaitable[Stream]],
+    t: Transfer,
+    report: Reporter,
+    shutdown: Shutdown,
+    timeout: float,
+) -> int:
     """One stream ↔ stdio, then a graceful close; exit 0 only if both directions completed
     and the close delivered everything."""
     reason = ""
@@ -593,8 +658,14 @@ async def run_stdio_session(conn: Connection, get_stream: Callable[[], Awaitable
         shutdown.acknowledge()
         reason = "terminated (SIGTERM)"
     t.ended = t.ended or time.monotonic()
-    report.event("stream_closed", stream=stream_id, sent=t.sent, received=t.received,
-                 ok=not reason, reason=reason or "done")
+    report.event(
+        "stream_closed",
+        stream=stream_id,
+        sent=t.sent,
+        received=t.received,
+        ok=not reason,
+        reason=reason or "done",
+    )
     if reason:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(Code.CANCELLED, reason[:100]), 2.0)
@@ -621,8 +692,7 @@ async def dial_for_cli(args: argparse.Namespace, opts: Options) -> Connection:
     def on_retry(exc: DialError, delay: float) -> None:
         _report.status(f"{exc}; retrying in {delay:.1f} s")
 
-    return await dial_retrying(args.address, opts, retries=retry_rounds(args),
-                               on_retry=on_retry)
+    return await dial_retrying(args.address, opts, retries=retry_rounds(args), on_retry=on_retry)
 
 
 def dial_exit_code(exc: DialError) -> int:
@@ -656,8 +726,9 @@ async def cmd_dial(args: argparse.Namespace) -> int:
     t.started = time.monotonic()
     if args.forward_local:
         try:
-            return await forward_local(conn, args.forward_local,
-                                       lambda: dial_for_cli(args, opts), report)
+            return await forward_local(
+                conn, args.forward_local, lambda: dial_for_cli(args, opts), report
+            )
         except asyncio.CancelledError:
             if not shutdown.requested:
                 raise
@@ -669,9 +740,12 @@ async def cmd_dial(args: argparse.Namespace) -> int:
     return await run_stdio_session(conn, conn.open_stream, t, report, shutdown, args.timeout)
 
 
-async def forward_local(conn: Connection, spec: str,
-                        redial: Callable[[], Awaitable[Connection]] | None = None,
-                        report: Reporter | None = None) -> int:
+async def forward_local(
+    conn: Connection,
+    spec: str,
+    redial: Callable[[], Awaitable[Connection]] | None = None,
+    report: Reporter | None = None,
+) -> int:
     """Accept local TCP connections; each rides its own stream of ``conn``.
 
     When the connection is lost and ``redial`` is given, a new one is dialed (with the dial's
@@ -696,8 +770,15 @@ async def forward_local(conn: Connection, spec: str,
             await splice_tcp(stream, reader, writer, t)
         except (SpliceError, StreamError, ConnectionClosed, OSError) as exc:
             reason = failure_reason(exc)
-        report.event("stream_closed", stream=stream.id, sent=t.sent, received=t.received,
-                     ok=not reason, reason=reason or "done", seconds=round(t.seconds, 3))
+        report.event(
+            "stream_closed",
+            stream=stream.id,
+            sent=t.sent,
+            received=t.received,
+            ok=not reason,
+            reason=reason or "done",
+            seconds=round(t.seconds, 3),
+        )
 
     try:
         server = await asyncio.start_server(accepted, host, int(port_text))
@@ -764,12 +845,18 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     finally:
         await close_gracefully(conn, args.timeout)
     elapsed = time.perf_counter() - connected
-    result = {"address": conn.address, "bytes": received, "connect_ms":
-              round((connected - start) * 1000, 2), "seconds": round(elapsed, 3),
-              "echo_mb_per_s": round(received / elapsed / 1e6, 1)}
+    result = {
+        "address": conn.address,
+        "bytes": received,
+        "connect_ms": round((connected - start) * 1000, 2),
+        "seconds": round(elapsed, 3),
+        "echo_mb_per_s": round(received / elapsed / 1e6, 1),
+    }
     print(json.dumps(result))
-    status(f"{received / 1e6:.1f} MB echoed in {elapsed:.2f} s: "
-           f"{result['echo_mb_per_s']} MB/s each way")
+    status(
+        f"{received / 1e6:.1f} MB echoed in {elapsed:.2f} s: "
+        f"{result['echo_mb_per_s']} MB/s each way"
+    )
     return EXIT_OK if received == size else EXIT_FAILED
 
 
@@ -781,91 +868,154 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keywire",
         description="Secure byte streams to a peer named by its key: KPS (QUIC/WebRTC), "
-                    "multiserver/shs, Link relays and store streams.",
+        "multiserver/shs, Link relays and store streams.",
         epilog="Exit codes: 0 ok, 1 session failed or incomplete, 2 bad arguments/address/key "
-               "or port in use, 3 could not connect, 130 interrupted.",
+        "or port in use, 3 could not connect, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"keywire {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("listen", help="serve on listen specs and print the dialable address",
-                       description="Listen on every SPEC at once (port 0 picks a free port; the "
-                       "key comes from the identity) and print the dialable multiaddress as the "
-                       "first line of stdout (on stderr with --stdio, whose stdout carries only "
-                       "the peer's bytes). Each stream is echoed unless --exec, --forward or "
-                       "--stdio says otherwise. SIGTERM ends it gracefully (exit 0).")
-    p.add_argument("specs", nargs="*", metavar="SPEC",
-                   help="listen spec, e.g. net:0.0.0.0:0~shs "
-                        f"(default: {' '.join(DEFAULT_LISTEN)})")
+    p = sub.add_parser(
+        "listen",
+        help="serve on listen specs and print the dialable address",
+        description="Listen on every SPEC at once (port 0 picks a free port; the "
+        "key comes from the identity) and print the dialable multiaddress as the "
+        "first line of stdout (on stderr with --stdio, whose stdout carries only "
+        "the peer's bytes). Each stream is echoed unless --exec, --forward or "
+        "--stdio says otherwise. SIGTERM ends it gracefully (exit 0).",
+    )
+    p.add_argument(
+        "specs",
+        nargs="*",
+        metavar="SPEC",
+        help=f"listen spec, e.g. net:0.0.0.0:0~shs (default: {' '.join(DEFAULT_LISTEN)})",
+    )
     action = p.add_mutually_exclusive_group()
     action.add_argument("--echo", action="store_true", help="echo every stream (the default)")
-    action.add_argument("--exec", metavar="CMD",
-                        help="run CMD per stream, wired to its stdin/stdout; it gets "
-                             "KEYWIRE_PEER, KEYWIRE_TRANSPORT and KEYWIRE_ADDRESS")
+    action.add_argument(
+        "--exec",
+        metavar="CMD",
+        help="run CMD per stream, wired to its stdin/stdout; it gets "
+        "KEYWIRE_PEER, KEYWIRE_TRANSPORT and KEYWIRE_ADDRESS",
+    )
     action.add_argument("--forward", metavar="HOST:PORT", help="carry each stream to a TCP port")
-    action.add_argument("--stdio", action="store_true",
-                        help="netcat -l: the first stream ↔ stdin/stdout, then exit; the "
-                             "address goes to stderr")
+    action.add_argument(
+        "--stdio",
+        action="store_true",
+        help="netcat -l: the first stream ↔ stdin/stdout, then exit; the address goes to stderr",
+    )
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("--scope", action="append", choices=[s.value for s in Scope],
-                       help="announce only this scope (repeatable; default: each listen "
-                            "spec's best scope of public, private, device)")
-    scope.add_argument("--all-scopes", action="store_true",
-                       help="announce every scope (public, private, device)")
-    p.add_argument("--allow", action="append", metavar="KEY",
-                   help="admit only this shs client key (base64 or @….ed25519; repeatable); "
-                        "clients of chains that prove no key (kps, noauth, Link, store) are "
-                        "refused")
-    p.add_argument("--allow-file", action="append", metavar="FILE",
-                   help="admit the shs keys listed in FILE (one per line, # comments)")
-    p.add_argument("--max-connections", type=int, default=1024, metavar="N",
-                   help="refuse connections beyond N at once (default 1024)")
+    scope.add_argument(
+        "--scope",
+        action="append",
+        choices=[s.value for s in Scope],
+        help="announce only this scope (repeatable; default: each listen "
+        "spec's best scope of public, private, device)",
+    )
+    scope.add_argument(
+        "--all-scopes", action="store_true", help="announce every scope (public, private, device)"
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        metavar="KEY",
+        help="admit only this shs client key (base64 or @….ed25519; repeatable); "
+        "clients of chains that prove no key (kps, noauth, Link, store) are "
+        "refused",
+    )
+    p.add_argument(
+        "--allow-file",
+        action="append",
+        metavar="FILE",
+        help="admit the shs keys listed in FILE (one per line, # comments)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="refuse connections beyond N at once (default 1024)",
+    )
     qr = p.add_mutually_exclusive_group()
-    qr.add_argument("--qr", dest="qr", action="store_true", default=None,
-                    help="print a QR code of the address on stderr when it fits the terminal "
-                         "(default: when stderr is a terminal)")
+    qr.add_argument(
+        "--qr",
+        dest="qr",
+        action="store_true",
+        default=None,
+        help="print a QR code of the address on stderr when it fits the terminal "
+        "(default: when stderr is a terminal)",
+    )
     qr.add_argument("--no-qr", dest="qr", action="store_false", help="never print a QR code")
-    p.add_argument("--web", metavar="HOST:PORT",
-                   help="kps specs: serve a demo page (echo and chat over WebRTC) over HTTP")
-    p.add_argument("--pairing-code", nargs="?", const=True, metavar="CODE",
-                   help="Link specs: open a one-time pairing code (random, or CODE) and print "
-                        "it with a QR code of address + code on stderr")
-    p.add_argument("--recovery-key", nargs="?", const=True, metavar="KEY",
-                   help="Link specs: accept recover mode with a long-lived recovery key: KEY "
-                        "(at least 100 bits, e.g. 20+ Crockford characters), or with no KEY "
-                        "this host's saved key, else a new one printed once on stderr")
+    p.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        help="kps specs: serve a demo page (echo and chat over WebRTC) over HTTP",
+    )
+    p.add_argument(
+        "--pairing-code",
+        nargs="?",
+        const=True,
+        metavar="CODE",
+        help="Link specs: open a one-time pairing code (random, or CODE) and print "
+        "it with a QR code of address + code on stderr",
+    )
+    p.add_argument(
+        "--recovery-key",
+        nargs="?",
+        const=True,
+        metavar="KEY",
+        help="Link specs: accept recover mode with a long-lived recovery key: KEY "
+        "(at least 100 bits, e.g. 20+ Crockford characters), or with no KEY "
+        "this host's saved key, else a new one printed once on stderr",
+    )
     add_session(p)
     add_common(p)
     p.set_defaults(func=cmd_listen)
 
-    p = sub.add_parser("dial", help="connect and pipe stdin/stdout through a stream",
-                       description="Dial ADDRESS (alternatives in order, moving on when one "
-                       "fails) and splice one stream with stdin/stdout like netcat: stdin's EOF "
-                       "becomes the peer's EOF once delivered; exits 0 once both directions "
-                       "completed, 1 if either was cut short.")
+    p = sub.add_parser(
+        "dial",
+        help="connect and pipe stdin/stdout through a stream",
+        description="Dial ADDRESS (alternatives in order, moving on when one "
+        "fails) and splice one stream with stdin/stdout like netcat: stdin's EOF "
+        "becomes the peer's EOF once delivered; exits 0 once both directions "
+        "completed, 1 if either was cut short.",
+    )
     p.add_argument("address", help="a multiaddress, e.g. 'net:host:8008~shs:KEY'")
-    p.add_argument("--forward-local", metavar="[HOST:]PORT",
-                   help="accept local TCP connections and carry each over its own stream "
-                        "(prints the local address first); reconnects when the connection "
-                        "is lost")
-    p.add_argument("--retry", type=int, metavar="N",
-                   help="dial N more rounds with backoff (0.4 s doubling to 8 s) before "
-                        "giving up (default: 5 for Link addresses, else 0)")
+    p.add_argument(
+        "--forward-local",
+        metavar="[HOST:]PORT",
+        help="accept local TCP connections and carry each over its own stream "
+        "(prints the local address first); reconnects when the connection "
+        "is lost",
+    )
+    p.add_argument(
+        "--retry",
+        type=int,
+        metavar="N",
+        help="dial N more rounds with backoff (0.4 s doubling to 8 s) before "
+        "giving up (default: 5 for Link addresses, else 0)",
+    )
     add_session(p)
     add_common(p)
     p.set_defaults(func=cmd_dial)
 
-    p = sub.add_parser("id", help="print this identity's certhash and keys",
-                       description="Print the certhash (KPS), the shs public key (base64 and SSB "
-                       "form) and the key file path; creates the key file if it is missing.")
+    p = sub.add_parser(
+        "id",
+        help="print this identity's certhash and keys",
+        description="Print the certhash (KPS), the shs public key (base64 and SSB "
+        "form) and the key file path; creates the key file if it is missing.",
+    )
     p.add_argument("--key", metavar="FILE", help=f"key file (default {default_key_path()})")
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     p.set_defaults(func=cmd_id)
 
-    p = sub.add_parser("bench", help="measure echo throughput to a listener",
-                       description="Dial a `keywire listen --echo` address, send --size MB on one "
-                       "stream and read the echo; prints one JSON line.")
+    p = sub.add_parser(
+        "bench",
+        help="measure echo throughput to a listener",
+        description="Dial a `keywire listen --echo` address, send --size MB on one "
+        "stream and read the echo; prints one JSON line.",
+    )
     p.add_argument("address", help="the address a `keywire listen --echo` printed")
     p.add_argument("--size", type=float, default=64.0, help="megabytes to send (default 64)")
     add_common(p)
@@ -880,26 +1030,38 @@ class JsonLogFormatter(logging.Formatter):
     """Log records as ``log`` events, so --json keeps every stderr line JSON."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"event": "log", "time": round(record.created, 3),
-                           "level": record.levelname.lower(), "logger": record.name,
-                           "message": record.getMessage()}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "event": "log",
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            separators=(",", ":"),
+        )
 
 
 def _use_reporter(args: argparse.Namespace) -> Reporter:
     global _report
-    _report = Reporter(json_events=bool(getattr(args, "json", False)),
-                       quiet=bool(getattr(args, "quiet", False)))
+    _report = Reporter(
+        json_events=bool(getattr(args, "json", False)), quiet=bool(getattr(args, "quiet", False))
+    )
     return _report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    report = _use_reporter(args) if args.command in ("listen", "dial") else _use_reporter(
-        argparse.Namespace())
+    report = (
+        _use_reporter(args)
+        if args.command in ("listen", "dial")
+        else _use_reporter(argparse.Namespace())
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if report.json
-                         else logging.Formatter("keywire: %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonLogFormatter() if report.json else logging.Formatter("keywire: %(name)s: %(message)s")
+    )
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         handlers=[handler],

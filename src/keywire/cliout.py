@@ -37,9 +37,15 @@ def peer_fields(conn: Connection) -> dict[str, Any]:
     host_key = None
     if remote.host_key is not None:
         host_key = str(remote).removeprefix("link host ")
-    return {"peer": str(remote), "peer_key": remote.shs_id, "certhash": remote.certhash,
-            "host_key": host_key, "transport": chain_name(conn.address), "address": conn.address,
-            "relayed": is_relayed(conn.address)}
+    return {
+        "peer": str(remote),
+        "peer_key": remote.shs_id,
+        "certhash": remote.certhash,
+        "host_key": host_key,
+        "transport": chain_name(conn.address),
+        "address": conn.address,
+        "relayed": is_relayed(conn.address),
+    }
 
 
 def human_bytes(n: float) -> str:
@@ -85,8 +91,7 @@ class Reporter:
             record = {"event": name, "time": round(time.time(), 3), **fields}
             self._emit(json.dumps(record, separators=(",", ":"), default=str))
 
-    def summary(self, t: Transfer, conn: Connection | None, *, ok: bool,
-                reason: str = "") -> None:
+    def summary(self, t: Transfer, conn: Connection | None, *, ok: bool, reason: str = "") -> None:
         """The one line at the end of a transfer (and the ``closed`` event)."""
         path = ""
         fields: dict[str, Any] = {}
@@ -96,18 +101,27 @@ class Reporter:
             path = f" over {chain} ({'relayed' if relayed else 'direct'})"
             fields = {"transport": chain, "relayed": relayed}
         if self.json:
-            self.event("closed", ok=ok, reason=reason or "done", sent=t.sent,
-                       received=t.received, sent_complete=t.sent_done,
-                       received_complete=t.received_done, seconds=round(t.seconds, 3),
-                       **fields)
+            self.event(
+                "closed",
+                ok=ok,
+                reason=reason or "done",
+                sent=t.sent,
+                received=t.received,
+                sent_complete=t.sent_done,
+                received_complete=t.received_done,
+                seconds=round(t.seconds, 3),
+                **fields,
+            )
             return
         if self.quiet and ok:
             return
         what = "done" if ok else f"transfer incomplete ({reason})"
         sent = human_bytes(t.sent) + ("" if t.sent_done else ", unfinished")
         received = human_bytes(t.received) + ("" if t.received_done else ", unfinished")
-        self._emit(f"keywire: {what}: sent {t.sent} bytes ({sent}), received {t.received} "
-                   f"bytes ({received}) in {t.seconds:.2f} s{path}")
+        self._emit(
+            f"keywire: {what}: sent {t.sent} bytes ({sent}), received {t.received} "
+            f"bytes ({received}) in {t.seconds:.2f} s{path}"
+        )
 
 
 class Progress(AbstractContextManager["Progress"]):
@@ -130,9 +144,14 @@ class Progress(AbstractContextManager["Progress"]):
         from rich.progress import Progress as RichProgress
 
         self._progress = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(),
-            console=Console(file=sys.stderr), transient=True, refresh_per_second=4,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+            refresh_per_second=4,
         )
         self._sent = self._progress.add_task("sent    ", total=t.expected)
         self._received = self._progress.add_task("received", total=None)
@@ -153,8 +172,9 @@ class Progress(AbstractContextManager["Progress"]):
             self._ticker = asyncio.ensure_future(self._tick())
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             if self._ticker is not None:
                 self._ticker.cancel()
@@ -196,8 +216,9 @@ def print_qr(report: Reporter, address: str, used_rows: int) -> None:
     candidates = [(address, "")]
     first = address.split(";", 1)[0]
     if first != address:
-        candidates.append((first, " (of the first alternative only: the whole address "
-                                  "does not fit)"))
+        candidates.append(
+            (first, " (of the first alternative only: the whole address does not fit)")
+        )
     try:
         for data, note in candidates:
             text, width, height = qr_text(data)
@@ -208,7 +229,9 @@ def print_qr(report: Reporter, address: str, used_rows: int) -> None:
                 sys.stderr.write(text)
                 sys.stderr.flush()
                 return
-        report.status(f"(no QR code: it needs {height} rows and {width} columns; the "
-                      f"terminal has {rows}×{columns})")
+        report.status(
+            f"(no QR code: it needs {height} rows and {width} columns; the "
+            f"terminal has {rows}×{columns})"
+        )
     except Exception as exc:  # a QR code is a convenience; never fail the listener for it
         report.status(f"(no QR code: {exc})")

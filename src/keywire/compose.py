@@ -33,15 +33,15 @@ async def compose(alt: Alternative, pipe: Pipe, options: Options, side: Side) ->
     previous = alt.transport
     for section in alt.transforms:
         if not isinstance(result, Pipe):
-            raise KeywireError(f"{section.name!r} cannot follow {previous.name!r}, which "
-                               "already multiplexes")
+            raise KeywireError(
+                f"{section.name!r} cannot follow {previous.name!r}, which already multiplexes"
+            )
         transform = registry.transform(section.name)
         if side is Side.CLIENT:
             address = f"{address}~{section}"
             result = await transform.client(result, section, options, address)
         else:
-            result = await transform.server(result, section, options,
-                                            f"{address}~{section.name}")
+            result = await transform.server(result, section, options, f"{address}~{section.name}")
             address = f"{address}~{transform.peer_section(section, result, options)}"
         previous = section
     if isinstance(result, Pipe):

@@ -40,8 +40,9 @@ async def dial_alternative(alt: Alternative, options: Options) -> Connection:
         raise
 
 
-async def dial(address: str | MultiAddress, options: Options | None = None,
-               **overrides: Any) -> Connection:
+async def dial(
+    address: str | MultiAddress, options: Options | None = None, **overrides: Any
+) -> Connection:
     """Connect to the first alternative of ``address`` that works.
 
     Alternatives this build does not understand are skipped (as multiserver does); unlike
@@ -59,8 +60,9 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
             attempts.append(Attempt(redacted(alt), why))
             continue
         try:
-            return await with_timeout(dial_alternative(alt, opts), opts.timeout,
-                                      f"dialing {redacted(alt)}")
+            return await with_timeout(
+                dial_alternative(alt, opts), opts.timeout, f"dialing {redacted(alt)}"
+            )
         except Exception as exc:  # every failure becomes one line of the DialError
             attempts.append(Attempt(redacted(alt), describe(exc), exc))
     raise DialError(redacted(addr), attempts)
@@ -69,13 +71,21 @@ async def dial(address: str | MultiAddress, options: Options | None = None,
 def _all_local(exc: DialError) -> bool:
     """Every attempt failed on something here that another round cannot change (a malformed
     alternative or key)."""
-    return all(a.error is None or isinstance(a.error, AddressError | IdentityError)
-               for a in exc.attempts)
+    return all(
+        a.error is None or isinstance(a.error, AddressError | IdentityError) for a in exc.attempts
+    )
 
 
-async def dial_retrying(address: str | MultiAddress, options: Options | None = None, *,
-                        retries: int = 0, backoff: float = 0.4, max_backoff: float = 8.0,
-                        on_retry: Any = None, **overrides: Any) -> Connection:
+async def dial_retrying(
+    address: str | MultiAddress,
+    options: Options | None = None,
+    *,
+    retries: int = 0,
+    backoff: float = 0.4,
+    max_backoff: float = 8.0,
+    on_retry: Any = None,
+    **overrides: Any,
+) -> Connection:
     """``dial`` with up to ``retries`` more rounds and doubling backoff; a permanent refusal
     (wrong key, revoked credential) is raised at once."""
     delay = backoff
@@ -92,8 +102,9 @@ async def dial_retrying(address: str | MultiAddress, options: Options | None = N
     raise AssertionError("unreachable")
 
 
-async def open_stream(address: str | MultiAddress, options: Options | None = None,
-                      **overrides: Any) -> tuple[Connection, Any]:
+async def open_stream(
+    address: str | MultiAddress, options: Options | None = None, **overrides: Any
+) -> tuple[Connection, Any]:
     """Dial and open one stream: ``conn, stream = await open_stream(addr)``."""
     conn = await dial(address, options, **overrides)
     try:

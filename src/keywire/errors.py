@@ -140,5 +140,6 @@ class DialError(KeywireError):
         super().__init__(text)
         # retrying cannot help when every attempt failed permanently (a pin mismatch, a revoked
         # credential) or was not understood
-        self.permanent = all(a.error is None or getattr(a.error, "permanent", False)
-                             for a in self.attempts)
+        self.permanent = all(
+            a.error is None or getattr(a.error, "permanent", False) for a in self.attempts
+        )

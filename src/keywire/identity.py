@@ -100,15 +100,22 @@ def make_certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
         .not_valid_after(not_before + CERT_VALIDITY)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .sign(key, hashes.SHA256())
@@ -184,7 +191,8 @@ class Identity:
     @property
     def private_key_pem(self) -> bytes:
         return self.p256_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
 
@@ -196,7 +204,8 @@ class Identity:
 
     def to_pem(self) -> bytes:
         ed_pem = self.ed25519_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         return self.private_key_pem + self.certificate_pem + ed_pem
@@ -221,18 +230,22 @@ class Identity:
                 if isinstance(key, ec.EllipticCurvePrivateKey):
                     if not isinstance(key.curve, ec.SECP256R1):
                         raise IdentityError(
-                            f"the EC key must be P-256, got {key.curve.name}{where}")
+                            f"the EC key must be P-256, got {key.curve.name}{where}"
+                        )
                     p256 = key
                 elif isinstance(key, ed25519.Ed25519PrivateKey):
-                    seed = key.private_bytes(serialization.Encoding.Raw,
-                                             serialization.PrivateFormat.Raw,
-                                             serialization.NoEncryption())
+                    seed = key.private_bytes(
+                        serialization.Encoding.Raw,
+                        serialization.PrivateFormat.Raw,
+                        serialization.NoEncryption(),
+                    )
                 else:
                     raise IdentityError(f"unsupported private key type {type(key).__name__}{where}")
             elif label == "CERTIFICATE":
                 try:
                     cert = x509.load_pem_x509_certificate(block).public_bytes(
-                        serialization.Encoding.DER)
+                        serialization.Encoding.DER
+                    )
                 except ValueError as exc:
                     raise IdentityError(f"unreadable certificate{where}: {exc}") from None
         if p256 is None:
@@ -302,8 +315,9 @@ def read_key_file(p: Path) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise IdentityError(f"key file {p} is not a regular file")
         if info.st_size > MAX_KEY_FILE:
-            raise IdentityError(f"key file {p} is {info.st_size} bytes; a key file is at most "
-                                f"{MAX_KEY_FILE}")
+            raise IdentityError(
+                f"key file {p} is {info.st_size} bytes; a key file is at most {MAX_KEY_FILE}"
+            )
         chunks: list[bytes] = []
         total = 0
         while total <= MAX_KEY_FILE:
@@ -319,6 +333,10 @@ def read_key_file(p: Path) -> bytes:
     finally:
         os.close(fd)
     if info.st_mode & 0o077 and os.name == "posix":
-        log.warning("key file %s is accessible by group or others (mode %03o); run: chmod 600 %s",
-                    p, stat.S_IMODE(info.st_mode), p)
+        log.warning(
+            "key file %s is accessible by group or others (mode %03o); run: chmod 600 %s",
+            p,
+            stat.S_IMODE(info.st_mode),
+            p,
+        )
     return b"".join(chunks)

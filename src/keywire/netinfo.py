@@ -93,7 +93,8 @@ def addresses_for_scope(bind_host: str, scope: Scope | str) -> list[str]:
             return ["127.0.0.1"]
         wanted = Scope.PRIVATE if scope in (Scope.LOCAL, Scope.PRIVATE) else Scope.PUBLIC
         found = [
-            (ifname, host) for ifname, host in interface_addresses()
+            (ifname, host)
+            for ifname, host in interface_addresses()
             if classify(host) is wanted and (wildcard_v6 or ":" not in host)
         ]
         found.sort(key=lambda item: _rank(*item))

@@ -14,12 +14,14 @@ from .stream import Connection
 class NoAuthTransform(Transform):
     name = "noauth"
 
-    async def client(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def client(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         return pipe
 
-    async def server(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def server(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         return pipe
 
     def announce(self, section: Section, options: Options) -> Section:

@@ -75,7 +75,7 @@ def read_settings(options: Options, prefix: str, known: Iterable[str]) -> dict[s
     out: dict[str, Any] = {}
     for key, value in options.extra.items():
         if key.startswith(prefix):
-            name = key[len(prefix):]
+            name = key[len(prefix) :]
             if name not in names:
                 raise unknown_setting(key, prefix.rstrip("."), names)
             out[name] = value
@@ -86,5 +86,12 @@ def read_settings(options: Options, prefix: str, known: Iterable[str]) -> dict[s
 prefixed_extra = read_settings
 
 
-__all__ = ["SSB_APP_KEY", "Authorize", "Options", "make_options", "prefixed_extra",
-           "read_settings", "unknown_setting"]
+__all__ = [
+    "SSB_APP_KEY",
+    "Authorize",
+    "Options",
+    "make_options",
+    "prefixed_extra",
+    "read_settings",
+    "unknown_setting",
+]

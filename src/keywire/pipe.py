@@ -108,8 +108,9 @@ class Pipe(ABC):
 class StreamPipe(Pipe):
     """A pipe over asyncio's StreamReader/StreamWriter (TCP, Unix sockets, SOCKS)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peer: str = "") -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str = ""
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self.peer = peer
@@ -234,7 +235,18 @@ class PipeStream(Stream):
         except StreamError as exc:
             self._broken(exc)
             return
+        self._cut_if_no_half_close()
         self._check_done()
+
+    def _cut_if_no_half_close(self) -> None:
+        """On a pipe without half-close our FIN also ended the peer's direction: what it had
+        not sent yet is lost, so a later read must fail, never return a clean EOF."""
+        if not self._pipe.supports_half_close and not self._read_eof and self._read_error is None:
+            self._read_error = StreamError(
+                Code.NETWORK_ERROR,
+                f"{self._pipe.peer or 'this pipe'} cannot half-close: "
+                "ending our side cut the peer's",
+            )
 
     def reset(self, code: int = Code.RESET) -> None:
         if self._write_error is None:
@@ -281,18 +293,23 @@ class PipeStream(Stream):
                 self._write_closed = True
                 async with asyncio.timeout_at(deadline):
                     await self._pipe.close_write()
+                self._cut_if_no_half_close()
             drain = self._start_drain()
             acked_at: float | None = None
             poll = ACK_POLL / 8
             while not drain.done() and (now := loop.time()) < deadline:
                 pending = unacknowledged(self._pipe)
+                if pending is None and not finish:
+                    # no FIN went out, so the peer's end will not come: without a way to ask
+                    # what is unacknowledged, give the last bytes one linger, then abort
+                    deadline = min(deadline, now + LINGER_AFTER_ACK)
+                    await asyncio.wait({drain}, timeout=deadline - now)
+                    break
                 if pending == 0:
                     acked_at = now if acked_at is None else acked_at
-                    if (now - self._last_input > ACK_POLL * 2
-                            or now - acked_at >= LINGER_AFTER_ACK):
+                    if now - self._last_input > ACK_POLL * 2 or now - acked_at >= LINGER_AFTER_ACK:
                         break
-                await asyncio.wait({drain}, timeout=poll if pending is not None
-                                   else deadline - now)
+                await asyncio.wait({drain}, timeout=poll if pending is not None else deadline - now)
                 poll = min(poll * 2, ACK_POLL)
         except (StreamError, TimeoutError):
             self._pipe.abort()
@@ -387,11 +404,13 @@ class OneStreamConnection(Connection):
         self._closed: ConnectionClosed | None = None
 
     def _take(self) -> Stream:
-        if self._closed is not None:
-            raise self._closed
+        ended = self.close_error  # a local close, or the stream (so the connection) is over
+        if ended is not None:
+            raise ended
         if self._taken:
             raise UnsupportedError(
-                f"{self.address or self._unnamed} carries one stream{self._advice}")
+                f"{self.address or self._unnamed} carries one stream{self._advice}"
+            )
         self._taken = True
         return self._one
 

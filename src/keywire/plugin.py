@@ -61,21 +61,24 @@ class Transform(ABC):
     name: str = ""
 
     @abstractmethod
-    async def client(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def client(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         """Dialer side over ``pipe``."""
 
     @abstractmethod
-    async def server(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def server(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         """Listener side over ``pipe``."""
 
     def announce(self, section: Section, options: Options) -> Section:
         """The section as a dialer must write it (e.g. ``shs`` → ``shs:KEY``)."""
         return section
 
-    def peer_section(self, section: Section, result: Pipe | Connection,
-                     options: Options) -> Section:
+    def peer_section(
+        self, section: Section, result: Pipe | Connection, options: Options
+    ) -> Section:
         """Server side: the section as the *peer* proved it, for the connection's address
         (e.g. ``shs:CLIENTKEY``); by default the announced section."""
         return self.announce(section, options)
@@ -97,10 +100,17 @@ class ChainHandler(ABC):
     @abstractmethod
     async def dial(self, alt: Alternative, options: Options) -> Connection: ...
 
-    async def listen(self, alt: Alternative, options: Options,
-                     on_connection: ConnectionHandler) -> Listening:
+    async def listen(
+        self, alt: Alternative, options: Options, on_connection: ConnectionHandler
+    ) -> Listening:
         raise NotImplementedError(f"{self.name}: cannot listen")
 
 
-__all__ = ["ChainHandler", "ConnectionHandler", "Listening", "PipeHandler", "Transform",
-           "Transport"]
+__all__ = [
+    "ChainHandler",
+    "ConnectionHandler",
+    "Listening",
+    "PipeHandler",
+    "Transform",
+    "Transport",
+]

@@ -57,9 +57,16 @@ class ServerStats:
 class Server:
     """Listens on every spec, runs the server side of each chain, and hands out connections."""
 
-    def __init__(self, specs: Sequence[str] | str, options: Options | None = None, *,
-                 handler: Handler | None = None, queue_size: int = 128,
-                 max_connections_per_ip: int | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        specs: Sequence[str] | str,
+        options: Options | None = None,
+        *,
+        handler: Handler | None = None,
+        queue_size: int = 128,
+        max_connections_per_ip: int | None = None,
+        **overrides: Any,
+    ) -> None:
         self.specs = [specs] if isinstance(specs, str) else list(specs)
         self.options = make_options(options, overrides)
         self.stats = ServerStats()
@@ -75,11 +82,16 @@ class Server:
         self._no_handshakes = asyncio.Event()
         self._no_handshakes.set()
         self._closing = False
+        #: False after ``stop_listening()``: nothing new is admitted
+        self._accepting = True
         self._closed = asyncio.Event()
         self._started = False
         #: one source IP's share of ``max_connections`` (handshaking and established together)
-        self.max_connections_per_ip = (max_connections_per_ip if max_connections_per_ip
-                                       else per_ip_share(self.options.max_connections))
+        self.max_connections_per_ip = (
+            max_connections_per_ip
+            if max_connections_per_ip
+            else per_ip_share(self.options.max_connections)
+        )
         self._per_ip: dict[str, int] = {}
         self._conn_ip: dict[Connection, str] = {}
         self._limits = LimitLog(log)
@@ -124,8 +136,9 @@ class Server:
     async def __aenter__(self) -> Server:
         return await self.start()
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self, code: int = Code.NONE, grace: float = 5.0) -> None:
@@ -151,15 +164,54 @@ class Server:
                 await asyncio.wait(pending, timeout=1.0)
         self._closed.set()
 
+    async def stop_listening(self) -> None:
+        """Admit no new connection but keep the established ones (a one-session server such
+        as ``keywire listen --stdio``), so later dialers fail fast instead of waiting.
+
+        Socket listeners (``net``, ``ws``, ``unix``) close, so the OS refuses new dialers.
+        Chain handlers (``kps``, Link, store streams) keep listening, since their listener may
+        carry the kept connections (Link's host, kps's WebRTC side) or would leave a dialer
+        unanswered (kps drops a closed listener's Initials); what they still deliver, and what
+        is queued for ``accept()``, is closed at once with ``queue-full``. ``close()`` ends the
+        rest as usual.
+        """
+        if not self._accepting:
+            return
+        self._accepting = False
+        for _, listening, whole in self._listeners:
+            if not whole:
+                with contextlib.suppress(Exception):
+                    await listening.close()
+        for pipe in list(self._handshaking):
+            pipe.abort()
+        queued: list[Connection] = []
+        while not self._queue.empty():  # accepted but not taken: refused like later ones
+            queued.append(self._queue.get_nowait())
+        for conn in queued:
+            self.stats.refused += 1
+            self._forget(conn)
+        await asyncio.gather(
+            *(self._close_quietly(c, Code.QUEUE_FULL, self._refusal()) for c in queued)
+        )
+
+    def _refusal(self) -> str:
+        if self._closing:
+            return "server shutting down"
+        if not self._accepting:
+            return "not accepting connections"
+        return "too many connections"
+
     async def _close_listeners(self) -> None:
         for _, listening, _ in self._listeners:
             with contextlib.suppress(Exception):
                 await listening.close()
 
     @staticmethod
-    async def _close_quietly(conn: Connection, code: int) -> None:
+    async def _close_quietly(
+        conn: Connection, code: int, reason: str = "server shutting down"
+    ) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(code, "server shutting down"), 2.0)
+            await asyncio.wait_for(conn.close(code, reason), 2.0)
 
     @property
     def closed(self) -> bool:
@@ -221,11 +273,12 @@ class Server:
         self._give_share(self._conn_ip.pop(conn, None))
 
     async def _accept_pipe(self, alt: Alternative, pipe: Pipe) -> None:
-        if self._closing or self._full():
+        if self._closing or not self._accepting or self._full():
             self.stats.refused += 1
-            if not self._closing:
-                self._limits.hit(f"{self.options.max_connections} connections",
-                                 source_ip(pipe.peer))
+            if not self._closing and self._accepting:
+                self._limits.hit(
+                    f"{self.options.max_connections} connections", source_ip(pipe.peer)
+                )
             pipe.abort()
             return
         ip = source_ip(pipe.peer)
@@ -238,9 +291,11 @@ class Server:
         self._handshaking.add(pipe)
         self._no_handshakes.clear()
         try:
-            conn = await with_timeout(compose(alt, pipe, self.options, Side.SERVER),
-                                      self.options.timeout,
-                                      f"server handshake with {pipe.peer}")
+            conn = await with_timeout(
+                compose(alt, pipe, self.options, Side.SERVER),
+                self.options.timeout,
+                f"server handshake with {pipe.peer}",
+            )
         except Exception as exc:
             reason = type(exc).__name__
             self.stats.fail(reason)
@@ -261,10 +316,14 @@ class Server:
         await self._accept_connection(conn)
 
     async def _accept_connection(self, conn: Connection) -> None:
-        if self._closing or len(self._connections) >= self.options.max_connections:
+        if (
+            self._closing
+            or not self._accepting
+            or len(self._connections) >= self.options.max_connections
+        ):
             self.stats.refused += 1
             self._forget(conn)
-            await self._close_quietly(conn, Code.QUEUE_FULL)
+            await self._close_quietly(conn, Code.QUEUE_FULL, self._refusal())
             return
         self.stats.accepted += 1
         self._connections.add(conn)
@@ -277,7 +336,7 @@ class Server:
         except asyncio.QueueFull:
             self.stats.refused += 1
             self._forget(conn)
-            await self._close_quietly(conn, Code.QUEUE_FULL)
+            await self._close_quietly(conn, Code.QUEUE_FULL, "accept queue full")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -347,7 +406,11 @@ class Server:
                 await self.close(Code.CANCELLED)
 
 
-async def listen(specs: Sequence[str] | str, handler: Handler | None = None,
-                 options: Options | None = None, **overrides: Any) -> Server:
+async def listen(
+    specs: Sequence[str] | str,
+    handler: Handler | None = None,
+    options: Options | None = None,
+    **overrides: Any,
+) -> Server:
     """Start a server (``await listen(specs)``); with ``handler`` connections go to it."""
     return await Server(specs, options, handler=handler, **overrides).start()

@@ -19,11 +19,29 @@ CASES = {
     "bench_cli.py": ["--size-mb", "2"],
     "bench_shs.py": ["--size-mb", "2", "--connects", "5"],
     "bench_mux.py": ["--size-mb", "2", "--requests", "50", "--rounds", "1"],
-    "bench_kps.py": ["--size-mb", "2", "--connects", "5", "--streams", "50",
-                     "--datagrams", "200", "--rounds", "1"],
+    "bench_kps.py": [
+        "--size-mb",
+        "2",
+        "--connects",
+        "5",
+        "--streams",
+        "50",
+        "--datagrams",
+        "200",
+        "--rounds",
+        "1",
+    ],
     "bench_link.py": ["--size-mb", "2", "--hosts", "50", "--intros", "20"],
-    "bench_store.py": ["--size", "200000", "--windows", "1,8", "--losses", "0",
-                       "--backends", "memory,http,https,rediss"],
+    "bench_store.py": [
+        "--size",
+        "200000",
+        "--windows",
+        "1,8",
+        "--losses",
+        "0",
+        "--backends",
+        "memory,http,https,rediss",
+    ],
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
 }
@@ -33,8 +51,13 @@ CASES = {
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_runs(script: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *CASES[script]],
-                          capture_output=True, timeout=170, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *CASES[script]],
+        capture_output=True,
+        timeout=170,
+        env=env,
+        cwd=ROOT,
+    )
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode == 0, output[-3000:]
     assert any(word in output.lower() for word in ("×", "ratio", "mb/s")), output[-3000:]

@@ -51,8 +51,9 @@ async def _teardown(*conns: Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def served(spec: str, client_extra: dict[str, object] | None = None
-                 ) -> AsyncIterator[MakePair]:
+async def served(
+    spec: str, client_extra: dict[str, object] | None = None
+) -> AsyncIterator[MakePair]:
     """A ``keywire.Server`` on ``spec``; each pair is one dial to it and its accepted end."""
     async with keywire.Server([spec], Options(identity=Identity.generate())) as server:
         address = server.address()
@@ -168,10 +169,14 @@ async def store_memory() -> AsyncIterator[MakePair]:
     @contextlib.asynccontextmanager
     async def make_pair() -> AsyncIterator[Pair]:
         secret = os.urandom(32)
-        server = StoreConnection(StoreStream.open(store, secret, Role.LISTENER, params=params),
-                                 "memory~stream", linger=5.0)
-        client = StoreConnection(StoreStream.open(store, secret, Role.DIALER, params=params),
-                                 "memory~stream", linger=5.0)
+        server = StoreConnection(
+            StoreStream.open(store, secret, Role.LISTENER, params=params),
+            "memory~stream",
+            linger=5.0,
+        )
+        client = StoreConnection(
+            StoreStream.open(store, secret, Role.DIALER, params=params), "memory~stream", linger=5.0
+        )
         try:
             yield client, server
         finally:
@@ -195,25 +200,28 @@ SINGLE = Capabilities(multiplexed=False, stream_codes=False, close_codes=False, 
 KPS = Capabilities(datagrams=DatagramSupport(queue=256), timeout=TIMEOUT)
 
 #: name → (how to start it, what it declares)
-TRANSPORTS: dict[str, tuple[Callable[[], AbstractAsyncContextManager[MakePair]],
-                            Capabilities]] = {
+TRANSPORTS: dict[str, tuple[Callable[[], AbstractAsyncContextManager[MakePair]], Capabilities]] = {
     "mux-tcp": (mux_tcp, MUX),
     "mux-memory": (mux_memory, MUX),
     "net~shs~mux": (lambda: served("net:127.0.0.1:0~shs~mux"), MUX),
     "ws~shs~mux": (lambda: served("ws://127.0.0.1:0~shs~mux"), MUX),
     "kps-quic": (lambda: served("kps:127.0.0.1:0"), KPS),
-    "kps-webrtc": (lambda: served("kps:127.0.0.1:0", {"webrtc.dial": True}),
-                   replace(KPS, bulk=256 * 1024)),
+    "kps-webrtc": (
+        lambda: served("kps:127.0.0.1:0", {"webrtc.dial": True}),
+        replace(KPS, bulk=256 * 1024),
+    ),
     "net~shs": (lambda: served("net:127.0.0.1:0~shs"), SINGLE),
-    "net~noauth": (lambda: served("net:127.0.0.1:0~noauth"),
-                   replace(SINGLE, authenticated_eof=False)),
+    "net~noauth": (
+        lambda: served("net:127.0.0.1:0~noauth"),
+        replace(SINGLE, authenticated_eof=False),
+    ),
     "unix~shs": (unix_shs, SINGLE),
-    "ws~noauth": (lambda: served("ws://127.0.0.1:0~noauth"),
-                  replace(SINGLE, half_close=False)),
+    "ws~noauth": (lambda: served("ws://127.0.0.1:0~noauth"), SINGLE),
     "link": (link, replace(MUX, bulk=512 * 1024)),
-    "store-memory": (store_memory,
-                     Capabilities(multiplexed=False, bulk=256 * 1024, max_buffered=4 << 20,
-                                  timeout=TIMEOUT)),
+    "store-memory": (
+        store_memory,
+        Capabilities(multiplexed=False, bulk=256 * 1024, max_buffered=4 << 20, timeout=TIMEOUT),
+    ),
 }
 
 

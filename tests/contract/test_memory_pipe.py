@@ -20,7 +20,7 @@ async def test_bytes_flow_both_ways_and_fin_reads_as_eof() -> None:
     await b.close_write()
     assert await a.readexactly(4) == b"pong"
     assert await a.read() == b"" and await a.read() == b""
-    await a.write(b"still open")       # half-close: the other direction goes on
+    await a.write(b"still open")  # half-close: the other direction goes on
     assert await b.readexactly(10) == b"still open"
     assert a.eof_is_authenticated and a.supports_half_close
     assert a.peer == "memory:b" and b.peer == "memory:a"
@@ -45,7 +45,7 @@ async def test_close_delivers_what_is_buffered_then_eof() -> None:
     await a.close()
     assert await b.readexactly(10) == b"last words"
     assert await b.read() == b""
-    with pytest.raises(StreamError) as info:   # the closer reads no more
+    with pytest.raises(StreamError) as info:  # the closer reads no more
         await b.write(b"too late")
     assert info.value.code == Code.NETWORK_ERROR
 

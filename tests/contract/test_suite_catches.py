@@ -137,7 +137,7 @@ class UnboundedWrites(WrappedStream):
         self._pump = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        with contextlib.suppress(StreamError):   # the pair was torn down under the pump
+        with contextlib.suppress(StreamError):  # the pair was torn down under the pump
             while (data := await self._queue.get()) is not None:
                 await self.inner.write(data)
             await self.inner.close_write()
@@ -179,21 +179,42 @@ class AcceptHangs(WrappedConnection):
         raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize(("wrapper", "check", "capabilities", "match"), [
-    (connection_with(ResetReadsAsEof), check_reset_codes, FAST, "after reset the peer read"),
-    (connection_with(EarlyEof), check_eof_iff_fin, FAST, "with no data and no FIN sent"),
-    (connection_with(IgnoresStopSending), check_stop_sending_codes, FAST,
-     "read after stop_sending neither failed"),
-    (connection_with(UnboundedWrites), check_backpressure, FAST, "no backpressure"),
-    (CloseDropsQueued, check_graceful_close, FAST, "bytes and closed; the peer read"),
-    (OneAcceptWaiter, check_concurrent_accept, FAST, "second waiting accept_stream ended"),
-    (AcceptHangs, check_concurrent_accept, FAST, "did not finish within 3 s: hung at"),
-    (WrappedConnection, check_datagrams, replace(FAST, datagrams=DatagramSupport()),
-     "max_datagram_size is None"),
-], ids=["reset-as-eof", "early-eof", "stop-sending-ignored", "no-backpressure",
-        "close-drops-queued", "one-accept-waiter", "accept-hangs", "datagrams-missing"])
-async def test_check_rejects_broken_transport(wrapper: type[WrappedConnection], check: Check,
-                                              capabilities: Capabilities, match: str) -> None:
+@pytest.mark.parametrize(
+    ("wrapper", "check", "capabilities", "match"),
+    [
+        (connection_with(ResetReadsAsEof), check_reset_codes, FAST, "after reset the peer read"),
+        (connection_with(EarlyEof), check_eof_iff_fin, FAST, "with no data and no FIN sent"),
+        (
+            connection_with(IgnoresStopSending),
+            check_stop_sending_codes,
+            FAST,
+            "read after stop_sending neither failed",
+        ),
+        (connection_with(UnboundedWrites), check_backpressure, FAST, "no backpressure"),
+        (CloseDropsQueued, check_graceful_close, FAST, "bytes and closed; the peer read"),
+        (OneAcceptWaiter, check_concurrent_accept, FAST, "second waiting accept_stream ended"),
+        (AcceptHangs, check_concurrent_accept, FAST, "did not finish within 3 s: hung at"),
+        (
+            WrappedConnection,
+            check_datagrams,
+            replace(FAST, datagrams=DatagramSupport()),
+            "max_datagram_size is None",
+        ),
+    ],
+    ids=[
+        "reset-as-eof",
+        "early-eof",
+        "stop-sending-ignored",
+        "no-backpressure",
+        "close-drops-queued",
+        "one-accept-waiter",
+        "accept-hangs",
+        "datagrams-missing",
+    ],
+)
+async def test_check_rejects_broken_transport(
+    wrapper: type[WrappedConnection], check: Check, capabilities: Capabilities, match: str
+) -> None:
     with pytest.raises(ContractError, match=match):
         await check(pairs(wrapper), capabilities)
 
@@ -206,11 +227,11 @@ async def test_healthy_wrapper_passes() -> None:
 
 async def test_check_connection_reports_every_failure() -> None:
     with pytest.raises(ExceptionGroup) as info:
-        await check_connection(pairs(OneAcceptWaiter), FAST,
-                               only=("echo", "concurrent_accept", "datagrams"))
+        await check_connection(
+            pairs(OneAcceptWaiter), FAST, only=("echo", "concurrent_accept", "datagrams")
+        )
     assert len(info.value.exceptions) == 1
-    assert "check: concurrent_accept" in "".join(getattr(info.value.exceptions[0],
-                                                         "__notes__", []))
+    assert "check: concurrent_accept" in "".join(getattr(info.value.exceptions[0], "__notes__", []))
 
 
 async def test_unknown_check_name_is_refused() -> None:

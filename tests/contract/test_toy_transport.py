@@ -103,8 +103,10 @@ async def toy_server(chain: str) -> AsyncIterator[MakePair]:
 #: close_write makes EOF, an abort reads as network-error)
 TOYS: dict[str, tuple[str, Capabilities]] = {
     "toy~mux": ("~mux", Capabilities(timeout=10.0)),
-    "toy": ("", Capabilities(multiplexed=False, stream_codes=False, close_codes=False,
-                             timeout=10.0)),
+    "toy": (
+        "",
+        Capabilities(multiplexed=False, stream_codes=False, close_codes=False, timeout=10.0),
+    ),
 }
 
 
@@ -115,10 +117,12 @@ def _cases() -> list[object]:
         like = "net~shs" if not capabilities.multiplexed else "mux-memory"
         for check in CHECKS:
             reason = DIVERGENCES.get((like, check))
-            marks = ([pytest.mark.xfail(strict=True, reason=f"divergence: {reason}")]
-                     if reason else [])
-            cases.append(pytest.param(toy, check, marks=marks,
-                                      id=f"{toy.replace('~', '_')}-{check}"))
+            marks = (
+                [pytest.mark.xfail(strict=True, reason=f"divergence: {reason}")] if reason else []
+            )
+            cases.append(
+                pytest.param(toy, check, marks=marks, id=f"{toy.replace('~', '_')}-{check}")
+            )
     return cases
 
 

@@ -18,8 +18,10 @@ from keywire.identity import Identity
 from .churn_util import close_early, echo
 
 #: what a vanished client is found by (the client's own KPS idle timeout is negotiated down)
-SERVER_OPTIONS = {"handshake_timeout": 0.5,
-                  "extra": {"kps.idle_timeout": 1.0, "kps.handshake_timeout": 0.5}}
+SERVER_OPTIONS = {
+    "handshake_timeout": 0.5,
+    "extra": {"kps.idle_timeout": 1.0, "kps.handshake_timeout": 0.5},
+}
 
 
 async def main() -> None:
@@ -37,8 +39,12 @@ async def main() -> None:
         for name, handler in (("echo", echo), ("close_early", close_early)):
             out[name] = {}
             for kind, spec in specs.items():
-                server = keywire.Server([spec.replace("KIND", name)], identity=identity,
-                                        handler=handler, **SERVER_OPTIONS)  # type: ignore[arg-type]
+                server = keywire.Server(
+                    [spec.replace("KIND", name)],
+                    identity=identity,
+                    handler=handler,
+                    **SERVER_OPTIONS,
+                )  # type: ignore[arg-type]
                 await server.start()
                 servers.append(server)
                 out[name][kind] = server.address()

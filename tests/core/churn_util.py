@@ -51,7 +51,6 @@ async def close_early(conn: Connection) -> None:
     await conn.close()
 
 
-
 def rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -125,8 +124,11 @@ Probe = Callable[[], dict[str, int]]
 
 def grown(before: dict[str, int], after: dict[str, int], slack: int = 0) -> dict[str, str]:
     """Counters above their baseline (plus ``slack``), as ``name: before -> after``."""
-    return {name: f"{before.get(name, 0)} -> {value}" for name, value in after.items()
-            if value > before.get(name, 0) + slack}
+    return {
+        name: f"{before.get(name, 0)} -> {value}"
+        for name, value in after.items()
+        if value > before.get(name, 0) + slack
+    }
 
 
 async def settle(probe: Probe, baseline: dict[str, int], timeout: float) -> dict[str, str]:
@@ -140,8 +142,9 @@ async def settle(probe: Probe, baseline: dict[str, int], timeout: float) -> dict
         await asyncio.sleep(0.05)
 
 
-async def run_batch(cycle: Callable[[int], Awaitable[None]], start: int, count: int,
-                    parallel: int) -> None:
+async def run_batch(
+    cycle: Callable[[int], Awaitable[None]], start: int, count: int, parallel: int
+) -> None:
     """``count`` cycles, ``parallel`` at a time; any cycle's failure fails the batch."""
     for group in range(start, start + count, parallel):
         end = min(group + parallel, start + count)

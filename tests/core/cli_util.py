@@ -20,11 +20,16 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
-async def run(*args: str, stdin: bytes = b"", timeout: float = 20.0,
-              env: Mapping[str, str] | None = None) -> tuple[int, bytes, bytes]:
+async def run(
+    *args: str, stdin: bytes = b"", timeout: float = 20.0, env: Mapping[str, str] | None = None
+) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        *KEYWIRE, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=_env(env),
+        *KEYWIRE,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(env),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
@@ -54,8 +59,14 @@ async def listener(
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """``keywire listen ARGS``; yields the first stdout line (the address) and the process."""
     proc = await asyncio.create_subprocess_exec(
-        *KEYWIRE, "listen", "--no-qr", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(env),
+        *KEYWIRE,
+        "listen",
+        "--no-qr",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(env),
     )
     try:
         assert proc.stdout is not None
@@ -79,8 +90,13 @@ class Running:
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, *args: str, stdin: Path | None = None, pipe_stdin: bool = False,
-                    env: Mapping[str, str] | None = None) -> Running:
+    async def start(
+        cls,
+        *args: str,
+        stdin: Path | None = None,
+        pipe_stdin: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> Running:
         source: Any = asyncio.subprocess.PIPE if pipe_stdin else asyncio.subprocess.DEVNULL
         handle = None
         if stdin is not None:
@@ -88,15 +104,22 @@ class Running:
             source = handle
         try:
             proc = await asyncio.create_subprocess_exec(
-                *KEYWIRE, *args, stdin=source, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=_env(env))
+                *KEYWIRE,
+                *args,
+                stdin=source,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=_env(env),
+            )
         finally:
             if handle is not None:
                 handle.close()
         self = cls(proc)
         assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [asyncio.ensure_future(self._collect(proc.stdout, self.out)),
-                         asyncio.ensure_future(self._collect(proc.stderr, self.err))]
+        self._readers = [
+            asyncio.ensure_future(self._collect(proc.stdout, self.out)),
+            asyncio.ensure_future(self._collect(proc.stderr, self.err)),
+        ]
         return self
 
     @staticmethod
@@ -133,8 +156,9 @@ class Running:
             reader.cancel()
 
 
-async def stdio_listener(*args: str, stdin: Path | None = None,
-                         env: Mapping[str, str] | None = None) -> tuple[Running, str]:
+async def stdio_listener(
+    *args: str, stdin: Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Running, str]:
     """``keywire listen --stdio ARGS`` and the address it announced on stderr."""
     lis = await Running.start("listen", "--no-qr", "--stdio", *args, stdin=stdin, env=env)
     line = await lis.wait_for_err("listening on ")

@@ -37,8 +37,9 @@ def sources(count: int, base: str = "127.0.1.") -> list[str]:
     return [f"{base}{i}" for i in range(1, count + 1)]
 
 
-def idle_sockets(port: int, per_source: int, ips: list[str], host: str = "127.0.0.1",
-                 payload: bytes = b"") -> list[socket.socket]:
+def idle_sockets(
+    port: int, per_source: int, ips: list[str], host: str = "127.0.0.1", payload: bytes = b""
+) -> list[socket.socket]:
     """Connect ``per_source`` sockets from each of ``ips`` and send each ``payload`` (then
     nothing more). A client that has sent a byte keeps retransmitting it, so the server sees
     the connection even when the kernel answered its SYN with a cookie while the accept queue
@@ -79,8 +80,9 @@ def closed_by_peer(socks: list[socket.socket]) -> int:
 
 
 @contextlib.contextmanager
-def flood(port: int, per_source: int, ips: list[str], payload: bytes = b""
-          ) -> Iterator[list[socket.socket]]:
+def flood(
+    port: int, per_source: int, ips: list[str], payload: bytes = b""
+) -> Iterator[list[socket.socket]]:
     socks = idle_sockets(port, per_source, ips, payload=payload)
     try:
         yield socks
@@ -89,8 +91,9 @@ def flood(port: int, per_source: int, ips: list[str], payload: bytes = b""
 
 
 @contextlib.asynccontextmanager
-async def aflood(port: int, per_source: int, ips: list[str], payload: bytes = b""
-                 ) -> AsyncIterator[list[socket.socket]]:
+async def aflood(
+    port: int, per_source: int, ips: list[str], payload: bytes = b""
+) -> AsyncIterator[list[socket.socket]]:
     """``flood`` from a thread, so a server in this very event loop keeps accepting."""
     socks = await asyncio.to_thread(idle_sockets, port, per_source, ips, "127.0.0.1", payload)
     try:

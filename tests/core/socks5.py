@@ -41,8 +41,9 @@ class Socks5Server:
             (port,) = struct.unpack(">H", await reader.readexactly(2))
             self.requests.append((host, port))
             try:
-                up_r, up_w = await asyncio.open_connection("127.0.0.1" if host.endswith(
-                    ".onion") else host, port)
+                up_r, up_w = await asyncio.open_connection(
+                    "127.0.0.1" if host.endswith(".onion") else host, port
+                )
             except OSError:
                 writer.write(b"\x05\x05\x00\x01" + bytes(6))
                 writer.close()

@@ -26,15 +26,19 @@ SECRET = "A" * 42 + "E"
 
 
 def test_redacted_hides_store_secrets_invite_seeds_and_url_credentials() -> None:
-    text = (f"redis://:hunter2@127.0.0.1:6379/0~stream:{SECRET};"
-            f"net:h:8008~shs:{KEY}:SEEDSEEDSEED;https://user:pw@m.example/v1~stream:{SECRET};"
-            f"kps:127.0.0.1:4433:{CERTHASH}")
+    text = (
+        f"redis://:hunter2@127.0.0.1:6379/0~stream:{SECRET};"
+        f"net:h:8008~shs:{KEY}:SEEDSEEDSEED;https://user:pw@m.example/v1~stream:{SECRET};"
+        f"kps:127.0.0.1:4433:{CERTHASH}"
+    )
     shown = redacted(parse(text))
     for secret in (SECRET, "hunter2", "SEEDSEEDSEED", "user", "pw@"):
         assert secret not in shown
     # what identifies the peer stays: hosts, ports, public keys, certhashes
-    assert shown == (f"redis://…@127.0.0.1:6379/0~stream:…;net:h:8008~shs:{KEY}:…;"
-                     f"https://…@m.example/v1~stream:…;kps:127.0.0.1:4433:{CERTHASH}")
+    assert shown == (
+        f"redis://…@127.0.0.1:6379/0~stream:…;net:h:8008~shs:{KEY}:…;"
+        f"https://…@m.example/v1~stream:…;kps:127.0.0.1:4433:{CERTHASH}"
+    )
     assert redacted(parse(f"net:h:1~shs:{KEY}").alternatives[0]) == f"net:h:1~shs:{KEY}"
 
 
@@ -76,8 +80,12 @@ def test_ws_default_ports() -> None:
 
 
 def test_url_sections_by_scheme() -> None:
-    for text in ("http://127.0.0.1:8080~stream:abc", "redis://127.0.0.1:6379/0~stream:abc",
-                 "wss://relay.example/v1/link~link:ADDR", "https://[::1]:9/x~stream:s"):
+    for text in (
+        "http://127.0.0.1:8080~stream:abc",
+        "redis://127.0.0.1:6379/0~stream:abc",
+        "wss://relay.example/v1/link~link:ADDR",
+        "https://[::1]:9/x~stream:s",
+    ):
         addr = parse(text)
         assert str(addr) == text
         assert addr.alternatives[0].transport.is_url
@@ -131,7 +139,8 @@ def test_split_host_port_errors() -> None:
 # -- properties --------------------------------------------------------------------------------
 
 names = st.from_regex(r"[a-z][a-z0-9-]{1,8}", fullmatch=True).filter(
-    lambda n: n not in ("ws", "wss", "http", "https", "redis", "rediss"))
+    lambda n: n not in ("ws", "wss", "http", "https", "redis", "rediss")
+)
 args = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)
 sections = st.builds(lambda n, a: Section(n, tuple(a)), names, st.lists(args, max_size=4))
 urls = st.builds(
@@ -143,10 +152,12 @@ urls = st.builds(
 )
 alternatives = st.builds(
     lambda first, rest: Alternative((first, *rest)),
-    st.one_of(sections, urls), st.lists(sections, max_size=3),
+    st.one_of(sections, urls),
+    st.lists(sections, max_size=3),
 )
-addresses = st.builds(lambda alts: MultiAddress(tuple(alts)), st.lists(alternatives, min_size=1,
-                                                                       max_size=3))
+addresses = st.builds(
+    lambda alts: MultiAddress(tuple(alts)), st.lists(alternatives, min_size=1, max_size=3)
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -48,8 +48,16 @@ KINDS = {
     "net-noauth": "net:127.0.0.1:0~noauth",
     "unix-noauth": "unix:{tmp}/churn.sock~noauth",
 }
-ENDINGS = ["clean", "quick_close", "abort", "server_close", "reset", "half_handshake",
-           "cancelled_dial", "wrong_key"]
+ENDINGS = [
+    "clean",
+    "quick_close",
+    "abort",
+    "server_close",
+    "reset",
+    "half_handshake",
+    "cancelled_dial",
+    "wrong_key",
+]
 #: cycles of one ending measured against the baseline, after as many as warm-up
 #: (KPS handshakes cost ~20 ms of CPU each)
 CYCLES = {"kps": 100}
@@ -91,8 +99,11 @@ class Client:
         self.identity = identity
         self.multi_stream = not kind.endswith("noauth")
         self.dropped: list[Connection] = []
-        self.options = {"identity": identity, "timeout": 10.0,
-                        "extra": {"kps.handshake_timeout": 5.0}}
+        self.options = {
+            "identity": identity,
+            "timeout": 10.0,
+            "extra": {"kps.handshake_timeout": 5.0},
+        }
 
     async def check_dropped(self) -> None:
         """Torn-down KPS clients end by their own idle timeout and release everything."""
@@ -212,14 +223,18 @@ class Client:
             port = transport.split(":")[2].split("/")[0]
             address = self.address.replace(f":{port}", f":{free}", 1)
         with pytest.raises(DialError):
-            await keywire.dial(address, identity=self.identity, timeout=5.0,
-                               extra={"kps.handshake_timeout": HANDSHAKE_TIMEOUT})
+            await keywire.dial(
+                address,
+                identity=self.identity,
+                timeout=5.0,
+                extra={"kps.handshake_timeout": HANDSHAKE_TIMEOUT},
+            )
 
     async def raw_connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A plain socket to the server's transport, below every keywire layer."""
         transport = self.address.split("~")[0]
         if transport.startswith("unix:"):
-            return await asyncio.open_unix_connection(transport[len("unix:"):])
+            return await asyncio.open_unix_connection(transport[len("unix:") :])
         port = int(transport.rsplit(":", 1)[1].split("/")[0])
         return await asyncio.open_connection("127.0.0.1", port)
 
@@ -256,8 +271,9 @@ async def kps_initial_then_vanish(address: str) -> None:
     _, _, port_text, certhash = address.split(":")
     port = int(port_text)
     loop = asyncio.get_running_loop()
-    quic = QuicConnection(configuration=client_configuration(decode_certhash(certhash),
-                                                             KpsSettings()))
+    quic = QuicConnection(
+        configuration=client_configuration(decode_certhash(certhash), KpsSettings())
+    )
     quic.connect(("127.0.0.1", port), loop.time())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for data, _ in quic.datagrams_to_send(loop.time()):
@@ -271,15 +287,20 @@ def server_options(kind: str, ending: str, identity: Identity) -> dict[str, Any]
     if kind == "kps" and ending in ("abort", "quick_close", "half_handshake", "cancelled_dial"):
         extra["kps.idle_timeout"] = IDLE_TIMEOUT  # a vanished client is found by its timeout
         extra["kps.handshake_timeout"] = HANDSHAKE_TIMEOUT
-    return {"identity": identity, "handshake_timeout": HANDSHAKE_TIMEOUT, "extra": extra,
-            "handler": close_early if ending == "server_close" else echo}
+    return {
+        "identity": identity,
+        "handshake_timeout": HANDSHAKE_TIMEOUT,
+        "extra": extra,
+        "handler": close_early if ending == "server_close" else echo,
+    }
 
 
 @pytest.mark.timeout(45)
 @pytest.mark.parametrize("ending", ENDINGS)
 @pytest.mark.parametrize("kind", list(KINDS))
-async def test_churn_returns_the_server_to_its_baseline(kind: str, ending: str,
-                                                       tmp_path: Path) -> None:
+async def test_churn_returns_the_server_to_its_baseline(
+    kind: str, ending: str, tmp_path: Path
+) -> None:
     identity = Identity.generate()
     before_server = process_counters()
     spec = KINDS[kind].format(tmp=tmp_path)
@@ -313,7 +334,8 @@ async def test_churn_returns_the_server_to_its_baseline(kind: str, ending: str,
         rss_growth = collected_rss_kib() - rss_before
         print(f"churn server {kind}/{ending}: {count} cycles, RSS {rss_growth:+} KiB")
         assert rss_growth < RSS_BOUND_KIB, (
-            f"{kind}/{ending}: RSS grew by {rss_growth} KiB over {count} cycles")
+            f"{kind}/{ending}: RSS grew by {rss_growth} KiB over {count} cycles"
+        )
         if ending != "server_close":  # and the server still serves
             await Client(kind, server.address(), Identity.generate()).clean(0)
     # a closed server holds nothing at all
@@ -324,12 +346,13 @@ async def test_churn_returns_the_server_to_its_baseline(kind: str, ending: str,
 
 @pytest.mark.timeout(45)
 @pytest.mark.parametrize("kind", list(KINDS))
-async def test_closing_the_server_mid_churn_releases_everything(kind: str,
-                                                                tmp_path: Path) -> None:
+async def test_closing_the_server_mid_churn_releases_everything(kind: str, tmp_path: Path) -> None:
     """Shutdown with connections mid-stream and mid-handshake: nothing outlives the server."""
     before = process_counters()
-    server = keywire.Server([KINDS[kind].format(tmp=tmp_path)],
-                            **server_options(kind, "half_handshake", Identity.generate()))
+    server = keywire.Server(
+        [KINDS[kind].format(tmp=tmp_path)],
+        **server_options(kind, "half_handshake", Identity.generate()),
+    )
     await server.start()
     client = Client(kind, server.address(), Identity.generate())
     conns: list[Connection] = []
@@ -394,8 +417,7 @@ async def test_closing_the_server_drops_a_peer_that_never_reads() -> None:
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # the server's buffers fill up
         await server.close(grace=0.5)
-        over = await settle(process_counters, {**before, "open fds": before["open fds"] + 1},
-                            5.0)
+        over = await settle(process_counters, {**before, "open fds": before["open fds"] + 1}, 5.0)
         assert not over, f"the server kept the socket of a peer that does not read: {over}"
     finally:
         writer.transport.abort()
@@ -407,8 +429,13 @@ async def remote_servers() -> AsyncIterator[dict[str, dict[str, str]]]:
     """Servers of every kind in a child process (``churn_server``): this process only dials."""
     root = Path(__file__).resolve().parents[2]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.core.churn_server", cwd=root,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tests.core.churn_server",
+        cwd=root,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -423,15 +450,23 @@ async def remote_servers() -> AsyncIterator[dict[str, dict[str, str]]]:
             await proc.wait()
 
 
-CLIENT_ENDINGS = ["clean", "quick_close", "abort", "reset", "cancelled_dial", "wrong_key",
-                  "refused"]
+CLIENT_ENDINGS = [
+    "clean",
+    "quick_close",
+    "abort",
+    "reset",
+    "cancelled_dial",
+    "wrong_key",
+    "refused",
+]
 CLIENT_CYCLES = 40
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", list(KINDS))
 async def test_churn_leaves_the_dialer_holding_nothing(
-        kind: str, remote_servers: dict[str, dict[str, str]]) -> None:
+    kind: str, remote_servers: dict[str, dict[str, str]]
+) -> None:
     identity = Identity.generate()
     client = Client(kind, remote_servers["echo"][kind], identity)
     closing = Client(kind, remote_servers["close_early"][kind], identity)
@@ -450,8 +485,10 @@ async def test_churn_leaves_the_dialer_holding_nothing(
     with collector_paused():
         await churn(CLIENT_CYCLES, CLIENT_CYCLES)
         over = await settle(process_counters, baseline, 10.0)
-    assert not over, f"{kind}: the dialer kept these after {CLIENT_CYCLES} cycles of " \
-                     f"{len(cycles)} endings: {over}"
+    assert not over, (
+        f"{kind}: the dialer kept these after {CLIENT_CYCLES} cycles of "
+        f"{len(cycles)} endings: {over}"
+    )
     rss_growth = collected_rss_kib() - rss_before
     print(f"churn dialer {kind}: {CLIENT_CYCLES} x {len(cycles)} cycles, RSS {rss_growth:+} KiB")
     assert rss_growth < RSS_BOUND_KIB, f"{kind}: the dialer's RSS grew by {rss_growth} KiB"

@@ -22,11 +22,23 @@ from .cli_util import KEYWIRE, Running, listener, run, stdio_listener, stop
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("command", [
-    [], ["listen"], ["dial"], ["id"], ["bench"], ["relay"], ["pair"], ["credentials"],
-    ["credentials", "list"], ["credentials", "revoke"], ["credentials", "forget"],
-    ["map-server"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["listen"],
+        ["dial"],
+        ["id"],
+        ["bench"],
+        ["relay"],
+        ["pair"],
+        ["credentials"],
+        ["credentials", "list"],
+        ["credentials", "revoke"],
+        ["credentials", "forget"],
+        ["map-server"],
+    ],
+)
 async def test_help_everywhere(command: list[str]) -> None:
     code, out, _ = await run(*command, "--help")
     assert code == 0
@@ -58,8 +70,12 @@ async def test_id_prints_identity(tmp_path: Path) -> None:
     assert code == 0
     info = json.loads(out)
     ident = Identity.load(key)
-    assert info == {"certhash": ident.certhash, "shs": ident.shs_id, "ssb": ident.ssb_id,
-                    "file": str(key)}
+    assert info == {
+        "certhash": ident.certhash,
+        "shs": ident.shs_id,
+        "ssb": ident.ssb_id,
+        "file": str(key),
+    }
     code, out, _ = await run("id", "--key", str(key))
     assert out.decode().splitlines()[0] == f"certhash: {ident.certhash}"
 
@@ -74,8 +90,10 @@ async def test_listen_then_dial_pipes_bytes() -> None:
 
 
 async def test_listen_exec_and_forward() -> None:
-    async with listener("net:127.0.0.1:0~noauth", "--scope", "device",
-                        "--exec", "tr a-z A-Z") as (address, _):
+    async with listener("net:127.0.0.1:0~noauth", "--scope", "device", "--exec", "tr a-z A-Z") as (
+        address,
+        _,
+    ):
         code, out, _ = await run("dial", address, stdin=b"shout please")
         assert (code, out) == (0, b"SHOUT PLEASE")
 
@@ -87,8 +105,9 @@ async def test_listen_exec_and_forward() -> None:
     backend = await asyncio.start_server(upper, "127.0.0.1", 0)
     port = backend.sockets[0].getsockname()[1]
     try:
-        async with listener("net:127.0.0.1:0~noauth", "--scope", "device",
-                            "--forward", f"127.0.0.1:{port}") as (address, _):
+        async with listener(
+            "net:127.0.0.1:0~noauth", "--scope", "device", "--forward", f"127.0.0.1:{port}"
+        ) as (address, _):
             code, out, _ = await run("dial", address, stdin=b"abc")
             assert (code, out) == (0, b"cba")
     finally:
@@ -98,8 +117,14 @@ async def test_listen_exec_and_forward() -> None:
 async def test_dial_forward_local() -> None:
     async with listener("net:127.0.0.1:0~noauth", "--scope", "device") as (address, _):
         proc = await asyncio.create_subprocess_exec(
-            *(await _keywire()), "dial", address, "--forward-local", "127.0.0.1:0",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *(await _keywire()),
+            "dial",
+            address,
+            "--forward-local",
+            "127.0.0.1:0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             assert proc.stdout is not None
             local = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
@@ -155,8 +180,11 @@ async def test_listen_defaults_serve_kps_net_and_ws() -> None:
 # ---------------------------------------------------------------------------------------------
 # netcat semantics: each direction ends on its own, nothing is lost, exit codes tell the truth
 
-CHAINS = {"net~shs": "net:127.0.0.1:0~shs", "net~shs~mux": "net:127.0.0.1:0~shs~mux",
-          "kps": "kps:127.0.0.1:0"}
+CHAINS = {
+    "net~shs": "net:127.0.0.1:0~shs",
+    "net~shs~mux": "net:127.0.0.1:0~shs~mux",
+    "kps": "kps:127.0.0.1:0",
+}
 BIG = 3_000_000
 
 
@@ -213,8 +241,9 @@ async def test_peer_reset_is_named_and_exits_1(tmp_path: Path) -> None:
     """An --exec child that stops reading makes the listener stop the stream; the dialer's
     writes fail with the peer's code, its output still arrives, and it exits 1."""
     (tmp_path / "in").write_bytes(os.urandom(BIG))
-    async with listener("net:127.0.0.1:0~shs~mux", "--scope", "device",
-                        "--exec", "head -c 10 >/dev/null; echo bye") as (address, _):
+    async with listener(
+        "net:127.0.0.1:0~shs~mux", "--scope", "device", "--exec", "head -c 10 >/dev/null; echo bye"
+    ) as (address, _):
         dialer = await Running.start("dial", address, stdin=tmp_path / "in")
         code = await dialer.finish(30)
     err = dialer.err.decode()
@@ -229,8 +258,7 @@ async def test_peer_reset_is_named_and_exits_1(tmp_path: Path) -> None:
 
 async def test_json_events_parse(tmp_path: Path) -> None:
     payload = os.urandom(50_000)
-    async with listener("net:127.0.0.1:0~shs~mux", "--scope", "device", "--json") as (
-            address, lis):
+    async with listener("net:127.0.0.1:0~shs~mux", "--scope", "device", "--json") as (address, lis):
         code, out, err = await run("dial", address, "--json", stdin=payload)
         assert code == 0, err
         assert out == payload
@@ -259,7 +287,9 @@ async def test_exec_child_learns_peer(tmp_path: Path) -> None:
     client = Identity.load_or_create(client_key)
     script = 'printf "%s|%s|%s" "$KEYWIRE_PEER" "$KEYWIRE_TRANSPORT" "$KEYWIRE_ADDRESS"'
     async with listener("net:127.0.0.1:0~shs", "--scope", "device", "--exec", script) as (
-            address, _):
+        address,
+        _,
+    ):
         code, out, err = await run("dial", address, "--key", str(client_key))
     assert code == 0, err
     peer, transport, addr = out.decode().split("|")
@@ -274,8 +304,9 @@ async def test_allow_refuses_other_keys(tmp_path: Path) -> None:
     Identity.load_or_create(stranger)
     keys = tmp_path / "keys"
     keys.write_text(f"# who may connect\n@{friend_id.shs_id}.ed25519  laptop\n")
-    async with listener("net:127.0.0.1:0~shs", "kps:127.0.0.1:0", "--scope", "device",
-                        "--allow-file", str(keys)) as (address, lis):
+    async with listener(
+        "net:127.0.0.1:0~shs", "kps:127.0.0.1:0", "--scope", "device", "--allow-file", str(keys)
+    ) as (address, lis):
         shs_alt = next(a for a in address.split(";") if a.startswith("net:"))
         kps_alt = next(a for a in address.split(";") if a.startswith("kps:"))
         code, out, err = await run("dial", shs_alt, "--key", str(friend), stdin=b"hi")
@@ -328,10 +359,12 @@ async def test_port_in_use_exits_2_with_one_line() -> None:
     try:
         code, out, err = await run("listen", "--no-qr", f"net:127.0.0.1:{port}~shs")
         assert (code, out) == (2, b"")
-        assert err.decode().strip().splitlines() == ["keywire: cannot listen: address already "
-                                                     "in use"]
-        code, out, err = await run("listen", "--no-qr", "kps:127.0.0.1:0",
-                                   "--web", f"127.0.0.1:{port}")
+        assert err.decode().strip().splitlines() == [
+            "keywire: cannot listen: address already in use"
+        ]
+        code, out, err = await run(
+            "listen", "--no-qr", "kps:127.0.0.1:0", "--web", f"127.0.0.1:{port}"
+        )
         assert code == 2, err
         assert b"Traceback" not in err and b"--web" in err and b"already in use" in err
     finally:
@@ -356,7 +389,8 @@ async def test_server_key_off_the_curve_is_named() -> None:
 
 async def test_missing_link_credential_is_not_retried() -> None:
     address = "ws://127.0.0.1:1/v1/link~link:" + base64.urlsafe_b64encode(
-        bytes(32)).decode().rstrip("=")
+        bytes(32)
+    ).decode().rstrip("=")
     started = time.monotonic()
     code, _, err = await run("dial", address, "--retry", "4")
     assert code == 3 and b"no credential" in err, err
@@ -367,8 +401,7 @@ async def test_missing_link_credential_is_not_retried() -> None:
 async def test_kps_timers_from_the_command_line() -> None:
     """--idle-timeout/--keepalive reach kps: a session idle for several idle timeouts stays up
     and still delivers; a keepalive not below the idle timeout is refused."""
-    code, _, err = await run("dial", "kps:127.0.0.1:1:x", "--idle-timeout", "2",
-                             "--keepalive", "2")
+    code, _, err = await run("dial", "kps:127.0.0.1:1:x", "--idle-timeout", "2", "--keepalive", "2")
     assert code == 2 and b"must be shorter" in err
     code, _, err = await run("dial", "kps:127.0.0.1:1:x", "--idle-timeout", "0")
     assert code == 2
@@ -392,8 +425,10 @@ async def test_echo_ends_its_half_when_the_peer_resets(tmp_path: Path) -> None:
     from keywire import dial
     from keywire.errors import StreamError
 
-    async with listener("net:127.0.0.1:0~shs~mux", "kps:127.0.0.1:0",
-                        "--scope", "device") as (address, _):
+    async with listener("net:127.0.0.1:0~shs~mux", "kps:127.0.0.1:0", "--scope", "device") as (
+        address,
+        _,
+    ):
         for alt in address.split(";"):
             conn = await dial(alt)
             try:
@@ -467,8 +502,14 @@ async def test_progress_on_a_terminal(tmp_path: Path) -> None:
     try:
         with (tmp_path / "in").open("rb") as source:
             proc = await asyncio.create_subprocess_exec(
-                *KEYWIRE, "dial", address, stdin=source, stdout=asyncio.subprocess.DEVNULL,
-                stderr=slave, env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
+                *KEYWIRE,
+                "dial",
+                address,
+                stdin=source,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=slave,
+                env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+            )
         os.close(slave)
         slave = -1
         screen = bytearray()
@@ -491,3 +532,99 @@ async def test_progress_on_a_terminal(tmp_path: Path) -> None:
     text = screen.decode(errors="replace")
     assert "/3.0 MB" in text, text  # the bar (done/total), which knows the file's size
     assert f"done: sent {BIG} bytes" in text, text
+
+
+@pytest.mark.parametrize("flag", ["--qr", "--no-qr"])
+async def test_no_qr_also_drops_the_pairing_code_qr(tmp_path: Path, flag: str) -> None:
+    """`listen --pairing-code` prints the code either way; its QR code only without --no-qr."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200", "LINES": "200"}
+    relay = await Running.start("relay", "--host", "127.0.0.1", "--port", "0", env=env)
+    try:
+        async with asyncio.timeout(20):
+            while b"\n" not in relay.out:
+                assert relay.proc.returncode is None, relay.err.decode()
+                await asyncio.sleep(0.05)
+        url = bytes(relay.out).decode().splitlines()[0].strip()
+        lis = await Running.start(
+            "listen",
+            flag,
+            f"{url}~link",
+            "--key",
+            str(tmp_path / "k.pem"),
+            "--pairing-code",
+            env=env,
+        )
+        try:
+            await lis.wait_for_err("pair with:")
+            await asyncio.sleep(0.5)
+        finally:
+            await lis.close()
+    finally:
+        await relay.close()
+    err = bytes(lis.err).decode()
+    assert "pairing code: " in err
+    blocks = sum(err.count(c) for c in "█▀▄")
+    if flag == "--no-qr":
+        assert blocks == 0, err
+    else:
+        assert blocks > 100, err  # the address QR and the pairing-code QR
+
+
+async def test_stdio_session_refuses_later_dialers_at_once() -> None:
+    """`listen --stdio` takes one session: once it runs, another dial is refused promptly
+    (exit 3) and the running session still completes."""
+    lis = await Running.start(
+        "listen", "--no-qr", "--stdio", "net:127.0.0.1:0~shs~mux", pipe_stdin=True
+    )
+    first: Running | None = None
+    try:
+        line = await lis.wait_for_err("listening on ")
+        address = line.split("listening on ", 1)[1].strip()
+        first = await Running.start("dial", address, pipe_stdin=True)
+        assert first.proc.stdin is not None and lis.proc.stdin is not None
+        first.proc.stdin.write(b"first session")
+        async with asyncio.timeout(20):
+            while bytes(lis.out) != b"first session":
+                await asyncio.sleep(0.05)
+        started = time.monotonic()
+        code, _, err = await run("dial", address, "--timeout", "20", timeout=30)
+        assert code == 3, err
+        assert time.monotonic() - started < 5, err
+        lis.proc.stdin.write(b"answer")
+        lis.proc.stdin.close()
+        first.proc.stdin.close()
+        assert await first.finish(30) == 0, first.err.decode()
+        assert await lis.finish(30) == 0, lis.err.decode()
+        assert bytes(first.out) == b"answer"
+    finally:
+        if first is not None:
+            await first.close()
+        await lis.close()
+
+
+async def test_map_server_max_connections_per_ip() -> None:
+    """`map-server --max-connections-per-ip 2`: a third open connection from 127.0.0.1 gets a
+    503; a bad value exits 2."""
+    code, _, err = await run("map-server", "--max-connections-per-ip", "0")
+    assert code == 2 and b"--max-connections-per-ip" in err
+    server = await Running.start("map-server", "--port", "0", "--max-connections-per-ip", "2")
+    held: list[asyncio.StreamWriter] = []
+    try:
+        async with asyncio.timeout(20):
+            while b"\n" not in server.out:
+                assert server.proc.returncode is None, server.err.decode()
+                await asyncio.sleep(0.05)
+            url = bytes(server.out).decode().splitlines()[0].strip()
+            host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+            for _ in range(2):
+                _, writer = await asyncio.open_connection(host, int(port))
+                held.append(writer)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            held.append(writer)
+            answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"too many connections from your address" in answer
+    finally:
+        for writer in held:
+            writer.close()
+        await server.close()

@@ -61,8 +61,11 @@ def test_adversarial_inputs_parse_in_linear_time() -> None:
 
 
 def test_the_reported_inputs_fail_fast_with_a_position() -> None:
-    for text, position in (("a" * 26 + "[:1:2", 0), (ONION_INPUT, 2),
-                           ("redis:/127.0.0.1:9/0~stream:" + "A" * 43, 5)):
+    for text, position in (
+        ("a" * 26 + "[:1:2", 0),
+        (ONION_INPUT, 2),
+        ("redis:/127.0.0.1:9/0~stream:" + "A" * 43, 5),
+    ):
         assert timed_parse(text) < SLOW_MS
         with pytest.raises(AddressError) as info:
             parse(text)
@@ -75,20 +78,31 @@ def test_overlong_addresses_are_refused_before_parsing() -> None:
     assert info.value.position == MAX_ADDRESS_LENGTH
 
 
-@pytest.mark.parametrize(("text", "position"), [
-    ("ws://a..b:9", 5),
-    ("http://" + "a" * 64 + ".example:9", 7),
-    ("redis:/127.0.0.1:9/0", 5),
-    ("ws:h:9", 2),
-])
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("ws://a..b:9", 5),
+        ("http://" + "a" * 64 + ".example:9", 7),
+        ("redis:/127.0.0.1:9/0", 5),
+        ("ws:h:9", 2),
+    ],
+)
 def test_bad_hosts_and_url_names_give_positioned_errors(text: str, position: int) -> None:
     with pytest.raises(AddressError) as info:
         parse(text)
     assert info.value.position == position
 
 
-@pytest.mark.parametrize("text", ["net:" + "a" * 64 + ".com:9", "net:a..b:9", "net:::zz:9",
-                                  "net:h:99999999999999999999999", "net:h:¹"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "net:" + "a" * 64 + ".com:9",
+        "net:a..b:9",
+        "net:::zz:9",
+        "net:h:99999999999999999999999",
+        "net:h:¹",
+    ],
+)
 def test_net_hosts_and_ports_are_checked_before_resolving(text: str) -> None:
     with pytest.raises(AddressError):
         split_host_port(parse(text).alternatives[0].transport)
@@ -99,10 +113,13 @@ grammar = st.text(alphabet="abz09-.:;~![]/@_u", min_size=0, max_size=600)
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.one_of(grammar, st.text(max_size=600),
-                 st.builds(lambda s, n: s * n, grammar, st.integers(1, 40))))
+@given(
+    st.one_of(
+        grammar, st.text(max_size=600), st.builds(lambda s, n: s * n, grammar, st.integers(1, 40))
+    )
+)
 def test_no_generated_input_is_slow(text: str) -> None:
-    took = timed_parse(text[:MAX_ADDRESS_LENGTH + 10])
+    took = timed_parse(text[: MAX_ADDRESS_LENGTH + 10])
     assert took < SLOW_MS, f"{took:.1f} ms for {text[:80]!r}"
 
 
@@ -188,9 +205,15 @@ async def test_sigint_interrupts_dial_at_every_stage() -> None:
         async with Silent() as silent:
             for stage, address in stage_addresses(blackhole, silent).items():
                 proc = await asyncio.create_subprocess_exec(
-                    *KEYWIRE, "dial", "--timeout", "60", address,
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE)
+                    *KEYWIRE,
+                    "dial",
+                    "--timeout",
+                    "60",
+                    address,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
                 await asyncio.sleep(2.5)  # interpreter up, the dial under way
                 assert proc.returncode is None, stage
                 start = time.monotonic()

@@ -20,8 +20,9 @@ from .cli_util import KEYWIRE
 def keywire_id(key: Path, *, without_dac: bool = False) -> subprocess.CompletedProcess[bytes]:
     # root reads any directory; without the two DAC capabilities it is held to the modes
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if without_dac else []
-    return subprocess.run([*prefix, *KEYWIRE, "id", "--key", str(key)], capture_output=True,
-                          timeout=30, check=False)
+    return subprocess.run(
+        [*prefix, *KEYWIRE, "id", "--key", str(key)], capture_output=True, timeout=30, check=False
+    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[bytes], words: bytes) -> None:

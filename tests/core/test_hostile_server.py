@@ -55,10 +55,13 @@ def port_of(address: str) -> int:
     return int(text.rstrip("/").rsplit(":", 1)[1].split("/", 1)[0])
 
 
-@pytest.mark.parametrize(("spec", "cap", "attackers"), [
-    ("net:127.0.0.1:0~shs~mux", 1024, 1100),
-    ("ws://127.0.0.1:0~shs~mux", 200, 400),
-])
+@pytest.mark.parametrize(
+    ("spec", "cap", "attackers"),
+    [
+        ("net:127.0.0.1:0~shs~mux", 1024, 1100),
+        ("ws://127.0.0.1:0~shs~mux", 200, 400),
+    ],
+)
 async def test_one_ip_cannot_take_the_whole_cap(spec: str, cap: int, attackers: int) -> None:
     raise_nofile()
 
@@ -81,7 +84,8 @@ async def test_one_ip_cannot_take_the_whole_cap(spec: str, cap: int, attackers: 
                 assert server.stats.failed_handshakes == 0  # held all the while
             # this process holds the attackers' ends too: the server's side is at most a share
             assert await settle_fds(baseline + attackers + share + 10) <= (
-                baseline + attackers + share + 10)
+                baseline + attackers + share + 10
+            )
             await echo_1mib(address)  # from 127.0.0.1, while the flood holds its share
         await echo_1mib(address)
         assert await settle_fds(baseline + 10) <= baseline + 10
@@ -92,11 +96,17 @@ async def test_share_is_per_ip_not_for_all_loopback() -> None:
     async def handler(conn: Connection) -> None:
         await echo(conn)
 
-    async with keywire.Server(["net:127.0.0.1:0~shs~mux"], Options(identity=Identity.generate()),
-                              handler=handler, max_connections=8) as server:
+    async with keywire.Server(
+        ["net:127.0.0.1:0~shs~mux"],
+        Options(identity=Identity.generate()),
+        handler=handler,
+        max_connections=8,
+    ) as server:
         address = server.address()
-        async with aflood(port_of(address), 4, ["127.0.0.2"], b"\x00"), \
-                aflood(port_of(address), 3, ["127.0.0.3"], b"\x00"):
+        async with (
+            aflood(port_of(address), 4, ["127.0.0.2"], b"\x00"),
+            aflood(port_of(address), 3, ["127.0.0.3"], b"\x00"),
+        ):
             await asyncio.sleep(0.5)
             await echo_1mib(address)  # 4 + 3 + this one = the cap; no source over its 4
         assert server.stats.refused == 0
@@ -109,15 +119,17 @@ async def test_share_is_per_ip_not_for_all_loopback() -> None:
 def garbage(count: int, seed: int = 7) -> list[bytes]:
     """Broken upgrade requests: cut, spliced with junk, or followed by a half-close."""
     rng = random.Random(seed)
-    base = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    base = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     out = [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hi"]
     for _ in range(count):
         data = bytearray(base)
         for _ in range(rng.randint(0, 5)):
             at = rng.randrange(len(data) + 1)
             if rng.random() < 0.3:
-                del data[at:at + rng.randint(1, 10)]
+                del data[at : at + rng.randint(1, 10)]
             else:
                 data[at:at] = rng.choice([b"\r\n", b":", b" ", b"\r\n\r\n", b"\x00", b"\xff"])
         out.append(bytes(data))
@@ -163,9 +175,16 @@ async def test_out_of_descriptors_is_one_line_and_service_resumes() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
     proc = await asyncio.create_subprocess_exec(
-        *KEYWIRE, "listen", "--no-qr", "-q", "net:127.0.0.1:0~noauth",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=limit)
+        *KEYWIRE,
+        "listen",
+        "--no-qr",
+        "-q",
+        "net:127.0.0.1:0~noauth",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit,
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         address = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()

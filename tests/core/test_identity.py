@@ -89,8 +89,9 @@ def test_kps_key_file_loads_with_same_certhash(tmp_path: Path) -> None:
     """A KPS file is PRIVATE KEY + CERTIFICATE only; the Ed25519 seed is derived, stably."""
     key = ec.generate_private_key(ec.SECP256R1())
     der = make_certificate(key)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     cert_pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     path = tmp_path / "kps.key"
     path.write_bytes(pem + cert_pem)

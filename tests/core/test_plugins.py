@@ -37,7 +37,7 @@ def install_plugin(root: Path, dist: str, module: str, source: str, target: str)
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{dist} = {target}\n")
 
 
-PLUGIN = '''
+PLUGIN = """
 from keywire.plugin import Transform
 
 class Rot13(Transform):
@@ -50,7 +50,7 @@ class Rot13(Transform):
 def register(registry):
     registry.add_transform(Rot13())
     registry.declare_settings("rot13", ("rounds",))
-'''
+"""
 
 
 def test_entry_point_plugin_is_loaded_after_the_builtins(plugin_path: Path) -> None:
@@ -64,11 +64,16 @@ def test_entry_point_plugin_is_loaded_after_the_builtins(plugin_path: Path) -> N
         reg.check_settings(Options(extra={"rot13.round": 2}))
 
 
-def test_a_broken_plugin_is_logged_and_skipped(plugin_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    install_plugin(plugin_path, "kwtest-broken", "kwtest_broken",
-                   "def register(registry):\n    raise RuntimeError('no pigeons')\n",
-                   "kwtest_broken:register")
+def test_a_broken_plugin_is_logged_and_skipped(
+    plugin_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_plugin(
+        plugin_path,
+        "kwtest-broken",
+        "kwtest_broken",
+        "def register(registry):\n    raise RuntimeError('no pigeons')\n",
+        "kwtest_broken:register",
+    )
     reg = Registry()
     with caplog.at_level(logging.WARNING, logger="keywire.registry"):
         reg.load()
@@ -76,14 +81,17 @@ def test_a_broken_plugin_is_logged_and_skipped(plugin_path: Path,
     assert "no pigeons" in caplog.text
 
 
-@pytest.mark.parametrize(("key", "known"), [
-    ("store.windw", "store.window"),
-    ("link.pairing_cod", "link.pairing_code"),
-    ("ws.sslx", "ws.ssl"),
-    ("kps.idle_timout", "kps.idle_timeout"),
-    ("mux.windw", "mux.window"),
-    ("webrtc.nope", "webrtc."),
-])
+@pytest.mark.parametrize(
+    ("key", "known"),
+    [
+        ("store.windw", "store.window"),
+        ("link.pairing_cod", "link.pairing_code"),
+        ("ws.sslx", "ws.ssl"),
+        ("kps.idle_timout", "kps.idle_timeout"),
+        ("mux.windw", "mux.window"),
+        ("webrtc.nope", "webrtc."),
+    ],
+)
 async def test_a_misspelt_setting_is_refused_before_dialing(key: str, known: str) -> None:
     with pytest.raises(ValueError, match=rf"unknown setting '{key}'.*{known}"):
         await keywire.dial("net:127.0.0.1:9~noauth", extra={key: 1}, timeout=1)
@@ -101,13 +109,11 @@ class Tagging(Transform):
 
     name = "tag"
 
-    async def client(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe:
+    async def client(self, pipe: Pipe, section: Section, options: Options, address: str) -> Pipe:
         await pipe.write(b"T")
         return pipe
 
-    async def server(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe:
+    async def server(self, pipe: Pipe, section: Section, options: Options, address: str) -> Pipe:
         assert await pipe.read(1) == b"T"
         return pipe
 
@@ -128,3 +134,23 @@ async def test_one_composition_loop_serves_dialer_and_server() -> None:
             await conn.close()
     finally:
         del registry.transforms["tag"]
+
+
+def test_a_dial_imports_only_the_plugins_its_address_names() -> None:
+    """CLI start-up: dialing net~shs~mux must not pay for QUIC, WebRTC or Redis imports."""
+    import subprocess
+
+    code = (
+        "import asyncio, sys, keywire\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await keywire.dial('net:127.0.0.1:9~shs:' + 'A' * 43 + '=~mux', timeout=2)\n"
+        "    except keywire.DialError:\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "heavy = ('qh3', 'aiortc', 'aioice', 'redis', 'keywire.kps', 'keywire.store')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(heavy)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "[]"

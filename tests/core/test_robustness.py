@@ -37,8 +37,9 @@ async def check_serving(address: str) -> None:
 @pytest.mark.timeout(120)
 async def test_thousand_garbage_connections_leave_server_flat() -> None:
     rng = random.Random(7)
-    async with keywire.Server(["net:127.0.0.1:0~shs"], handler=echo,
-                              handshake_timeout=1.0) as server:
+    async with keywire.Server(
+        ["net:127.0.0.1:0~shs"], handler=echo, handshake_timeout=1.0
+    ) as server:
         address = server.address()
         port = port_of(address)
 
@@ -74,8 +75,9 @@ async def test_thousand_garbage_connections_leave_server_flat() -> None:
 
 @pytest.mark.timeout(30)
 async def test_silent_client_is_dropped_at_the_handshake_timeout() -> None:
-    async with keywire.Server(["net:127.0.0.1:0~shs"], handler=echo,
-                              handshake_timeout=0.5) as server:
+    async with keywire.Server(
+        ["net:127.0.0.1:0~shs"], handler=echo, handshake_timeout=0.5
+    ) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server.address()))
         loop = asyncio.get_running_loop()
         start = loop.time()

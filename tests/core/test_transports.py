@@ -42,8 +42,15 @@ async def roundtrip(address: str, payload: bytes, **kw: object) -> bytes:
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("spec", ["net:127.0.0.1:0~noauth", "net:::1:0~noauth",
-                                  "ws://127.0.0.1:0~noauth", "ws://127.0.0.1:0/any/path~noauth"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "net:127.0.0.1:0~noauth",
+        "net:::1:0~noauth",
+        "ws://127.0.0.1:0~noauth",
+        "ws://127.0.0.1:0/any/path~noauth",
+    ],
+)
 async def test_echo_over_transport(spec: str) -> None:
     payload = os.urandom(300_000)
     async with keywire.Server([spec], handler=echo) as server:
@@ -164,12 +171,16 @@ async def test_server_announces_per_scope() -> None:
         assert all(a.endswith("~noauth") for a in alts)
         for scope in (Scope.PRIVATE, Scope.PUBLIC):
             for alt in server.addresses(scope):
-                host = alt.transport.url_host_port()[0] if alt.transport.is_url else \
-                    alt.transport.args[0]
+                host = (
+                    alt.transport.url_host_port()[0]
+                    if alt.transport.is_url
+                    else alt.transport.args[0]
+                )
                 assert not host.startswith("127.")
         private = server.addresses(Scope.PRIVATE)
-        hosts = [h for _, h in interface_addresses() if classify(h) is Scope.PRIVATE
-                 and ":" not in h]
+        hosts = [
+            h for _, h in interface_addresses() if classify(h) is Scope.PRIVATE and ":" not in h
+        ]
         assert len(private) == (2 if hosts else 0)
 
 

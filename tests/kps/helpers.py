@@ -43,9 +43,14 @@ async def echo_handler(conn: KpsConnection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def listening(handler: Handler = echo_handler, *, settings: KpsSettings | None = None,
-                    identity: Identity | None = None, host: str = "127.0.0.1",
-                    **overrides: Any) -> AsyncIterator[KpsListener]:
+async def listening(
+    handler: Handler = echo_handler,
+    *,
+    settings: KpsSettings | None = None,
+    identity: Identity | None = None,
+    host: str = "127.0.0.1",
+    **overrides: Any,
+) -> AsyncIterator[KpsListener]:
     """A started listener on ``host`` port 0; closed (connections aborted) on exit."""
     settings = settings or KpsSettings(**overrides)
     listener = KpsListener(identity or Identity.generate(), settings, handler)

@@ -73,15 +73,18 @@ async def test_ten_thousand_random_datagrams_leave_the_listener_serving() -> Non
 async def test_a_handshake_flood_beyond_the_limit_is_refused_with_bounded_state() -> None:
     limit = 4
     async with listening(max_connections=limit, refusals_per_second=1000) as listener:
-        held = [await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                           KpsSettings()) for _ in range(limit)]
+        held = [
+            await dial("127.0.0.1", listener.port, listener.identity.certhash, KpsSettings())
+            for _ in range(limit)
+        ]
         # 40 more clients, each a real QUIC Initial from its own socket
         loop = asyncio.get_running_loop()
         answers: list[bytes] = []
         sockets = []
         for _ in range(40):
-            quic = QuicConnection(configuration=client_configuration(
-                listener.identity.cert_digest, KpsSettings()))
+            quic = QuicConnection(
+                configuration=client_configuration(listener.identity.cert_digest, KpsSettings())
+            )
             quic.connect(("127.0.0.1", listener.port), loop.time())
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setblocking(False)
@@ -113,8 +116,9 @@ async def test_a_handshake_flood_beyond_the_limit_is_refused_with_bounded_state(
 async def test_half_open_handshakes_time_out_and_free_their_slot() -> None:
     async with listening(max_connections=2, handshake_timeout=0.3) as listener:
         loop = asyncio.get_running_loop()
-        quic = QuicConnection(configuration=client_configuration(
-            listener.identity.cert_digest, KpsSettings()))
+        quic = QuicConnection(
+            configuration=client_configuration(listener.identity.cert_digest, KpsSettings())
+        )
         quic.connect(("127.0.0.1", listener.port), loop.time())
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for data, _ in quic.datagrams_to_send(loop.time()):
@@ -166,11 +170,28 @@ def test_kps_sections_parse_or_fail_clearly(args: list[str]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["kps.idle_timeout", "kps.max_streams", "kps.nope",
-                                        "kps.stream_window", "kps.keepalive", "other"]),
-                       st.one_of(st.integers(-5, 1 << 40), st.floats(allow_nan=True),
-                                 st.text(max_size=8), st.booleans(), st.none()),
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "kps.idle_timeout",
+                "kps.max_streams",
+                "kps.nope",
+                "kps.stream_window",
+                "kps.keepalive",
+                "other",
+            ]
+        ),
+        st.one_of(
+            st.integers(-5, 1 << 40),
+            st.floats(allow_nan=True),
+            st.text(max_size=8),
+            st.booleans(),
+            st.none(),
+        ),
+        max_size=4,
+    )
+)
 def test_settings_accept_numbers_and_reject_the_rest_clearly(extra: dict[str, object]) -> None:
     try:
         KpsSettings.from_options(Options(extra=dict(extra)))

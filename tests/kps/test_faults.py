@@ -21,11 +21,15 @@ pytestmark = pytest.mark.timeout(60)
 async def test_32_mb_arrive_byte_exact_through_loss_reordering_and_duplication() -> None:
     payload = os.urandom(32 << 20)
     seen = Collector()
-    async with listening(seen) as listener, UdpProxy(
-            ("127.0.0.1", listener.port),
-            Faults(drop=0.05, reorder=0.05, duplicate=0.05, seed=7)) as proxy:
-        conn = await dial("127.0.0.1", proxy.port, listener.identity.certhash,
-                          KpsSettings(handshake_timeout=10))
+    async with (
+        listening(seen) as listener,
+        UdpProxy(
+            ("127.0.0.1", listener.port), Faults(drop=0.05, reorder=0.05, duplicate=0.05, seed=7)
+        ) as proxy,
+    ):
+        conn = await dial(
+            "127.0.0.1", proxy.port, listener.identity.certhash, KpsSettings(handshake_timeout=10)
+        )
         stream = await conn.open_stream()
 
         async def send() -> None:
@@ -53,8 +57,10 @@ async def test_a_proxy_that_stops_forwarding_fails_both_sides_with_timeout() -> 
     idle = 1.5
     settings = KpsSettings(idle_timeout=idle)
     seen = Collector()
-    async with listening(seen, settings=settings) as listener, UdpProxy(
-            ("127.0.0.1", listener.port)) as proxy:
+    async with (
+        listening(seen, settings=settings) as listener,
+        UdpProxy(("127.0.0.1", listener.port)) as proxy,
+    ):
         conn = await dial("127.0.0.1", proxy.port, listener.identity.certhash, settings)
         stream = await conn.open_stream()
         await stream.write(b"before")
@@ -65,7 +71,8 @@ async def test_a_proxy_that_stops_forwarding_fails_both_sides_with_timeout() -> 
         started = time.monotonic()
         await stream.write(b"into the void")
         client_error, server_error = await asyncio.wait_for(
-            asyncio.gather(conn.wait_closed(), server.wait_closed()), idle * 3)
+            asyncio.gather(conn.wait_closed(), server.wait_closed()), idle * 3
+        )
         elapsed = time.monotonic() - started
         for error in (client_error, server_error):
             assert isinstance(error, ConnectionClosed)

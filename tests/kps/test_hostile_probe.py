@@ -99,21 +99,32 @@ async def kps_echo(port: int, certhash: str, payload: bytes) -> bytes:
 async def test_an_http3_probe_gets_settings_and_a_404_and_kps_still_works() -> None:
     recorder = Recorder()
     async with listening(recorder) as listener, asyncio.timeout(30):
-        async with connect("127.0.0.1", listener.port, configuration=probe_configuration(),
-                           create_protocol=H3Prober, wait_connected=True) as client:
+        async with connect(
+            "127.0.0.1",
+            listener.port,
+            configuration=probe_configuration(),
+            create_protocol=H3Prober,
+            wait_connected=True,
+        ) as client:
             prober: H3Prober = client  # type: ignore[assignment]
             # the server opens its control stream with SETTINGS without being asked
             await prober.wait_for(lambda: prober.h3.received_settings is not None)
             stream_id = prober._quic.get_next_available_stream_id()
-            request = [(b":method", b"GET"), (b":scheme", b"https"),
-                       (b":authority", f"127.0.0.1:{listener.port}".encode()),
-                       (b":path", b"/"), (b"user-agent", b"probe")]
+            request = [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", f"127.0.0.1:{listener.port}".encode()),
+                (b":path", b"/"),
+                (b"user-agent", b"probe"),
+            ]
             prober.h3.send_headers(stream_id, request, end_stream=True)
             prober.transmit()
 
             def answered() -> bool:
-                return any(isinstance(e, HeadersReceived) and e.stream_id == stream_id
-                           and e.stream_ended for e in prober.events)
+                return any(
+                    isinstance(e, HeadersReceived) and e.stream_id == stream_id and e.stream_ended
+                    for e in prober.events
+                )
 
             await prober.wait_for(answered)
             headers = next(e for e in prober.events if isinstance(e, HeadersReceived))
@@ -126,15 +137,20 @@ async def test_an_http3_probe_gets_settings_and_a_404_and_kps_still_works() -> N
             second = prober._quic.get_next_available_stream_id()
             prober.h3.send_headers(second, request, end_stream=True)
             prober.transmit()
-            await prober.wait_for(lambda: sum(isinstance(e, HeadersReceived)
-                                              for e in prober.events) == 2)
+            await prober.wait_for(
+                lambda: sum(isinstance(e, HeadersReceived) for e in prober.events) == 2
+            )
             # an upload that never ends: answered at once, and its body stopped (H3_NO_ERROR)
             upload = prober._quic.get_next_available_stream_id()
             prober.h3.send_headers(upload, [(b":method", b"POST"), *request[1:]])
             prober.h3.send_data(upload, b"body" * 1000, end_stream=False)
             prober.transmit()
-            await prober.wait_for(lambda: prober.stopped.get(upload) == 0x100 and sum(
-                isinstance(e, HeadersReceived) for e in prober.events) == 3)
+            await prober.wait_for(
+                lambda: (
+                    prober.stopped.get(upload) == 0x100
+                    and sum(isinstance(e, HeadersReceived) for e in prober.events) == 3
+                )
+            )
             # the KPS application never saw the prober's streams
             assert recorder.streams == 0
 
@@ -144,11 +160,11 @@ async def test_an_http3_probe_gets_settings_and_a_404_and_kps_still_works() -> N
             assert await kps_echo(listener.port, listener.identity.certhash, payload) == payload
             lookalike = bytes(prober.raw[stream_id]) + os.urandom(1000)
             assert lookalike[0] == 0x01  # HTTP/3 HEADERS frame type
-            assert await kps_echo(listener.port, listener.identity.certhash,
-                                  lookalike) == lookalike
+            assert await kps_echo(listener.port, listener.identity.certhash, lookalike) == lookalike
             assert recorder.streams == 2
-        answered_total = sum(getattr(c.session.quic, "requests_answered", 0)
-                             for c in listener.connections)
+        answered_total = sum(
+            getattr(c.session.quic, "requests_answered", 0) for c in listener.connections
+        )
         assert answered_total <= 3
 
 
@@ -157,6 +173,7 @@ async def test_a_kps_client_ignores_the_servers_http3_streams() -> None:
     async with listening() as listener, asyncio.timeout(30):
         conn = await dial("127.0.0.1", listener.port, listener.identity.certhash, KpsSettings())
         try:
+
             async def one(i: int) -> None:
                 stream = await conn.open_stream()
                 data = bytes([i]) * 10_000

@@ -35,7 +35,6 @@ SERVER = """
 import asyncio, contextlib, json, sys
 from keywire.identity import Identity
 from keywire.kps import KpsListener, KpsSettings
-from keywire.kps.budget import ReceiveBudget
 
 async def echo(conn):
     async def one(stream):
@@ -58,14 +57,12 @@ def rss():
 
 async def main():
     options = json.loads(sys.argv[1])
-    listener = KpsListener(Identity.generate(), KpsSettings(), echo)
-    threshold = options.get("retry_threshold", 16)
-    listener.router.retry_threshold = threshold
-    if threshold < 0:
+    no_retry = options.get("retry_threshold", 0) < 0
+    if no_retry:
+        del options["retry_threshold"]
+    listener = KpsListener(Identity.generate(), KpsSettings(**options), echo)
+    if no_retry:
         listener.router.tokens = None
-    if "receive_budget" in options:
-        listener.budget = ReceiveBudget(total=options["receive_budget"],
-                                        ceiling=listener.settings.connection_window)
     await listener.start("127.0.0.1", 0)
     print(json.dumps({"port": listener.port, "certhash": listener.identity.certhash}), flush=True)
     loop = asyncio.get_running_loop()
@@ -99,17 +96,17 @@ def initial_template() -> tuple[bytes, bytes, int, bytes]:
     from aioquic.quic.connection import QuicConnection
     from aioquic.quic.crypto import CryptoPair
 
-    client = QuicConnection(configuration=QuicConfiguration(is_client=True,
-                                                            alpn_protocols=["h3"]))
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"]))
     client.connect(("127.0.0.1", 9), now=time.monotonic())
     datagram = client.datagrams_to_send(now=time.monotonic())[0][0]
     dcid_len = datagram[5]
-    dcid = datagram[6:6 + dcid_len]
+    dcid = datagram[6 : 6 + dcid_len]
     scid_len = datagram[6 + dcid_len]
     offset = 7 + dcid_len + scid_len + 1  # token length 0 (one byte)
     length_size = 1 << (datagram[offset] >> 6)
-    length = int.from_bytes(datagram[offset:offset + length_size], "big") & ~(
-        0xC0 << (8 * (length_size - 1)))
+    length = int.from_bytes(datagram[offset : offset + length_size], "big") & ~(
+        0xC0 << (8 * (length_size - 1))
+    )
     encrypted_offset = offset + length_size
     end = encrypted_offset + length
     pair = CryptoPair()
@@ -123,7 +120,7 @@ def fresh_initial(header: bytes, payload: bytes, dcid_len: int, tail: bytes) -> 
     from aioquic.quic.crypto import CryptoPair
 
     dcid = os.urandom(dcid_len)
-    plain = header[:6] + dcid + header[6 + dcid_len:]
+    plain = header[:6] + dcid + header[6 + dcid_len :]
     pair = CryptoPair()
     pair.setup_initial(dcid, is_client=True, version=1)
     return pair.encrypt_packet(plain, payload, 0) + tail
@@ -144,8 +141,9 @@ def flood(host: str, port: int, rate: int, seconds: float, sources: int = 64) ->
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate)
         while sent < due:
-            socks[sent % sources].sendto(fresh_initial(header, payload, dcid_len, tail),
-                                         (host, port))
+            socks[sent % sources].sendto(
+                fresh_initial(header, payload, dcid_len, tail), (host, port)
+            )
             sent += 1
         time.sleep(0.005)
     for sock in socks:
@@ -172,8 +170,15 @@ class ServerProcess:
 async def start_server(**options: int) -> ServerProcess:
     """The listener process; ``options``: retry_threshold (-1: no Retry), receive_budget."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SERVER, json.dumps(options), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
+        sys.executable,
+        "-c",
+        SERVER,
+        json.dumps(options),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
+    )
     assert proc.stdout is not None
     hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
     return ServerProcess(proc, hello["port"], hello["certhash"])
@@ -205,8 +210,17 @@ async def echo_1mib(server: ServerProcess, timeout: float = 15.0) -> float:
 async def run_flood(port: int, rate: int, seconds: float) -> asyncio.subprocess.Process:
     """Start the flood process; returns once it is sending."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "flood", "127.0.0.1", str(port), str(rate), str(seconds),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
+        sys.executable,
+        __file__,
+        "flood",
+        "127.0.0.1",
+        str(port),
+        str(rate),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
+    )
     assert proc.stdout is not None
     assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"flooding\n"
     return proc
@@ -233,8 +247,10 @@ async def test_initial_flood_gets_retries_and_a_real_dial_still_echoes_1mib() ->
     finally:
         server.proc.terminate()
         _, stderr = await asyncio.wait_for(server.proc.communicate(), 10)
-    print(f"sent={sent} dial_during={during * 1000:.1f}ms baseline={baseline} "
-          f"after_flood={after_flood} settled={settled}")
+    print(
+        f"sent={sent} dial_during={during * 1000:.1f}ms baseline={baseline} "
+        f"after_flood={after_flood} settled={settled}"
+    )
     assert sent >= 3500
     # nearly every flood Initial got a stateless Retry; at most the threshold ever held state
     assert after_flood["retries"] >= 0.9 * sent
@@ -257,12 +273,12 @@ async def test_retry_interoperates_with_aioquic_and_keywire_dialers() -> None:
     from .helpers import listening
     from .test_interop_aioquic import RecordingProtocol
 
-    async with listening() as listener, asyncio.timeout(30):
-        listener.router.retry_threshold = 0
-        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"],
-                                   verify_mode=ssl.CERT_NONE)
-        async with connect("127.0.0.1", listener.port, configuration=config,
-                           create_protocol=RecordingProtocol) as client:
+    async with listening(retry_threshold=0) as listener, asyncio.timeout(30):
+        assert listener.router.retry_threshold == 0  # kps.retry_threshold reaches the router
+        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE)
+        async with connect(
+            "127.0.0.1", listener.port, configuration=config, create_protocol=RecordingProtocol
+        ) as client:
             assert isinstance(client, RecordingProtocol)
             quic = client._quic
             stream_id = quic.get_next_available_stream_id()
@@ -292,13 +308,13 @@ def test_a_token_is_valid_only_for_its_address_id_and_lifetime() -> None:
     checked = tokens.validate(token, ADDR, b"rscid-01", now=101.0)
     assert (checked.original_dcid, checked.retry_scid) == (b"odcid-01", b"rscid-01")
     bad = [
-        (token, ("127.0.0.2", 4433), b"rscid-01", 101.0),   # another address
-        (token, ("127.0.0.1", 4434), b"rscid-01", 101.0),   # another port
-        (token, ADDR, b"rscid-02", 101.0),                  # another Retry id
-        (token, ADDR, b"rscid-01", 111.0),                  # expired
+        (token, ("127.0.0.2", 4433), b"rscid-01", 101.0),  # another address
+        (token, ("127.0.0.1", 4434), b"rscid-01", 101.0),  # another port
+        (token, ADDR, b"rscid-02", 101.0),  # another Retry id
+        (token, ADDR, b"rscid-01", 111.0),  # expired
         (token[:-1] + bytes([token[-1] ^ 1]), ADDR, b"rscid-01", 101.0),  # forged MAC
-        (token[:5], ADDR, b"rscid-01", 101.0),               # truncated
-        (b"\x02" + token[1:], ADDR, b"rscid-01", 101.0),    # unknown format
+        (token[:5], ADDR, b"rscid-01", 101.0),  # truncated
+        (b"\x02" + token[1:], ADDR, b"rscid-01", 101.0),  # unknown format
     ]
     for args in bad:
         with pytest.raises(TokenError):
@@ -310,8 +326,7 @@ def test_a_token_is_valid_only_for_its_address_id_and_lifetime() -> None:
 
 def test_the_router_retries_over_the_threshold_and_admits_a_valid_token() -> None:
     header, payload, dcid_len, tail = initial_template()
-    router = QuicRouter(cid_length=8, max_connections=10, tokens=RetryTokens(),
-                        retry_threshold=1)
+    router = QuicRouter(cid_length=8, max_connections=10, tokens=RetryTokens(), retry_threshold=1)
     first = fresh_initial(header, payload, dcid_len, tail)
     assert router.classify(first, ADDR, 1.0).action is Action.ACCEPT  # below the threshold
     router.handshake_started(object())
@@ -320,8 +335,9 @@ def test_the_router_retries_over_the_threshold_and_admits_a_valid_token() -> Non
     assert len(retry.reply) < 200  # far smaller than the 1200-byte Initial: no amplification
     # a forged token is dropped, never admitted and never retried again
     forged = RetryTokens().mint(ADDR, b"x" * 8, b"y" * 8, now=1.0)
-    assert router.classify(with_token(header, payload, forged, tail), ADDR, 1.0).action \
-        is Action.DROP
+    assert (
+        router.classify(with_token(header, payload, forged, tail), ADDR, 1.0).action is Action.DROP
+    )
     assert router.bad_tokens == 1 and router.retries == 1
 
 
@@ -334,8 +350,15 @@ def with_token(header: bytes, payload: bytes, token: bytes, tail: bytes) -> byte
     scid_end = 7 + dcid_len + header[6 + dcid_len]
     pn_len = (header[0] & 0x03) + 1
     length = pn_len + len(payload) + 16
-    plain = (header[:6] + dcid + header[6 + dcid_len:scid_end] + bytes([len(token)]) + token
-             + (0x4000 | length).to_bytes(2, "big") + header[-pn_len:])
+    plain = (
+        header[:6]
+        + dcid
+        + header[6 + dcid_len : scid_end]
+        + bytes([len(token)])
+        + token
+        + (0x4000 | length).to_bytes(2, "big")
+        + header[-pn_len:]
+    )
     pair = CryptoPair()
     pair.setup_initial(dcid, is_client=True, version=1)
     return pair.encrypt_packet(plain, payload, 0) + tail

@@ -85,10 +85,15 @@ def presented_digest(protocol: QuicConnectionProtocol) -> bytes:
 
 async def test_aioquic_client_to_keywire_server() -> None:
     async with listening() as listener:
-        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"],
-                                   verify_mode=ssl.CERT_NONE, max_datagram_frame_size=65536)
-        async with connect("127.0.0.1", listener.port, configuration=config,
-                           create_protocol=RecordingProtocol) as client:
+        config = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=["h3"],
+            verify_mode=ssl.CERT_NONE,
+            max_datagram_frame_size=65536,
+        )
+        async with connect(
+            "127.0.0.1", listener.port, configuration=config, create_protocol=RecordingProtocol
+        ) as client:
             assert isinstance(client, RecordingProtocol)
             # the pin: checked right after the handshake, before any application data
             assert hmac.compare_digest(presented_digest(client), listener.identity.cert_digest)
@@ -114,8 +119,9 @@ async def test_aioquic_client_to_keywire_server() -> None:
 
 @contextlib.asynccontextmanager
 async def aioquic_server(identity: Identity):  # type: ignore[no-untyped-def]
-    config = QuicConfiguration(is_client=False, alpn_protocols=["h3"],
-                               max_datagram_frame_size=65536)
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=["h3"], max_datagram_frame_size=65536
+    )
     config.certificate = x509.load_der_x509_certificate(identity.certificate_der)
     config.private_key = identity.p256_key
     server = await serve("127.0.0.1", 0, configuration=config, create_protocol=EchoProtocol)
@@ -158,11 +164,14 @@ async def test_keywire_client_rejects_an_aioquic_server_with_another_certificate
 
 async def test_the_server_requires_alpn_h3() -> None:
     async with listening() as listener:
-        config = QuicConfiguration(is_client=True, alpn_protocols=["kps/1"],
-                                   verify_mode=ssl.CERT_NONE)
+        config = QuicConfiguration(
+            is_client=True, alpn_protocols=["kps/1"], verify_mode=ssl.CERT_NONE
+        )
         with pytest.raises(ConnectionError):
-            async with asyncio.timeout(5), connect("127.0.0.1", listener.port,
-                                                    configuration=config):
+            async with (
+                asyncio.timeout(5),
+                connect("127.0.0.1", listener.port, configuration=config),
+            ):
                 pass
         await asyncio.sleep(0.1)
         assert all(not c.session.handshake_done for c in listener.connections)

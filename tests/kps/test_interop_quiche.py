@@ -49,7 +49,7 @@ def node() -> str:
 
 def window(index: int, size: int, count: int) -> bytes:
     """Stream ``index``'s payload: the peer script's SHAKE128 bytes ``[index, index + size)``."""
-    return hashlib.shake_128(b"keywire-interop").digest(size + count)[index:index + size]
+    return hashlib.shake_128(b"keywire-interop").digest(size + count)[index : index + size]
 
 
 def write_identity(identity: Identity, folder: Path) -> tuple[Path, Path]:
@@ -71,9 +71,20 @@ class QuicheServer(NodeEventLog):
 async def quiche_server(identity: Identity, folder: Path) -> AsyncIterator[QuicheServer]:
     cert, key = write_identity(identity, folder)
     proc = await asyncio.create_subprocess_exec(
-        node(), str(PEER), "server", "--cert", str(cert), "--key", str(key), "--lifetime", "30",
-        cwd=NPM_DIR, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        node(),
+        str(PEER),
+        "server",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--lifetime",
+        "30",
+        cwd=NPM_DIR,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     server: QuicheServer | None = None
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -95,14 +106,32 @@ async def quiche_server(identity: Identity, folder: Path) -> AsyncIterator[Quich
             await asyncio.wait_for(server._reader, 2)
 
 
-async def quiche_client(port: int, digest: bytes, *, streams: int, size: int,
-                        datagram: str, timeout: float = 15) -> tuple[int, dict[str, Any]]:
+async def quiche_client(
+    port: int, digest: bytes, *, streams: int, size: int, datagram: str, timeout: float = 15
+) -> tuple[int, dict[str, Any]]:
     """Run ``quiche_peer.js client`` against 127.0.0.1:port; its exit code and JSON result."""
     proc = await asyncio.create_subprocess_exec(
-        node(), str(PEER), "client", "--host", "127.0.0.1", "--port", str(port),
-        "--sha256", digest.hex(), "--streams", str(streams), "--size", str(size),
-        "--datagram", datagram, "--timeout", str(timeout),
-        cwd=NPM_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node(),
+        str(PEER),
+        "client",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--sha256",
+        digest.hex(),
+        "--streams",
+        str(streams),
+        "--size",
+        str(size),
+        "--datagram",
+        datagram,
+        "--timeout",
+        str(timeout),
+        cwd=NPM_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
     finally:
@@ -158,8 +187,7 @@ async def test_keywire_dials_the_quiche_server(tmp_path: Path) -> None:
                 got = await streams[index].read_all()
                 return got, await streams[index].read()  # after FIN: EOF again
 
-            results = await asyncio.wait_for(
-                asyncio.gather(*(echo(i) for i in range(count))), 20)
+            results = await asyncio.wait_for(asyncio.gather(*(echo(i) for i in range(count))), 20)
             for (got, after), sent in zip(results, payloads, strict=True):
                 assert len(got) == size and got == sent
                 assert after == b""
@@ -171,7 +199,8 @@ async def test_keywire_dials_the_quiche_server(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)
             limit = conn.max_datagram_size
             assert await datagram_round_trip(conn, b"datagram from keywire") == (
-                b"datagram from keywire")
+                b"datagram from keywire"
+            )
             largest = bytes(range(256)) * (limit // 256) + b"z" * (limit % 256)
             assert await datagram_round_trip(conn, largest) == largest
             with pytest.raises(DatagramTooLarge):
@@ -187,8 +216,7 @@ async def test_keywire_dials_the_quiche_server(tmp_path: Path) -> None:
         assert not server.of("datagram-echo-failed")
 
 
-async def test_keywire_pin_rejects_a_quiche_server_with_another_certificate(
-        tmp_path: Path) -> None:
+async def test_keywire_pin_rejects_a_quiche_server_with_another_certificate(tmp_path: Path) -> None:
     identity, wrong = Identity.generate(), Identity.generate()
     async with quiche_server(identity, tmp_path) as server:
         with pytest.raises(PinMismatch) as info:
@@ -208,6 +236,7 @@ async def test_quiche_client_dials_keywire(client_hellos: list[Any]) -> None:
 
     async def echo_recording_limits(conn: KpsConnection) -> None:
         """Echo streams and datagrams; note keywire's datagram limit when one arrives."""
+
         async def streams() -> None:
             with contextlib.suppress(Exception):  # ends with the connection
                 async for stream in conn:
@@ -223,8 +252,13 @@ async def test_quiche_client_dials_keywire(client_hellos: list[Any]) -> None:
         tasks.update({asyncio.ensure_future(streams()), asyncio.ensure_future(datagrams())})
 
     async with listening(echo_recording_limits) as listener:
-        code, result = await quiche_client(listener.port, listener.identity.cert_digest,
-                                           streams=4, size=300_000, datagram="from quiche")
+        code, result = await quiche_client(
+            listener.port,
+            listener.identity.cert_digest,
+            streams=4,
+            size=300_000,
+            datagram="from quiche",
+        )
     for task in tasks:
         task.cancel()
     assert code == 0, result
@@ -251,8 +285,9 @@ async def test_quiche_client_with_a_wrong_hash_fails_and_the_listener_keeps_serv
 
     async with listening(recording_echo) as listener:
         wrong = Identity.generate().cert_digest
-        code, result = await quiche_client(listener.port, wrong, streams=1, size=1000,
-                                           datagram="x", timeout=5)
+        code, result = await quiche_client(
+            listener.port, wrong, streams=1, size=1000, datagram="x", timeout=5
+        )
         assert code == 1 and not result["ok"] and not result["handshake"]
         assert "custom TLS verification" in result["error"]
         assert bytes.fromhex(result["presented_sha256"]) == listener.identity.cert_digest
@@ -266,7 +301,8 @@ async def test_quiche_client_with_a_wrong_hash_fails_and_the_listener_keeps_serv
         await asyncio.sleep(0.05)
         assert bad not in listener.connections  # released, not kept (with the port) for ever
 
-        code, result = await quiche_client(listener.port, listener.identity.cert_digest,
-                                           streams=2, size=50_000, datagram="again")
+        code, result = await quiche_client(
+            listener.port, listener.identity.cert_digest, streams=2, size=50_000, datagram="again"
+        )
         assert code == 0 and result["ok"], result
         assert len(accepted) == 2

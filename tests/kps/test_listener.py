@@ -81,8 +81,12 @@ async def test_a_failing_webrtc_hook_does_not_stop_quic() -> None:
         assert listener.demux is not None
         listener.demux.webrtc = Broken()
         with pytest.raises(Exception):  # noqa: B017 - every QUIC packet hits the broken hook
-            await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                       KpsSettings(handshake_timeout=0.5))
+            await dial(
+                "127.0.0.1",
+                listener.port,
+                listener.identity.certhash,
+                KpsSettings(handshake_timeout=0.5),
+            )
         listener.demux.webrtc = None
         conn = await dial("127.0.0.1", listener.port, listener.identity.certhash, KpsSettings())
         await conn.close()
@@ -115,8 +119,10 @@ async def test_listen_announces_a_dialable_address_per_scope(spec: str) -> None:
         assert len(announced) == 1
         text = format_alternative(announced[0])
         host = "::1" if spec == "kps:[::]:0" else "127.0.0.1"
-        assert text == f"kps:{host.replace('::1', '::1')}:{listening_.port}:{identity.certhash}" \
+        assert (
+            text == f"kps:{host.replace('::1', '::1')}:{listening_.port}:{identity.certhash}"
             or text.endswith(f":{listening_.port}:{identity.certhash}")
+        )
         conn = await handler.dial(parse(text).alternatives[0], Options())
         stream = await conn.open_stream()
         await stream.write(b"via the handler")
@@ -139,28 +145,43 @@ async def test_listen_announces_a_dialable_address_per_scope(spec: str) -> None:
 async def test_listen_refuses_a_certhash_that_is_not_the_identity() -> None:
     other = Identity.generate().certhash
     with pytest.raises(ValueError, match="certhash"):
-        await KpsHandler().listen(parse(f"kps:127.0.0.1:0:{other}").alternatives[0],
-                                  Options(identity=Identity.generate()), echo_handler)
+        await KpsHandler().listen(
+            parse(f"kps:127.0.0.1:0:{other}").alternatives[0],
+            Options(identity=Identity.generate()),
+            echo_handler,
+        )
 
 
 async def test_settings_come_from_options_extra() -> None:
     with pytest.raises(ValueError, match=r"unknown setting .kps\."):
         KpsSettings.from_options(Options(extra={"kps.idle_timout": 3}))
-    settings = KpsSettings.from_options(Options(handshake_timeout=2.5, max_connections=7,
-                                                extra={"kps.max_streams": "12",
-                                                       "kps.keepalive": 1}))
+    settings = KpsSettings.from_options(
+        Options(
+            handshake_timeout=2.5,
+            max_connections=7,
+            extra={"kps.max_streams": "12", "kps.keepalive": 1},
+        )
+    )
     assert settings.handshake_timeout == 2.5 and settings.max_connections == 7
     assert settings.max_streams == 12 and settings.keepalive == 1.0
 
 
 async def test_keepalive_keeps_an_idle_connection_open_past_the_idle_timeout() -> None:
     async with listening(idle_timeout=0.6, keepalive=0) as listener:
-        conn = await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                          KpsSettings(idle_timeout=0.6, keepalive=0.2))
+        conn = await dial(
+            "127.0.0.1",
+            listener.port,
+            listener.identity.certhash,
+            KpsSettings(idle_timeout=0.6, keepalive=0.2),
+        )
         await asyncio.sleep(1.5)
         assert not conn.closed
-        quiet = await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                           KpsSettings(idle_timeout=0.6, keepalive=0))
+        quiet = await dial(
+            "127.0.0.1",
+            listener.port,
+            listener.identity.certhash,
+            KpsSettings(idle_timeout=0.6, keepalive=0),
+        )
         error = await asyncio.wait_for(quiet.wait_closed(), 3)
         assert error.code == 4  # timeout
         await conn.close()

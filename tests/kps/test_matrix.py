@@ -65,9 +65,9 @@ async def test_eight_concurrent_streams() -> None:
 
 async def test_four_concurrent_connections() -> None:
     async with listening() as listener:
+
         async def one(i: int) -> None:
-            conn = await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                              KpsSettings())
+            conn = await dial("127.0.0.1", listener.port, listener.identity.certhash, KpsSettings())
             stream = await conn.open_stream()
             await stream.write(f"conn {i}".encode())
             await stream.close_write()
@@ -226,8 +226,9 @@ async def test_too_large_datagram_fails_and_later_ones_still_flow() -> None:
 async def test_datagram_receive_queue_is_bounded_and_drops_oldest() -> None:
     seen = Collector()
     async with listening(seen, datagram_queue=4) as listener:
-        conn = await dial("127.0.0.1", listener.port, listener.identity.certhash,
-                          KpsSettings(datagram_queue=4))
+        conn = await dial(
+            "127.0.0.1", listener.port, listener.identity.certhash, KpsSettings(datagram_queue=4)
+        )
         server = await seen.first()
         for i in range(10):
             conn.send_datagram(bytes([i]))
@@ -261,8 +262,7 @@ async def test_ipv6_over_loopback_on_a_dual_stack_listener() -> None:
 
 async def test_non_reading_receiver_blocks_the_writer_after_the_window() -> None:
     window = 256 << 10
-    settings = KpsSettings(stream_window=window, connection_window=4 * window,
-                           send_buffer=window)
+    settings = KpsSettings(stream_window=window, connection_window=4 * window, send_buffer=window)
     seen = Collector()
     async with listening(seen, settings=settings) as listener:
         conn = await dial("127.0.0.1", listener.port, listener.identity.certhash, settings)

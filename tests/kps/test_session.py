@@ -33,7 +33,8 @@ class Pair:
         self.now = 1000.0
         quic = GatedQuicConnection(
             configuration=client_configuration(pin or self.identity.cert_digest, self.settings),
-            pin=pin or self.identity.cert_digest)
+            pin=pin or self.identity.cert_digest,
+        )
         self.client = KpsSession(quic, connection_window=self.settings.connection_window)
         self.server: KpsSession | None = None
         self.client.connect(SERVER, self.now)
@@ -45,7 +46,9 @@ class Pair:
             dcid = pull_quic_header(data, 0, 8)[3]
             quic = GatedQuicConnection(
                 configuration=server_configuration(self.identity, self.settings),
-                original_destination_connection_id=dcid, max_streams=self.settings.max_streams)
+                original_destination_connection_id=dcid,
+                max_streams=self.settings.max_streams,
+            )
             self.server = KpsSession(quic, connection_window=self.settings.connection_window)
         return self.server
 

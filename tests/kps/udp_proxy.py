@@ -97,8 +97,9 @@ class UdpProxy(asyncio.DatagramProtocol):
 
     async def __aenter__(self) -> UdpProxy:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self,
-                                                           local_addr=("127.0.0.1", 0))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
         self.front = transport
         self.port = transport.get_extra_info("sockname")[1]
         return self
@@ -135,8 +136,9 @@ class UdpProxy(asyncio.DatagramProtocol):
 
     async def _open(self, addr: Address) -> None:
         loop = asyncio.get_running_loop()
-        _, upstream = await loop.create_datagram_endpoint(lambda: _Upstream(self, addr),
-                                                          local_addr=("127.0.0.1", 0))
+        _, upstream = await loop.create_datagram_endpoint(
+            lambda: _Upstream(self, addr), local_addr=("127.0.0.1", 0)
+        )
         self._upstreams[addr] = upstream
         for data in self._pending.pop(addr, []):
             self._send_up(upstream, addr, data)

@@ -24,9 +24,20 @@ class RelayProcess:
         full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keywire.link.relay", "--host", "127.0.0.1",
-             "--port", str(port), *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+            [
+                sys.executable,
+                "-m",
+                "keywire.link.relay",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
         if not line.startswith("ws://"):

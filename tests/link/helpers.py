@@ -34,13 +34,20 @@ class EchoHost:
 
     async def start(self, pairing_code: bool | str = True) -> EchoHost:
         handler = LinkHandler()
-        options = Options(identity=Identity.generate(), timeout=5.0,
-                          extra={"link.store_dir": str(self.store),
-                                 "link.pairing_code": pairing_code,
-                                 "link.on_pairing_code": self._on_code, **self.extra})
+        options = Options(
+            identity=Identity.generate(),
+            timeout=5.0,
+            extra={
+                "link.store_dir": str(self.store),
+                "link.pairing_code": pairing_code,
+                "link.on_pairing_code": self._on_code,
+                **self.extra,
+            },
+        )
         for url in self.urls:
-            listening = await handler.listen(parse(f"{url}~link").alternatives[0], options,
-                                             self._serve)
+            listening = await handler.listen(
+                parse(f"{url}~link").alternatives[0], options, self._serve
+            )
             self.listenings.append(listening)
         alts = [a for lst in self.listenings for a in lst.announce("public")]  # type: ignore[attr-defined]
         self.announced = ";".join(str(a) for a in alts)
@@ -84,8 +91,9 @@ async def dial(alternative: str, code: str | None = None, timeout: float = 5.0) 
     extra: dict[str, object] = {}
     if code is not None:
         extra["link.pairing_code"] = code
-    return await LinkHandler().dial(parse(alternative).alternatives[0],
-                                    Options(timeout=timeout, extra=extra))
+    return await LinkHandler().dial(
+        parse(alternative).alternatives[0], Options(timeout=timeout, extra=extra)
+    )
 
 
 async def echo_once(conn: Connection, payload: bytes) -> bytes:

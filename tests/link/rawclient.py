@@ -20,8 +20,9 @@ class RawHost:
         self.address = address_for_register_key(self.pub)
         self.pub_b64u = b64u(self.pub)
 
-    def register(self, url: str, ts: int | None = None, origin_url: str | None = None
-                 ) -> dict[str, Any]:
+    def register(
+        self, url: str, ts: int | None = None, origin_url: str | None = None
+    ) -> dict[str, Any]:
         return register_message(self.key, self.address, origin_url or url, ts)
 
 

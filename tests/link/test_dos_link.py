@@ -61,7 +61,8 @@ async def legit_echo(host: EchoHost) -> None:
 
 
 async def test_resolves_from_one_ip_do_not_lock_out_other_ips(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     relay = relay_factory("--max-bps", "0")
     host = await EchoHost([relay.url], tmp_path / "host").start()
     socks: list[ClientConnection] = []
@@ -80,7 +81,8 @@ async def test_resolves_from_one_ip_do_not_lock_out_other_ips(
 
 
 async def test_resolves_from_many_ips_leave_room_for_a_real_client(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     relay = relay_factory("--max-bps", "0")
     base = fd_count(relay.proc.pid)
     host = await EchoHost([relay.url], tmp_path / "host").start()
@@ -103,8 +105,8 @@ async def test_resolves_from_many_ips_leave_room_for_a_real_client(
 
 
 async def test_wrong_codes_slow_guessing_and_tell_the_host(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     relay = relay_factory("--max-bps", "0")
     host = await EchoHost([relay.url], tmp_path / "host").start("AAAA-AAAA")
     caplog.set_level(logging.WARNING, "keywire.link")
@@ -118,7 +120,7 @@ async def test_wrong_codes_slow_guessing_and_tell_the_host(
             except Spake2Error:
                 outcomes.append("wrong")
         # the free guesses are answered, then the code rests (1 s) and says so
-        assert outcomes[:FREE_GUESSES + 1] == ["wrong"] * (FREE_GUESSES + 1)
+        assert outcomes[: FREE_GUESSES + 1] == ["wrong"] * (FREE_GUESSES + 1)
         assert outcomes[-1] == "busy"
         status = [r.getMessage() for r in caplog.records if "pairing:" in r.getMessage()]
         assert len(status) == FREE_GUESSES + 1 and "wrong guess" in status[-1]

@@ -63,14 +63,17 @@ def stderr_lines(text: str) -> list[str]:
 
 
 async def test_idle_connections_are_capped_and_dropped_at_the_deadline(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     raise_nofile()
     relay = relay_factory("--upgrade-sec", "2", "--max-upgrading", "100", "--max-bps", "0")
     baseline = fd_count(relay.proc.pid)
     # 2,000 sockets from 8 sources that connect and never send a byte, plus slowloris ones
     # that send half a request
-    with flood(relay.port, 200, sources(8)) as idle, \
-            flood(relay.port, 50, sources(8, "127.0.2."), b"GET /health HTTP/1.1\r\n") as slow:
+    with (
+        flood(relay.port, 200, sources(8)) as idle,
+        flood(relay.port, 50, sources(8, "127.0.2."), b"GET /health HTTP/1.1\r\n") as slow,
+    ):
         during = await settle(relay.proc.pid, baseline + 100 + 20)
         assert during <= baseline + 100 + 20, during  # the total pre-upgrade cap holds
         assert health(relay.http) == 200
@@ -96,9 +99,21 @@ class LimitedRelay(RelayProcess):
 
         env = {**os.environ, "PYTHONPATH": SRC}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keywire.link.relay", "--host", "127.0.0.1", "--port", "0",
-             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            preexec_fn=limit)
+            [
+                sys.executable,
+                "-m",
+                "keywire.link.relay",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=limit,
+        )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().decode().strip()
         self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -106,8 +121,7 @@ class LimitedRelay(RelayProcess):
 
 
 @pytest.mark.parametrize("own_cap", [True, False])
-async def test_fd_exhaustion_is_one_line_and_health_recovers(own_cap: bool,
-                                                            tmp_path: Path) -> None:
+async def test_fd_exhaustion_is_one_line_and_health_recovers(own_cap: bool, tmp_path: Path) -> None:
     """With its own cap (the default, from the fd limit) the relay never meets EMFILE and
     /health answers throughout; forced past the fd limit, asyncio's accept error becomes one
     rate-limited line instead of a traceback per retry."""
@@ -141,9 +155,11 @@ async def test_fd_exhaustion_is_one_line_and_health_recovers(own_cap: bool,
 def upgrade(port: int, source: str) -> socket.socket:
     """A raw WebSocket upgrade to the relay's path, from ``source``."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
-    s.sendall(b"GET /v1/link HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(
+        b"GET /v1/link HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
     answer = b""
     while b"\r\n\r\n" not in answer:
         chunk = s.recv(4096)
@@ -154,7 +170,8 @@ def upgrade(port: int, source: str) -> socket.socket:
 
 
 async def test_large_frames_before_register_are_refused_unbuffered(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     relay = relay_factory("--max-bps", "0")
     await asyncio.sleep(0.5)
     before = rss_mb(relay.proc.pid)
@@ -179,11 +196,16 @@ async def test_large_frames_before_register_are_refused_unbuffered(
 
 
 async def test_garbage_http_gets_an_answer_and_no_traceback(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     relay = relay_factory()
-    cases = [b"GARBAGE\r\n\r\n", b"\x16\x03\x01\x00\x05hello\r\n\r\n", b"\r\n\r\n",
-             b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 20000 + b"\r\n\r\n",
-             b"GET /v1/link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"]
+    cases = [
+        b"GARBAGE\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+        b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET /v1/link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+    ]
     for case in cases:
         s = socket.create_connection(("127.0.0.1", relay.port), timeout=3)
         try:
@@ -193,8 +215,10 @@ async def test_garbage_http_gets_an_answer_and_no_traceback(
             answer = b""
         finally:
             s.close()
-        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 426", b"HTTP/1.1 431")), \
-            (case[:40], answer)
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 426", b"HTTP/1.1 431")), (
+            case[:40],
+            answer,
+        )
     await pair_and_echo(relay.url, tmp_path / "host")
     assert "Traceback" not in relay.logs()
 
@@ -202,8 +226,9 @@ async def test_garbage_http_gets_an_answer_and_no_traceback(
 def stats(port: int, authorization: bytes) -> bytes:
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
     try:
-        s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization
-                  + b"\r\n\r\n")
+        s.sendall(
+            b"GET /v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: " + authorization + b"\r\n\r\n"
+        )
         answer = b""
         while chunk := s.recv(4096):
             answer += chunk
@@ -212,8 +237,7 @@ def stats(port: int, authorization: bytes) -> bytes:
         s.close()
 
 
-def test_admin_token_check_survives_any_header(
-        relay_factory: Callable[..., RelayProcess]) -> None:
+def test_admin_token_check_survives_any_header(relay_factory: Callable[..., RelayProcess]) -> None:
     """The token is compared as bytes with hmac.compare_digest (constant time; a non-ASCII
     header cannot make it raise)."""
     relay = relay_factory("--admin-token", "s3cret")

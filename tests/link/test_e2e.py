@@ -21,8 +21,9 @@ from .helpers import EchoHost, dial, echo_once
 pytestmark = pytest.mark.timeout(30)
 
 
-async def test_pair_echo_then_reconnect_without_code(relay: RelayProcess, tmp_path: Path,
-                                                     private_config: Path) -> None:
+async def test_pair_echo_then_reconnect_without_code(
+    relay: RelayProcess, tmp_path: Path, private_config: Path
+) -> None:
     host = await EchoHost([relay.url], tmp_path / "host").start()
     try:
         assert host.code is not None and len(host.code) == 9
@@ -139,8 +140,9 @@ async def test_revoke_from_another_process_store(relay: RelayProcess, tmp_path: 
         await host.close()
 
 
-async def test_five_wrong_codes_do_not_lock_out_the_owner(relay: RelayProcess,
-                                                          tmp_path: Path) -> None:
+async def test_five_wrong_codes_do_not_lock_out_the_owner(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await EchoHost([relay.url], tmp_path / "host").start("AAAA-AAAA")
     try:
         for _ in range(5):

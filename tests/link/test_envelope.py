@@ -23,12 +23,14 @@ from .conftest import RelayProcess
 def test_exact_bytes() -> None:
     assert envelope.encode({"t": "evt", "data": 1}) == b'{"t":"evt","data":1}'
     assert envelope.encode({"t": "evt"}, b"\x00\xff") == (
-        b"\x01\x00\x00\x00\x0b" + b'{"t":"evt"}' + b"\x00\xff")
+        b"\x01\x00\x00\x00\x0b" + b'{"t":"evt"}' + b"\x00\xff"
+    )
     assert envelope.decode(b"\x01\x00\x00\x00\x02{}") == ({}, b"")
 
 
-@pytest.mark.parametrize("bad", [b"", b"[1]", b"\x01\x00\x00", b"\x01\x00\x00\x00\x09{}",
-                                 b"\x02{}", b"{nope"])
+@pytest.mark.parametrize(
+    "bad", [b"", b"[1]", b"\x01\x00\x00", b"\x01\x00\x00\x00\x09{}", b"\x02{}", b"{nope"]
+)
 def test_malformed(bad: bytes) -> None:
     with pytest.raises(LinkProtocolError):
         envelope.decode(bad)

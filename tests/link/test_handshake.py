@@ -34,8 +34,9 @@ class Clock:
 
 
 def make_host(clock: Clock | None = None) -> HostContext:
-    return HostContext(X25519PrivateKey.generate(), ADDRESS, CodeBook(clock or Clock()),
-                       TokenBook())
+    return HostContext(
+        X25519PrivateKey.generate(), ADDRESS, CodeBook(clock or Clock()), TokenBook()
+    )
 
 
 def run(client: ClientPairing | ClientReconnect, host: HostHandshake) -> None:

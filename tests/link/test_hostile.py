@@ -65,8 +65,13 @@ async def test_recording_holds_no_plaintext_and_no_code(tmp_path: Path) -> None:
         assert credential is not None
         blob = b"".join(relay.recorded) + "".join(relay.control_frames).encode()
         assert len(relay.recorded) > 10
-        for needle in (SECRET[:16], host.code.encode(), host.code.replace("-", "").encode(),
-                       credential.token, b64u(credential.token).encode()):
+        for needle in (
+            SECRET[:16],
+            host.code.encode(),
+            host.code.replace("-", "").encode(),
+            credential.token,
+            b64u(credential.token).encode(),
+        ):
             assert needle not in blob
     finally:
         await host.close()
@@ -82,8 +87,15 @@ async def test_any_tampering_ends_the_session(tmp_path: Path, frame_index: int) 
         await client.pair(host.announced, host.code)
         relay.spliced_count = 0
         relay.tamper_at = frame_index
-        with pytest.raises((StreamError, ConnectionClosed, client.HandshakeError,
-                            asyncio.IncompleteReadError, TimeoutError)):
+        with pytest.raises(
+            (
+                StreamError,
+                ConnectionClosed,
+                client.HandshakeError,
+                asyncio.IncompleteReadError,
+                TimeoutError,
+            )
+        ):
             conn = await dial(host.announced)
             for _ in range(4):
                 await echo_once(conn, b"x" * 100)
@@ -124,8 +136,10 @@ async def test_third_party_cannot_take_the_host_end(tmp_path: Path) -> None:
         await recv(control)  # arrived
         await send(victim, {"type": "relay", "linkId": link_id})
         ticket = (await recv(control))["ticket"]
-        for forged in ({"type": "accept", "linkId": link_id},
-                       {"type": "accept", "linkId": link_id, "ticket": "guess"}):
+        for forged in (
+            {"type": "accept", "linkId": link_id},
+            {"type": "accept", "linkId": link_id, "ticket": "guess"},
+        ):
             thief = await ws(url)
             await send(thief, forged)
             assert await close_code(thief) == 4007

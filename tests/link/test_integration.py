@@ -38,9 +38,14 @@ async def echo(conn: Connection) -> None:
 async def test_server_and_dial_over_two_relays(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r1, r2 = relay_factory(), relay_factory()
     shown: list[tuple[str, str]] = []
-    options = Options(identity=Identity.generate(), extra={
-        "link.store_dir": str(tmp_path / "host"), "link.pairing_code": True,
-        "link.on_pairing_code": lambda addr, code, cid: shown.append((addr, code))})
+    options = Options(
+        identity=Identity.generate(),
+        extra={
+            "link.store_dir": str(tmp_path / "host"),
+            "link.pairing_code": True,
+            "link.on_pairing_code": lambda addr, code, cid: shown.append((addr, code)),
+        },
+    )
     server = keywire.Server([f"{r1.url}~link", f"{r2.url}~link"], options)
     await server.start()
     task = asyncio.create_task(server.serve(echo))
@@ -70,8 +75,9 @@ async def test_server_and_dial_over_two_relays(relay_factory, tmp_path: Path) ->
         task.cancel()
 
 
-async def test_cli_pair_list_and_revoke(relay: RelayProcess, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_pair_list_and_revoke(
+    relay: RelayProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from .helpers import EchoHost
 
     host = await EchoHost([relay.url], tmp_path / "cfg" / "keywire").start()
@@ -99,8 +105,9 @@ async def test_cli_pair_list_and_revoke(relay: RelayProcess, tmp_path: Path,
         await host.close()
 
 
-async def test_cli_pair_wrong_code_is_a_clear_failure(relay: RelayProcess, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_pair_wrong_code_is_a_clear_failure(
+    relay: RelayProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from .helpers import EchoHost
 
     host = await EchoHost([relay.url], tmp_path / "host").start("ZZZZ-ZZZZ")

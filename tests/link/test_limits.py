@@ -46,8 +46,9 @@ async def test_shaping_holds_the_rate_within_ten_percent(relay_factory) -> None:
 
 async def test_quota_drops_to_the_trickle_floor(relay_factory) -> None:  # type: ignore[no-untyped-def]
     hourly, trickle, size = 200_000, 40_000, 10_000
-    relay = relay_factory("--max-bps", "0", "--hourly-bytes", str(hourly),
-                          "--trickle-bps", str(trickle))
+    relay = relay_factory(
+        "--max-bps", "0", "--hourly-bytes", str(hourly), "--trickle-bps", str(trickle)
+    )
     control, client, host_end = await spliced(relay.url)
     frames = hourly // size + 2 * trickle // size + 12
     arrivals = await _send_and_time(client, host_end, frames, size)
@@ -147,9 +148,13 @@ async def test_heartbeat_drops_a_silent_socket(relay_factory) -> None:  # type: 
     relay = relay_factory("--heartbeat-sec", "0.6")
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /v1/link HTTP/1.1\r\nHost: 127.0.0.1:{relay.port}\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /v1/link HTTP/1.1\r\nHost: 127.0.0.1:{relay.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     assert b" 101 " in head

@@ -25,7 +25,8 @@ def _keys(vector: dict[str, Any], side: str) -> Keys:
         return bytes.fromhex(vector[name]) if name in vector else None
 
     return Keys(
-        s=opt_priv(f"{side}_static"), e=opt_priv(f"{side}_ephemeral"),
+        s=opt_priv(f"{side}_static"),
+        e=opt_priv(f"{side}_ephemeral"),
         rs=opt_pub(f"{side}_remote_static"),
         psks=tuple(bytes.fromhex(p) for p in vector.get(f"{side}_psks", ())),
     )
@@ -34,10 +35,10 @@ def _keys(vector: dict[str, Any], side: str) -> Keys:
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["protocol_name"])
 def test_cacophony_vector(vector: dict[str, Any]) -> None:
     name = vector["protocol_name"]
-    init = HandshakeState(name, True, _keys(vector, "init"),
-                          bytes.fromhex(vector["init_prologue"]))
-    resp = HandshakeState(name, False, _keys(vector, "resp"),
-                          bytes.fromhex(vector["resp_prologue"]))
+    init = HandshakeState(name, True, _keys(vector, "init"), bytes.fromhex(vector["init_prologue"]))
+    resp = HandshakeState(
+        name, False, _keys(vector, "resp"), bytes.fromhex(vector["resp_prologue"])
+    )
     one_way = Pattern.parse(name).one_way
     for i, message in enumerate(vector["messages"]):
         payload = bytes.fromhex(message["payload"])
@@ -60,8 +61,9 @@ def test_cacophony_vector(vector: dict[str, Any]) -> None:
 NK = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
 
 
-def _pair(psk_i: bytes = b"k" * 32, psk_r: bytes = b"k" * 32,
-          pinned: bytes | None = None) -> tuple[HandshakeState, HandshakeState]:
+def _pair(
+    psk_i: bytes = b"k" * 32, psk_r: bytes = b"k" * 32, pinned: bytes | None = None
+) -> tuple[HandshakeState, HandshakeState]:
     host_static = private_key(bytes(range(32)))
     rs = pinned if pinned is not None else public_bytes(host_static)
     init = HandshakeState(NK, True, Keys(rs=rs, psks=(psk_i,)), b"prologue")

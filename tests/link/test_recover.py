@@ -164,8 +164,9 @@ def test_pairing_codes_and_recovery_keys_do_not_mix() -> None:
         run(ClientRecovery(KEY, ADDRESS), HostHandshake(book_ctx))
 
 
-@pytest.mark.parametrize("weak", ["ABCD-EFGH", "0123-4567-89AB-CDEF-GHJ",
-                                  "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", "ABAB" * 7])
+@pytest.mark.parametrize(
+    "weak", ["ABCD-EFGH", "0123-4567-89AB-CDEF-GHJ", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", "ABAB" * 7]
+)
 def test_a_weak_recovery_key_is_rejected(weak: str) -> None:
     with pytest.raises(codes.RecoveryKeyError, match=r"at least 100 bits|must be random"):
         RecoveryGate.from_key(weak)
@@ -174,8 +175,10 @@ def test_a_weak_recovery_key_is_rejected(weak: str) -> None:
 
 
 async def test_a_weak_key_fails_listen_before_any_network(tmp_path: Path) -> None:
-    options = Options(identity=Identity.generate(), extra={
-        "link.store_dir": str(tmp_path), "link.recovery_key": "SHORT-KEY"})
+    options = Options(
+        identity=Identity.generate(),
+        extra={"link.store_dir": str(tmp_path), "link.recovery_key": "SHORT-KEY"},
+    )
     from keywire.address import parse
 
     alt = parse("ws://127.0.0.1:9/v1/link~link").alternatives[0]
@@ -224,8 +227,9 @@ def test_normaliser_examples() -> None:
         codes.normalise_recovery_key(b"bytes")  # type: ignore[arg-type]
 
 
-@given(st.one_of(st.text(max_size=120),
-                 st.text(alphabet=codes.ALPHABET + "iloIlo- \t", max_size=80)))
+@given(
+    st.one_of(st.text(max_size=120), st.text(alphabet=codes.ALPHABET + "iloIlo- \t", max_size=80))
+)
 def test_fuzz_recovery_key_normaliser_is_total(text: str) -> None:
     try:
         canonical = codes.normalise_recovery_key(text)
@@ -265,14 +269,16 @@ async def test_generated_key_is_saved_as_w_only_and_reused(tmp_path: Path) -> No
 # -- end to end: real relay, real host, real clients -------------------------------------------
 
 
-async def start_host(url: str, store: Path, key: str | bool = KEY, cap: int = 4,
-                     pairing_code: bool = False) -> EchoHost:
+async def start_host(
+    url: str, store: Path, key: str | bool = KEY, cap: int = 4, pairing_code: bool = False
+) -> EchoHost:
     extra: dict[str, object] = {"link.recovery_key": key, "link.recover_concurrency": cap}
     return await EchoHost([url], store, extra=extra).start(pairing_code)
 
 
-async def test_recover_then_reconnect_and_recover_again(relay: RelayProcess,
-                                                        tmp_path: Path) -> None:
+async def test_recover_then_reconnect_and_recover_again(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await start_host(relay.url, tmp_path / "host")
     try:
         credential, via = await client.recover(host.announced, KEY.lower())
@@ -289,7 +295,8 @@ async def test_recover_then_reconnect_and_recover_again(relay: RelayProcess,
         other, _ = await client.recover(host.announced, KEY, store_dir=tmp_path / "phone")
         assert other.key_id != credential.key_id
         assert set(host.host.tokens.devices()) >= {
-            c.to_json()["keyId"] for c in (credential, other)}
+            c.to_json()["keyId"] for c in (credential, other)
+        }
         pipe = await client.connect(host.announced, store_dir=tmp_path / "phone")
         await pipe.close()
         pipe = await client.connect(host.announced)  # the first credential still works
@@ -298,14 +305,15 @@ async def test_recover_then_reconnect_and_recover_again(relay: RelayProcess,
         await host.close()
 
 
-async def test_dial_option_recovers_when_no_credential(relay: RelayProcess,
-                                                       tmp_path: Path) -> None:
+async def test_dial_option_recovers_when_no_credential(relay: RelayProcess, tmp_path: Path) -> None:
     from keywire.address import parse
 
     host = await start_host(relay.url, tmp_path / "host")
     try:
-        conn = await LinkHandler().dial(parse(host.announced).alternatives[0],
-                                        Options(timeout=5, extra={"link.recovery_key": KEY}))
+        conn = await LinkHandler().dial(
+            parse(host.announced).alternatives[0],
+            Options(timeout=5, extra={"link.recovery_key": KEY}),
+        )
         assert await echo_once(conn, b"via dial") == b"via dial"
         await conn.close()
         assert ClientStore().get(host.host.address) is not None
@@ -328,13 +336,16 @@ async def test_eight_wrong_keys_then_the_right_one(relay: RelayProcess, tmp_path
         await host.close()
 
 
-async def test_wrong_recovery_key_fails_like_a_wrong_pairing_code(relay: RelayProcess,
-                                                                  tmp_path: Path) -> None:
+async def test_wrong_recovery_key_fails_like_a_wrong_pairing_code(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await start_host(relay.url, tmp_path / "host", pairing_code=True)
     try:
         errors = []
-        for attempt in (client.recover(host.announced, codes.generate_recovery_key()),
-                        client.pair(host.announced, "ZZZZ-ZZZZ")):
+        for attempt in (
+            client.recover(host.announced, codes.generate_recovery_key()),
+            client.pair(host.announced, "ZZZZ-ZZZZ"),
+        ):
             with pytest.raises(Spake2Error) as info:
                 await attempt
             errors.append(type(info.value))
@@ -343,8 +354,9 @@ async def test_wrong_recovery_key_fails_like_a_wrong_pairing_code(relay: RelayPr
         await host.close()
 
 
-async def test_concurrency_cap_refuses_the_extra_attempt(relay: RelayProcess,
-                                                         tmp_path: Path) -> None:
+async def test_concurrency_cap_refuses_the_extra_attempt(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await start_host(relay.url, tmp_path / "host", cap=2)
     stalled = []
     try:
@@ -375,8 +387,9 @@ async def test_concurrency_cap_refuses_the_extra_attempt(relay: RelayProcess,
         await host.close()
 
 
-async def test_host_without_recovery_key_refuses_mode_2(relay: RelayProcess,
-                                                        tmp_path: Path) -> None:
+async def test_host_without_recovery_key_refuses_mode_2(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await EchoHost([relay.url], tmp_path / "host").start(True)
     try:
         with pytest.raises(RecoveryUnavailable, match="no recovery key"):
@@ -387,8 +400,9 @@ async def test_host_without_recovery_key_refuses_mode_2(relay: RelayProcess,
         await host.close()
 
 
-async def test_recover_header_version_2_is_refused_end_to_end(relay: RelayProcess,
-                                                              tmp_path: Path) -> None:
+async def test_recover_header_version_2_is_refused_end_to_end(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
     host = await start_host(relay.url, tmp_path / "host")
     try:
         machine = ClientRecovery(KEY, host.host.address)
@@ -423,8 +437,10 @@ async def test_revoking_a_recovered_device(relay: RelayProcess, tmp_path: Path) 
 
 async def test_generated_key_is_shown_once_and_works(relay: RelayProcess, tmp_path: Path) -> None:
     shown: list[tuple[str, str]] = []
-    extra: dict[str, object] = {"link.recovery_key": True,
-                                "link.on_recovery_key": lambda a, k: shown.append((a, k))}
+    extra: dict[str, object] = {
+        "link.recovery_key": True,
+        "link.on_recovery_key": lambda a, k: shown.append((a, k)),
+    }
     host = await EchoHost([relay.url], tmp_path / "host", extra=extra).start(False)
     try:
         for _ in range(60):
@@ -440,17 +456,20 @@ async def test_generated_key_is_shown_once_and_works(relay: RelayProcess, tmp_pa
         await host.close()
 
 
-async def test_cli_pair_with_recovery_key(relay: RelayProcess, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_pair_with_recovery_key(
+    relay: RelayProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     host = await start_host(relay.url, tmp_path / "host")
     try:
         args = parse_link_cli(["pair", host.announced, "--recovery-key", KEY])
         assert await args.func(args) == 0
         assert "recovered access to" in capsys.readouterr().err
         assert ClientStore().get(host.host.address) is not None
-        for argv in (["pair", host.announced], ["pair", host.announced, "ABCD-EFGH",
-                                                "--recovery-key", KEY],
-                     ["pair", host.announced, "--recovery-key", KEY, "--code-id", "00" * 8]):
+        for argv in (
+            ["pair", host.announced],
+            ["pair", host.announced, "ABCD-EFGH", "--recovery-key", KEY],
+            ["pair", host.announced, "--recovery-key", KEY, "--code-id", "00" * 8],
+        ):
             args = parse_link_cli(argv)
             assert await args.func(args) == 2
         assert "either CODE or --recovery-key" in capsys.readouterr().err
@@ -462,11 +481,27 @@ async def test_cli_pair_with_recovery_key(relay: RelayProcess, tmp_path: Path,
 
 
 def test_cli_listen_prints_a_generated_key_once(relay: RelayProcess, tmp_path: Path) -> None:
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-               PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "keywire", "listen", f"{relay.url}~link", "--recovery-key",
-         "--no-qr", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        [
+            sys.executable,
+            "-m",
+            "keywire",
+            "listen",
+            f"{relay.url}~link",
+            "--recovery-key",
+            "--no-qr",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         address = proc.stdout.readline().strip()

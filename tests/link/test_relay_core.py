@@ -29,16 +29,18 @@ def register(core: RelayCore, peer: int, host: RawHost, now: float, ts: int | No
     return core.text(peer, json.dumps(message), now)
 
 
-def link_up(core: RelayCore, host: RawHost, control: int, client: int, host_end: int,
-            now: float) -> Any:
+def link_up(
+    core: RelayCore, host: RawHost, control: int, client: int, host_end: int, now: float
+) -> Any:
     core.open(client, "10.0.0.2", "relay.example", now)
     found = core.text(client, json.dumps({"type": "resolve", "address": host.address}), now)
     link_id = found[0].message["linkId"]
     relay = core.text(client, json.dumps({"type": "relay", "linkId": link_id}), now)
     ticket = relay[0].message["ticket"]
     core.open(host_end, "10.0.0.1", "relay.example", now)
-    actions = core.text(host_end, json.dumps({"type": "accept", "linkId": link_id,
-                                               "ticket": ticket}), now)
+    actions = core.text(
+        host_end, json.dumps({"type": "accept", "linkId": link_id, "ticket": ticket}), now
+    )
     assert isinstance(actions[-1], Splice)
     return actions[-1].link
 
@@ -133,14 +135,24 @@ def test_usage_is_pushed_on_tier_crossings_at_most_once_a_second() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.one_of(
-    st.text(max_size=60),
-    st.dictionaries(st.sampled_from(["type", "address", "linkId", "ticket", "auth"]),
-                    st.one_of(st.sampled_from(["register", "resolve", "relay", "accept",
-                                               "getUsage"]), st.text(max_size=10),
-                              st.integers(), st.none(), st.dictionaries(st.text(max_size=5),
-                                                                        st.integers()))).map(
-        json.dumps)), max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=60),
+            st.dictionaries(
+                st.sampled_from(["type", "address", "linkId", "ticket", "auth"]),
+                st.one_of(
+                    st.sampled_from(["register", "resolve", "relay", "accept", "getUsage"]),
+                    st.text(max_size=10),
+                    st.integers(),
+                    st.none(),
+                    st.dictionaries(st.text(max_size=5), st.integers()),
+                ),
+            ).map(json.dumps),
+        ),
+        max_size=6,
+    )
+)
 def test_fuzz_control_frames(frames: list[str]) -> None:
     core = make_core()
     core.open(1, "10.0.0.1", "relay.example", 0.0)

@@ -57,10 +57,18 @@ async def test_unknown_address_is_not_fatal(relay: RelayProcess) -> None:
     await control.close()
 
 
-@pytest.mark.parametrize("frame", [
-    "not json", '{"no":"type"}', '{"type":"dance"}', '{"type":"resolve","address":"x","code":"1"}',
-    '{"type":"getUsage"}', '{"type":"relay","linkId":"x"}', "x" * 5000,
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        '{"no":"type"}',
+        '{"type":"dance"}',
+        '{"type":"resolve","address":"x","code":"1"}',
+        '{"type":"getUsage"}',
+        '{"type":"relay","linkId":"x"}',
+        "x" * 5000,
+    ],
+)
 async def test_bad_control_frames_close_4000(relay: RelayProcess, frame: str) -> None:
     sock = await ws(relay.url)
     await sock.send(frame)

@@ -13,8 +13,10 @@ from keywire.link import spake2
 from keywire.link.spake2 import Role, Spake2, Spake2Error
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc9382-spake2-p256.json").read_text())
-G_HEX = ("046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
-         "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5")
+G_HEX = (
+    "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: f"{v['idA']}|{v['idB']}")

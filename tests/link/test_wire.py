@@ -46,9 +46,18 @@ def test_header_layouts() -> None:
     assert Header.decode(b"FLk1\x01\x02").mode is Mode.RECOVER
 
 
-@pytest.mark.parametrize("bad", [b"", b"FLk2\x01\x01", b"FLk1\x01\x09", b"FLk1\x03\x01",
-                                 b"FLk1\x01\x03" + b"\x00" * 15, b"FLk1\x02\x02" + b"\x00" * 8,
-                                 b"FLk1\x01\x01extra"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"FLk2\x01\x01",
+        b"FLk1\x01\x09",
+        b"FLk1\x03\x01",
+        b"FLk1\x01\x03" + b"\x00" * 15,
+        b"FLk1\x02\x02" + b"\x00" * 8,
+        b"FLk1\x01\x01extra",
+    ],
+)
 def test_bad_headers(bad: bytes) -> None:
     with pytest.raises(LinkProtocolError):
         Header.decode(bad)
@@ -95,8 +104,12 @@ def test_fuzz_b64u(text: str) -> None:
     assert wire.b64u(raw) == text
 
 
-@given(st.dictionaries(st.sampled_from(["address", "hostStaticPub", "token", "keyId", "x"]),
-                       st.one_of(st.text(max_size=50), st.integers(), st.none())))
+@given(
+    st.dictionaries(
+        st.sampled_from(["address", "hostStaticPub", "token", "keyId", "x"]),
+        st.one_of(st.text(max_size=50), st.integers(), st.none()),
+    )
+)
 def test_fuzz_credential_json(data: dict[str, object]) -> None:
     try:
         Credential.from_json(data)

@@ -23,8 +23,9 @@ class TcpPair:
     server_pipe: StreamPipe
 
 
-async def open_pair(config: MuxConfig | None = None,
-                    server_config: MuxConfig | None = None) -> tuple[TcpPair, asyncio.Server]:
+async def open_pair(
+    config: MuxConfig | None = None, server_config: MuxConfig | None = None
+) -> tuple[TcpPair, asyncio.Server]:
     accepted: asyncio.Future[StreamPipe] = asyncio.get_running_loop().create_future()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -36,8 +37,9 @@ async def open_pair(config: MuxConfig | None = None,
     client_pipe = StreamPipe(reader, writer, f"net:127.0.0.1:{port}")
     server_pipe = await asyncio.wait_for(accepted, 5)
     client = MuxConnection(client_pipe, client=True, config=config, address="client~mux")
-    srv = MuxConnection(server_pipe, client=False, config=server_config or config,
-                        address="server~mux")
+    srv = MuxConnection(
+        server_pipe, client=False, config=server_config or config, address="server~mux"
+    )
     return TcpPair(client, srv, client_pipe, server_pipe), server
 
 

@@ -33,7 +33,8 @@ async def connect(server: keywire.Server) -> tuple[keywire.Connection, keywire.C
 
 
 async def test_the_chain_gives_mux_connections_with_the_shs_identity(
-        server: keywire.Server) -> None:
+    server: keywire.Server,
+) -> None:
     address = server.address()
     assert address.startswith("net:127.0.0.1:") and address.endswith("~mux")
     client, accepted = await connect(server)
@@ -53,8 +54,7 @@ async def test_100_concurrent_streams_over_shs(server: keywire.Server) -> None:
     serving = asyncio.create_task(server.serve(handler))
     try:
         rng = random.Random(11)
-        payloads = [rng.randbytes(rng.choice([0, 10, 4000, 65_000, 200_000]))
-                    for _ in range(99)]
+        payloads = [rng.randbytes(rng.choice([0, 10, 4000, 65_000, 200_000])) for _ in range(99)]
         payloads.append(os.urandom(3_000_000))
         async with asyncio.timeout(40):
             client = await keywire.dial(server.address())

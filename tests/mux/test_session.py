@@ -37,8 +37,7 @@ def hx(data: bytes) -> str:
 class Link:
     """Two sessions joined back to back; ``flush`` carries bytes until both are quiet."""
 
-    def __init__(self, config: MuxConfig = CONFIG, server_config: MuxConfig | None = None
-                 ) -> None:
+    def __init__(self, config: MuxConfig = CONFIG, server_config: MuxConfig | None = None) -> None:
         self.client = MuxSession(client=True, config=config)
         self.server = MuxSession(client=False, config=server_config or config)
         self.client_events: list[Event] = []
@@ -72,7 +71,7 @@ def test_client_opens_odd_ids_with_a_syn_window_update() -> None:
     s = MuxSession(client=True, config=CONFIG)
     assert s.open_stream() == 1
     assert s.open_stream() == 3
-    assert hx(s.data_to_send()) == ("000100010000000100000000" "000100010000000300000000")
+    assert hx(s.data_to_send()) == ("000100010000000100000000000100010000000300000000")
 
 
 def test_server_opens_even_ids() -> None:
@@ -127,7 +126,7 @@ def test_payload_split_at_every_byte_boundary() -> None:
     wire = client.data_to_send()
     server = MuxSession(client=False, config=CONFIG)
     for i in range(len(wire)):
-        server.receive_data(wire[i:i + 1], 0)
+        server.receive_data(wire[i : i + 1], 0)
     events = server.events()
     assert data_of(events, 1) == b"0123456789abcdef"
     assert events[-1] == StreamFinished(1)
@@ -167,8 +166,9 @@ def test_send_stops_at_the_window_and_grants_follow_consumption() -> None:
 
 
 def test_max_frame_splits_big_sends() -> None:
-    s = MuxSession(client=True, config=MuxConfig(window=WINDOW, max_frame=1000,
-                                                 keepalive_interval=None))
+    s = MuxSession(
+        client=True, config=MuxConfig(window=WINDOW, max_frame=1000, keepalive_interval=None)
+    )
     sid = s.open_stream()
     s.data_to_send()
     assert s.send(sid, bytes(5000)) == 1000
@@ -347,7 +347,8 @@ def test_close_sends_queued_frames_before_the_go_away_and_abort_drops_them() -> 
     assert closing.client.data_to_send() == frame(D, 0, 1, 4, b"tail") + frame(G, 0, 0, 0x101)
     assert aborting.client.data_to_send() == frame(G, 0, 0, 0x101)
     assert aborting.client.events()[-1] == ConnectionTerminated(
-        Code.CANCELLED, False, "aborted locally")
+        Code.CANCELLED, False, "aborted locally"
+    )
 
 
 @pytest.mark.parametrize(("code", "field"), [(0, 0), (6, 1), (11, 2), (4, 0x104), (2, 0x102)])
@@ -426,22 +427,25 @@ def test_keepalive_off_has_no_deadline() -> None:
 
 
 # -- protocol errors ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("wire", "reason"), [
-    (bytes.fromhex("010000000000000100000000"), "unsupported yamux version 1"),
-    (bytes.fromhex("000900000000000100000000"), "unknown frame type 9"),
-    (frame(D, 0, 0, 0), "stream 0"),
-    (frame(W, Flag.SYN, 1, 0), "has our parity"),
-    (frame(D, 0, 7, 0), "stream 7, which was never opened"),
-    (frame(D, 0, 4, 0), "stream 4, which was never opened"),
-    (frame(P, Flag.SYN, 3, 0), "ping on stream 3"),
-    (frame(G, 0, 2, 0), "GoAway on stream 2"),
-    (frame(W, Flag.SYN, 2, 0) + frame(W, Flag.SYN, 2, 0), "opened stream 2 again"),
-    (frame(W, Flag.SYN, 4, 0) + frame(W, Flag.SYN, 2, 0), "ids must grow"),
-    (frame(W, Flag.SYN | Flag.FIN, 2, 0) + frame(W, Flag.FIN, 2, 0), "FIN after"),
-    (frame(W, Flag.SYN | Flag.FIN, 2, 0) + frame(D, 0, 2, 1, b"x"), "data after"),
-    (frame(D, Flag.SYN, 2, INITIAL_WINDOW + 1), "with only 262144 of window"),
-    (frame(D, Flag.SYN, 2, 1 << 31), "exceeds the limit"),
-])
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (bytes.fromhex("010000000000000100000000"), "unsupported yamux version 1"),
+        (bytes.fromhex("000900000000000100000000"), "unknown frame type 9"),
+        (frame(D, 0, 0, 0), "stream 0"),
+        (frame(W, Flag.SYN, 1, 0), "has our parity"),
+        (frame(D, 0, 7, 0), "stream 7, which was never opened"),
+        (frame(D, 0, 4, 0), "stream 4, which was never opened"),
+        (frame(P, Flag.SYN, 3, 0), "ping on stream 3"),
+        (frame(G, 0, 2, 0), "GoAway on stream 2"),
+        (frame(W, Flag.SYN, 2, 0) + frame(W, Flag.SYN, 2, 0), "opened stream 2 again"),
+        (frame(W, Flag.SYN, 4, 0) + frame(W, Flag.SYN, 2, 0), "ids must grow"),
+        (frame(W, Flag.SYN | Flag.FIN, 2, 0) + frame(W, Flag.FIN, 2, 0), "FIN after"),
+        (frame(W, Flag.SYN | Flag.FIN, 2, 0) + frame(D, 0, 2, 1, b"x"), "data after"),
+        (frame(D, Flag.SYN, 2, INITIAL_WINDOW + 1), "with only 262144 of window"),
+        (frame(D, Flag.SYN, 2, 1 << 31), "exceeds the limit"),
+    ],
+)
 def test_protocol_errors_send_go_away_and_close(wire: bytes, reason: str) -> None:
     client = MuxSession(client=True, config=CONFIG)
     client.receive_data(wire, 0)
@@ -501,8 +505,9 @@ def test_decoded_header_is_what_we_sent() -> None:
 
 
 # -- window auto-tuning ---------------------------------------------------------------------------
-TUNED = MuxConfig(window=WINDOW, max_window=4 * WINDOW, connection_window=64 * WINDOW,
-                  keepalive_interval=None)
+TUNED = MuxConfig(
+    window=WINDOW, max_window=4 * WINDOW, connection_window=64 * WINDOW, keepalive_interval=None
+)
 
 
 def tuned_pair(config: MuxConfig = TUNED) -> tuple[MuxSession, MuxSession]:
@@ -529,8 +534,7 @@ def test_window_doubles_when_the_reader_keeps_up() -> None:
     server.consumed(1, WINDOW // 2, now=0.015)  # drained within 2 round trips of opening
     assert server.data_to_send() == frame(W, 0, 1, WINDOW // 2 + WINDOW)
     # the peer may now send 1.5 windows more: 2 windows in all, none of it over the limit
-    server.receive_data(frame(D, 0, 1, WINDOW + WINDOW // 2) + bytes(WINDOW + WINDOW // 2),
-                        0.02)
+    server.receive_data(frame(D, 0, 1, WINDOW + WINDOW // 2) + bytes(WINDOW + WINDOW // 2), 0.02)
     assert not server.closed
     server.consumed(1, WINDOW, now=0.03)  # half of the new 2-window size: grows to 4
     assert server.data_to_send() == frame(W, 0, 1, WINDOW + 2 * WINDOW)
@@ -549,8 +553,12 @@ def test_window_stays_when_the_reader_is_slow() -> None:
 
 
 def test_growth_stops_at_the_connection_budget() -> None:
-    config = MuxConfig(window=WINDOW, max_window=8 * WINDOW, connection_window=WINDOW * 3 // 2,
-                       keepalive_interval=None)
+    config = MuxConfig(
+        window=WINDOW,
+        max_window=8 * WINDOW,
+        connection_window=WINDOW * 3 // 2,
+        keepalive_interval=None,
+    )
     client, server = tuned_pair(config)
     server.receive_data(frame(D, 0, 1, WINDOW // 2) + bytes(WINDOW // 2), 0.011)
     server.consumed(1, WINDOW // 2, now=0.012)

@@ -20,8 +20,9 @@ from keywire.mux.session import (
     StreamReset,
 )
 
-CONFIG = MuxConfig(window=INITIAL_WINDOW, max_streams=8, keepalive_interval=1.0,
-                   keepalive_timeout=1.0)
+CONFIG = MuxConfig(
+    window=INITIAL_WINDOW, max_streams=8, keepalive_interval=1.0, keepalive_timeout=1.0
+)
 
 
 def check_ended_properly(session: MuxSession) -> None:
@@ -66,11 +67,17 @@ def frames(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.booleans(), st.lists(frames(), max_size=25), st.lists(st.integers(0, 2000), max_size=4),
-       st.lists(st.sampled_from(["open", "send", "fin", "reset", "stop", "consume", "timer"]),
-                max_size=8))
-def test_random_frames_between_local_operations(client: bool, wire: list[bytes],
-                                               cuts: list[int], ops: list[str]) -> None:
+@given(
+    st.booleans(),
+    st.lists(frames(), max_size=25),
+    st.lists(st.integers(0, 2000), max_size=4),
+    st.lists(
+        st.sampled_from(["open", "send", "fin", "reset", "stop", "consume", "timer"]), max_size=8
+    ),
+)
+def test_random_frames_between_local_operations(
+    client: bool, wire: list[bytes], cuts: list[int], ops: list[str]
+) -> None:
     """Well-formed headers with random meanings reach deep states; local calls in between."""
     session = MuxSession(client=client, config=CONFIG)
     data = b"".join(wire)
@@ -107,10 +114,17 @@ def test_random_frames_between_local_operations(client: bool, wire: list[bytes],
 # -- two honest peers ----------------------------------------------------------------------------
 class Side:
     def __init__(self, client: bool) -> None:
-        self.session = MuxSession(client=client, config=MuxConfig(
-            window=INITIAL_WINDOW, max_window=4 * INITIAL_WINDOW,
-            connection_window=10 * INITIAL_WINDOW, max_frame=50_000, max_streams=4,
-            keepalive_interval=None))
+        self.session = MuxSession(
+            client=client,
+            config=MuxConfig(
+                window=INITIAL_WINDOW,
+                max_window=4 * INITIAL_WINDOW,
+                connection_window=10 * INITIAL_WINDOW,
+                max_frame=50_000,
+                max_streams=4,
+                keepalive_interval=None,
+            ),
+        )
         self.sent: dict[int, bytearray] = {}
         self.received: dict[int, bytearray] = {}
         self.finished: set[int] = set()
@@ -128,8 +142,9 @@ class Side:
                 self.known.append(event.stream_id)
             elif isinstance(event, DataReceived):
                 self.received.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self.unconsumed[event.stream_id] = (self.unconsumed.get(event.stream_id, 0)
-                                                    + len(event.data))
+                self.unconsumed[event.stream_id] = self.unconsumed.get(event.stream_id, 0) + len(
+                    event.data
+                )
             elif isinstance(event, StreamFinished):
                 self.finished.add(event.stream_id)
             elif isinstance(event, StreamReset):
@@ -148,16 +163,23 @@ class Side:
             self.unconsumed[sid] = 0
 
 
-OPS = st.lists(st.tuples(
-    st.sampled_from(["open", "send", "fin", "reset", "stop", "consume", "deliver"]),
-    st.booleans(), st.integers(0, 7), st.integers(1, 120_000), st.integers(0, 11)),
-    max_size=40)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "send", "fin", "reset", "stop", "consume", "deliver"]),
+        st.booleans(),
+        st.integers(0, 7),
+        st.integers(1, 120_000),
+        st.integers(0, 11),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS, st.lists(st.integers(1, 70_000), min_size=1, max_size=5))
-def test_two_honest_sessions_never_disagree(ops: list[tuple[str, bool, int, int, int]],
-                                            chunking: list[int]) -> None:
+def test_two_honest_sessions_never_disagree(
+    ops: list[tuple[str, bool, int, int, int]], chunking: list[int]
+) -> None:
     a, b = Side(client=True), Side(client=False)
 
     def deliver(src: Side, dst: Side) -> None:
@@ -165,7 +187,7 @@ def test_two_honest_sessions_never_disagree(ops: list[tuple[str, bool, int, int,
         pos, i = 0, 0
         while pos < len(data):
             size = chunking[i % len(chunking)]
-            dst.session.receive_data(data[pos:pos + size], 0.0)
+            dst.session.receive_data(data[pos : pos + size], 0.0)
             pos += size
             i += 1
         dst.absorb()
@@ -213,6 +235,9 @@ def test_two_honest_sessions_never_disagree(ops: list[tuple[str, bool, int, int,
             # bytes arrive in order; a clean FIN means every byte arrived, unless the receiver
             # itself stopped reading (then what arrives after the stop is discarded)
             assert bytes(sent).startswith(bytes(got))
-            if (sid in receiver.finished and sid not in receiver.reset_by_peer
-                    and sid not in receiver.stopped_locally):
+            if (
+                sid in receiver.finished
+                and sid not in receiver.reset_by_peer
+                and sid not in receiver.stopped_locally
+            ):
                 assert got == sent

@@ -52,7 +52,7 @@ async def round_trip(conn: Connection, payload: bytes) -> bytes:
 
     async def send() -> None:
         for i in range(0, len(payload), 70_000):
-            await stream.write(payload[i:i + 70_000])
+            await stream.write(payload[i : i + 70_000])
         await stream.close_write()
 
     sender = asyncio.create_task(send())
@@ -63,8 +63,7 @@ async def round_trip(conn: Connection, payload: bytes) -> bytes:
 
 async def test_100_concurrent_streams_echo_byte_exact(pair: TcpPair) -> None:
     rng = random.Random(7)
-    payloads = [rng.randbytes(rng.choice([0, 1, 100, 5000, 70_000, 300_000]))
-                for _ in range(97)]
+    payloads = [rng.randbytes(rng.choice([0, 1, 100, 5000, 70_000, 300_000])) for _ in range(97)]
     payloads += [os.urandom(2_500_000) for _ in range(3)]  # several windows each
     async with echoing(pair.server), asyncio.timeout(25):
         results = await asyncio.gather(*(round_trip(pair.client, p) for p in payloads))
@@ -89,8 +88,9 @@ async def test_close_write_gives_eof_and_the_other_half_goes_on(pair: TcpPair) -
     assert info.value.code == Code.CLOSED
 
 
-@pytest.mark.parametrize("code", [Code.NONE, Code.RESET, Code.PROTOCOL_ERROR,
-                                  Code.INTERNAL_ERROR, 1000])
+@pytest.mark.parametrize(
+    "code", [Code.NONE, Code.RESET, Code.PROTOCOL_ERROR, Code.INTERNAL_ERROR, 1000]
+)
 async def test_reset_code_reaches_the_readers_read(pair: TcpPair, code: int) -> None:
     stream = await pair.client.open_stream()
     await stream.write(b"partial")
@@ -255,8 +255,10 @@ async def test_opener_waits_at_the_stream_limit() -> None:
 
 
 async def test_streams_over_the_peers_limit_are_refused() -> None:
-    pair, server = await open_pair(MuxConfig(max_streams=10, keepalive_interval=None),
-                                   MuxConfig(max_streams=2, keepalive_interval=None))
+    pair, server = await open_pair(
+        MuxConfig(max_streams=10, keepalive_interval=None),
+        MuxConfig(max_streams=2, keepalive_interval=None),
+    )
     try:
         streams = [await pair.client.open_stream() for _ in range(3)]
         with pytest.raises(StreamError) as info:
@@ -290,8 +292,9 @@ async def test_both_sides_send_hard_at_once_without_deadlock(pair: TcpPair) -> N
         await stream.close_write()
 
     async with asyncio.timeout(20):
-        results = await asyncio.gather(blast(pair.client), blast(pair.server),
-                                       drain_back(pair.client), drain_back(pair.server))
+        results = await asyncio.gather(
+            blast(pair.client), blast(pair.server), drain_back(pair.client), drain_back(pair.server)
+        )
     assert results[0] == bytes([1]) * 1000
     assert results[1] == bytes([2]) * 1000
 
@@ -312,7 +315,8 @@ async def test_connection_and_stream_context_managers(pair: TcpPair) -> None:
 async def raw_peer(config: MuxConfig | None = None):  # type: ignore[no-untyped-def]
     """A MuxConnection (client side) whose peer is a bare socket the test drives by hand."""
     accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-        asyncio.get_running_loop().create_future())
+        asyncio.get_running_loop().create_future()
+    )
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.set_result((reader, writer))
@@ -337,8 +341,10 @@ async def test_keepalive_timeout_against_a_silent_peer() -> None:
         assert closed.code == Code.TIMEOUT
         wire = await asyncio.wait_for(reader.readexactly(24), 5)
         assert await asyncio.wait_for(reader.read(100), 5) == b""
-        assert wire == (encode_header(FrameType.PING, Flag.SYN, 0, 1)
-                        + encode_header(FrameType.GO_AWAY, 0, 0, 0x104))
+        assert wire == (
+            encode_header(FrameType.PING, Flag.SYN, 0, 1)
+            + encode_header(FrameType.GO_AWAY, 0, 0, 0x104)
+        )
 
 
 async def test_keepalive_answered_keeps_the_connection() -> None:
@@ -358,11 +364,14 @@ async def test_garbage_gets_go_away_protocol_error() -> None:
     async with raw_peer(MuxConfig(keepalive_interval=None)) as (conn, reader, writer):
         stream = await conn.open_stream()
         start = await reader.readexactly(24)
-        assert start == (encode_header(FrameType.PING, Flag.SYN, 0, 1)  # the round-trip probe
-                         + encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0))
+        assert start == (
+            encode_header(FrameType.PING, Flag.SYN, 0, 1)  # the round-trip probe
+            + encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0)
+        )
         writer.write(b"GET / HTTP/1.1\r\n\r\n")
         assert await asyncio.wait_for(reader.read(100), 5) == encode_header(
-            FrameType.GO_AWAY, 0, 0, 1)
+            FrameType.GO_AWAY, 0, 0, 1
+        )
         assert await asyncio.wait_for(reader.read(100), 5) == b""  # then the pipe closes
         with pytest.raises(StreamError) as info:
             await stream.read()
@@ -403,8 +412,9 @@ async def test_bad_codes_are_refused_before_anything_is_sent(pair: TcpPair) -> N
 class DelayedPipe(StreamPipe):
     """Writes reach the socket ``delay`` seconds late: a link with a long round trip."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 delay: float) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    ) -> None:
         super().__init__(reader, writer)
         self._delay = delay
 

@@ -19,18 +19,29 @@ pytestmark = pytest.mark.timeout(20)
 
 
 def test_options_become_a_config() -> None:
-    options = Options(max_streams=7, extra={"mux.window": 512 * 1024, "mux.max_window": 1 << 20,
-                                            "mux.keepalive_interval": None, "other.key": 1})
+    options = Options(
+        max_streams=7,
+        extra={
+            "mux.window": 512 * 1024,
+            "mux.max_window": 1 << 20,
+            "mux.keepalive_interval": None,
+            "other.key": 1,
+        },
+    )
     config = config_from_options(options)
-    assert config == MuxConfig(max_streams=7, window=512 * 1024, max_window=1 << 20,
-                               keepalive_interval=None)
+    assert config == MuxConfig(
+        max_streams=7, window=512 * 1024, max_window=1 << 20, keepalive_interval=None
+    )
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"mux.windw": 1}, "unknown setting 'mux.windw'"),
-    ({"mux.window": 1000}, "bad mux option: mux window must be 262144"),
-    ({"mux.keepalive_timeout": 0}, "keepalive_timeout must be positive"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"mux.windw": 1}, "unknown setting 'mux.windw'"),
+        ({"mux.window": 1000}, "bad mux option: mux window must be 262144"),
+        ({"mux.keepalive_timeout": 0}, "keepalive_timeout must be positive"),
+    ],
+)
 def test_bad_options_are_named(extra: dict[str, object], message: str) -> None:
     with pytest.raises(KeywireError, match=message):
         config_from_options(Options(extra=extra))
@@ -55,8 +66,9 @@ async def test_client_and_server_sides_over_a_socket_pair() -> None:
     transform = MuxTransform()
     with pytest.raises(KeywireError, match="takes no arguments"):
         await transform.client(StreamPipe(reader, writer), Section("mux", ("x",)), Options(), "")
-    client = await transform.client(StreamPipe(reader, writer), Section("mux"), Options(),
-                                    "net:127.0.0.1:1~mux")
+    client = await transform.client(
+        StreamPipe(reader, writer), Section("mux"), Options(), "net:127.0.0.1:1~mux"
+    )
     srv = await transform.server(await accepted, Section("mux"), Options(), "peer~mux")
     assert isinstance(client, MuxConnection) and isinstance(srv, MuxConnection)
     assert client.session.client and not srv.session.client

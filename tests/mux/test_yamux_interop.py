@@ -38,13 +38,25 @@ def go_peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built Go peer; fails (not skips) when Go or hashicorp/yamux is not installed."""
     go = shutil.which("go")
     if go is None or not YAMUX_SOURCE.is_dir():
-        pytest.fail("the yamux interop tests need Debian's golang-go and "
-                    "golang-github-hashicorp-yamux-dev (apt-get install them)")
+        pytest.fail(
+            "the yamux interop tests need Debian's golang-go and "
+            "golang-github-hashicorp-yamux-dev (apt-get install them)"
+        )
     out = tmp_path_factory.mktemp("go") / "yamux_peer"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH),
-           "GOCACHE": str(out.parent / "cache"), "GOFLAGS": ""}
-    subprocess.run([go, "build", "-o", str(out), str(SOURCE)], check=True, env=env,
-                   timeout=120, capture_output=True)
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(GOPATH),
+        "GOCACHE": str(out.parent / "cache"),
+        "GOFLAGS": "",
+    }
+    subprocess.run(
+        [go, "build", "-o", str(out), str(SOURCE)],
+        check=True,
+        env=env,
+        timeout=120,
+        capture_output=True,
+    )
     return out
 
 
@@ -79,8 +91,12 @@ class GoPeer:
 @contextlib.asynccontextmanager
 async def run_go(binary: Path, *args: str, **env: str) -> AsyncIterator[GoPeer]:
     proc = await asyncio.create_subprocess_exec(
-        str(binary), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, **env})
+        str(binary),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )
     try:
         yield GoPeer(proc)
     finally:
@@ -132,8 +148,16 @@ async def test_go_client_with_a_keywire_echo_server(go_peer: Path) -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         # a 1 MiB Go window: its SYNs carry a 768 KiB delta keywire must apply
-        async with run_go(go_peer, "client", str(port), "30", "700000", KW_KEEPALIVE_MS="50",
-                          KW_WRITE_TIMEOUT_MS="2000", KW_WINDOW=str(1 << 20)) as peer:
+        async with run_go(
+            go_peer,
+            "client",
+            str(port),
+            "30",
+            "700000",
+            KW_KEEPALIVE_MS="50",
+            KW_WRITE_TIMEOUT_MS="2000",
+            KW_WINDOW=str(1 << 20),
+        ) as peer:
             conn = await asyncio.wait_for(accepted, 10)
             echo = asyncio.create_task(serve_echo(conn))
             result = await peer.until("done", 25)
@@ -175,13 +199,17 @@ async def test_a_plain_rst_refusal_kills_both_halves_with_reset(go_peer: Path) -
         await conn.close()
 
 
-@pytest.mark.parametrize(("code", "message"), [
-    (Code.PROTOCOL_ERROR, "yamux protocol error"),
-    (Code.INTERNAL_ERROR, "remote yamux internal error"),
-    (Code.TIMEOUT, "unexpected go away received"),
-])
-async def test_go_away_codes_as_hashicorp_reads_them(go_peer: Path, code: int,
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (Code.PROTOCOL_ERROR, "yamux protocol error"),
+        (Code.INTERNAL_ERROR, "remote yamux internal error"),
+        (Code.TIMEOUT, "unexpected go away received"),
+    ],
+)
+async def test_go_away_codes_as_hashicorp_reads_them(
+    go_peer: Path, code: int, message: str
+) -> None:
     async with run_go(go_peer, "server") as peer:
         conn = await dial((await peer.line())["port"])
         await conn.close(code)

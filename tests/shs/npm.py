@@ -39,8 +39,9 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def node_env(app_key: bytes | None = None, seed: bytes | None = None,
-             **extra: str) -> dict[str, str]:
+def node_env(
+    app_key: bytes | None = None, seed: bytes | None = None, **extra: str
+) -> dict[str, str]:
     env = dict(os.environ)
     if app_key is not None:
         env["KW_APP_KEY"] = b64(app_key)
@@ -68,9 +69,12 @@ class NodeServer(NodeEventLog):
 async def node_server(app_key: bytes, seed: bytes, allow: str = "*") -> AsyncIterator[NodeServer]:
     node = require_npm()
     proc = await asyncio.create_subprocess_exec(
-        node, str(NPM_DIR / "ms_server.js"), cwd=NPM_DIR,
+        node,
+        str(NPM_DIR / "ms_server.js"),
+        cwd=NPM_DIR,
         env=node_env(app_key, seed, KW_ALLOW=allow),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -89,15 +93,25 @@ async def node_server(app_key: bytes, seed: bytes, allow: str = "*") -> AsyncIte
                 await proc.wait()
 
 
-async def node_client(address: str, app_key: bytes, seed: bytes, size: int,
-                      plugs: str = "", timeout: float = 60.0) -> dict[str, Any]:
+async def node_client(
+    address: str, app_key: bytes, seed: bytes, size: int, plugs: str = "", timeout: float = 60.0
+) -> dict[str, Any]:
     """Run ms_client.js to completion; returns its JSON verdict."""
     node = require_npm()
     proc = await asyncio.create_subprocess_exec(
-        node, str(NPM_DIR / "ms_client.js"), address, cwd=NPM_DIR,
-        env=node_env(app_key, seed, KW_BYTES=str(size), KW_PLUGS=plugs,
-                     KW_TIMEOUT_MS=str(int(timeout * 1000))),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        node,
+        str(NPM_DIR / "ms_client.js"),
+        address,
+        cwd=NPM_DIR,
+        env=node_env(
+            app_key,
+            seed,
+            KW_BYTES=str(size),
+            KW_PLUGS=plugs,
+            KW_TIMEOUT_MS=str(int(timeout * 1000)),
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(timeout + 10):
@@ -118,8 +132,13 @@ async def node_box_frames(key: bytes, nonce: bytes, chunks: list[bytes]) -> byte
     """pull-box-stream's encoding of ``chunks`` (goodbye included)."""
     node = require_npm()
     proc = await asyncio.create_subprocess_exec(
-        node, str(NPM_DIR / "boxstream_frames.js"), key.hex(), nonce.hex(),
-        *(c.hex() for c in chunks), cwd=NPM_DIR, stdout=asyncio.subprocess.PIPE,
+        node,
+        str(NPM_DIR / "boxstream_frames.js"),
+        key.hex(),
+        nonce.hex(),
+        *(c.hex() for c in chunks),
+        cwd=NPM_DIR,
+        stdout=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(20):
         out, _ = await proc.communicate()

@@ -47,8 +47,9 @@ def test_write_of_4100_bytes_is_two_frames() -> None:
     first = crypto_secretbox_open_easy(frames[:HEADER_LENGTH], NONCE, KEY)
     assert int.from_bytes(first[:2], "big") == MAX_BODY
     second_at = HEADER_LENGTH + MAX_BODY
-    second = crypto_secretbox_open_easy(frames[second_at:second_at + HEADER_LENGTH],
-                                        plus(NONCE, 2), KEY)
+    second = crypto_secretbox_open_easy(
+        frames[second_at : second_at + HEADER_LENGTH], plus(NONCE, 2), KEY
+    )
     assert int.from_bytes(second[:2], "big") == 4
     assert encoder.nonce == plus(NONCE, 4)
     assert BoxStreamDecoder(KEY, NONCE).receive_data(frames) == data
@@ -80,8 +81,9 @@ def test_nonce_carries_across_all_24_bytes() -> None:
     frames = encoder.encode(b"wrap")
     # header at ff..ff, body at ff..ff + 1 = 00..00, next header at 00..01
     header = crypto_secretbox_open_easy(frames[:HEADER_LENGTH], top, KEY)
-    assert crypto_secretbox_open_easy(header[2:] + frames[HEADER_LENGTH:], bytes(24),
-                                      KEY) == b"wrap"
+    assert (
+        crypto_secretbox_open_easy(header[2:] + frames[HEADER_LENGTH:], bytes(24), KEY) == b"wrap"
+    )
     assert encoder.nonce == bytes(23) + b"\x01"
     carry = b"\x00" * 20 + b"\x00\xff\xff\xfe"
     encoder = BoxStreamEncoder(KEY, carry)
@@ -98,7 +100,7 @@ def test_byte_by_byte_feeding() -> None:
     decoder = BoxStreamDecoder(KEY, NONCE)
     out = bytearray()
     for i in range(len(frames) - HEADER_LENGTH):
-        out += decoder.receive_data(frames[i:i + 1])
+        out += decoder.receive_data(frames[i : i + 1])
     assert bytes(out) == data
     assert not decoder.finished
 

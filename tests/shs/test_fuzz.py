@@ -20,8 +20,7 @@ NONCE = bytes(24)
 APP = hashlib.sha256(b"fuzz app").digest()
 SERVER_SEED = hashlib.sha256(b"fuzz server").digest()
 SERVER_PK = keypair_from_seed(SERVER_SEED)[0]
-FAST = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 chunks = st.lists(st.binary(max_size=300), max_size=12)
 
@@ -46,30 +45,36 @@ def test_random_bytes_into_the_decoder(parts: list[bytes], eof: bool) -> None:
 
 
 @FAST
-@given(st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=4),
-       st.integers(min_value=0), st.integers(min_value=0, max_value=7),
-       st.integers(min_value=1, max_value=700))
+@given(
+    st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=4),
+    st.integers(min_value=0),
+    st.integers(min_value=0, max_value=7),
+    st.integers(min_value=1, max_value=700),
+)
 def test_mutated_stream_yields_a_prefix_or_an_error(
-        messages: list[bytes], position: int, bit: int, step: int) -> None:
+    messages: list[bytes], position: int, bit: int, step: int
+) -> None:
     encoder = BoxStreamEncoder(KEY, NONCE)
     wire = bytearray(b"".join(encoder.encode(m) for m in messages) + encoder.goodbye())
     at = position % len(wire)
     wire[at] ^= 1 << bit
     decoder = BoxStreamDecoder(KEY, NONCE)
-    parts = [bytes(wire[i:i + step]) for i in range(0, len(wire), step)]
+    parts = [bytes(wire[i : i + step]) for i in range(0, len(wire), step)]
     out = _feed_decoder(decoder, parts, eof=True)
     assert b"".join(messages).startswith(out)
     assert not decoder.finished
 
 
 @FAST
-@given(st.lists(st.binary(min_size=1, max_size=9000), max_size=4),
-       st.integers(min_value=1, max_value=5000))
+@given(
+    st.lists(st.binary(min_size=1, max_size=9000), max_size=4),
+    st.integers(min_value=1, max_value=5000),
+)
 def test_any_chunking_round_trips(messages: list[bytes], step: int) -> None:
     encoder = BoxStreamEncoder(KEY, NONCE)
     wire = b"".join(encoder.encode(m) for m in messages) + encoder.goodbye()
     decoder = BoxStreamDecoder(KEY, NONCE)
-    out = b"".join(decoder.receive_data(wire[i:i + step]) for i in range(0, len(wire), step))
+    out = b"".join(decoder.receive_data(wire[i : i + step]) for i in range(0, len(wire), step))
     assert out == b"".join(messages)
     assert decoder.finished
 

@@ -17,10 +17,13 @@ BOB_PK = keypair_from_seed(BOB)[0]
 ALICE_PK = keypair_from_seed(ALICE)[0]
 
 
-def pair(client_seed: bytes = ALICE, server_key: bytes = BOB_PK, client_app: bytes = APP,
-         server_app: bytes = APP) -> tuple[ShsClient, ShsServer]:
-    return (ShsClient(client_app, client_seed, server_key),
-            ShsServer(server_app, BOB))
+def pair(
+    client_seed: bytes = ALICE,
+    server_key: bytes = BOB_PK,
+    client_app: bytes = APP,
+    server_app: bytes = APP,
+) -> tuple[ShsClient, ShsServer]:
+    return (ShsClient(client_app, client_seed, server_key), ShsServer(server_app, BOB))
 
 
 def run(client: ShsClient, server: ShsServer) -> tuple[bytes, bytes, bytes, bytes]:
@@ -62,15 +65,15 @@ def test_deterministic_with_fixed_ephemerals() -> None:
 def test_byte_at_a_time() -> None:
     client, server = pair()
     msg1 = client.initiate()
-    msg2 = b"".join(server.receive_data(msg1[i:i + 1]) for i in range(64))
+    msg2 = b"".join(server.receive_data(msg1[i : i + 1]) for i in range(64))
     assert len(msg2) == 64
-    msg3 = b"".join(client.receive_data(msg2[i:i + 1]) for i in range(64))
+    msg3 = b"".join(client.receive_data(msg2[i : i + 1]) for i in range(64))
     for i in range(112):
         assert server.bytes_needed == 112 - i
-        server.receive_data(msg3[i:i + 1])
+        server.receive_data(msg3[i : i + 1])
     msg4 = server.authorize(True)
     for i in range(80):
-        client.receive_data(msg4[i:i + 1])
+        client.receive_data(msg4[i : i + 1])
     assert client.done and client.bytes_needed == 0
 
 

@@ -63,8 +63,7 @@ async def test_keywire_client_to_node_server(scheme: str) -> None:
     me = Identity.generate()
     async with node_server(APP, server_seed) as node:
         data = payload(BIG)
-        got = await exchange(node.alternative(scheme), data, identity=me, app_key=APP,
-                             timeout=30.0)
+        got = await exchange(node.alternative(scheme), data, identity=me, app_key=APP, timeout=30.0)
         assert got == data
         event = await node.wait_event("connect")
         assert event["remote"] == me.shs_id
@@ -97,8 +96,9 @@ async def test_node_client_to_keywire_server(scheme: str) -> None:
 @pytest.mark.timeout(30)
 async def test_node_client_picks_the_first_alternative_it_understands() -> None:
     options = Options(identity=Identity.generate(), app_key=APP)
-    async with keywire.Server(["ws://127.0.0.1:0~shs", "net:127.0.0.1:0~shs"], options,
-                              handler=echo) as server:
+    async with keywire.Server(
+        ["ws://127.0.0.1:0~shs", "net:127.0.0.1:0~shs"], options, handler=echo
+    ) as server:
         address = server.address()
         assert address.startswith("ws://") and ";net:" in address
         # the unknown alternative is skipped, then the first known one (ws) is used
@@ -106,8 +106,9 @@ async def test_node_client_picks_the_first_alternative_it_understands() -> None:
         assert result["ok"], result
         assert result["address"].startswith("ws://")
         # a client with only the net plug skips ws and takes net
-        result = await node_client(f"fake:x~nul:y;{address}", APP, os.urandom(32), 1000,
-                                   plugs="net")
+        result = await node_client(
+            f"fake:x~nul:y;{address}", APP, os.urandom(32), 1000, plugs="net"
+        )
         assert result["ok"], result
         assert result["address"].startswith("net:")
 
@@ -138,8 +139,9 @@ async def test_wrong_app_key_fails_clearly_on_both_sides(caplog: pytest.LogCaptu
     other_app = os.urandom(32)
     async with node_server(APP, os.urandom(32)) as node:
         with pytest.raises(DialError, match=r"phase 1.*application cap"):
-            await keywire.dial(node.alternative("net"), identity=Identity.generate(),
-                               app_key=other_app)
+            await keywire.dial(
+                node.alternative("net"), identity=Identity.generate(), app_key=other_app
+            )
         error = await node.wait_event("error")
         assert "challenge" in error["message"]
     caplog.set_level(logging.DEBUG, logger="keywire")
@@ -154,21 +156,24 @@ async def test_wrong_app_key_fails_clearly_on_both_sides(caplog: pytest.LogCaptu
 
 @pytest.mark.timeout(30)
 async def test_wrong_server_key_fails_clearly_on_both_sides(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     wrong_key = b64(keypair_from_seed(os.urandom(32))[0])
     async with node_server(APP, os.urandom(32)) as node:
         transport = node.alternative("net").split("~")[0]
         with pytest.raises(DialError, match=r"phase 3.*wrong server key"):
-            await keywire.dial(f"{transport}~shs:{wrong_key}", identity=Identity.generate(),
-                               app_key=APP)
+            await keywire.dial(
+                f"{transport}~shs:{wrong_key}", identity=Identity.generate(), app_key=APP
+            )
         error = await node.wait_event("error")
         assert "hello" in error["message"]
     caplog.set_level(logging.DEBUG, logger="keywire")
     options = Options(identity=Identity.generate(), app_key=APP)
     async with keywire.Server("net:127.0.0.1:0~shs", options, handler=echo) as server:
         transport = server.address().split("~")[0]
-        result = await node_client(f"{transport}~shs:{wrong_key}", APP, os.urandom(32), 10,
-                                   timeout=15)
+        result = await node_client(
+            f"{transport}~shs:{wrong_key}", APP, os.urandom(32), 10, timeout=15
+        )
         assert not result["ok"] and result["exit"] != 0
         assert "phase 3" in result["error"]
     assert "dialed a wrong number" in caplog.text
@@ -179,8 +184,12 @@ async def test_node_server_refusing_us() -> None:
     allowed = Identity.generate()
     async with node_server(APP, os.urandom(32), allow=allowed.shs_id) as node:
         with pytest.raises(DialError, match=r"phase 3.*does not authorize us"):
-            await keywire.dial(node.alternative("net"), identity=Identity.generate(),
-                               app_key=base64.b64encode(APP).decode())
+            await keywire.dial(
+                node.alternative("net"),
+                identity=Identity.generate(),
+                app_key=base64.b64encode(APP).decode(),
+            )
         assert (await node.wait_event("auth"))["allowed"] is False
-        assert await exchange(node.alternative("net"), b"ok", identity=allowed,
-                              app_key=APP) == b"ok"
+        assert (
+            await exchange(node.alternative("net"), b"ok", identity=allowed, app_key=APP) == b"ok"
+        )

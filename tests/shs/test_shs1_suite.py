@@ -32,8 +32,12 @@ async def test_shs1_suite(role: str, tmp_path: Path) -> None:
     node = require_npm()
     suite = NPM_DIR / "node_modules" / "shs1-test" / f"test-{role}.js"
     proc = await asyncio.create_subprocess_exec(
-        node, str(suite), str(wrapper(tmp_path, role)), "keywire-shs1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        node,
+        str(suite),
+        str(wrapper(tmp_path, role)),
+        "keywire-shs1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     async with asyncio.timeout(50):
         out, _ = await proc.communicate()

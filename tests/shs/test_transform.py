@@ -122,8 +122,9 @@ async def test_authorize_that_raises_refuses() -> None:
     def broken(key: bytes) -> bool:
         raise RuntimeError("database down")
 
-    async with keywire.Server("net:127.0.0.1:0~shs", server_options(authorize=broken),
-                              handler=echo) as server:
+    async with keywire.Server(
+        "net:127.0.0.1:0~shs", server_options(authorize=broken), handler=echo
+    ) as server:
         with pytest.raises(DialError, match="phase 3"):
             await keywire.dial(server.address(), identity=Identity.generate(), app_key=APP)
         assert server.stats.failed_handshakes == 1
@@ -180,6 +181,7 @@ async def test_bad_key_in_a_dialed_address() -> None:
 
 
 # -- the shell over raw TCP -------------------------------------------------------------------
+
 
 @contextlib.asynccontextmanager
 async def tcp_pair() -> AsyncIterator[tuple[StreamPipe, StreamPipe]]:

@@ -51,8 +51,11 @@ def session_secret3(index: int) -> bytes:
     kx = RECORDS[index]["args"][0]["local"]["kx_pk"]
     for record in reversed(RECORDS[:index]):
         state = record["args"][0]
-        if isinstance(state, dict) and state.get("local", {}).get("kx_pk") == kx \
-                and state.get("secret3"):
+        if (
+            isinstance(state, dict)
+            and state.get("local", {}).get("kx_pk") == kx
+            and state.get("secret3")
+        ):
             return hb(state["secret3"])
     raise AssertionError(f"no secret3 before record {index}")
 
@@ -70,11 +73,11 @@ def check(index: int) -> int:
     state = args[0]
     local, remote = state["local"], state.get("remote") or {}
     if name == "initialize":
-        secret = keypair_from_seed(hb(state["seed"]))[1] if state.get("seed") \
-            else hb(local["secretKey"])
+        secret = (
+            keypair_from_seed(hb(state["seed"]))[1] if state.get("seed") else hb(local["secretKey"])
+        )
         t = Transcript.start(hb(state["app_key"]), secret, hb(state["random"]))
-        assert ephemeral_from_random(hb(state["random"])) == (t.local_kx_public,
-                                                               t.local_kx_secret)
+        assert ephemeral_from_random(hb(state["random"])) == (t.local_kx_public, t.local_kx_secret)
         assert t.local_kx_public == hb(result["local"]["kx_pk"])
         assert t.local_kx_secret == hb(result["local"]["kx_sk"])
         assert t.local_app_mac == hb(result["local"]["app_mac"])
@@ -111,8 +114,13 @@ def check(index: int) -> int:
         assert t.client_create_auth() == hb(result)
         return 1
     if name == "serverVerifyAuth":
-        t = transcript(state, remote_public=None, remote_kx_public=hb(remote["kx_pk"]),
-                       secret=hb(state["secret"]), shash=hb(state["shash"]))
+        t = transcript(
+            state,
+            remote_public=None,
+            remote_kx_public=hb(remote["kx_pk"]),
+            secret=hb(state["secret"]),
+            shash=hb(state["shash"]),
+        )
         ok = t.server_verify_auth(hb(args[1]))
         if result is None:
             assert not ok
@@ -124,14 +132,23 @@ def check(index: int) -> int:
         assert (t.b_alice, t.secret3) == (hb(result["b_alice"]), hb(result["secret3"]))
         return 6
     if name == "serverCreateAccept":
-        t = transcript(state, remote_hello=hb(remote["hello"]), shash=hb(state["shash"]),
-                       secret3=hb(state["secret3"]))
+        t = transcript(
+            state,
+            remote_hello=hb(remote["hello"]),
+            shash=hb(state["shash"]),
+            secret3=hb(state["secret3"]),
+        )
         assert t.server_create_accept() == hb(result)
         return 1
     if name == "clientVerifyAccept":
-        t = transcript(state, remote_kx_public=hb(remote["kx_pk"]), secret=hb(state["secret"]),
-                       shash=hb(state["shash"]), a_bob=hb(state["a_bob"]),
-                       local_hello=hb(local["hello"]))
+        t = transcript(
+            state,
+            remote_kx_public=hb(remote["kx_pk"]),
+            secret=hb(state["secret"]),
+            shash=hb(state["shash"]),
+            a_bob=hb(state["a_bob"]),
+            local_hello=hb(local["hello"]),
+        )
         ok = t.client_verify_accept(hb(args[1]))
         if result is None:
             assert not ok
@@ -140,8 +157,7 @@ def check(index: int) -> int:
         assert (t.b_alice, t.secret3) == (hb(result["b_alice"]), hb(result["secret3"]))
         return 3
     if name == "clean":
-        t = transcript(state, remote_app_mac=hb(remote["app_mac"]),
-                       secret3=session_secret3(index))
+        t = transcript(state, remote_app_mac=hb(remote["app_mac"]), secret3=session_secret3(index))
         assert t.session_secret() == hb(result["secret"])
         enc_key, enc_nonce, dec_key, dec_nonce = t.box_keys()
         assert (enc_key, dec_key) == (hb(result["encryptKey"]), hb(result["decryptKey"]))
@@ -154,9 +170,18 @@ def check(index: int) -> int:
 def test_the_file_has_159_records() -> None:
     assert len(RECORDS) == 159
     names = {r["name"] for r in RECORDS}
-    assert names == {"initialize", "createChallenge", "verifyChallenge", "clientVerifyChallenge",
-                     "clientCreateAuth", "serverVerifyAuth", "serverCreateAccept",
-                     "clientVerifyAccept", "clean", "toKeys"}
+    assert names == {
+        "initialize",
+        "createChallenge",
+        "verifyChallenge",
+        "clientVerifyChallenge",
+        "clientCreateAuth",
+        "serverVerifyAuth",
+        "serverCreateAccept",
+        "clientVerifyAccept",
+        "clean",
+        "toKeys",
+    }
 
 
 @pytest.mark.parametrize("index", range(len(RECORDS)))

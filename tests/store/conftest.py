@@ -26,8 +26,13 @@ def free_port() -> int:
 class RedisProcess:
     """A redis-server in a temp dir; ``restart`` keeps the port and the data dir."""
 
-    def __init__(self, directory: Path, persistent: bool, tls: ServerFiles | None = None,
-                 ca: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        persistent: bool,
+        tls: ServerFiles | None = None,
+        ca: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.persistent = persistent
@@ -43,15 +48,42 @@ class RedisProcess:
     def start(self) -> None:
         if self.tls is None:
             ports = ["--port", str(self.port)]
-        else:   # TLS only: no plain-text port at all
+        else:  # TLS only: no plain-text port at all
             assert self.ca is not None
-            ports = ["--port", "0", "--tls-port", str(self.port),
-                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
-                     "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
-        args = ["redis-server", *ports, "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--protected-mode", "no",
-                "--appendonly", "yes" if self.persistent else "no",
-                "--appendfsync", "always", "--daemonize", "no", "--logfile", ""]
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert),
+                "--tls-key-file",
+                str(self.tls.key),
+                "--tls-ca-cert-file",
+                str(self.ca),
+                "--tls-auth-clients",
+                "no",
+            ]
+        args = [
+            "redis-server",
+            *ports,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -70,7 +102,8 @@ class RedisProcess:
             sock: socket.socket = raw
             if self.tls is not None:
                 sock = ssl.create_default_context(cafile=str(self.ca)).wrap_socket(
-                    raw, server_hostname="127.0.0.1")
+                    raw, server_hostname="127.0.0.1"
+                )
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
 

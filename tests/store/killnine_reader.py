@@ -25,8 +25,7 @@ async def main(url: str, secret_text: str, state: Path, key: bytes, output: Path
             f.truncate(stream.bytes_read)
         print(f"resumed at {stream.bytes_read}", flush=True)
     else:
-        stream = StoreStream.open(store, parse_secret(secret_text), Role.LISTENER,
-                                  params=params)
+        stream = StoreStream.open(store, parse_secret(secret_text), Role.LISTENER, params=params)
         output.write_bytes(b"")
         print("started", flush=True)
     loop = asyncio.get_running_loop()
@@ -34,7 +33,7 @@ async def main(url: str, secret_text: str, state: Path, key: bytes, output: Path
     with output.open("ab") as out:
         while chunk := await stream.read(8192):
             out.write(chunk)
-            await asyncio.sleep(0.002)            # slow enough to be killed mid-transfer
+            await asyncio.sleep(0.002)  # slow enough to be killed mid-transfer
             if loop.time() - last > 0.05:
                 out.flush()
                 os.fsync(out.fileno())
@@ -52,5 +51,4 @@ async def main(url: str, secret_text: str, state: Path, key: bytes, output: Path
 
 if __name__ == "__main__":
     url, secret, state_file, key_hex, output = sys.argv[1:6]
-    sys.exit(asyncio.run(main(url, secret, Path(state_file), bytes.fromhex(key_hex),
-                              Path(output))))
+    sys.exit(asyncio.run(main(url, secret, Path(state_file), bytes.fromhex(key_hex), Path(output))))

@@ -22,8 +22,7 @@ def save(stream: StoreStream, path: Path, key: bytes) -> None:
     os.replace(tmp, path)
 
 
-async def main(url: str, secret_text: str, state: Path, key: bytes, total: int,
-               seed: int) -> int:
+async def main(url: str, secret_text: str, state: Path, key: bytes, total: int, seed: int) -> int:
     data = random.Random(seed).randbytes(total)
     store = HttpStore(url)
     params = StoreParams(window=8, value_size=4096, rto_min=0.05, rto_initial=0.2)
@@ -38,8 +37,8 @@ async def main(url: str, secret_text: str, state: Path, key: bytes, total: int,
     last = loop.time()
     while stream.bytes_written < total:
         offset = stream.bytes_written
-        await stream.write(data[offset:offset + 16384])
-        await asyncio.sleep(0.002)            # slow enough to be killed mid-transfer
+        await stream.write(data[offset : offset + 16384])
+        await asyncio.sleep(0.002)  # slow enough to be killed mid-transfer
         if loop.time() - last > 0.05:
             save(stream, state, key)
             last = loop.time()
@@ -54,5 +53,8 @@ async def main(url: str, secret_text: str, state: Path, key: bytes, total: int,
 
 if __name__ == "__main__":
     url, secret, state_file, key_hex, total, seed = sys.argv[1:7]
-    sys.exit(asyncio.run(main(url, secret, Path(state_file), bytes.fromhex(key_hex),
-                              int(total), int(seed))))
+    sys.exit(
+        asyncio.run(
+            main(url, secret, Path(state_file), bytes.fromhex(key_hex), int(total), int(seed))
+        )
+    )

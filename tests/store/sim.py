@@ -68,8 +68,8 @@ class Endpoint:
                     if self.eof and not self.core.write_finished:
                         self.core.close_write()
                     return
-                self.pending = bytes(self.inbox[:self.echo_chunk])
-                del self.inbox[:len(self.pending)]
+                self.pending = bytes(self.inbox[: self.echo_chunk])
+                del self.inbox[: len(self.pending)]
                 self.core.consumed(len(self.pending))
             try:
                 taken = self.core.write(self.pending)
@@ -78,7 +78,7 @@ class Endpoint:
                 return
             self.pending = self.pending[taken:]
             if self.pending:
-                return                 # blocked in write: reads nothing more meanwhile
+                return  # blocked in write: reads nothing more meanwhile
 
     def take_events(self) -> None:
         for event in self.core.events():
@@ -101,9 +101,17 @@ class Endpoint:
 class SimStore:
     """Puts land after a latency (reordered by jitter), may be lost or applied twice."""
 
-    def __init__(self, *, loss: float = 0.0, duplicate: float = 0.0, latency: float = 0.005,
-                 jitter: float = 0.0, seed: int = 1, lost_wakeup: float = 0.0,
-                 recheck: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        latency: float = 0.005,
+        jitter: float = 0.0,
+        seed: int = 1,
+        lost_wakeup: float = 0.0,
+        recheck: float | None = None,
+    ) -> None:
         self.data: dict[bytes, bytes] = {}
         self.loss = loss
         self.duplicate = duplicate
@@ -178,24 +186,27 @@ class SimStore:
 
     def start(self, end: Endpoint, op: PutOp | GetOp) -> None:
         generation = self._generation
-        if self._down(self.now):      # connection refused, after a round trip
+        if self._down(self.now):  # connection refused, after a round trip
             self.failed_ops += 1
             if isinstance(op, PutOp):
-                self.at(self.now + self.latency,
-                        lambda: end.core.put_done(op, "connection refused", self.now),
-                        store_side=False)
+                self.at(
+                    self.now + self.latency,
+                    lambda: end.core.put_done(op, "connection refused", self.now),
+                    store_side=False,
+                )
             else:
-                self.at(self.now + self.latency,
-                        lambda: end.core.get_failed(op, "connection refused", self.now),
-                        store_side=False)
+                self.at(
+                    self.now + self.latency,
+                    lambda: end.core.get_failed(op, "connection refused", self.now),
+                    store_side=False,
+                )
             return
         if isinstance(op, PutOp):
             self.puts += 1
             if self.rng.random() >= self.loss and op.address not in self.black_hole:
                 self.at(self.now + self._delay(), lambda: self._land(op.address, op.value))
                 if self.rng.random() < self.duplicate:
-                    self.at(self.now + 2 * self._delay(),
-                            lambda: self._land(op.address, op.value))
+                    self.at(self.now + 2 * self._delay(), lambda: self._land(op.address, op.value))
 
             def put_answer() -> None:
                 if generation != self._generation:
@@ -239,8 +250,8 @@ class SimStore:
                     if not waiting:
                         del self._waiting[op.address]
                     end.core.get_done(op, value, self.now)
-                elif self.now + self.recheck < deadline:   # type: ignore[operator]
-                    self.at(self.now + self.recheck, recheck)   # type: ignore[operator]
+                elif self.now + self.recheck < deadline:  # type: ignore[operator]
+                    self.at(self.now + self.recheck, recheck)  # type: ignore[operator]
 
             self.at(deadline, expire)
             if self.recheck is not None:

@@ -18,16 +18,17 @@ SECRET = bytes(range(1, 33))
 
 
 def pair(params: StoreParams, mode: Mode = Mode.DUPLEX) -> tuple[Endpoint, Endpoint]:
-    return (Endpoint(StoreCore(SECRET, Role.LISTENER, params, mode)),
-            Endpoint(StoreCore(SECRET, Role.DIALER, params, mode)))
+    return (
+        Endpoint(StoreCore(SECRET, Role.LISTENER, params, mode)),
+        Endpoint(StoreCore(SECRET, Role.DIALER, params, mode)),
+    )
 
 
 def data(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.mark.parametrize(("loss", "window"), [(0.0, 1), (0.0, 8), (0.3, 1), (0.3, 8),
-                                              (0.3, 32)])
+@pytest.mark.parametrize(("loss", "window"), [(0.0, 1), (0.0, 8), (0.3, 1), (0.3, 8), (0.3, 32)])
 def test_both_directions_arrive_exactly(loss: float, window: int) -> None:
     params = StoreParams(window=window, value_size=512, seed=7)
     a, b = pair(params)
@@ -53,7 +54,7 @@ def test_pipelining_beats_stop_and_wait() -> None:
 
 def test_half_close_keeps_the_other_direction_open() -> None:
     a, b = pair(StoreParams(window=4, value_size=256, seed=2))
-    a.core.close_write()                       # a sends nothing at all
+    a.core.close_write()  # a sends nothing at all
     store = SimStore(seed=2)
     store.run([a, b], lambda: b.eof)
     assert b.received == b""
@@ -66,7 +67,7 @@ def test_end_is_retransmitted_until_acknowledged() -> None:
     a, b = pair(StoreParams(window=4, value_size=256, rto_initial=0.2, seed=3))
     a.outbox = b"x" * 100
     b.core.close_write()
-    store = SimStore(loss=0.5, seed=11)        # End and its acks get lost often
+    store = SimStore(loss=0.5, seed=11)  # End and its acks get lost often
     store.run([a, b], lambda: a.core.finished and b.core.finished)
     assert bytes(b.received) == b"x" * 100 and b.eof and a.eof
 
@@ -80,16 +81,17 @@ def test_retransmission_backs_off_while_the_peer_is_silent() -> None:
         for op in a.core.poll(now):
             if hasattr(op, "value"):
                 puts.append(now)
-                a.core.put_done(op, None, now)   # type: ignore[arg-type]
+                a.core.put_done(op, None, now)  # type: ignore[arg-type]
         deadline = a.core.next_deadline()
         assert deadline is not None
         now = max(now, deadline)
         if now > 60:
             break
-    gaps = [later - earlier for earlier, later in itertools.pairwise(puts)
-            if later - earlier > 0.01]
+    gaps = [
+        later - earlier for earlier, later in itertools.pairwise(puts) if later - earlier > 0.01
+    ]
     assert len(gaps) >= 4
-    assert gaps[-1] > 3 * gaps[0]              # exponential (jittered), capped at rto_max
+    assert gaps[-1] > 3 * gaps[0]  # exponential (jittered), capped at rto_max
     assert max(gaps) <= 8 * 1.2 + 1e-9
 
 
@@ -114,15 +116,15 @@ def test_bad_values_are_rejected_and_good_frames_still_arrive() -> None:
     """Garbage, a forged frame and an unknown type sit where frames will be; the writer's
     puts overwrite them and every byte arrives, with each rejection recorded."""
     params = StoreParams(window=4, value_size=256, bad_frame_tries=50, seed=5)
-    a, b = pair(params)                        # b (dialer) writes to a
+    a, b = pair(params)  # b (dialer) writes to a
     store = SimStore(seed=5)
     keys = KeySchedule.derive(SECRET, Role.DIALER)
     geometry = Geometry(256)
-    _plant(store, 1, b"\x00" * 256)                                         # does not open
+    _plant(store, 1, b"\x00" * 256)  # does not open
     _plant(store, 3, _seal_at(keys, 3, Frame(FrameType.DATA, 2, 0, b"x")))  # Id 2 at index 3
     other = KeySchedule.derive(bytes(32), Role.DIALER)
     _, forged = seal_frame(other.write, Frame(FrameType.DATA, 4, 0, b"x"), geometry)
-    _plant(store, 4, forged)                                                # other secret
+    _plant(store, 4, forged)  # other secret
     b.outbox = data(3000, 9)
     # let the reader see the planted values before the writer starts
     a.core.close_write()
@@ -162,8 +164,11 @@ def test_unknown_frame_type_is_rejected() -> None:
 
     plain = encode_frame(Frame(FrameType.DATA, 0, 0, b"")).replace(b"Type\x01", b"Type\x07")
     plain += bytes(Geometry(256).plaintext_size - len(plain))
-    value = bytes(nacl.secret.SecretBox(keys.write.frame_key(0)).encrypt(
-        plain, keys.write.frame_id(0)[:24]).ciphertext)
+    value = bytes(
+        nacl.secret.SecretBox(keys.write.frame_key(0))
+        .encrypt(plain, keys.write.frame_id(0)[:24])
+        .ciphertext
+    )
     _plant(store, 0, value)
     store.run([a], lambda: bool(a.errors))
     assert "unknown frame type 7" in a.rejected[0].reason
@@ -183,13 +188,12 @@ def test_multicast_readers_and_retry_of_lost_puts() -> None:
     pub = Endpoint(StoreCore(SECRET, Role.LISTENER, params, Mode.MULTICAST))
     pub.outbox = data(5000, 4)
     store = SimStore(loss=0.4, seed=10)
-    readers = [Endpoint(StoreCore(SECRET, Role.DIALER, params, Mode.MULTICAST))
-               for _ in range(3)]
-    store.run([pub, *readers[:2]], lambda: pub.core.finished)   # every frame confirmed stored
-    store.run(readers, lambda: all(r.eof for r in readers))      # the third reader is late
+    readers = [Endpoint(StoreCore(SECRET, Role.DIALER, params, Mode.MULTICAST)) for _ in range(3)]
+    store.run([pub, *readers[:2]], lambda: pub.core.finished)  # every frame confirmed stored
+    store.run(readers, lambda: all(r.eof for r in readers))  # the third reader is late
     for reader in readers:
         assert bytes(reader.received) == data(5000, 4)
-    assert store.puts > pub.core._write_idx                      # lost puts were put again
+    assert store.puts > pub.core._write_idx  # lost puts were put again
 
 
 def test_snapshot_round_trip_resends_unacknowledged() -> None:
@@ -202,7 +206,7 @@ def test_snapshot_round_trip_resends_unacknowledged() -> None:
     # a's store operations after the snapshot are forgotten; restore and finish
     restored = Endpoint(StoreCore.from_snapshot(saved, params, store.now))
     store.run([restored], lambda: not restored.core.recovering)
-    rest = data(4000, 5)[restored.core.bytes_written:]
+    rest = data(4000, 5)[restored.core.bytes_written :]
     restored.outbox = rest
     store.run([restored, b], lambda: b.eof and restored.core.write_finished)
     assert bytes(b.received) == data(4000, 5)
@@ -222,11 +226,11 @@ def test_restore_after_a_hole_jumps_over_frames_the_reader_may_hold() -> None:
     saved = a.core.snapshot()
     hole = a.core._write_idx + 2
     store.black_hole.add(KeySchedule.derive(SECRET, Role.LISTENER).write.frame_id(hole))
-    store.run([a, b], lambda: len(b.core._reorder) >= 3)    # b holds frames past the hole
+    store.run([a, b], lambda: len(b.core._reorder) >= 3)  # b holds frames past the hole
     store.black_hole.clear()
     restored = Endpoint(StoreCore.from_snapshot(saved, params, store.now))
     store.run([restored], lambda: not restored.core.recovering)
-    assert restored.core._write_idx > hole + 1                 # jumped
-    restored.outbox = payload[restored.core.bytes_written:]
+    assert restored.core._write_idx > hole + 1  # jumped
+    restored.outbox = payload[restored.core.bytes_written :]
     store.run([restored, b], lambda: b.eof and restored.core.write_finished)
     assert bytes(b.received) == payload

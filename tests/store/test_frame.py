@@ -47,17 +47,21 @@ def test_empty_frame_is_katzenpost_size() -> None:
     assert decode_frame(empty) == Frame(FrameType.START, 0, 0, b"")
 
 
-@given(st.sampled_from(list(FrameType)), st.integers(0, 2**64 - 1),
-       st.integers(0, 2**64 - 1), st.binary(max_size=300))
+@given(
+    st.sampled_from(list(FrameType)),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.binary(max_size=300),
+)
 @settings(max_examples=300, deadline=None)
-def test_encoding_matches_a_general_cbor_encoder(ftype: FrameType, fid: int, ack: int,
-                                                  payload: bytes) -> None:
+def test_encoding_matches_a_general_cbor_encoder(
+    ftype: FrameType, fid: int, ack: int, payload: bytes
+) -> None:
     if ftype is FrameType.STOP_SENDING:
-        payload = payload[:4].ljust(4, b"\x00")      # its payload is always a 4-byte code
+        payload = payload[:4].ljust(4, b"\x00")  # its payload is always a 4-byte code
     frame = Frame(ftype, fid, ack, payload)
     encoded = encode_frame(frame)
-    assert encoded == cbor2.dumps({"Type": int(ftype), "Id": fid, "Ack": ack,
-                                   "Payload": payload})
+    assert encoded == cbor2.dumps({"Type": int(ftype), "Id": fid, "Ack": ack, "Payload": payload})
     assert decode_frame(encoded + bytes(17)) == frame
 
 
@@ -88,10 +92,19 @@ def test_open_rejects_unauthentic_values(data: bytes) -> None:
         open_frame(KEYS, 3, data, 1024)
 
 
-@given(st.dictionaries(st.sampled_from(["Type", "Id", "Ack", "Payload", "Other"]),
-                       st.one_of(st.integers(-5, 2**64 - 1), st.binary(max_size=8),
-                                 st.text(max_size=4), st.none(), st.booleans()),
-                       max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(["Type", "Id", "Ack", "Payload", "Other"]),
+        st.one_of(
+            st.integers(-5, 2**64 - 1),
+            st.binary(max_size=8),
+            st.text(max_size=4),
+            st.none(),
+            st.booleans(),
+        ),
+        max_size=5,
+    )
+)
 @settings(max_examples=500, deadline=None)
 def test_decoder_on_wrong_shapes(fields: dict[str, object]) -> None:
     try:
@@ -102,15 +115,18 @@ def test_decoder_on_wrong_shapes(fields: dict[str, object]) -> None:
     assert frame.type == fields["Type"]
 
 
-@pytest.mark.parametrize(("plain", "message"), [
-    (cbor2.dumps([1, 2]), "expected a map"),
-    (cbor2.dumps({"Type": 9, "Id": 0, "Ack": 0, "Payload": b""}), "unknown frame type 9"),
-    (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Body": b""}), "unknown frame field"),
-    (cbor2.dumps({"Type": 1, "Id": "x", "Ack": 0, "Payload": b""}), "expected an integer"),
-    (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Payload": 5}), "expected bytes"),
-    (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Payload": b"x"}) + b"\x01", "non-zero"),
-    (b"\xa4\x64Type", "ends inside"),
-])
+@pytest.mark.parametrize(
+    ("plain", "message"),
+    [
+        (cbor2.dumps([1, 2]), "expected a map"),
+        (cbor2.dumps({"Type": 9, "Id": 0, "Ack": 0, "Payload": b""}), "unknown frame type 9"),
+        (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Body": b""}), "unknown frame field"),
+        (cbor2.dumps({"Type": 1, "Id": "x", "Ack": 0, "Payload": b""}), "expected an integer"),
+        (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Payload": 5}), "expected bytes"),
+        (cbor2.dumps({"Type": 1, "Id": 0, "Ack": 0, "Payload": b"x"}) + b"\x01", "non-zero"),
+        (b"\xa4\x64Type", "ends inside"),
+    ],
+)
 def test_decoder_names_the_problem(plain: bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message):
         decode_frame(plain)
@@ -135,8 +151,10 @@ def test_stop_sending_vector_and_round_trip() -> None:
 @settings(max_examples=300, deadline=None)
 def test_stop_sending_needs_exactly_a_4_byte_code(payload: bytes, ack: int) -> None:
     plain = encode_frame(Frame(FrameType.STOP_SENDING, 2, ack, payload))
-    with pytest.raises(FrameError, match=f"StopSending payload of {len(payload)} bytes, "
-                                         "expected a 4-byte error code"):
+    with pytest.raises(
+        FrameError,
+        match=f"StopSending payload of {len(payload)} bytes, expected a 4-byte error code",
+    ):
         decode_frame(plain + bytes(9))
     # sealed, the reader sees the same reason with the frame's index
     sealed = nacl_seal(2, plain)
@@ -150,8 +168,11 @@ def test_decoder_on_mangled_stop_sending_frames(code: bytes, tail: bytes) -> Non
     """A StopSending frame cut short, with a changed payload length or junk after it: a
     FrameError or the frame itself, nothing else."""
     encoded = encode_frame(Frame(FrameType.STOP_SENDING, 9, NO_ACK, code.ljust(4, b"\x01")))
-    for plain in (encoded[:len(tail) % len(encoded)], encoded + tail,
-                  encoded[:-5] + bytes([0x40 | len(code)]) + code + tail):
+    for plain in (
+        encoded[: len(tail) % len(encoded)],
+        encoded + tail,
+        encoded[:-5] + bytes([0x40 | len(code)]) + code + tail,
+    ):
         try:
             frame = decode_frame(plain)
         except FrameError as exc:
@@ -164,8 +185,11 @@ def nacl_seal(index: int, plain: bytes) -> bytes:
     import nacl.secret
 
     plain += bytes(Geometry(256).plaintext_size - len(plain))
-    return bytes(nacl.secret.SecretBox(KEYS.frame_key(index)).encrypt(
-        plain, KEYS.frame_id(index)[:24]).ciphertext)
+    return bytes(
+        nacl.secret.SecretBox(KEYS.frame_key(index))
+        .encrypt(plain, KEYS.frame_id(index)[:24])
+        .ciphertext
+    )
 
 
 def test_open_checks_the_index_and_the_size() -> None:
@@ -175,8 +199,9 @@ def test_open_checks_the_index_and_the_size() -> None:
 
     plain = encode_frame(Frame(FrameType.DATA, 5, 0, b"x"))
     plain += bytes(geometry.plaintext_size - len(plain))
-    sealed = nacl.secret.SecretBox(KEYS.frame_key(4)).encrypt(
-        plain, KEYS.frame_id(4)[:24]).ciphertext
+    sealed = (
+        nacl.secret.SecretBox(KEYS.frame_key(4)).encrypt(plain, KEYS.frame_id(4)[:24]).ciphertext
+    )
     with pytest.raises(FrameError, match="decoded Id is 5"):
         open_frame(KEYS, 4, sealed, 1024)
     _, good = seal_frame(KEYS, Frame(FrameType.DATA, 4, 0, b"x"), geometry)

@@ -42,10 +42,31 @@ def test_tampered_state_is_refused() -> None:
         open_state(bytes(blob), KEY)
 
 
-@given(st.dictionaries(st.sampled_from(["v", "secret", "role", "write_idx", "sent", "rto",
-                                        "stop", "stop_code", "stop_idx", "peer_stop"]),
-                       st.one_of(st.integers(), st.text(max_size=5), st.binary(max_size=40),
-                                 st.none(), st.lists(st.integers(), max_size=3))))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "secret",
+                "role",
+                "write_idx",
+                "sent",
+                "rto",
+                "stop",
+                "stop_code",
+                "stop_idx",
+                "peer_stop",
+            ]
+        ),
+        st.one_of(
+            st.integers(),
+            st.text(max_size=5),
+            st.binary(max_size=40),
+            st.none(),
+            st.lists(st.integers(), max_size=3),
+        ),
+    )
+)
 @settings(max_examples=500, deadline=None)
 def test_malformed_snapshots_are_value_errors(mutation: dict[str, Any]) -> None:
     state = StoreCore(bytes(range(32)), Role.LISTENER).snapshot()

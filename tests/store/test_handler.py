@@ -28,21 +28,32 @@ def test_store_handler_is_built_in() -> None:
 def test_claims_only_store_chains() -> None:
     handler = StoreStreamHandler()
     secret = format_secret(bytes(32))
-    for text in (f"http://h:1~stream:{secret}", f"https://h/p~stream:{secret}",
-                 f"redis://h:6379/2~stream:{secret}", f"rediss://h~stream:{secret}",
-                 "redis://h:6379/0~stream"):
+    for text in (
+        f"http://h:1~stream:{secret}",
+        f"https://h/p~stream:{secret}",
+        f"redis://h:6379/2~stream:{secret}",
+        f"rediss://h~stream:{secret}",
+        "redis://h:6379/0~stream",
+    ):
         assert handler.claims(parse_alternative(text)), text
-    for text in ("ws://h:1~shs:x", "net:h:1~stream:x", "http://h:1~shs:x",
-                 f"redis://h~stream:{secret}~mux"):
+    for text in (
+        "ws://h:1~shs:x",
+        "net:h:1~stream:x",
+        "http://h:1~shs:x",
+        f"redis://h~stream:{secret}~mux",
+    ):
         assert not handler.claims(parse_alternative(text)), text
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("redis://h/0~stream", "':SECRET' after 'stream'"),
-    ("redis://h/0~stream:abc", "at least 32"),
-    ("redis://h/0~stream:" + "A" * 42 + "*", "not base64"),
-    ("redis://h/0~stream:a:b", "exactly one argument"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("redis://h/0~stream", "':SECRET' after 'stream'"),
+        ("redis://h/0~stream:abc", "at least 32"),
+        ("redis://h/0~stream:" + "A" * 42 + "*", "not base64"),
+        ("redis://h/0~stream:a:b", "exactly one argument"),
+    ],
+)
 def test_bad_secrets_are_address_errors(text: str, message: str) -> None:
     with pytest.raises(AddressError, match=message):
         stream_secret(parse_alternative(text), required=True)
@@ -60,7 +71,7 @@ async def exchange_through(listen_spec: str) -> None:
         address = server.address()
         alt = parse(address).alternatives[0]
         assert alt.names[1] == "stream"
-        secret = parse_secret(alt.sections[1].args[0])    # a fresh one was made
+        secret = parse_secret(alt.sections[1].args[0])  # a fresh one was made
         assert len(secret) == 32
 
         async def serve() -> None:
@@ -117,19 +128,32 @@ def test_keywire_listen_and_dial_commands() -> None:
     here = Path(__file__).resolve()
     env = dict(os.environ, PYTHONPATH=str(here.parents[2] / "src"))
     cli = [sys.executable, "-m", "keywire"]
-    mapper = subprocess.Popen([*cli, "map-server", "--host", "127.0.0.1", "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    mapper = subprocess.Popen(
+        [*cli, "map-server", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     listener = None
     try:
         assert mapper.stdout is not None
         url = mapper.stdout.readline().decode().strip()
-        listener = subprocess.Popen([*cli, "listen", f"{url}~stream", "--echo"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        listener = subprocess.Popen(
+            [*cli, "listen", f"{url}~stream", "--echo"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert listener.stdout is not None
         address = listener.stdout.readline().decode().strip()
         assert address.startswith(f"{url}~stream:") and len(address) > len(url) + 40
-        done = subprocess.run([*cli, "dial", address], input=b"through the store\n",
-                              capture_output=True, env=env, timeout=30)
+        done = subprocess.run(
+            [*cli, "dial", address],
+            input=b"through the store\n",
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout == b"through the store\n"
     finally:

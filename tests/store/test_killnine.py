@@ -26,8 +26,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 async def start_writer(args: list[str]) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    return await asyncio.create_subprocess_exec(sys.executable, str(WRITER), *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(WRITER), *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
 
 
 async def test_kill_9_mid_transfer_then_resume(tmp_path: Path) -> None:
@@ -39,8 +40,12 @@ async def test_kill_9_mid_transfer_then_resume(tmp_path: Path) -> None:
     args_tail = [format_secret(secret), str(state), key.hex(), str(total), str(seed)]
     async with MapServer() as server:
         store = HttpStore(server.url)
-        reader = StoreStream.open(store, secret, Role.LISTENER,
-                                  params=StoreParams(window=8, rto_min=0.05, rto_initial=0.2))
+        reader = StoreStream.open(
+            store,
+            secret,
+            Role.LISTENER,
+            params=StoreParams(window=8, rto_min=0.05, rto_initial=0.2),
+        )
         received = bytearray()
 
         async def read() -> None:
@@ -56,7 +61,7 @@ async def test_kill_9_mid_transfer_then_resume(tmp_path: Path) -> None:
                     while len(received) < fraction * total:
                         await asyncio.sleep(0.01)
                     assert state.exists()
-                    proc.send_signal(signal.SIGKILL)          # kill -9, twice
+                    proc.send_signal(signal.SIGKILL)  # kill -9, twice
                     assert await proc.wait() == -signal.SIGKILL
                     kills += 1
                     proc = await start_writer([server.url, *args_tail])
@@ -67,7 +72,7 @@ async def test_kill_9_mid_transfer_then_resume(tmp_path: Path) -> None:
                 assert await proc.wait() == 0
             assert kills == 2
             assert len(received) == total
-            assert bytes(received) == expected              # every byte once, in order
+            assert bytes(received) == expected  # every byte once, in order
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -90,20 +95,32 @@ async def test_kill_9_of_the_reader_then_resume(tmp_path: Path) -> None:
 
     async def start() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, str(reader_script), server.url, format_secret(secret), str(state),
-            key.hex(), str(output), env=env, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            str(reader_script),
+            server.url,
+            format_secret(secret),
+            str(state),
+            key.hex(),
+            str(output),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
 
     async with MapServer() as server:
         store = HttpStore(server.url)
-        writer = StoreStream.open(store, secret, Role.DIALER,
-                                  params=StoreParams(window=8, rto_min=0.05, rto_initial=0.2))
+        writer = StoreStream.open(
+            store, secret, Role.DIALER, params=StoreParams(window=8, rto_min=0.05, rto_initial=0.2)
+        )
         proc = await start()
         try:
             async with asyncio.timeout(60):
                 sending = asyncio.ensure_future(writer.write(expected))
                 for fraction in (0.3, 0.7):
-                    while not output.exists() or output.stat().st_size < fraction * total \
-                            or not state.exists():
+                    while (
+                        not output.exists()
+                        or output.stat().st_size < fraction * total
+                        or not state.exists()
+                    ):
                         await asyncio.sleep(0.01)
                     proc.send_signal(signal.SIGKILL)
                     assert await proc.wait() == -signal.SIGKILL

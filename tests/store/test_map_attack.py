@@ -72,25 +72,27 @@ def token_map(tmp_path: Path) -> Iterator[MapProcess]:
     server.stop()
 
 
-async def _attack(port: int, count: int, kind: str) -> list[tuple[asyncio.StreamReader,
-                                                                   asyncio.StreamWriter]]:
+async def _attack(
+    port: int, count: int, kind: str
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """``count`` connections from the attacker's address, each starting a request it never
     finishes: ``body`` announces 60,000 bytes and sends none, ``head`` never ends its head."""
     conns = []
     for i in range(count):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port,
-                                                       local_addr=(ATTACKER, 0))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
         if kind == "body":
-            writer.write(f"PUT /v1/{i:064x} HTTP/1.1\r\nHost: x\r\n"
-                         "Content-Length: 60000\r\n\r\n".encode())
+            writer.write(
+                f"PUT /v1/{i:064x} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n".encode()
+            )
         else:
             writer.write(b"GET /v1 HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         conns.append((reader, writer))
     return conns
 
 
-async def _watch(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-                 within: float) -> list[tuple[bytes, float]]:
+async def _watch(
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], within: float
+) -> list[tuple[bytes, float]]:
     """What the server said on each connection and when (seconds from now) it closed it; every
     one must be closed within ``within`` seconds."""
     loop = asyncio.get_running_loop()
@@ -99,7 +101,7 @@ async def _watch(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
     async def one(reader: asyncio.StreamReader) -> tuple[bytes, float]:
         try:
             said = await reader.read()
-        except OSError:      # a reset: the server closed with our unread request pending
+        except OSError:  # a reset: the server closed with our unread request pending
             said = b""
         return said, loop.time() - started
 
@@ -120,6 +122,7 @@ async def _legit_echo(url: str, token: str | None, size: int = 1 << 20) -> float
     payload = random_bytes(size, 9)
     started = time.monotonic()
     async with keywire.Server([spec], options) as server:
+
         async def serve() -> None:
             conn = await server.accept()
             stream = await conn.accept_stream()
@@ -147,7 +150,8 @@ async def _legit_echo(url: str, token: str | None, size: int = 1 << 20) -> float
 
 
 async def test_bodyless_puts_and_endless_heads_do_not_lock_out_a_stream(
-        open_map: MapProcess) -> None:
+    open_map: MapProcess,
+) -> None:
     async with asyncio.timeout(60):
         conns = await _attack(open_map.port, ATTACKS, "body")
         conns += await _attack(open_map.port, 200, "head")
@@ -176,7 +180,8 @@ async def test_unauthenticated_puts_are_refused_before_their_body(token_map: Map
         said = await watching
     # refused with 401 after the short body wait (or reset beyond the per-address share)
     assert sum(1 for text, _ in said if text.startswith(b"HTTP/1.1 401")) >= 200
-    assert not [text for text, _ in said
-                if text and not text.startswith((b"HTTP/1.1 401", b"HTTP/1.1 503"))]
+    assert not [
+        text for text, _ in said if text and not text.startswith((b"HTTP/1.1 401", b"HTTP/1.1 503"))
+    ]
     assert max(when for _, when in said) < REFUSED_BODY_TIMEOUT + 5
     assert token_map.stderr_path.stat().st_size < 4096

@@ -47,8 +47,16 @@ async def raw(server: MapServer, request: bytes) -> bytes:
 
 def put_request(auth: str | None, body: bytes = b"value") -> bytes:
     header = f"Authorization: {auth}\r\n".encode() if auth is not None else b""
-    return (b"PUT /v1/" + ADDR.hex().encode() + b" HTTP/1.1\r\nHost: x\r\n" + header
-            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"PUT /v1/"
+        + ADDR.hex().encode()
+        + b" HTTP/1.1\r\nHost: x\r\n"
+        + header
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 def status(response: bytes) -> int:
@@ -69,11 +77,12 @@ async def test_writes_need_the_token_and_reads_stay_open(caplog: pytest.LogCaptu
                     with pytest.raises(StoreRefused) as info:
                         await store.put(ADDR, b"refused")
                     messages.append(str(info.value))
-                    assert await store.get(ADDR, 0) == b"allowed"    # reads are open
+                    assert await store.get(ADDR, 0) == b"allowed"  # reads are open
                     await store.probe()
                 assert await right.get(ADDR, 0) == b"allowed"
-            assert messages[0].startswith(f"map server {server.url} refused the write: "
-                                          "missing or wrong token")
+            assert messages[0].startswith(
+                f"map server {server.url} refused the write: missing or wrong token"
+            )
             assert "wrong token" in messages[0] and "missing token" in messages[1]
             for message in messages:
                 assert TOKEN not in message
@@ -102,16 +111,19 @@ async def test_token_read_protects_reads_too() -> None:
             await anonymous.close()
 
 
-@pytest.mark.parametrize(("auth", "expected", "says"), [
-    (None, 401, b"missing token"),
-    ("Bearer", 401, b"missing token"),
-    ("Basic " + TOKEN, 401, b"missing token"),
-    ("Bearer wrong", 401, b"wrong token"),
-    ("Bearer " + TOKEN[:-1], 401, b"wrong token"),
-    ("Bearer " + TOKEN + "x", 401, b"wrong token"),
-    ("Bearer " + TOKEN, 204, b""),
-    ("bearer  " + TOKEN + " ", 204, b""),          # the scheme is case-insensitive
-])
+@pytest.mark.parametrize(
+    ("auth", "expected", "says"),
+    [
+        (None, 401, b"missing token"),
+        ("Bearer", 401, b"missing token"),
+        ("Basic " + TOKEN, 401, b"missing token"),
+        ("Bearer wrong", 401, b"wrong token"),
+        ("Bearer " + TOKEN[:-1], 401, b"wrong token"),
+        ("Bearer " + TOKEN + "x", 401, b"wrong token"),
+        ("Bearer " + TOKEN, 204, b""),
+        ("bearer  " + TOKEN + " ", 204, b""),  # the scheme is case-insensitive
+    ],
+)
 async def test_raw_requests(auth: str | None, expected: int, says: bytes) -> None:
     async with MapServer(token=TOKEN) as server:
         response = await raw(server, put_request(auth))
@@ -121,8 +133,10 @@ async def test_raw_requests(auth: str | None, expected: int, says: bytes) -> Non
             assert b'WWW-Authenticate: Bearer realm="keywire map"' in response
             assert server.table.get(ADDR, 0) is None
         # other mutating methods are refused before anything else is looked at
-        assert status(await raw(server, b"DELETE /v1/" + ADDR.hex().encode()
-                                + b" HTTP/1.1\r\n\r\n")) == 401
+        assert (
+            status(await raw(server, b"DELETE /v1/" + ADDR.hex().encode() + b" HTTP/1.1\r\n\r\n"))
+            == 401
+        )
         assert status(await raw(server, b"GET /v1 HTTP/1.1\r\n\r\n")) == 200
 
 
@@ -140,8 +154,8 @@ async def test_a_refused_write_fails_the_stream_at_once() -> None:
             assert "wrong-token" not in str(info.value)
             requests = server.requests
             await asyncio.sleep(0.5)
-            assert server.requests - requests <= 2 * 16     # no retry loop: at most the
-        finally:                                            # gets already in flight
+            assert server.requests - requests <= 2 * 16  # no retry loop: at most the
+        finally:  # gets already in flight
             await stream.abort()
             await store.close()
 
@@ -149,8 +163,7 @@ async def test_a_refused_write_fails_the_stream_at_once() -> None:
 async def test_dial_and_listen_with_the_token_setting(pki: Pki) -> None:
     """Over https with a token for reads and writes, through keywire.dial and keywire.Server."""
     tls = server_context(str(pki.server.cert), str(pki.server.key))
-    good = Options(extra={"store.linger": 5.0, "store.cafile": str(pki.ca),
-                          "store.token": TOKEN})
+    good = Options(extra={"store.linger": 5.0, "store.cafile": str(pki.ca), "store.token": TOKEN})
     async with MapServer(tls=tls, token=TOKEN, token_read=True) as mapper:
         spec = f"{mapper.url}~stream:{format_secret(SECRET)}"
         for token in (None, "wrong"):
@@ -175,7 +188,7 @@ def test_token_loading(tmp_path: Path) -> None:
     path.write_text(f"  {TOKEN}\n")
     assert load_token(str(path), {}) == TOKEN
     assert load_token(None, {"KEYWIRE_MAP_TOKEN": TOKEN + "\n"}) == TOKEN
-    assert load_token(str(path), {"KEYWIRE_MAP_TOKEN": "other"}) == TOKEN    # the file wins
+    assert load_token(str(path), {"KEYWIRE_MAP_TOKEN": "other"}) == TOKEN  # the file wins
     assert load_token(None, {}) is None
     with pytest.raises(ValueError, match="cannot read the token file"):
         load_token(str(tmp_path / "missing"), {})
@@ -188,14 +201,23 @@ def test_token_loading(tmp_path: Path) -> None:
     assert TOKEN not in repr(TokenPolicy(TOKEN))
 
 
-@given(st.dictionaries(st.sampled_from(["authorization", "host", "x"]),
-                       st.one_of(st.text(max_size=60),
-                                 st.sampled_from(["Bearer " + TOKEN, "bearer " + TOKEN,
-                                                  "Bearer " + TOKEN[:-1], "Bearer"]))),
-       st.sampled_from(["GET", "PUT", "DELETE", "POST", "HEAD"]), st.booleans())
+@given(
+    st.dictionaries(
+        st.sampled_from(["authorization", "host", "x"]),
+        st.one_of(
+            st.text(max_size=60),
+            st.sampled_from(
+                ["Bearer " + TOKEN, "bearer " + TOKEN, "Bearer " + TOKEN[:-1], "Bearer"]
+            ),
+        ),
+    ),
+    st.sampled_from(["GET", "PUT", "DELETE", "POST", "HEAD"]),
+    st.booleans(),
+)
 @settings(max_examples=500, deadline=None)
-def test_policy_admits_exactly_the_token(headers: dict[str, str], method: str,
-                                         protect_reads: bool) -> None:
+def test_policy_admits_exactly_the_token(
+    headers: dict[str, str], method: str, protect_reads: bool
+) -> None:
     policy = TokenPolicy(TOKEN, protect_reads=protect_reads)
     scheme, _, value = headers.get("authorization", "").strip().partition(" ")
     has_token = scheme.lower() == "bearer" and value.strip() == TOKEN
@@ -216,8 +238,9 @@ def test_map_server_command_with_a_token(tmp_path: Path) -> None:
     bad = subprocess.run([*cli, "--token-read"], capture_output=True, env=env, timeout=20)
     assert bad.returncode == 2 and b"--token-read needs --token-file" in bad.stderr
     (tmp_path / "empty").write_text("\n")
-    bad = subprocess.run([*cli, "--token-file", str(tmp_path / "empty")], capture_output=True,
-                         env=env, timeout=20)
+    bad = subprocess.run(
+        [*cli, "--token-file", str(tmp_path / "empty")], capture_output=True, env=env, timeout=20
+    )
     assert bad.returncode == 2 and b"visible ASCII" in bad.stderr
     for how in ("file", "env"):
         run_env = dict(env)
@@ -227,8 +250,7 @@ def test_map_server_command_with_a_token(tmp_path: Path) -> None:
             args += ["--token-file", str(tmp_path / "token")]
         else:
             run_env["KEYWIRE_MAP_TOKEN"] = TOKEN
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=run_env)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run_env)
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().decode().strip()
@@ -255,36 +277,65 @@ def test_map_server_command_with_a_token(tmp_path: Path) -> None:
         assert TOKEN.encode() not in out + err
 
 
-def test_keywire_listen_and_dial_reach_a_protected_https_server(pki: Pki,
-                                                                tmp_path: Path) -> None:
+def test_keywire_listen_and_dial_reach_a_protected_https_server(pki: Pki, tmp_path: Path) -> None:
     """The CLI clients take the token from $KEYWIRE_MAP_TOKEN and the CA from $SSL_CERT_FILE."""
-    env = dict(os.environ, PYTHONPATH=SRC, KEYWIRE_MAP_TOKEN=TOKEN, SSL_CERT_FILE=str(pki.ca),
-               HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        KEYWIRE_MAP_TOKEN=TOKEN,
+        SSL_CERT_FILE=str(pki.ca),
+        HOME=str(tmp_path),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
     cli = [sys.executable, "-m", "keywire"]
-    mapper = subprocess.Popen([*cli, "map-server", "--port", "0", "--token-read",
-                               "--cert", str(pki.server.cert), "--key", str(pki.server.key)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    mapper = subprocess.Popen(
+        [
+            *cli,
+            "map-server",
+            "--port",
+            "0",
+            "--token-read",
+            "--cert",
+            str(pki.server.cert),
+            "--key",
+            str(pki.server.key),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     listener = None
     try:
         assert mapper.stdout is not None
         url = mapper.stdout.readline().decode().strip()
         assert url.startswith("https://")
-        listener = subprocess.Popen([*cli, "listen", f"{url}~stream", "--echo"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        listener = subprocess.Popen(
+            [*cli, "listen", f"{url}~stream", "--echo"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert listener.stdout is not None
         address = listener.stdout.readline().decode().strip()
         assert address.startswith(f"{url}~stream:")
-        done = subprocess.run([*cli, "dial", address], input=b"through https with a token\n",
-                              capture_output=True, env=env, timeout=30)
+        done = subprocess.run(
+            [*cli, "dial", address],
+            input=b"through https with a token\n",
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout == b"through https with a token\n"
         wrong = dict(env, KEYWIRE_MAP_TOKEN="wrong")
-        refused = subprocess.run([*cli, "dial", address], input=b"", capture_output=True,
-                                 env=wrong, timeout=30)
+        refused = subprocess.run(
+            [*cli, "dial", address], input=b"", capture_output=True, env=wrong, timeout=30
+        )
         assert refused.returncode != 0
         assert b"refused the read: missing or wrong token" in refused.stderr
-        not_listening = subprocess.run([*cli, "listen", f"{url}~stream", "--echo"],
-                                       capture_output=True, env=wrong, timeout=30)
+        not_listening = subprocess.run(
+            [*cli, "listen", f"{url}~stream", "--echo"], capture_output=True, env=wrong, timeout=30
+        )
         assert not_listening.returncode == 2
         assert b"cannot listen: " in not_listening.stderr
         assert b"refused the read: missing or wrong token" in not_listening.stderr

@@ -64,29 +64,33 @@ async def test_long_poll_get_is_woken_by_a_put(map_server: MapServer) -> None:
         assert await asyncio.wait_for(waiting, 5) == b"late"
         assert loop.time() - start < 3
         start = loop.time()
-        assert await client.get(bytes(32), 0.3) is None      # times out as asked
+        assert await client.get(bytes(32), 0.3) is None  # times out as asked
         assert 0.25 < loop.time() - start < 3
     finally:
         await client.close()
 
 
-@pytest.mark.parametrize(("request_bytes", "expected"), [
-    (b"PUT /v1/abcd HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 400),
-    (b"PUT /v1/" + b"zz" * 32 + b" HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 400),
-    (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", 413),
-    (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\n\r\n", 411),
-    (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-    (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
-    (b"DELETE /v1/" + b"00" * 32 + b" HTTP/1.1\r\n\r\n", 405),
-    (b"GET /v1/" + b"00" * 32 + b"?wait=soon HTTP/1.1\r\n\r\n", 400),
-    (b"GET /v1/" + b"00" * 32 + b"?wait=-1 HTTP/1.1\r\n\r\n", 400),
-    (b"GET /other HTTP/1.1\r\n\r\n", 404),
-    (b"GET /v1/" + b"00" * 32 + b" HTTP/9.9\r\n\r\n", 400),
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
-])
-async def test_bad_requests_get_clear_statuses(map_server: MapServer, request_bytes: bytes,
-                                               expected: int) -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (b"PUT /v1/abcd HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 400),
+        (b"PUT /v1/" + b"zz" * 32 + b" HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 400),
+        (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", 413),
+        (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\n\r\n", 411),
+        (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"PUT /v1/" + b"00" * 32 + b" HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
+        (b"DELETE /v1/" + b"00" * 32 + b" HTTP/1.1\r\n\r\n", 405),
+        (b"GET /v1/" + b"00" * 32 + b"?wait=soon HTTP/1.1\r\n\r\n", 400),
+        (b"GET /v1/" + b"00" * 32 + b"?wait=-1 HTTP/1.1\r\n\r\n", 400),
+        (b"GET /other HTTP/1.1\r\n\r\n", 404),
+        (b"GET /v1/" + b"00" * 32 + b" HTTP/9.9\r\n\r\n", 400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
+    ],
+)
+async def test_bad_requests_get_clear_statuses(
+    map_server: MapServer, request_bytes: bytes, expected: int
+) -> None:
     response = await raw(map_server, request_bytes)
     assert status(response) == expected
     # the server is still fine
@@ -129,8 +133,8 @@ async def test_ttl_and_byte_budget() -> None:
             with pytest.raises(StoreError, match="507"):
                 await client.put(b"\x03" * 32, b"c" * 100)
             await asyncio.sleep(0.4)
-            assert await client.get(b"\x01" * 32, 0) is None        # expired
-            await client.put(b"\x03" * 32, b"c" * 100)               # room again
+            assert await client.get(b"\x01" * 32, 0) is None  # expired
+            await client.put(b"\x03" * 32, b"c" * 100)  # room again
         finally:
             await client.close()
 
@@ -152,7 +156,7 @@ async def test_garbage_on_the_socket_does_not_hurt_the_server(map_server: MapSer
     rng = random_bytes(20000, 5)
     for i in range(20):
         _, writer = await asyncio.open_connection("127.0.0.1", map_server.port)
-        writer.write(rng[i * 1000:(i + 1) * 1000] + b"\r\n\r\n")
+        writer.write(rng[i * 1000 : (i + 1) * 1000] + b"\r\n\r\n")
         writer.close()
     huge = b"GET / HTTP/1.1\r\nX: " + b"y" * 100_000 + b"\r\n\r\n"
     response = await raw(map_server, huge)
@@ -174,9 +178,29 @@ def test_request_head_parser_only_raises_http_errors(head: bytes) -> None:
         assert parsed.path.startswith("/")
 
 
-@given(st.lists(st.sampled_from([b"GET", b"PUT", b" ", b"/v1/", b"00" * 32, b"?wait=",
-                                 b"1", b"HTTP/1.1", b"\r\n", b"Content-Length:", b"5",
-                                 b"Connection: close", b"x:y", b":"]), max_size=20))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"GET",
+                b"PUT",
+                b" ",
+                b"/v1/",
+                b"00" * 32,
+                b"?wait=",
+                b"1",
+                b"HTTP/1.1",
+                b"\r\n",
+                b"Content-Length:",
+                b"5",
+                b"Connection: close",
+                b"x:y",
+                b":",
+            ]
+        ),
+        max_size=20,
+    )
+)
 @settings(max_examples=800, deadline=None)
 def test_request_head_parser_on_near_misses(parts: list[bytes]) -> None:
     try:
@@ -195,10 +219,12 @@ def test_response_head_parser_only_raises_http_errors(head: bytes) -> None:
 
 
 async def test_8mb_each_way_over_http_with_loss(map_server: MapServer) -> None:
-    a = LossyStore(HttpStore(map_server.url), put_loss=0.3, duplicate=0.1,
-                   delay=(0.0, 0.004), seed=21)
-    b = LossyStore(HttpStore(map_server.url), put_loss=0.3, duplicate=0.1,
-                   delay=(0.0, 0.004), seed=22)
+    a = LossyStore(
+        HttpStore(map_server.url), put_loss=0.3, duplicate=0.1, delay=(0.0, 0.004), seed=21
+    )
+    b = LossyStore(
+        HttpStore(map_server.url), put_loss=0.3, duplicate=0.1, delay=(0.0, 0.004), seed=22
+    )
     try:
         await exchange(a, b, StoreParams(window=16, value_size=65536, **FAST), MB8, 40)
         assert a.dropped > 20 and b.dropped > 20
@@ -224,11 +250,11 @@ async def test_map_server_restart_mid_stream(tmp_path: Path) -> None:
         async with asyncio.timeout(20):
             while b.core.bytes_read < 900_000:
                 await asyncio.sleep(0.01)
-        await server.close()                                 # down mid-stream
+        await server.close()  # down mid-stream
         sending = asyncio.ensure_future(send_all(a, data[1_000_000:], chunk=50_000))
         await asyncio.sleep(0.7)
         assert not receiving.done()
-        server = await MapServer(port=port, db=db).start()   # back, with its entries
+        server = await MapServer(port=port, db=db).start()  # back, with its entries
         async with asyncio.timeout(30):
             await sending
             assert await receiving == data
@@ -243,9 +269,23 @@ async def test_map_server_restart_mid_stream(tmp_path: Path) -> None:
 
 def test_cli_prints_the_url_first(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "keywire.store.cli", "map-server", "--port",
-                             "0", "--db", str(tmp_path / "m.db"), "--ttl", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keywire.store.cli",
+            "map-server",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "m.db"),
+            "--ttl",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()

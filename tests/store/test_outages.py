@@ -25,8 +25,9 @@ SIZE = 150_000
 POINTS = 24
 
 
-def _echo(seed: int, size: int = SIZE, chunk: int = 4096,
-          setup: object = None, **store: object) -> tuple[SimStore, Endpoint, Endpoint, bytes]:
+def _echo(
+    seed: int, size: int = SIZE, chunk: int = 4096, setup: object = None, **store: object
+) -> tuple[SimStore, Endpoint, Endpoint, bytes]:
     params = StoreParams(seed=seed, **PARAMS)  # type: ignore[arg-type]
     listener = Endpoint(StoreCore(SECRET, Role.LISTENER, params), echo=True, echo_chunk=chunk)
     dialer = Endpoint(StoreCore(SECRET, Role.DIALER, params))
@@ -38,11 +39,14 @@ def _echo(seed: int, size: int = SIZE, chunk: int = 4096,
     return sim, listener, dialer, payload
 
 
-def _finish(sim: SimStore, listener: Endpoint, dialer: Endpoint, payload: bytes,
-            limit: float = 300.0) -> float:
-    took = sim.run([listener, dialer],
-                   lambda: dialer.eof and listener.core.finished and dialer.core.finished,
-                   limit=limit)
+def _finish(
+    sim: SimStore, listener: Endpoint, dialer: Endpoint, payload: bytes, limit: float = 300.0
+) -> float:
+    took = sim.run(
+        [listener, dialer],
+        lambda: dialer.eof and listener.core.finished and dialer.core.finished,
+        limit=limit,
+    )
     assert bytes(dialer.received) == payload
     assert bytes(listener.received) == payload
     assert not listener.errors and not dialer.errors
@@ -59,7 +63,7 @@ def test_an_outage_at_every_point_of_an_echo(kind: str) -> None:
     length = _undisturbed()
     outage = 10.0 if kind == "pause" else 3.0
     for point in range(POINTS + 2):
-        start = length * point / POINTS     # the last two start after the undisturbed end
+        start = length * point / POINTS  # the last two start after the undisturbed end
 
         def setup(sim: SimStore, start: float = start) -> None:
             if kind == "pause":
@@ -95,6 +99,7 @@ def test_full_read_buffer_with_a_blocked_writer_does_not_deadlock(seed: int) -> 
     waits for acks) and so reads nothing; its read buffer is full. The acks it waits for are
     in the peer's frames, so it must keep reading them; before the fix it stopped, and both
     sides waited for ever with every frame in the store."""
-    sim, listener, dialer, payload = _echo(seed, size=1_500_000, chunk=16384,
-                                           lost_wakeup=0.3, recheck=2.0, loss=0.02)
+    sim, listener, dialer, payload = _echo(
+        seed, size=1_500_000, chunk=16384, lost_wakeup=0.3, recheck=2.0, loss=0.02
+    )
     _finish(sim, listener, dialer, payload, limit=600)

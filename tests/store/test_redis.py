@@ -63,18 +63,21 @@ async def test_size_limit_is_enforced_by_the_script(redis_server: RedisProcess) 
             await store.put(ADDR, b"x" * 101)
         # the server-side check, for clients that skip the local one
         with pytest.raises(ResponseError, match="TOOLARGE 500"):
-            await store._script(keys=[store._key(ADDR)],
-                                args=[b"y" * 500, 10_000, 100, store._channel(ADDR)])
+            await store._script(
+                keys=[store._key(ADDR)], args=[b"y" * 500, 10_000, 100, store._channel(ADDR)]
+            )
         assert await store.get(ADDR, 0) is None
     finally:
         await store.close()
 
 
 async def test_8mb_each_way_over_redis_with_loss(redis_server: RedisProcess) -> None:
-    a = LossyStore(RedisStore(redis_server.url), put_loss=0.3, duplicate=0.1,
-                   delay=(0.0, 0.004), seed=31)
-    b = LossyStore(RedisStore(redis_server.url), put_loss=0.3, duplicate=0.1,
-                   delay=(0.0, 0.004), seed=32)
+    a = LossyStore(
+        RedisStore(redis_server.url), put_loss=0.3, duplicate=0.1, delay=(0.0, 0.004), seed=31
+    )
+    b = LossyStore(
+        RedisStore(redis_server.url), put_loss=0.3, duplicate=0.1, delay=(0.0, 0.004), seed=32
+    )
     try:
         await exchange(a, b, StoreParams(window=16, value_size=65536, **FAST), MB8, 40)
         assert a.dropped > 20 and b.dropped > 20
@@ -106,7 +109,7 @@ async def test_redis_restart_mid_stream_with_persistence(persistent_redis: Redis
         async with asyncio.timeout(30):
             await sending
             assert await receiving == data
-        assert a.troubles and b.troubles            # the outage was seen and survived
+        assert a.troubles and b.troubles  # the outage was seen and survived
     finally:
         await a.abort()
         await b.abort()

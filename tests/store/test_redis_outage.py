@@ -35,6 +35,7 @@ async def _echo_through(redis: RedisProcess, outage: Callable[[], Awaitable[None
     payload = random_bytes(SIZE, 42)
     started = time.monotonic()
     async with keywire.Server([spec], OPTIONS) as server:
+
         async def serve() -> None:
             conn = await server.accept()
             await _echo(await conn.accept_stream())
@@ -47,7 +48,7 @@ async def _echo_through(redis: RedisProcess, outage: Callable[[], Awaitable[None
 
         async def send() -> None:
             for i in range(0, SIZE, 1 << 20):
-                await stream.write(payload[i:i + (1 << 20)])
+                await stream.write(payload[i : i + (1 << 20)])
             await stream.close_write()
 
         async def receive() -> None:

@@ -17,12 +17,18 @@ VECTORS = {
     "dialer_write_id": "fbf352c2c7e990e0c3a77ac9c59e3eadbfb6a6196131b64886788eb6125e204b",
 }
 FRAME_IDS = {
-    0: ("739712e2e01579d610fcdf132956b9c69d51d170a758d7ab03ce68e99a87c72b",
-        "0330e573846e591c3b6a754811f88b65bb1e42fac51c0b8227d0f8370ed91f18"),
-    1: ("68f2e0e89a12ff05d967e97088162ab1470e76d132698b1d33aa7991ca27b51b",
-        "95f1bba13dda7c90770879e0ac69e6dfccd5a632a7ee9bd44f268bf4a4544943"),
-    1000: ("4c909b6b34187d31e214fc3217311dd0050359cfb9eca9b1727b422a9016e707",
-           "4200afa0f16e092e642bfc351cd2836b13a9a75ed52bd73989f5198db89e4e41"),
+    0: (
+        "739712e2e01579d610fcdf132956b9c69d51d170a758d7ab03ce68e99a87c72b",
+        "0330e573846e591c3b6a754811f88b65bb1e42fac51c0b8227d0f8370ed91f18",
+    ),
+    1: (
+        "68f2e0e89a12ff05d967e97088162ab1470e76d132698b1d33aa7991ca27b51b",
+        "95f1bba13dda7c90770879e0ac69e6dfccd5a632a7ee9bd44f268bf4a4544943",
+    ),
+    1000: (
+        "4c909b6b34187d31e214fc3217311dd0050359cfb9eca9b1727b422a9016e707",
+        "4200afa0f16e092e642bfc351cd2836b13a9a75ed52bd73989f5198db89e4e41",
+    ),
 }
 
 
@@ -53,8 +59,9 @@ def test_frame_id_and_key(index: int) -> None:
 
 def test_every_frame_has_its_own_address_and_key() -> None:
     keys = KeySchedule.derive(SECRET, Role.DIALER)
-    ids = {keys.write.frame_id(i) for i in range(2000)} | {keys.read.frame_id(i)
-                                                          for i in range(2000)}
+    ids = {keys.write.frame_id(i) for i in range(2000)} | {
+        keys.read.frame_id(i) for i in range(2000)
+    }
     assert len(ids) == 4000
 
 
@@ -73,13 +80,16 @@ def test_secret_text_forms() -> None:
     assert parse_secret(base64.b64encode(SECRET).decode()) == SECRET
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "empty"),
-    ("abc", "at least 32"),
-    ("a" * 300, "at most"),
-    ("A" * 42 + "*", "not base64"),
-    ("A" * 100, "at most 64"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("abc", "at least 32"),
+        ("a" * 300, "at most"),
+        ("A" * 42 + "*", "not base64"),
+        ("A" * 100, "at most 64"),
+    ],
+)
 def test_bad_secrets(text: str, message: str) -> None:
     with pytest.raises(SecretError, match=message):
         parse_secret(text)

@@ -74,9 +74,9 @@ def test_records_open_only_in_their_own_slot_and_secret() -> None:
     # the same session twice gives two different values (random nonces: no reuse)
     assert seal_record(keys.dial, 5, sid)[1] != value
     with pytest.raises(RecordError, match="does not open"):
-        open_record(keys.dial, 6, value)                 # copied to another slot
+        open_record(keys.dial, 6, value)  # copied to another slot
     with pytest.raises(RecordError, match="does not open"):
-        open_record(keys.claim, 5, value)                # a dial record is no claim
+        open_record(keys.claim, 5, value)  # a dial record is no claim
     with pytest.raises(RecordError, match="does not open"):
         open_record(SessionKeys.derive(generate_secret()).dial, 5, value)
     with pytest.raises(RecordError, match="expected"):
@@ -86,18 +86,21 @@ def test_records_open_only_in_their_own_slot_and_secret() -> None:
 def test_each_session_has_its_own_key_schedule() -> None:
     secret = generate_secret()
     first, second = new_session(secret, 0), new_session(secret, 1)
-    again = new_session(secret, 0)                       # same slot, another dial
-    keys = {KeySchedule.derive(s.secret, Role.LISTENER).write.frame_id(0)
-            for s in (first, second, again)}
+    again = new_session(secret, 0)  # same slot, another dial
+    keys = {
+        KeySchedule.derive(s.secret, Role.LISTENER).write.frame_id(0)
+        for s in (first, second, again)
+    }
     assert len(keys) == 3
     plain = KeySchedule.derive(secret, Role.LISTENER).write.frame_id(0)
-    assert plain not in keys                             # never the bare secret's frames
+    assert plain not in keys  # never the bare secret's frames
     assert new_session(secret, 0, first.session_id) == first
 
 
 # -- sessions over a store ---------------------------------------------------------------------
-async def _listener_side(store: StoreBackend, secret: bytes, numbers: list[int],
-                         got: list[bytes]) -> None:
+async def _listener_side(
+    store: StoreBackend, secret: bytes, numbers: list[int], got: list[bytes]
+) -> None:
     """Take a session per entry of ``numbers`` in turn; each reads what its dialer sent,
     answers with the bytes of its number (contents and size), and ends."""
     listener = SessionListener(store, secret)
@@ -208,9 +211,14 @@ async def test_old_frames_planted_in_a_new_session_are_rejected() -> None:
         second_keys = KeySchedule.derive(second.secret, Role.LISTENER)
         for index, value in enumerate(old):
             store.raw_put(second_keys.write.frame_id(index), value)
-        stream = StoreStream.open(store, second.secret, Role.DIALER,
-                                  params=StoreParams(window=8, value_size=4096, rto_min=0.05,
-                                                     rto_initial=0.2, bad_frame_tries=1000))
+        stream = StoreStream.open(
+            store,
+            second.secret,
+            Role.DIALER,
+            params=StoreParams(
+                window=8, value_size=4096, rto_min=0.05, rto_initial=0.2, bad_frame_tries=1000
+            ),
+        )
         try:
             await stream.write(_request(1))
             await stream.close_write()
@@ -232,7 +240,7 @@ async def test_a_dial_record_that_does_not_open_burns_its_slot() -> None:
     listener = SessionListener(store, secret)
     with pytest.raises(RecordError):
         await listener.take(0, 0.0)
-    session = await dial_session(store, secret)          # the dialer skips it too
+    session = await dial_session(store, secret)  # the dialer skips it too
     assert session.epoch == 1
     taken = await listener.take(1, 0.0)
     assert taken == session
@@ -296,8 +304,12 @@ def test_cli_second_dial_never_gets_the_first_sessions_bytes(tmp_path: Path) -> 
     here = Path(__file__).resolve()
     env = dict(os.environ, PYTHONPATH=str(here.parents[2] / "src"))
     cli = [sys.executable, "-m", "keywire"]
-    mapper = subprocess.Popen([*cli, "map-server", "--port", "0"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, env=env)
+    mapper = subprocess.Popen(
+        [*cli, "map-server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     procs: list[subprocess.Popen[bytes]] = [mapper]
     try:
         assert mapper.stdout is not None
@@ -305,16 +317,25 @@ def test_cli_second_dial_never_gets_the_first_sessions_bytes(tmp_path: Path) -> 
         address = f"{url}~stream:{format_secret(generate_secret())}"
 
         def listen() -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen([*cli, "listen", address, "--echo"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            proc = subprocess.Popen(
+                [*cli, "listen", address, "--echo"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
             procs.append(proc)
             assert proc.stdout is not None
             assert proc.stdout.readline().decode().strip() == address
             return proc
 
         def dial(data: bytes) -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen([*cli, "dial", address], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(
+                [*cli, "dial", address],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
             procs.append(proc)
             return proc
 
@@ -329,14 +350,15 @@ def test_cli_second_dial_never_gets_the_first_sessions_bytes(tmp_path: Path) -> 
         second.stdin.write(second_data)
         second.stdin.close()
         with pytest.raises(subprocess.TimeoutExpired):
-            second.wait(3)                     # no listener: it waits, and reads nothing
+            second.wait(3)  # no listener: it waits, and reads nothing
         listen()
         out = second.stdout.read()
         assert second.wait(60) == 0
         assert out == second_data
         third_data = random_bytes(1_500_000, 3)
-        done = subprocess.run([*cli, "dial", address], input=third_data, capture_output=True,
-                              env=env, timeout=90)
+        done = subprocess.run(
+            [*cli, "dial", address], input=third_data, capture_output=True, env=env, timeout=90
+        )
         assert done.returncode == 0, done.stderr.decode()
         assert done.stdout == third_data
     finally:
@@ -370,7 +392,7 @@ async def test_a_put_whose_answer_was_lost_is_not_announced_twice() -> None:
     dialer = SessionDialer(store, secret)
     with pytest.raises(StoreError):
         await dialer.announce()
-    session = await dialer.announce()            # the retry finds its own record there
+    session = await dialer.announce()  # the retry finds its own record there
     assert session.epoch == 0
     assert (await dial_session(store, secret)).epoch == 1
 

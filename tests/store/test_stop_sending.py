@@ -27,8 +27,10 @@ PAYLOAD = random.Random(5).randbytes(150_000)
 
 def pair(params: StoreParams, mode: Mode = Mode.DUPLEX) -> tuple[Endpoint, Endpoint]:
     """(a, b): a is the listener, b the dialer."""
-    return (Endpoint(StoreCore(SECRET, Role.LISTENER, params, mode)),
-            Endpoint(StoreCore(SECRET, Role.DIALER, params, mode)))
+    return (
+        Endpoint(StoreCore(SECRET, Role.LISTENER, params, mode)),
+        Endpoint(StoreCore(SECRET, Role.DIALER, params, mode)),
+    )
 
 
 def frames_of(store: SimStore, role: Role) -> list[Frame]:
@@ -60,7 +62,9 @@ def assert_stopped_writer(a: Endpoint, code: int) -> None:
 def assert_stopped_reader(b: Endpoint, code: int) -> None:
     """b's reads failed at once (locally), then the peer's Reset with the same code came."""
     assert [(e.error.wire_code, e.error.remote, e.discard) for e in b.errors] == [
-        (code, False, True), (code, True, True)]
+        (code, False, True),
+        (code, True, True),
+    ]
     assert not b.eof
 
 
@@ -74,10 +78,10 @@ def test_stop_sending_fails_the_writer_and_it_resets_with_the_code(window: int) 
     b.core.close_write()
     store.run([a, b], lambda: a.core.finished and b.core.finished, limit=120)
     assert_stopped_writer(a, 7)
-    assert a.write_error is not None                # it was writing when the stop came
+    assert a.write_error is not None  # it was writing when the stop came
     assert_stopped_reader(b, 7)
     assert 2000 < len(b.received) < len(PAYLOAD)
-    assert bytes(b.received) == PAYLOAD[:len(b.received)]
+    assert bytes(b.received) == PAYLOAD[: len(b.received)]
     assert codes(frames_of(store, Role.DIALER), FrameType.STOP_SENDING) == [7]
     assert codes(frames_of(store, Role.LISTENER), FrameType.RESET) == [7]
 
@@ -94,7 +98,7 @@ def test_stop_arrives_through_loss_reordering_and_duplication(loss: float, seed:
     store.run([a, b], lambda: a.core.write_finished and b.core.read_finished, limit=300)
     assert_stopped_writer(a, 7)
     assert_stopped_reader(b, 7)
-    assert bytes(b.received) == PAYLOAD[:len(b.received)]
+    assert bytes(b.received) == PAYLOAD[: len(b.received)]
     # the other way round: a stops b, whose direction is still open
     a.core.stop_sending(Code.CLOSED)
     store.run([a, b], lambda: a.core.finished and b.core.finished, limit=600)
@@ -108,14 +112,13 @@ def test_stop_arrives_through_loss_reordering_and_duplication(loss: float, seed:
 
 
 def test_stop_sending_twice_sends_one_frame_and_retransmissions_are_harmless() -> None:
-    a, b = pair(StoreParams(window=4, value_size=256, rto_initial=0.05, rto_min=0.05,
-                            seed=31))
+    a, b = pair(StoreParams(window=4, value_size=256, rto_initial=0.05, rto_min=0.05, seed=31))
     a.outbox = PAYLOAD
-    store = SimStore(loss=0.3, duplicate=1.0, jitter=0.03, seed=31)   # every put lands twice
+    store = SimStore(loss=0.3, duplicate=1.0, jitter=0.03, seed=31)  # every put lands twice
     store.run([a, b], lambda: len(b.received) > 1000)
     b.core.stop_sending(7)
     b.core.stop_sending(7)
-    b.core.stop_sending(9)                         # the first code stands
+    b.core.stop_sending(9)  # the first code stands
     b.core.close_write()
     store.run([a, b], lambda: a.core.finished and b.core.finished, limit=300)
     assert_stopped_writer(a, 7)
@@ -137,14 +140,20 @@ def test_a_second_stop_frame_is_acked_and_ignored() -> None:
     and both frames acknowledged."""
     a, _ = pair(StoreParams(window=4, value_size=256, seed=41))
     store = SimStore(seed=41)
-    plant(store, Role.DIALER, [Frame(FrameType.STOP_SENDING, 0, 2**64 - 1, b"\0\0\0\7"),
-                               Frame(FrameType.STOP_SENDING, 1, 2**64 - 1, b"\0\0\0\x09")])
+    plant(
+        store,
+        Role.DIALER,
+        [
+            Frame(FrameType.STOP_SENDING, 0, 2**64 - 1, b"\0\0\0\7"),
+            Frame(FrameType.STOP_SENDING, 1, 2**64 - 1, b"\0\0\0\x09"),
+        ],
+    )
     store.run([a], lambda: a.core._read_idx == 2 and a.core.flushed)
     store.run([a], lambda: a.core._ack_sent == 1 and a.core.flushed, limit=60)
     assert_stopped_writer(a, 7)
     mine = frames_of(store, Role.LISTENER)
     assert codes(mine, FrameType.RESET) == [7]
-    assert mine[-1].ack == 1                       # both StopSending frames acknowledged
+    assert mine[-1].ack == 1  # both StopSending frames acknowledged
 
 
 def test_stop_after_the_writers_end_is_ignored() -> None:
@@ -153,13 +162,13 @@ def test_stop_after_the_writers_end_is_ignored() -> None:
     a, b = pair(StoreParams(window=4, value_size=256, seed=51))
     a.outbox = b"all of it" * 10
     store = SimStore(seed=51)
-    store.run([a], lambda: a.core.flushed)          # a's End is in the store
-    b.core.stop_sending(7)                          # b has read nothing yet
+    store.run([a], lambda: a.core.flushed)  # a's End is in the store
+    b.core.stop_sending(7)  # b has read nothing yet
     b.core.close_write()
     store.run([a, b], lambda: a.core.finished and b.core.finished)
     assert not a.write_failures and a.write_error is None
     assert [(e.error.wire_code, e.error.remote) for e in b.errors] == [(7, False)]
-    assert b.received == b""                        # discarded after the stop
+    assert b.received == b""  # discarded after the stop
     mine = frames_of(store, Role.LISTENER)
     assert FrameType.END in [f.type for f in mine] and not codes(mine, FrameType.RESET)
     assert codes(frames_of(store, Role.DIALER), FrameType.STOP_SENDING) == [7]
@@ -170,7 +179,7 @@ def test_stop_after_the_peers_end_was_read_is_local_only() -> None:
     a.outbox = b"short"
     store = SimStore(seed=52)
     store.run([a, b], lambda: b.eof)
-    b.core.stop_sending(7)                          # nothing left to stop
+    b.core.stop_sending(7)  # nothing left to stop
     b.core.close_write()
     store.run([a, b], lambda: a.core.finished and b.core.finished)
     assert bytes(b.received) == b"short" and not a.write_failures
@@ -187,7 +196,7 @@ def test_stop_reaches_an_idle_writer_after_the_stoppers_end() -> None:
     store = SimStore(seed=53)
     store.run([a, b], lambda: a.eof and b.received == b"first part" and a.core.acked)
     store.run([a, b], lambda: a.core.quiescent and b.core.quiescent)
-    idle_until = store.now + 3 * a.core.params.get_wait   # every earlier long poll ran out
+    idle_until = store.now + 3 * a.core.params.get_wait  # every earlier long poll ran out
     store.run([a, b], lambda: store.now >= idle_until)
     b.core.stop_sending(7)
     store.run([a, b], lambda: bool(a.write_failures))
@@ -209,15 +218,17 @@ def test_a_stop_the_peer_never_reads_needs_no_ack_once_its_end_arrived() -> None
     a.outbox, a.close_after = b"x", False
     b.core.close_write()
     store = SimStore(seed=54)
-    store.run([a, b], lambda: a.eof and b.received == b"x" and a.core.quiescent
-              and b.core.quiescent)
+    store.run(
+        [a, b], lambda: a.eof and b.received == b"x" and a.core.quiescent and b.core.quiescent
+    )
     stop_address = KeySchedule.derive(SECRET, Role.DIALER).write.frame_id(
-        b.core.snapshot()["write_idx"])
+        b.core.snapshot()["write_idx"]
+    )
     store.black_hole.add(stop_address)
-    b.core.stop_sending(7)                          # built before b reads a's End ...
+    b.core.stop_sending(7)  # built before b reads a's End ...
     a.core.close_write()
     store.run([a, b], lambda: a.core.finished and b.eof)
-    lift_at = store.now + 3 * a.core.params.get_wait   # ... and lost until a stopped reading
+    lift_at = store.now + 3 * a.core.params.get_wait  # ... and lost until a stopped reading
     store.run([a, b], lambda: store.now >= lift_at)
     store.black_hole.clear()
     store.run([a, b], lambda: b.core.finished)
@@ -235,21 +246,21 @@ def test_save_and_restore_across_an_unacked_stop() -> None:
     store.run([a, b], lambda: len(b.received) > 1000)
     b.core.stop_sending(7)
     stop_address = KeySchedule.derive(SECRET, Role.DIALER).write.frame_id(
-        b.core.snapshot()["write_idx"])
+        b.core.snapshot()["write_idx"]
+    )
     store.black_hole.add(stop_address)
-    for op in b.core.poll(store.now):               # the StopSending is built and put ...
+    for op in b.core.poll(store.now):  # the StopSending is built and put ...
         store.start(b, op)
     saved = open_state(seal_state(b.core.snapshot(), key := new_state_key()), key)
     assert saved["stop"] == "sent" and saved["sent"][-1][1] == stop_address
     store.run([a], lambda: stop_address not in store.black_hole or store.now > 1.0)
-    store.black_hole.clear()                        # ... lost, and b is gone
+    store.black_hole.clear()  # ... lost, and b is gone
     assert stop_address not in store.data
     restored = Endpoint(StoreCore.from_snapshot(saved, params, store.now))
     restored.core.close_write()
     store.run([a, restored], lambda: a.core.finished and restored.core.finished, limit=120)
     assert_stopped_writer(a, 7)
-    assert [(e.error.wire_code, e.error.remote) for e in restored.errors] == [
-        (7, False), (7, True)]
+    assert [(e.error.wire_code, e.error.remote) for e in restored.errors] == [(7, False), (7, True)]
     assert codes(frames_of(store, Role.DIALER), FrameType.STOP_SENDING) == [7]
 
 
@@ -260,7 +271,7 @@ def test_restore_builds_a_stop_saved_before_it_was_built() -> None:
     store = SimStore(seed=62)
     store.run([a, b], lambda: len(b.received) > 1000)
     b.core.stop_sending(7)
-    saved = b.core.snapshot()                       # saved before any poll built the frame
+    saved = b.core.snapshot()  # saved before any poll built the frame
     assert saved["stop"] == "pending"
     restored = Endpoint(StoreCore.from_snapshot(saved, params, store.now))
     restored.core.close_write()
@@ -336,8 +347,8 @@ def test_multicast_stop_sending_stays_local() -> None:
     store.run([pub, reader], lambda: pub.core.finished)
     assert not pub.write_failures and pub.write_error is None
     assert [(e.error.wire_code, e.error.remote) for e in reader.errors] == [(7, False)]
-    assert frames_of(store, Role.DIALER) == []      # the reader put nothing at all
-    pub.core.stop_sending(7)                         # a publisher reads nothing: local too
+    assert frames_of(store, Role.DIALER) == []  # the reader put nothing at all
+    pub.core.stop_sending(7)  # a publisher reads nothing: local too
     assert reader.core.snapshot()["stop"] == pub.core.snapshot()["stop"] == "local"
 
 
@@ -360,7 +371,7 @@ async def test_stop_sending_through_dial_and_server() -> None:
                 stream = await conn.accept_stream()
                 try:
                     while True:
-                        await stream.write(bytes(200_000))     # blocks on backpressure
+                        await stream.write(bytes(200_000))  # blocks on backpressure
                 except StreamError as exc:
                     write_error.append(exc)
                 await conn.close()
@@ -376,7 +387,7 @@ async def test_stop_sending_through_dial_and_server() -> None:
                     await stream.read()
                 assert info.value.wire_code == 7 and not info.value.remote
                 await stream.close_write()
-                await stream.wait_finished()               # the server's Reset(7) arrived
+                await stream.wait_finished()  # the server's Reset(7) arrived
                 await serving
             assert write_error and write_error[0].wire_code == 7 and write_error[0].remote
             assert "peer asked to stop sending (code 7)" in str(write_error[0])

@@ -27,19 +27,21 @@ MB8 = 8 * 1024 * 1024
 
 async def send_all(stream: StoreStream, data: bytes, chunk: int = 1 << 20) -> None:
     for i in range(0, len(data), chunk):
-        await stream.write(data[i:i + chunk])
+        await stream.write(data[i : i + chunk])
     await stream.close_write()
 
 
-async def exchange(store_a: object, store_b: object, params: StoreParams, size: int,
-                   seconds: float) -> None:
+async def exchange(
+    store_a: object, store_b: object, params: StoreParams, size: int, seconds: float
+) -> None:
     a = StoreStream.open(store_a, SECRET, Role.LISTENER, params=params)  # type: ignore[arg-type]
-    b = StoreStream.open(store_b, SECRET, Role.DIALER, params=params)    # type: ignore[arg-type]
+    b = StoreStream.open(store_b, SECRET, Role.DIALER, params=params)  # type: ignore[arg-type]
     up, down = random_bytes(size, 1), random_bytes(size, 2)
     try:
         async with asyncio.timeout(seconds):
-            _, _, got_b, got_a = await asyncio.gather(send_all(a, up), send_all(b, down),
-                                                      b.read_all(), a.read_all())
+            _, _, got_b, got_a = await asyncio.gather(
+                send_all(a, up), send_all(b, down), b.read_all(), a.read_all()
+            )
             assert got_b == up and got_a == down
             await asyncio.gather(a.wait_finished(), b.wait_finished())
         assert not a.rejections and not b.rejections
@@ -73,13 +75,13 @@ async def test_read_eof_only_after_fin_and_write_after_close_fails() -> None:
         assert await asyncio.wait_for(b.read(), 5) == b"hello"
         read = asyncio.ensure_future(b.read())
         await asyncio.sleep(0.1)
-        assert not read.done()                      # no FIN yet: the read waits
+        assert not read.done()  # no FIN yet: the read waits
         await a.close_write()
         assert await asyncio.wait_for(read, 5) == b""
         with pytest.raises(StreamError) as info:
             await a.write(b"more")
         assert info.value.code == Code.CLOSED
-        await b.write(b"reply")                     # half-close: b can still write
+        await b.write(b"reply")  # half-close: b can still write
         await b.close_write()
         assert await asyncio.wait_for(a.read_all(), 5) == b"reply"
         await asyncio.wait_for(b.sync(acked=True), 5)
@@ -133,7 +135,7 @@ async def test_write_waits_for_credit() -> None:
         writer = asyncio.ensure_future(a.write(b"z" * 200_000))
         await asyncio.sleep(0.5)
         assert not writer.done()
-        assert len(store) < 40                          # not 200 frames in the store
+        assert len(store) < 40  # not 200 frames in the store
         got = bytearray()
         async with asyncio.timeout(10):
             while len(got) < 200_000:
@@ -165,11 +167,11 @@ async def test_save_and_restore_lose_nothing() -> None:
     try:
         blob = b""
         for i in range(0, 2_000_000, 100_000):
-            await writer.write(data[i:i + 100_000])
+            await writer.write(data[i : i + 100_000])
             if i == 1_000_000:
-                blob = writer.save(key)             # taken mid-transfer
+                blob = writer.save(key)  # taken mid-transfer
         await asyncio.sleep(0.2)
-        await writer.abort()                        # "crash": everything after the save is lost
+        await writer.abort()  # "crash": everything after the save is lost
         with pytest.raises(StateError):
             await StoreStream.restore(store, blob, new_state_key())
         resumed = await StoreStream.restore(store, blob, key, params=params)
@@ -189,8 +191,9 @@ async def test_save_and_restore_lose_nothing() -> None:
 
 async def test_value_size_must_fit_the_store() -> None:
     with pytest.raises(ValueError, match="exceeds the limit"):
-        StoreStream.open(MemoryStore(max_value=1000), SECRET, Role.DIALER,
-                         params=StoreParams(value_size=2000))
+        StoreStream.open(
+            MemoryStore(max_value=1000), SECRET, Role.DIALER, params=StoreParams(value_size=2000)
+        )
 
 
 async def test_planted_garbage_is_rejected_and_the_stream_completes() -> None:
@@ -199,8 +202,8 @@ async def test_planted_garbage_is_rejected_and_the_stream_completes() -> None:
     store = MemoryStore()
     keys = KeySchedule.derive(SECRET, Role.DIALER)
     for index in (0, 2, 5):
-        store.raw_put(keys.write.frame_id(index), b"\x13" * 300)          # does not open
-    store.raw_put(keys.write.frame_id(3), b"\x00" * (2 << 20))             # oversized
+        store.raw_put(keys.write.frame_id(index), b"\x13" * 300)  # does not open
+    store.raw_put(keys.write.frame_id(3), b"\x00" * (2 << 20))  # oversized
     a = StoreStream.open(store, SECRET, Role.LISTENER, params=StoreParams(**FAST))
     await asyncio.sleep(0.05)
     b = StoreStream.open(store, SECRET, Role.DIALER, params=StoreParams(window=4, **FAST))

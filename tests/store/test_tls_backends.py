@@ -83,25 +83,29 @@ async def test_8mb_each_way_over_https(pki: Pki) -> None:
             await b.close()
 
 
-@pytest.mark.parametrize(("which", "cafile", "reason"), [
-    ("server", None, "unable to get local issuer certificate"),     # system trust store
-    ("other_ca", "ca", "unable to get local issuer certificate"),
-    ("self_signed", "ca", "self-signed certificate"),
-    ("wrong_name", "ca", "mismatch"),
-])
-async def test_untrusted_https_certificate_fails_clearly(pki: Pki, which: str,
-                                                         cafile: str | None,
-                                                         reason: str) -> None:
+@pytest.mark.parametrize(
+    ("which", "cafile", "reason"),
+    [
+        ("server", None, "unable to get local issuer certificate"),  # system trust store
+        ("other_ca", "ca", "unable to get local issuer certificate"),
+        ("self_signed", "ca", "self-signed certificate"),
+        ("wrong_name", "ca", "mismatch"),
+    ],
+)
+async def test_untrusted_https_certificate_fails_clearly(
+    pki: Pki, which: str, cafile: str | None, reason: str
+) -> None:
     async with https_server(getattr(pki, which)) as server:
         store = HttpStore(server.url, cafile=str(pki.ca) if cafile else None)
         try:
             url = server.url
             hint = "another host" if which == "wrong_name" else "store.cafile"
-            message = await assert_refused_quickly(store, url, "TLS certificate not trusted",
-                                                   reason, hint)
+            message = await assert_refused_quickly(
+                store, url, "TLS certificate not trusted", reason, hint
+            )
             assert message.startswith(f"map server {url}")
             await assert_stream_fails_quickly(store, url, reason)
-            assert server.requests == 0                 # nothing was sent to it
+            assert server.requests == 0  # nothing was sent to it
         finally:
             await store.close()
 
@@ -112,8 +116,9 @@ async def test_plain_http_client_of_an_https_server_is_a_retryable_error(pki: Pk
         store = HttpStore(server.url.replace("https://", "http://"))
         try:
             async with asyncio.timeout(5):
-                with pytest.raises(StoreError, match="closed the connection before answering") \
-                        as info:
+                with pytest.raises(
+                    StoreError, match="closed the connection before answering"
+                ) as info:
                     await store.put(ADDR, b"value")
             assert not isinstance(info.value, StoreRefused)
         finally:
@@ -123,10 +128,10 @@ async def test_plain_http_client_of_an_https_server_is_a_retryable_error(pki: Pk
 async def test_garbage_and_stalled_handshakes_do_not_hurt_an_https_server(pki: Pki) -> None:
     async with https_server(pki.server) as server:
         noise = random_bytes(20_000, 9)
-        stalled = await asyncio.open_connection("127.0.0.1", server.port)   # never says hello
+        stalled = await asyncio.open_connection("127.0.0.1", server.port)  # never says hello
         for i in range(20):
             _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"\x16\x03\x01" * (i % 2) + noise[i * 1000:(i + 1) * 1000])
+            writer.write(b"\x16\x03\x01" * (i % 2) + noise[i * 1000 : (i + 1) * 1000])
             await writer.drain()
             writer.close()
         store = HttpStore(server.url, cafile=str(pki.ca))
@@ -149,13 +154,14 @@ async def test_missing_cafile_is_a_clear_error(tmp_path: Path) -> None:
 async def test_dial_and_listen_over_https_with_the_cafile_setting(pki: Pki) -> None:
     options = Options(extra={"store.linger": 5.0, "store.cafile": str(pki.ca)})
     async with https_server(pki.server) as mapper:
-        address = await echo_through_server(f"{mapper.url}~stream", options,
-                                            random_bytes(200_000, 3))
+        address = await echo_through_server(
+            f"{mapper.url}~stream", options, random_bytes(200_000, 3)
+        )
         assert address.startswith(f"{mapper.url}~stream:")
 
 
 async def test_dial_and_listen_refuse_an_untrusted_https_store_at_once(pki: Pki) -> None:
-    options = Options(extra={"store.linger": 1.0})          # no cafile: the system's CAs
+    options = Options(extra={"store.linger": 1.0})  # no cafile: the system's CAs
     async with https_server(pki.server) as mapper:
         spec = f"{mapper.url}~stream:{format_secret(SECRET)}"
         async with asyncio.timeout(5):
@@ -172,14 +178,23 @@ async def test_dial_and_listen_refuse_an_untrusted_https_store_at_once(pki: Pki)
 def test_map_server_command_serves_https(pki: Pki, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=SRC)
     cli = [sys.executable, "-m", "keywire", "map-server", "--port", "0"]
-    bad = subprocess.run([*cli, "--cert", str(pki.server.cert)], capture_output=True, env=env,
-                         timeout=20)
+    bad = subprocess.run(
+        [*cli, "--cert", str(pki.server.cert)], capture_output=True, env=env, timeout=20
+    )
     assert bad.returncode == 2 and b"--cert and --key go together" in bad.stderr
-    bad = subprocess.run([*cli, "--cert", str(tmp_path / "x.crt"), "--key", str(pki.ca)],
-                         capture_output=True, env=env, timeout=20)
+    bad = subprocess.run(
+        [*cli, "--cert", str(tmp_path / "x.crt"), "--key", str(pki.ca)],
+        capture_output=True,
+        env=env,
+        timeout=20,
+    )
     assert bad.returncode == 2 and b"cannot load the TLS certificate" in bad.stderr
-    proc = subprocess.Popen([*cli, "--cert", str(pki.server.cert), "--key", str(pki.server.key)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [*cli, "--cert", str(pki.server.cert), "--key", str(pki.server.key)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().decode().strip()
@@ -206,7 +221,7 @@ async def test_8mb_each_way_over_rediss(tls_redis: RedisProcess, pki: Pki) -> No
     a = RedisStore(tls_redis.url, cafile=str(pki.ca))
     b = RedisStore(tls_redis.url, cafile=str(pki.ca))
     try:
-        async with asyncio.timeout(10):          # the long-poll path works over TLS too
+        async with asyncio.timeout(10):  # the long-poll path works over TLS too
             waiting = asyncio.ensure_future(b.get(ADDR, 5))
             await asyncio.sleep(0.2)
             await a.put(ADDR, b"over rediss")
@@ -217,8 +232,9 @@ async def test_8mb_each_way_over_rediss(tls_redis: RedisProcess, pki: Pki) -> No
         await b.close()
 
 
-async def test_untrusted_rediss_certificate_fails_clearly(tls_redis: RedisProcess,
-                                                          pki: Pki, tmp_path: Path) -> None:
+async def test_untrusted_rediss_certificate_fails_clearly(
+    tls_redis: RedisProcess, pki: Pki, tmp_path: Path
+) -> None:
     url = tls_redis.url
     shown = f"redis {url}"
     # the system trust store does not know the test CA
@@ -256,19 +272,41 @@ def _start_ignoring_name(server: RedisProcess) -> None:
     import time
 
     assert server.tls is not None and server.ca is not None
-    args = ["redis-server", "--port", "0", "--tls-port", str(server.port),
-            "--tls-cert-file", str(server.tls.cert), "--tls-key-file", str(server.tls.key),
-            "--tls-ca-cert-file", str(server.ca), "--tls-auth-clients", "no",
-            "--bind", "127.0.0.1", "--dir", str(server.directory), "--save", "",
-            "--appendonly", "no", "--logfile", ""]
+    args = [
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        str(server.port),
+        "--tls-cert-file",
+        str(server.tls.cert),
+        "--tls-key-file",
+        str(server.tls.key),
+        "--tls-ca-cert-file",
+        str(server.ca),
+        "--tls-auth-clients",
+        "no",
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(server.directory),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--logfile",
+        "",
+    ]
     server.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     context = ssl.create_default_context(cafile=str(server.ca))
     context.check_hostname = False
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as raw, \
-                    context.wrap_socket(raw) as sock:
+            with (
+                socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as raw,
+                context.wrap_socket(raw) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     return
@@ -278,8 +316,7 @@ def _start_ignoring_name(server: RedisProcess) -> None:
     raise RuntimeError("redis-server did not start")
 
 
-async def test_dial_over_rediss_uses_the_cafile_setting(tls_redis: RedisProcess,
-                                                        pki: Pki) -> None:
+async def test_dial_over_rediss_uses_the_cafile_setting(tls_redis: RedisProcess, pki: Pki) -> None:
     spec = f"{tls_redis.url}~stream:{format_secret(SECRET)}"
     async with asyncio.timeout(5):
         with pytest.raises(DialError, match="TLS certificate not trusted"):

@@ -68,8 +68,9 @@ async def test_dial_to_a_store_that_is_down_fails_fast(scheme: str) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["redis", "http"])
-async def test_dial_to_a_silent_store_fails_within_its_timeout(scheme: str,
-                                                               silent_port: int) -> None:
+async def test_dial_to_a_silent_store_fails_within_its_timeout(
+    scheme: str, silent_port: int
+) -> None:
     url = f"{scheme}://127.0.0.1:{silent_port}" + ("/0" if scheme == "redis" else "")
     started = time.monotonic()
     with pytest.raises(DialError, match=r"no answer in|timed out"):
@@ -92,14 +93,19 @@ def test_cli_dial_to_a_dead_store_exits_within_its_timeout() -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     address = f"redis://127.0.0.1:{free_port()}/0~stream:{SECRET}"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "keywire", "dial", "--timeout", "3", address],
-                          input=b"", capture_output=True, env=env, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "keywire", "dial", "--timeout", "3", address],
+        input=b"",
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
     took = time.monotonic() - started
     err = done.stderr.decode()
     assert done.returncode != 0
     assert "connected" not in err and "redis" in err, err
-    assert "connect" in err.lower() and "after 2.85 s" in err, err   # gave up at its bound
-    assert took < 3 + 15, took           # the interpreter's start-up (slow on a busy machine)
+    assert "connect" in err.lower() and "after 2.85 s" in err, err  # gave up at its bound
+    assert took < 3 + 15, took  # the interpreter's start-up (slow on a busy machine)
 
 
 async def _fill(server: MapServer) -> None:
@@ -123,7 +129,8 @@ async def test_dial_to_a_full_map_server_says_it_is_full() -> None:
 
 
 async def test_a_stream_whose_store_fills_up_fails_with_a_clear_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(store_stream, "FULL_GRACE", 1.0)
     options = Options(timeout=5.0, extra={"store.linger": 2.0})
     async with MapServer(max_bytes=4 << 20) as server:
@@ -138,7 +145,7 @@ async def test_a_stream_whose_store_fills_up_fails_with_a_clear_error(
             await _fill(server)
             with pytest.raises(StreamError, match="is full"):
                 async with asyncio.timeout(20):
-                    for _ in range(1000):     # the peer does not read: puts pile up
+                    for _ in range(1000):  # the peer does not read: puts pile up
                         await stream.write(random_bytes(100_000, 5))
             await conn.abort()
             await accepted.abort()
@@ -152,7 +159,7 @@ async def test_dial_to_a_full_redis_says_it_is_full(redis_server: RedisProcess) 
         used = (await raw.info("memory"))["used_memory"]
         await raw.config_set("maxmemory", str(used + 200_000))
         with pytest.raises(redis_exceptions.OutOfMemoryError):
-            for i in range(100):          # fill what is left
+            for i in range(100):  # fill what is left
                 await raw.set(f"filler{i}", b"x" * 50_000)
         started = time.monotonic()
         with pytest.raises(DialError, match="is full"):

@@ -81,10 +81,14 @@ class ScriptedPeer:
 async def scripted(served: Served) -> tuple[AiortcLink, ScriptedPeer]:
     ufrag = random_ufrag()
     password = derive_ice_password(served.identity.cert_digest, ufrag)
-    answer = RemoteDescription(server_answer("127.0.0.1", served.port, ufrag, password,
-                                             served.identity.cert_digest))
-    link = AiortcLink(DialerIce(ufrag=ufrag, password=password, server_ip="127.0.0.1"),
-                      RTCCertificate.generateCertificate(), server=False)
+    answer = RemoteDescription(
+        server_answer("127.0.0.1", served.port, ufrag, password, served.identity.cert_digest)
+    )
+    link = AiortcLink(
+        DialerIce(ufrag=ufrag, password=password, server_ip="127.0.0.1"),
+        RTCCertificate.generateCertificate(),
+        server=False,
+    )
     peer = ScriptedPeer()
     link.events = peer
     async with asyncio.timeout(10):
@@ -200,8 +204,10 @@ async def test_stun_flood_with_random_ufrags_allocates_nothing(served: Served) -
     try:
         for _ in range(300):
             ufrag = os.urandom(9).hex()
-            sock.sendto(_stun_request(ufrag, derive_ice_password(os.urandom(32), ufrag)),
-                        ("127.0.0.1", served.port))
+            sock.sendto(
+                _stun_request(ufrag, derive_ice_password(os.urandom(32), ufrag)),
+                ("127.0.0.1", served.port),
+            )
         await asyncio.sleep(0.5)
         assert not served.listener.peers
         with pytest.raises(BlockingIOError):
@@ -254,7 +260,10 @@ async def test_peer_cap(served: Served) -> None:
 
 
 async def test_half_open_peer_is_dropped_after_handshake_timeout(served: Served) -> None:
-    served.listener.settings = type(served.listener.settings)(handshake_timeout=1.0)
+    import dataclasses
+
+    gate = served.listener.gate
+    gate.settings = dataclasses.replace(gate.settings, pending_timeout=1.0)
     ufrag = os.urandom(9).hex()
     password = derive_ice_password(served.identity.cert_digest, ufrag)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -263,8 +272,13 @@ async def test_half_open_peer_is_dropped_after_handshake_timeout(served: Served)
         sock.sendto(_stun_request(ufrag, password), ("127.0.0.1", served.port))
         answer = await asyncio.get_running_loop().run_in_executor(None, sock.recv, 2048)
         assert answer[:2] == b"\x01\x01"  # a Binding success response: the check was right
+        assert not served.listener.peers  # answered statelessly: nothing allocated yet
+        # a DTLS ClientHello (record type 22, epoch 0, handshake type 1) from that address
+        hello = bytes([22, 0xFE, 0xFD]) + bytes(8) + (100).to_bytes(2, "big") + b"\x01"
+        sock.sendto(hello + os.urandom(99), ("127.0.0.1", served.port))
+        await asyncio.sleep(0.3)
         assert list(served.listener.peers) == [ufrag]
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # its DTLS never finishes: gone after pending_timeout
         assert not served.listener.peers  # no DTLS ever came: the peer was torn down
         assert not served.listener.knows(sock.getsockname())
     finally:

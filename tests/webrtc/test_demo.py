@@ -35,8 +35,9 @@ def test_the_browser_module_ships_as_package_data() -> None:
 
 
 def test_settings_from_options() -> None:
-    settings = WebRTCSettings.from_options(Options(extra={
-        "webrtc.max_peers": "7", "webrtc.dial": "true", "kps.idle_timeout": 3}))
+    settings = WebRTCSettings.from_options(
+        Options(extra={"webrtc.max_peers": "7", "webrtc.dial": "true", "kps.idle_timeout": 3})
+    )
     assert settings.max_peers == 7 and settings.dial is True
     assert settings.wire.initial_max_streams == 100
     with pytest.raises(ValueError, match=r"unknown setting 'webrtc\.nope'"):

@@ -96,9 +96,11 @@ async def test_sixteen_concurrent_streams(served: Served) -> None:
 
     async def echo_all() -> None:
         async for s in server:
+
             async def echo(s=s) -> None:  # type: ignore[no-untyped-def]
                 await s.write(await s.read_all())
                 await s.close_write()
+
             asyncio.get_running_loop().create_task(echo())
 
     task = asyncio.create_task(echo_all())
@@ -180,8 +182,7 @@ async def test_wrong_certhash_fails_to_connect(served: Served) -> None:
     from keywire.identity import encode_certhash
 
     with pytest.raises(WebRTCDialError, match="no answer to ICE checks"):
-        await dial_webrtc("127.0.0.1", served.port, encode_certhash(other),
-                          Options(timeout=1.5))
+        await dial_webrtc("127.0.0.1", served.port, encode_certhash(other), Options(timeout=1.5))
     assert not served.listener.peers  # the server allocated nothing and said nothing
     assert served.listener.gate.counters.get("integrity", 0) >= 1
 
@@ -189,8 +190,13 @@ async def test_wrong_certhash_fails_to_connect(served: Served) -> None:
 async def test_dtls_pin_is_enforced(served: Served) -> None:
     """Right ICE password, wrong fingerprint: DTLS rejects the server's certificate."""
     with pytest.raises(PinMismatch) as err:
-        await dial_webrtc("127.0.0.1", served.port, served.certhash, Options(timeout=5),
-                          pin_digest=hashlib.sha256(b"not the server").digest())
+        await dial_webrtc(
+            "127.0.0.1",
+            served.port,
+            served.certhash,
+            Options(timeout=5),
+            pin_digest=hashlib.sha256(b"not the server").digest(),
+        )
     assert err.value.actual == served.certhash
 
 

@@ -61,8 +61,9 @@ async def test_transfer_survives_loss_reorder_duplication(served: Served) -> Non
 
 
 async def test_black_hole_fails_the_dial_within_its_timeout(served: Served) -> None:
-    async with proxy_mod.UdpProxy(("127.0.0.1", served.port),
-                                  proxy_mod.Faults(blackhole=True)) as proxy:
+    async with proxy_mod.UdpProxy(
+        ("127.0.0.1", served.port), proxy_mod.Faults(blackhole=True)
+    ) as proxy:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(WebRTCDialError, match=r"timed out after 1\.5 s"):
@@ -88,7 +89,8 @@ async def test_path_loss_mid_transfer_times_out_both_sides(served: Served) -> No
         started = loop.time()
         writer = asyncio.create_task(stream.write(bytes(4 << 20)))
         client_end, server_end = await asyncio.wait_for(
-            asyncio.gather(client.wait_closed(), server.wait_closed()), 10)
+            asyncio.gather(client.wait_closed(), server.wait_closed()), 10
+        )
         assert client_end.code == Code.TIMEOUT and server_end.code == Code.TIMEOUT
         assert loop.time() - started < 5
         with pytest.raises(StreamError) as err:

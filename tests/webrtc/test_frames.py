@@ -27,8 +27,12 @@ def test_stream_frame_vectors(wire: bytes, frame: f.StreamFrame) -> None:
 
 def test_control_vectors() -> None:
     hello = f.Hello(1, 1 << 20, 8 << 20, 100)
-    wire = (bytes([0x01, 0x01]) + (1 << 20).to_bytes(8, "big") + (8 << 20).to_bytes(8, "big")
-            + (100).to_bytes(8, "big"))
+    wire = (
+        bytes([0x01, 0x01])
+        + (1 << 20).to_bytes(8, "big")
+        + (8 << 20).to_bytes(8, "big")
+        + (100).to_bytes(8, "big")
+    )
     assert len(wire) == 26
     assert f.encode_control(hello) == wire
     assert f.decode_control(wire) == hello
@@ -89,9 +93,10 @@ def test_largest_data_frame() -> None:
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
-@given(st.binary(max_size=64)
-       | st.builds(lambda head, n: head + bytes(n), st.binary(max_size=2),
-                   st.integers(16370, 16400)))
+@given(
+    st.binary(max_size=64)
+    | st.builds(lambda head, n: head + bytes(n), st.binary(max_size=2), st.integers(16370, 16400))
+)
 def test_stream_decoder_total(data: bytes) -> None:
     try:
         frame = f.decode_stream_frame(data)
@@ -113,12 +118,14 @@ def test_control_decoder_total(data: bytes) -> None:
         assert f.encode_control(message) == data
 
 
-@given(st.one_of(
-    st.builds(f.Data, st.binary(min_size=1, max_size=200)),
-    st.builds(f.Fin),
-    st.builds(f.Reset, st.integers(0, 2**32 - 1)),
-    st.builds(f.StopSending, st.integers(0, 2**32 - 1)),
-    st.builds(f.MaxStreamData, st.integers(0, f.MAX_OFFSET)),
-))
+@given(
+    st.one_of(
+        st.builds(f.Data, st.binary(min_size=1, max_size=200)),
+        st.builds(f.Fin),
+        st.builds(f.Reset, st.integers(0, 2**32 - 1)),
+        st.builds(f.StopSending, st.integers(0, 2**32 - 1)),
+        st.builds(f.MaxStreamData, st.integers(0, f.MAX_OFFSET)),
+    )
+)
 def test_stream_round_trip(frame: f.StreamFrame) -> None:
     assert f.decode_stream_frame(f.encode_stream_frame(frame)) == frame

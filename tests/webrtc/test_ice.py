@@ -15,8 +15,9 @@ DIGEST = bytes(range(32))
 
 
 def binding_request(ufrag: str, password: str, *, fingerprint: bool = True) -> bytes:
-    msg = aio_stun.Message(message_method=aio_stun.Method.BINDING,
-                           message_class=aio_stun.Class.REQUEST)
+    msg = aio_stun.Message(
+        message_method=aio_stun.Method.BINDING, message_class=aio_stun.Class.REQUEST
+    )
     msg.attributes["USERNAME"] = f"{ufrag}:{ufrag}"
     msg.attributes["PRIORITY"] = 1853824767
     msg.attributes["ICE-CONTROLLING"] = 12345
@@ -101,8 +102,7 @@ def test_gate_peer_cap() -> None:
         (b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + bytes(11), "not a STUN"),
         (b"\x40\x01\x00\x00" + b"\x21\x12\xa4\x42" + bytes(12), "not a STUN"),
         (b"\x00\x01\x00\x04" + b"\x21\x12\xa4\x42" + bytes(12), "does not match"),
-        (b"\x00\x01\x00\x04" + b"\x21\x12\xa4\x42" + bytes(12) + b"\x00\x06\x00\x09",
-         "runs past"),
+        (b"\x00\x01\x00\x04" + b"\x21\x12\xa4\x42" + bytes(12) + b"\x00\x06\x00\x09", "runs past"),
     ],
 )
 def test_parse_rejections(data: bytes, needle: str) -> None:
@@ -110,10 +110,35 @@ def test_parse_rejections(data: bytes, needle: str) -> None:
         ice.parse_stun(data)
 
 
-@given(st.binary(max_size=80)
-       | st.builds(lambda t, body: t + len(body).to_bytes(2, "big") + b"\x21\x12\xa4\x42"
-                   + bytes(12) + body, st.binary(min_size=2, max_size=2), st.binary(max_size=60)))
+@given(
+    st.binary(max_size=80)
+    | st.builds(
+        lambda t, body: t + len(body).to_bytes(2, "big") + b"\x21\x12\xa4\x42" + bytes(12) + body,
+        st.binary(min_size=2, max_size=2),
+        st.binary(max_size=60),
+    )
+)
 def test_gate_total_on_any_bytes(data: bytes) -> None:
     gate = ice.StunGate(DIGEST, ice.GateSettings(rate=1e9, burst=10**9))
     verdict = gate.admit(data, "127.0.0.1", 0.0, peers=0)
     assert verdict.ufrag is None and verdict.reason
+
+
+@pytest.mark.parametrize("addr", [("127.0.0.1", 51234), ("2001:db8::7", 443)])
+def test_binding_success_is_byte_exact_with_aioice(addr: tuple[str, int]) -> None:
+    """The gate answers checks without aioice (a sans-IO core); its bytes equal aioice's."""
+    from aioice import stun
+
+    from keywire.kps.webrtc.ice import Admission, binding_success
+
+    txid = bytes(range(12))
+    admission = Admission("srv", version=1, password="p" * 22, transaction_id=txid)
+    reference = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=txid,
+    )
+    reference.attributes["XOR-MAPPED-ADDRESS"] = addr
+    reference.add_message_integrity(b"p" * 22)
+    reference.add_fingerprint()
+    assert binding_success(admission, addr) == bytes(reference)

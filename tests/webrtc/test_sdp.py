@@ -38,8 +38,7 @@ def test_client_offer_shape() -> None:
 
 
 def test_aiortc_reads_the_answer() -> None:
-    desc = SessionDescription.parse(sdp.server_answer("127.0.0.1", 4242, "abcd", "P" * 43,
-                                                      DIGEST))
+    desc = SessionDescription.parse(sdp.server_answer("127.0.0.1", 4242, "abcd", "P" * 43, DIGEST))
     (media,) = desc.media
     assert media.kind == "application" and media.sctp_port == 5000
     assert media.ice is not None
@@ -58,4 +57,5 @@ def test_random_ufrag_is_hex() -> None:
 def test_munge() -> None:
     offer = "v=0\r\na=ice-ufrag:old\r\na=ice-pwd:oldpwd\r\na=x\r\n"
     assert sdp.munge_credentials(offer, "new", "NEWPWD") == (
-        "v=0\r\na=ice-ufrag:new\r\na=ice-pwd:NEWPWD\r\na=x\r\n")
+        "v=0\r\na=ice-ufrag:new\r\na=ice-pwd:NEWPWD\r\na=x\r\n"
+    )

@@ -61,8 +61,9 @@ async def test_quic_and_webrtc_clients_at_once() -> None:
         quic_conn = await dial_quic("127.0.0.1", port, identity.certhash, settings)
         web_conn = await dial_webrtc("127.0.0.1", port, identity.certhash)
         assert web_conn.address == f"kps:127.0.0.1:{port}:{identity.certhash}"
-        results = await asyncio.gather(_round_trip(quic_conn, 4 << 20),
-                                       _round_trip(web_conn, 4 << 20))
+        results = await asyncio.gather(
+            _round_trip(quic_conn, 4 << 20), _round_trip(web_conn, 4 << 20)
+        )
         assert list(results) == [True, True]
         assert listener.demux.counts["webrtc"] > 0 and listener.demux.counts["quic"] > 0
         await web_conn.close()

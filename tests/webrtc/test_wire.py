@@ -224,10 +224,12 @@ def test_cancel_read_withholds_stream_credit_releases_connection_credit() -> Non
     # the STOP_SENDING is still in flight when more data arrives
     server.channel_message(ss_id, f.encode_data(bytes(300)))
     actions = server.pop_actions()
-    assert not any(isinstance(a, w.SendMessage) and a.channel == ss_id and a.data[0] == 4
-                   for a in actions)  # no MAX_STREAM_DATA
-    assert any(isinstance(a, w.SendMessage) and a.channel == 0 and a.data[0] == 2
-               for a in actions)  # MAX_DATA
+    assert not any(
+        isinstance(a, w.SendMessage) and a.channel == ss_id and a.data[0] == 4 for a in actions
+    )  # no MAX_STREAM_DATA
+    assert any(
+        isinstance(a, w.SendMessage) and a.channel == 0 and a.data[0] == 2 for a in actions
+    )  # MAX_DATA
 
 
 def test_datagrams_and_too_large() -> None:
@@ -348,9 +350,11 @@ def test_stream_credit_overrun() -> None:
 
 
 def test_connection_credit_overrun() -> None:
-    server = w.WireEngine(is_client=False, now=0.0,
-                          settings=w.WireSettings(initial_max_stream_data=1000,
-                                                  initial_max_data=1500))
+    server = w.WireEngine(
+        is_client=False,
+        now=0.0,
+        settings=w.WireSettings(initial_max_stream_data=1000, initial_max_data=1500),
+    )
     server.control_opened()
     server.control_received(f.encode_hello(f.Hello(1, 1000, 2000, 2)))
     server.channel_opened(2)
@@ -424,8 +428,16 @@ def test_dcep_on_reserved_id() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["ctl", "open", "msg", "close", "dgram"]),
-                          st.integers(0, 12), st.binary(max_size=30)), max_size=25))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ctl", "open", "msg", "close", "dgram"]),
+            st.integers(0, 12),
+            st.binary(max_size=30),
+        ),
+        max_size=25,
+    )
+)
 def test_engine_survives_any_peer(script: list[tuple[str, int, bytes]]) -> None:
     """Whatever a peer sends, the engine answers with actions and events, never an exception."""
     eng = w.WireEngine(is_client=False, now=0.0)
@@ -448,13 +460,22 @@ def test_engine_survives_any_peer(script: list[tuple[str, int, bytes]]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["open", "send", "read", "fin", "reset", "stop"]),
-                          st.booleans(), st.integers(0, 5), st.integers(1, 5000)),
-                max_size=60))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["open", "send", "read", "fin", "reset", "stop"]),
+            st.booleans(),
+            st.integers(0, 5),
+            st.integers(1, 5000),
+        ),
+        max_size=60,
+    )
+)
 def test_two_correct_engines_never_violate(ops: list[tuple[str, bool, int, int]]) -> None:
     """Random application behaviour on both sides: no protocol error, bytes arrive in order."""
-    settings = w.WireSettings(initial_max_stream_data=4000, initial_max_data=9000,
-                              initial_max_streams=3)
+    settings = w.WireSettings(
+        initial_max_stream_data=4000, initial_max_data=9000, initial_max_streams=3
+    )
     client, server, link = pair(settings)
     sent: dict[tuple[int, int], bytearray] = {}
     got: dict[tuple[int, int], bytearray] = {}
@@ -496,8 +517,9 @@ def test_two_correct_engines_never_violate(ops: list[tuple[str, bool, int, int]]
 
 
 def test_idle_timeout() -> None:
-    eng = w.WireEngine(is_client=True, now=0.0,
-                       settings=w.WireSettings(hello_timeout=100.0, idle_timeout=10.0))
+    eng = w.WireEngine(
+        is_client=True, now=0.0, settings=w.WireSettings(hello_timeout=100.0, idle_timeout=10.0)
+    )
     eng.control_opened()
     eng.control_received(f.encode_hello(f.Hello(1, 10, 10, 1)))
     assert eng.get_timer() == 10.0

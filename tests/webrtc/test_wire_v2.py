@@ -37,13 +37,17 @@ CHECK_HEX = (
     "000100842112a4426b6579776972652d763274780006004b41414543417751464267634943516f4c795372"
     "4d36374e354d6551772f44447364496a31754d4f795961792b2f59614f2b644f6f49316f6572474850345553"
     "756837794738413a5471337600002400046e7f1eff802a00080102030405060708000800143be5dfb5c1c01f"
-    "e861599fa31bd4bd72b0a7e08e802800044d4bfaa5")
+    "e861599fa31bd4bd72b0a7e08e802800044d4bfaa5"
+)
 
 
 def check(username: str, password: str, *, txid: bytes = TXID) -> bytes:
     """A browser-shaped binding request, encoded by aioice (an independent STUN encoder)."""
-    msg = aio_stun.Message(message_method=aio_stun.Method.BINDING,
-                           message_class=aio_stun.Class.REQUEST, transaction_id=txid)
+    msg = aio_stun.Message(
+        message_method=aio_stun.Method.BINDING,
+        message_class=aio_stun.Class.REQUEST,
+        transaction_id=txid,
+    )
     msg.attributes["USERNAME"] = username
     msg.attributes["PRIORITY"] = PRIORITY
     msg.attributes["ICE-CONTROLLING"] = TIE_BREAKER
@@ -80,16 +84,35 @@ def test_v1_and_v2_told_apart_by_username() -> None:
     verdict = gate.admit(bytes.fromhex(CHECK_HEX), "127.0.0.1", 0.0, peers=0)
     assert verdict.version == 2
     # a v1-derived password on a v2 username, and the reverse, are both refused
-    assert gate.admit(check(f"{SERVER_UFRAG}:{CLIENT_UFRAG}",
-                            ice.derive_ice_password(DIGEST, SERVER_UFRAG)),
-                      "127.0.0.1", 0.0, peers=0).reason == "integrity"
-    assert gate.admit(check(f"{v1}:{v1}", ice.derive_ice_password_v2(DIGEST, v1)),
-                      "127.0.0.1", 0.0, peers=0).reason == "integrity"
+    assert (
+        gate.admit(
+            check(f"{SERVER_UFRAG}:{CLIENT_UFRAG}", ice.derive_ice_password(DIGEST, SERVER_UFRAG)),
+            "127.0.0.1",
+            0.0,
+            peers=0,
+        ).reason
+        == "integrity"
+    )
+    assert (
+        gate.admit(
+            check(f"{v1}:{v1}", ice.derive_ice_password_v2(DIGEST, v1)), "127.0.0.1", 0.0, peers=0
+        ).reason
+        == "integrity"
+    )
     assert gate.counters == {"admitted": 2, "admitted-v1": 1, "admitted-v2": 1, "integrity": 2}
 
 
-@pytest.mark.parametrize("case", ["other-certhash", "other-client-ufrag", "flipped-byte",
-                                  "non-canonical", "truncated", "plain-libp2p"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "other-certhash",
+        "other-client-ufrag",
+        "flipped-byte",
+        "non-canonical",
+        "truncated",
+        "plain-libp2p",
+    ],
+)
 def test_v2_box_rejections(case: str) -> None:
     """Every way a v2 server ufrag can be wrong ends at the box, before the MAC or anything."""
     ufrag, client = SERVER_UFRAG, CLIENT_UFRAG

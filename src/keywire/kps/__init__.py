@@ -27,8 +27,16 @@ from .webrtc.settings import WebRTCSettings
 if TYPE_CHECKING:
     from ..registry import Registry
 
-__all__ = ["KpsConnection", "KpsHandler", "KpsListener", "KpsListening", "KpsSettings",
-           "KpsStream", "dial", "register"]
+__all__ = [
+    "KpsConnection",
+    "KpsHandler",
+    "KpsListener",
+    "KpsListening",
+    "KpsSettings",
+    "KpsStream",
+    "dial",
+    "register",
+]
 
 
 def register(registry: Registry) -> None:

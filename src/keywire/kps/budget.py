@@ -22,8 +22,9 @@ DEFAULT_FLOOR = 256 << 10
 class ReceiveBudget:
     """Grants connection windows out of ``total`` bytes; ``release`` gives a window back."""
 
-    def __init__(self, *, total: int = DEFAULT_TOTAL, floor: int = DEFAULT_FLOOR,
-                 ceiling: int = 8 << 20) -> None:
+    def __init__(
+        self, *, total: int = DEFAULT_TOTAL, floor: int = DEFAULT_FLOOR, ceiling: int = 8 << 20
+    ) -> None:
         if total <= 0 or floor <= 0 or ceiling <= 0:
             raise ValueError("receive budget, floor and ceiling must be positive")
         self.total = total

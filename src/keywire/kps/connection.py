@@ -42,6 +42,16 @@ log = logging.getLogger("keywire.kps")
 SendMany = Callable[[list[bytes], Address], None]
 
 
+def fresh[E: BaseException](error: E) -> E:
+    """A copy of a stored error to raise: raising the stored object itself would attach the
+    raiser's traceback to it, and its frames (holding the connection, the stream and the data
+    being written) would live as long as the connection keeps the error."""
+    clone = type(error).__new__(type(error))
+    clone.args = error.args
+    clone.__dict__.update(error.__dict__)
+    return clone
+
+
 class KpsStream(Stream):
     """One bidirectional QUIC stream with KPS's lifecycle (see ``session`` for the mapping)."""
 
@@ -55,15 +65,23 @@ class KpsStream(Stream):
 
     # -- reading ----------------------------------------------------------------------------------
     async def read(self, n: int = -1) -> bytes:
-        return await self._recv.read(n)
+        try:
+            return await self._recv.read(n)
+        except StreamError as exc:
+            error = _detach(exc)
+        raise error
 
     async def readexactly(self, n: int) -> bytes:
-        return await self._recv.readexactly(n)
+        try:
+            return await self._recv.readexactly(n)
+        except StreamError as exc:
+            error = _detach(exc)
+        raise error
 
     # -- writing ----------------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self._write_error is not None:
-            raise self._write_error
+            raise fresh(self._write_error)
         if self._write_closed:
             raise StreamError(Code.CLOSED, "write after close_write")
         error = self._conn.close_error
@@ -71,15 +89,19 @@ class KpsStream(Stream):
             raise self._conn._stream_error(error)
 
     async def write(self, data: bytes) -> None:
-        """Queue ``data``, waiting while ``kps.send_buffer`` bytes of this stream are unsent."""
+        """Queue ``data``, waiting while ``kps.send_buffer`` bytes of this stream, or
+        ``kps.connection_send_buffer`` bytes of the whole connection, are unsent."""
         view = memoryview(data).cast("B")
         session = self._conn.session
         limit = self._conn.settings.send_buffer
+        total = self._conn.settings.connection_send_buffer
         while True:
             self._check_writable()
             if not view:
                 return
-            room = limit - session.send_buffered(self.id)
+            room = min(
+                limit - session.send_buffered(self.id), total - session.send_buffered_total()
+            )
             if room <= 0:
                 await self._wait_writable()
                 continue
@@ -91,7 +113,7 @@ class KpsStream(Stream):
                 self._conn._process()
                 self._check_writable()
                 raise
-            view = view[len(chunk):]
+            view = view[len(chunk) :]
             self._conn._kick()
 
     async def _wait_writable(self) -> None:
@@ -153,11 +175,18 @@ class KpsStream(Stream):
 class KpsConnection(Connection):
     """A KPS connection: drives one ``KpsSession`` on the event loop."""
 
-    def __init__(self, session: KpsSession, send_many: SendMany, settings: KpsSettings, *,
-                 address: str = "", remote: RemoteIdentity | None = None,
-                 on_cid: Callable[[KpsConnection, bytes, bool], None] | None = None,
-                 on_finished: Callable[[KpsConnection], None] | None = None,
-                 released: asyncio.Future[None] | None = None) -> None:
+    def __init__(
+        self,
+        session: KpsSession,
+        send_many: SendMany,
+        settings: KpsSettings,
+        *,
+        address: str = "",
+        remote: RemoteIdentity | None = None,
+        on_cid: Callable[[KpsConnection, bytes, bool], None] | None = None,
+        on_finished: Callable[[KpsConnection], None] | None = None,
+        released: asyncio.Future[None] | None = None,
+    ) -> None:
         self.session = session
         #: done once the connection's own resources (a dialer's socket) are gone
         self._released = released
@@ -172,7 +201,8 @@ class KpsConnection(Connection):
         self._table: dict[int, KpsStream] = {}
         self._maybe_done: set[int] = set()
         self._incoming: deque[KpsStream] = deque()
-        self._incoming_waiter: asyncio.Future[None] | None = None
+        #: ``accept_stream`` callers waiting, first come first served
+        self._acceptors: deque[asyncio.Future[None]] = deque()
         self._open_waiters: list[asyncio.Future[None]] = []
         self._writers: set[KpsStream] = set()
         self._drained: asyncio.Event = asyncio.Event()
@@ -241,7 +271,9 @@ class KpsConnection(Connection):
             to = addr
         if burst:
             self._send_many(burst, to)  # type: ignore[arg-type]
-        deadline = session.deadline()
+        # a finished connection keeps no timer: its handle would keep it alive for the
+        # draining period after the application dropped it
+        deadline = None if self._finished else session.deadline()
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -253,10 +285,15 @@ class KpsConnection(Connection):
 
     def _wake_writers(self) -> None:
         if self._writers:
-            low = self.settings.send_buffer // 2
-            for stream in list(self._writers):
-                if self.session.send_buffered(stream.id) <= low:
-                    stream._wake_writer()
+            # wake a writer once it has room for half a stream buffer again, on its stream and
+            # within the connection's budget
+            settings = self.settings
+            low = settings.send_buffer // 2
+            total = settings.connection_send_buffer
+            if self.session.send_buffered_total() <= total - min(low, total // 2):
+                for stream in list(self._writers):
+                    if self.session.send_buffered(stream.id) <= low:
+                        stream._wake_writer()
         if self._open_waiters and self.session.can_open_stream():
             waiters, self._open_waiters = self._open_waiters, []
             for waiter in waiters:
@@ -301,8 +338,7 @@ class KpsConnection(Connection):
         elif isinstance(event, StreamReset):
             stream = self._table.get(event.stream_id)
             if stream is not None:
-                stream._recv.fail(StreamError(event.code, "peer reset the stream",
-                                              remote=True))
+                stream._recv.fail(StreamError(event.code, "peer reset the stream", remote=True))
         elif isinstance(event, StopSending):
             stream = self._table.get(event.stream_id)
             if stream is not None:
@@ -320,9 +356,12 @@ class KpsConnection(Connection):
             self._on_closed(event.error)
 
     def _wake_acceptor(self) -> None:
-        waiter = self._incoming_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """A stream arrived: the longest-waiting ``accept_stream`` takes it."""
+        while self._acceptors:
+            waiter = self._acceptors.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _start_keepalive(self) -> None:
         interval = self.settings.ping_interval
@@ -349,7 +388,7 @@ class KpsConnection(Connection):
         self._closed = error
         self._closed_event.set()
         if not self.handshake.done():
-            self.handshake.set_exception(error)
+            self.handshake.set_exception(fresh(error))
             self.handshake.exception()  # retrieved: a failed dial reports it elsewhere
         stream_error = self._stream_error(error)
         for stream in self._table.values():
@@ -357,7 +396,10 @@ class KpsConnection(Connection):
         for stream in self._incoming:
             stream._on_connection_closed(stream_error)
         self._datagrams.fail(error)
-        self._wake_acceptor()
+        acceptors, self._acceptors = self._acceptors, deque()
+        for waiter in acceptors:
+            if not waiter.done():
+                waiter.set_result(None)
         for waiter in self._open_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -389,6 +431,13 @@ class KpsConnection(Connection):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_at = None
+        # no event comes any more: the table (and its cycle with the streams) can go, so
+        # reference counting frees a finished connection as soon as the application drops it;
+        # streams not accepted yet stay for ``accept_stream`` (their bytes are still readable)
+        self._table = {}
+        self._maybe_done.clear()
+        self._writers.clear()
         if self._on_finished is not None:
             self._on_finished(self)
 
@@ -404,7 +453,7 @@ class KpsConnection(Connection):
     async def open_stream(self) -> KpsStream:
         while True:
             if self._closed is not None:
-                raise self._closed
+                raise fresh(self._closed)
             if self.session.can_open_stream():
                 stream_id = self.session.open_stream()
                 stream = KpsStream(self, stream_id)
@@ -415,16 +464,23 @@ class KpsConnection(Connection):
             await waiter
 
     async def accept_stream(self) -> KpsStream:
+        """The next stream the peer opened; concurrent callers are served in order, and all
+        of them raise ``ConnectionClosed`` once the connection ends with no stream left."""
         while not self._incoming:
             if self._closed is not None:
-                raise self._closed
-            if self._incoming_waiter is not None:
-                raise RuntimeError("accept_stream() is already waiting on this connection")
-            self._incoming_waiter = self._loop.create_future()
+                raise fresh(self._closed)
+            waiter = self._loop.create_future()
+            self._acceptors.append(waiter)
             try:
-                await self._incoming_waiter
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and self._incoming:
+                    self._wake_acceptor()  # woken for a stream, then cancelled: pass it on
+                raise
             finally:
-                self._incoming_waiter = None
+                if not waiter.done():
+                    waiter.cancel()
+                    self._acceptors.remove(waiter)
         self.session.accepted()
         if not self.session.gated:
             self._kick()
@@ -501,12 +557,16 @@ class KpsConnection(Connection):
 
     def send_datagram(self, data: bytes) -> None:
         if self._closed is not None:
-            raise self._closed
+            raise fresh(self._closed)
         self.session.send_datagram(bytes(data))
         self._kick()
 
     async def receive_datagram(self) -> bytes:
-        return await self._datagrams.get()
+        try:
+            return await self._datagrams.get()
+        except ConnectionClosed as exc:
+            error = _detach(exc)
+        raise error
 
     @property
     def datagrams_dropped(self) -> int:
@@ -520,3 +580,10 @@ class KpsConnection(Connection):
     def __repr__(self) -> str:
         state = "open" if self._closed is None else f"closed ({self._closed})"
         return f"<KpsConnection {self.address or self.remote_address} {state}>"
+
+
+def _detach[E: BaseException](stored: E) -> E:
+    """A stored error a shared buffer raised: its traceback (this frame and the buffer's) is
+    dropped from the stored object, and a fresh copy is raised in its place."""
+    stored.__traceback__ = None
+    return fresh(stored)

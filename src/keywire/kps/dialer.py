@@ -33,8 +33,9 @@ async def resolve(host: str, port: int) -> tuple[str, int]:
     return str(infos[0][4][0]), port
 
 
-async def dial(host: str, port: int, certhash: str, settings: KpsSettings, *,
-               address: str = "") -> KpsConnection:
+async def dial(
+    host: str, port: int, certhash: str, settings: KpsSettings, *, address: str = ""
+) -> KpsConnection:
     """Connect, verify the server's certificate hash inside the handshake, return the connection.
 
     Raises ``PinMismatch`` when the server presents another certificate (before any application
@@ -54,13 +55,21 @@ async def dial(host: str, port: int, certhash: str, settings: KpsSettings, *,
             conn.datagrams_received(datagrams, addr)
 
     demux = await start_demux(sock, deliver)
-    quic = GatedQuicConnection(configuration=client_configuration(pin, settings),
-                               max_streams=settings.max_streams, pin=pin)
-    session = KpsSession(quic, connection_window=settings.connection_window,
-                         max_backlog=settings.max_streams)
-    conn = KpsConnection(session, demux.sendto_many, settings, address=address,
-                         remote=RemoteIdentity(certhash=certhash),
-                         on_finished=lambda _conn: demux.close(), released=demux.closed)
+    quic = GatedQuicConnection(
+        configuration=client_configuration(pin, settings), max_streams=settings.max_streams, pin=pin
+    )
+    session = KpsSession(
+        quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
+    )
+    conn = KpsConnection(
+        session,
+        demux.sendto_many,
+        settings,
+        address=address,
+        remote=RemoteIdentity(certhash=certhash),
+        on_finished=lambda _conn: demux.close(),
+        released=demux.closed,
+    )
     try:
         conn.start_client((ip, port))
         async with asyncio.timeout(settings.handshake_timeout):

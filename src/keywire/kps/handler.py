@@ -35,18 +35,21 @@ def _host(parts: tuple[str, ...]) -> str:
 def _port(section: Section, text: str, *, allow_zero: bool) -> int:
     low = 0 if allow_zero else 1
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= 65535:
-        raise AddressError(str(section), len(str(section)) - len(text),
-                           f"a decimal port from {low} to 65535")
+        raise AddressError(
+            str(section), len(str(section)) - len(text), f"a decimal port from {low} to 65535"
+        )
     return int(text)
 
 
 def dial_target(section: Section) -> tuple[str, int, str]:
     """``(host, port, certhash)`` of a dialable kps section."""
     if len(section.args) < 3:
-        raise AddressError(str(section), len(section.name),
-                           "':HOST:PORT:CERTHASH' after 'kps'")
-    return (_host(section.args[:-2]), _port(section, section.args[-2], allow_zero=False),
-            section.args[-1])
+        raise AddressError(str(section), len(section.name), "':HOST:PORT:CERTHASH' after 'kps'")
+    return (
+        _host(section.args[:-2]),
+        _port(section, section.args[-2], allow_zero=False),
+        section.args[-1],
+    )
 
 
 def listen_target(section: Section) -> tuple[str, int, str | None]:
@@ -67,8 +70,9 @@ def kps_section(host: str, port: int, certhash: str) -> Section:
 class KpsListening(Listening):
     """A running KPS listener as the server sees it: QUIC and WebRTC on one UDP socket."""
 
-    def __init__(self, listener: KpsListener, bind_host: str,
-                 webrtc: WebRTCListener | None = None) -> None:
+    def __init__(
+        self, listener: KpsListener, bind_host: str, webrtc: WebRTCListener | None = None
+    ) -> None:
         self.listener = listener
         self.bind_host = bind_host
         self.webrtc = webrtc
@@ -82,8 +86,10 @@ class KpsListening(Listening):
         return self.listener.identity.certhash
 
     def announce(self, scope: Scope) -> list[Alternative]:
-        return [Alternative((kps_section(host, self.port, self.certhash),))
-                for host in addresses_for_scope(self.bind_host, scope)]
+        return [
+            Alternative((kps_section(host, self.port, self.certhash),))
+            for host in addresses_for_scope(self.bind_host, scope)
+        ]
 
     async def close(self) -> None:
         if self.webrtc is not None:
@@ -109,19 +115,23 @@ class KpsHandler(ChainHandler):
         settings = KpsSettings.from_options(options)
         return await dial(host, port, certhash, settings, address=format_alternative(alt))
 
-    async def listen(self, alt: Alternative, options: Options,
-                     on_connection: ConnectionHandler) -> Listening:
+    async def listen(
+        self, alt: Alternative, options: Options, on_connection: ConnectionHandler
+    ) -> Listening:
         host, port, certhash = listen_target(alt.transport)
         identity = options.need_identity()
         if certhash is not None and certhash != identity.certhash:
-            raise AddressError(str(alt), len(str(alt)) - len(certhash),
-                               f"this identity's certhash {identity.certhash}")
+            raise AddressError(
+                str(alt),
+                len(str(alt)) - len(certhash),
+                f"this identity's certhash {identity.certhash}",
+            )
         settings = KpsSettings.from_options(options)
 
         async def accepted(conn: KpsConnection) -> None:
             conn.address = format_alternative(
-                Alternative((kps_section(_announced_host(host), listener.port,
-                                         identity.certhash),)))
+                Alternative((kps_section(_announced_host(host), listener.port, identity.certhash),))
+            )
             await on_connection(conn)
 
         listener = KpsListener(identity, settings, accepted)
@@ -130,15 +140,17 @@ class KpsHandler(ChainHandler):
         if WebRTCSettings.from_options(options).serve:
             from .webrtc.server import attach
 
-            announced = format_alternative(Alternative((
-                kps_section(_announced_host(host), listener.port, identity.certhash),)))
+            announced = format_alternative(
+                Alternative((kps_section(_announced_host(host), listener.port, identity.certhash),))
+            )
 
             async def accepted_webrtc(conn: Connection) -> None:
                 await on_connection(conn)
 
             try:
-                webrtc = attach(listener.demux, identity, accepted_webrtc, options=options,
-                                address=announced)
+                webrtc = attach(
+                    listener.demux, identity, accepted_webrtc, options=options, address=announced
+                )
             except BaseException:
                 await listener.close()
                 raise

@@ -5,14 +5,15 @@ New QUIC connections are admitted by ``QuicRouter`` (limit, refusals, Retry), mu
 handshake within ``kps.handshake_timeout``, and are handed to ``on_connection`` only once the
 handshake is complete.
 
-Address validation: once ``retry_threshold`` handshakes are in flight (``kps.retry_threshold``,
-default ``DEFAULT_RETRY_THRESHOLD``; 0 = always), a new client must come back with a Retry
-token before any connection state is made for it (``retry``), so a flood of Initials from
-spoofed sources costs one small stateless reply each and never fills the connection table.
+Address validation: once ``kps.retry_threshold`` handshakes are in flight (default 16;
+0 = always), a new client must come back with a Retry token before any connection state is
+made for it (``retry``), so a flood of Initials from spoofed sources costs one small stateless
+reply each and never fills the connection table.
 
 Memory: each connection's receive window comes out of a listener-wide ``ReceiveBudget``
-(``budget``), and once connections holding enough bytes have ended, ``Reclaimer`` runs one
-cyclic collection and ``malloc_trim`` so the process gives the memory back (docs/kps.md).
+(``budget``; ``kps.receive_budget``, ``kps.min_connection_window``), and once connections
+holding enough bytes have ended, ``Reclaimer`` runs one cyclic collection and ``malloc_trim``
+so the process gives the memory back (docs/kps.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from qh3.quic.configuration import QuicConfiguration
 
 from ..identity import Identity
 from ..stream import RemoteIdentity
-from .budget import DEFAULT_FLOOR, DEFAULT_TOTAL, ReceiveBudget
+from .budget import ReceiveBudget
 from .connection import KpsConnection
 from .probe import ProbeAnsweringQuicConnection
 from .quic import CID_LENGTH, server_configuration
@@ -43,9 +44,6 @@ log = logging.getLogger("keywire.kps")
 
 OnConnection = Callable[[KpsConnection], Awaitable[None]]
 
-#: handshakes in flight before new clients must validate their address with a Retry: a Retry
-#: costs every client one more round trip, so it is kept for load (``kps.retry_threshold``)
-DEFAULT_RETRY_THRESHOLD = 16
 #: seconds without a large connection finishing before memory is reclaimed, and the most a
 #: reclaim is put off by connections that keep finishing
 RECLAIM_SETTLE = 1.0
@@ -61,18 +59,19 @@ RECLAIM_TRACKED = 256 << 10
 class KpsListener:
     """Serves KPS over QUIC on one UDP port; ``start`` binds, ``close`` stops everything."""
 
-    def __init__(self, identity: Identity, settings: KpsSettings,
-                 on_connection: OnConnection) -> None:
+    def __init__(
+        self, identity: Identity, settings: KpsSettings, on_connection: OnConnection
+    ) -> None:
         self.identity = identity
         self.settings = settings
         self._on_connection = on_connection
         self._configs: dict[int, QuicConfiguration] = {}
-        #: receive windows shared out of ``kps.receive_budget`` (settings read with defaults
-        #: here until KpsSettings has them)
+        #: receive windows shared out of ``kps.receive_budget``
         self.budget = ReceiveBudget(
-            total=int(getattr(settings, "receive_budget", DEFAULT_TOTAL)),
-            floor=int(getattr(settings, "min_connection_window", DEFAULT_FLOOR)),
-            ceiling=settings.connection_window)
+            total=settings.receive_budget,
+            floor=settings.min_connection_window,
+            ceiling=settings.connection_window,
+        )
         self._windows: dict[int, int] = {}
         self.reclaimer = Reclaimer()
         self._reclaim_handle: asyncio.TimerHandle | None = None
@@ -81,10 +80,13 @@ class KpsListener:
         self._load_logged_at: float | None = None
         #: finished connections that held many bytes and are not yet freed
         self._released: weakref.WeakSet[KpsConnection] = weakref.WeakSet()
-        threshold = int(getattr(settings, "retry_threshold", DEFAULT_RETRY_THRESHOLD))
-        self.router = QuicRouter(cid_length=CID_LENGTH, max_connections=settings.max_connections,
-                                 replies_per_second=settings.refusals_per_second,
-                                 tokens=RetryTokens(), retry_threshold=threshold)
+        self.router = QuicRouter(
+            cid_length=CID_LENGTH,
+            max_connections=settings.max_connections,
+            replies_per_second=settings.refusals_per_second,
+            tokens=RetryTokens(),
+            retry_threshold=settings.retry_threshold,
+        )
         self.demux: DatagramDemux | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,9 +149,14 @@ class KpsListener:
             return self.settings
         # the send side follows the same share: a peer that never reads the answers then
         # parks at most ``window`` queued bytes per stream too
-        return dataclasses.replace(self.settings, connection_window=window,
-                                   stream_window=min(self.settings.stream_window, window),
-                                   send_buffer=min(self.settings.send_buffer, window))
+        s = self.settings
+        return dataclasses.replace(
+            s,
+            connection_window=window,
+            stream_window=min(s.stream_window, window),
+            send_buffer=min(s.send_buffer, window),
+            connection_send_buffer=min(s.connection_send_buffer, window),
+        )
 
     def _config_for(self, settings: KpsSettings) -> QuicConfiguration:
         config = self._configs.get(settings.connection_window)
@@ -163,18 +170,26 @@ class KpsListener:
             configuration=self._config_for(settings),
             original_destination_connection_id=decision.original_dcid or decision.dcid,
             retry_source_connection_id=decision.retry_scid,
-            max_streams=settings.max_streams)
-        return KpsSession(quic, connection_window=settings.connection_window,
-                          max_backlog=settings.max_streams)
+            max_streams=settings.max_streams,
+        )
+        return KpsSession(
+            quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
+        )
 
     def _accept(self, data: bytes, addr: Address, decision: Decision) -> None:
         dcid = decision.dcid
         window = self.budget.grant()
         settings = self._settings_for(window)
         session = self._new_session(decision, settings)
-        conn = KpsConnection(session, self._send_many, settings, address="kps",
-                             remote=RemoteIdentity(), on_cid=self._on_cid,
-                             on_finished=self._on_finished)
+        conn = KpsConnection(
+            session,
+            self._send_many,
+            settings,
+            address="kps",
+            remote=RemoteIdentity(),
+            on_cid=self._on_cid,
+            on_finished=self._on_finished,
+        )
         conn.remote_address = addr
         session.receive_datagram(data, addr, self._loop.time() if self._loop else 0.0)
         core = session.quic._core
@@ -211,9 +226,15 @@ class KpsListener:
             return
         self._load_logged_at = now
         r = self.router
-        log.warning("KPS listener under load: %d handshakes in flight, %d connections; "
-                    "%d Retries sent, %d invalid tokens, %d refused so far",
-                    r.handshakes_in_flight, len(r), r.retries, r.bad_tokens, self.refused)
+        log.warning(
+            "KPS listener under load: %d handshakes in flight, %d connections; "
+            "%d Retries sent, %d invalid tokens, %d refused so far",
+            r.handshakes_in_flight,
+            len(r),
+            r.retries,
+            r.bad_tokens,
+            self.refused,
+        )
 
     def _on_cid(self, conn: KpsConnection, cid: bytes, added: bool) -> None:
         if added:
@@ -267,7 +288,8 @@ class KpsListener:
         if self._released and not self._closing and self._follow_ups < RECLAIM_FOLLOW_UPS:
             self._follow_ups += 1
             self._reclaim_handle = self._loop.call_at(
-                now + self.reclaimer.interval, self._reclaim, True)
+                now + self.reclaimer.interval, self._reclaim, True
+            )
         else:
             self._follow_ups = 0
 

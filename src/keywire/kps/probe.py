@@ -83,8 +83,7 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
         if isinstance(event, qe.HandshakeCompleted):
             self._start_h3()
             return False
-        if not isinstance(event, (qe.StreamDataReceived, qe.StreamReset,
-                                  qe.StopSendingReceived)):
+        if not isinstance(event, (qe.StreamDataReceived, qe.StreamReset, qe.StopSendingReceived)):
             return False
         stream_id = event.stream_id
         unidirectional = bool(stream_id & 2)
@@ -115,5 +114,4 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
                         # the answer does not depend on a request body: stop it (RFC 9114 §4.1)
                         self.stop_stream(h3_event.stream_id, H3_NO_ERROR)
                 except (ProtocolError, AssertionError, ValueError) as exc:
-                    log.debug("KPS: HTTP/3 answer on stream %d failed: %s",
-                              h3_event.stream_id, exc)
+                    log.debug("KPS: HTTP/3 answer on stream %d failed: %s", h3_event.stream_id, exc)

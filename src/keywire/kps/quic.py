@@ -83,15 +83,19 @@ def server_configuration(identity: Identity, settings: KpsSettings) -> QuicConfi
 
 def client_configuration(pin: bytes, settings: KpsSettings) -> QuicConfiguration:
     """The dialer's configuration: no CA, no SNI, the server checked only by ``pin``."""
-    return QuicConfiguration(is_client=True, verify_mode=ssl.CERT_NONE,
-                             assert_fingerprint=pin.hex(), server_name=None,
-                             **_common(settings))
+    return QuicConfiguration(
+        is_client=True,
+        verify_mode=ssl.CERT_NONE,
+        assert_fingerprint=pin.hex(),
+        server_name=None,
+        **_common(settings),
+    )
 
 
 def _core_with_stream_limit(native: Callable[..., Any], limit: int) -> Callable[..., Any]:
     def build(*args: Any) -> Any:
         if len(args) == _CORE_ARGS:
-            args = (*args[:_CORE_MAX_STREAMS_BIDI], limit, *args[_CORE_MAX_STREAMS_BIDI + 1:])
+            args = (*args[:_CORE_MAX_STREAMS_BIDI], limit, *args[_CORE_MAX_STREAMS_BIDI + 1 :])
         return native(*args)
 
     return build
@@ -109,15 +113,13 @@ def _advertise_stream_limit(bridge: Any, limit: int) -> None:
         return bytes(out.data)
 
     bridge.serialize_transport_parameters = serialize
-    bridge.tls.handshake_extensions = [
-        (tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, serialize())]
+    bridge.tls.handshake_extensions = [(tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, serialize())]
 
 
 class GatedQuicConnection(QuicConnection):
     """A qh3 connection whose events (and so its receive credit) can be held back."""
 
-    def __init__(self, *, max_streams: int = 100, pin: bytes | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, max_streams: int = 100, pin: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hold_events = False
         self.max_streams = max_streams

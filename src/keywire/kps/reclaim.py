@@ -38,8 +38,9 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 class Reclaimer:
     """Counts freed bytes; ``due(now)`` says when to run ``reclaim``."""
 
-    def __init__(self, *, threshold: int = DEFAULT_THRESHOLD,
-                 interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(
+        self, *, threshold: int = DEFAULT_THRESHOLD, interval: float = DEFAULT_INTERVAL
+    ) -> None:
         self.threshold = threshold
         self.interval = interval
         self.pending = 0

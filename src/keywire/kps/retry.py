@@ -71,27 +71,28 @@ class RetryTokens:
         self._key = key if key is not None else os.urandom(32)
 
     def _mac(self, head: bytes, odcid: bytes, retry_scid: bytes, addr: tuple[Any, ...]) -> bytes:
-        message = (LABEL + head + odcid + bytes([len(retry_scid)]) + retry_scid
-                   + encode_address(addr))
+        message = (
+            LABEL + head + odcid + bytes([len(retry_scid)]) + retry_scid + encode_address(addr)
+        )
         return hmac.new(self._key, message, sha256).digest()[:MAC_SIZE]
 
-    def mint(self, addr: tuple[Any, ...], original_dcid: bytes, retry_scid: bytes,
-             now: float) -> bytes:
+    def mint(
+        self, addr: tuple[Any, ...], original_dcid: bytes, retry_scid: bytes, now: float
+    ) -> bytes:
         if len(original_dcid) > MAX_CID:
             raise ValueError("connection id longer than 20 bytes")
         head = _HEAD.pack(FORMAT, max(0, int(now * 1000)), len(original_dcid))
         return head + original_dcid + self._mac(head, original_dcid, retry_scid, addr)
 
-    def validate(self, token: bytes, addr: tuple[Any, ...], dcid: bytes,
-                 now: float) -> Validated:
+    def validate(self, token: bytes, addr: tuple[Any, ...], dcid: bytes, now: float) -> Validated:
         """Check a token from an Initial sent to ``dcid`` from ``addr``; raise ``TokenError``."""
         if len(token) < _HEAD.size + MAC_SIZE:
             raise TokenError("token too short")
         fmt, minted_ms, odcid_len = _HEAD.unpack_from(token)
         if fmt != FORMAT or odcid_len > MAX_CID or len(token) != _HEAD.size + odcid_len + MAC_SIZE:
             raise TokenError("not a token of this format")
-        head = token[:_HEAD.size]
-        odcid = token[_HEAD.size:_HEAD.size + odcid_len]
+        head = token[: _HEAD.size]
+        odcid = token[_HEAD.size : _HEAD.size + odcid_len]
         expected = self._mac(head, odcid, dcid, addr)
         if not hmac.compare_digest(expected, token[-MAC_SIZE:]):
             raise TokenError("token MAC does not match (forged, other address or other id)")
@@ -100,10 +101,23 @@ class RetryTokens:
             raise TokenError(f"token expired ({age:.1f} s old)")
         return Validated(original_dcid=odcid, retry_scid=dcid)
 
-    def retry_packet(self, *, version: int, addr: tuple[Any, ...], client_scid: bytes,
-                     original_dcid: bytes, now: float, retry_scid: bytes | None = None) -> bytes:
+    def retry_packet(
+        self,
+        *,
+        version: int,
+        addr: tuple[Any, ...],
+        client_scid: bytes,
+        original_dcid: bytes,
+        now: float,
+        retry_scid: bytes | None = None,
+    ) -> bytes:
         """A complete Retry datagram for a token-less Initial (integrity tag included)."""
         scid = retry_scid if retry_scid is not None else os.urandom(RETRY_CID_LENGTH)
         token = self.mint(addr, original_dcid, scid, now)
-        return encode_quic_retry(version=version, source_cid=scid, destination_cid=client_scid,
-                                 original_destination_cid=original_dcid, retry_token=token)
+        return encode_quic_retry(
+            version=version,
+            source_cid=scid,
+            destination_cid=client_scid,
+            original_destination_cid=original_dcid,
+            retry_token=token,
+        )

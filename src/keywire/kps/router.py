@@ -74,10 +74,16 @@ class TokenBucket:
 class QuicRouter:
     """Connection-id table plus admission control for one listening socket."""
 
-    def __init__(self, *, cid_length: int, max_connections: int,
-                 replies_per_second: float = 20.0,
-                 supported_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,),
-                 tokens: RetryTokens | None = None, retry_threshold: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        cid_length: int,
+        max_connections: int,
+        replies_per_second: float = 20.0,
+        supported_versions: tuple[int, ...] = (QuicProtocolVersion.VERSION_1,),
+        tokens: RetryTokens | None = None,
+        retry_threshold: int = 0,
+    ) -> None:
         self.cid_length = cid_length
         self.max_connections = max_connections
         self.supported_versions = supported_versions
@@ -169,8 +175,10 @@ class QuicRouter:
             if version == QuicProtocolVersion.NEGOTIATION or not self._replies.take(now):
                 return self._drop("version negotiation not answered")
             reply = encode_quic_version_negotiation(
-                source_cid=dcid, destination_cid=scid,
-                supported_versions=list(self.supported_versions))
+                source_cid=dcid,
+                destination_cid=scid,
+                supported_versions=list(self.supported_versions),
+            )
             return Decision(Action.REPLY, reply=reply, reason="unsupported version")
         if packet_type != QuicPacketType.INITIAL:
             return self._drop("not an Initial for an unknown connection")
@@ -188,13 +196,19 @@ class QuicRouter:
         elif self.retry_required():
             self.retries += 1
             assert self.tokens is not None
-            reply = self.tokens.retry_packet(version=version, addr=addr, client_scid=scid,
-                                             original_dcid=dcid, now=now)
+            reply = self.tokens.retry_packet(
+                version=version, addr=addr, client_scid=scid, original_dcid=dcid, now=now
+            )
             return Decision(Action.REPLY, reply=reply, reason="address validation (Retry)")
         if len(self._connections) >= self.max_connections:
             if self._replies.take(now):
-                return Decision(Action.REFUSE, dcid=dcid, reason="connection limit",
-                                original_dcid=original, retry_scid=retry_scid)
+                return Decision(
+                    Action.REFUSE,
+                    dcid=dcid,
+                    reason="connection limit",
+                    original_dcid=original,
+                    retry_scid=retry_scid,
+                )
             return self._drop("connection limit (refusals rate-limited)")
         if retry_scid is not None:
             self.validated += 1

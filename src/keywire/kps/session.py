@@ -119,8 +119,9 @@ def transport_code(error_code: int) -> Code:
 class KpsSession:
     """One KPS connection, sans-IO. All times are the caller's monotonic clock in seconds."""
 
-    def __init__(self, quic: GatedQuicConnection, *, connection_window: int,
-                 max_backlog: int = 100) -> None:
+    def __init__(
+        self, quic: GatedQuicConnection, *, connection_window: int, max_backlog: int = 100
+    ) -> None:
         self.quic = quic
         #: peer streams announced but not yet accepted by the application; at ``max_backlog``
         #: events are held like unread bytes (a peer cannot pile up empty streams)
@@ -332,8 +333,9 @@ class KpsSession:
         """Close a just-created server connection with CONNECTION_REFUSED (transport error)."""
         self._local_close = ConnectionClosed(Code.QUEUE_FULL, "refused: connection limit")
         try:
-            self.quic.close(error_code=CONNECTION_REFUSED, frame_type=0,
-                            reason_phrase="server busy")
+            self.quic.close(
+                error_code=CONNECTION_REFUSED, frame_type=0, reason_phrase="server busy"
+            )
         except QuicConnectionError:
             pass
 
@@ -447,8 +449,12 @@ class KpsSession:
                 self._events.append(ConnectionIdChanged(event.connection_id, False))
             elif isinstance(event, qe.ConnectionTerminated):
                 self._on_terminated(event)
-        if self._tls_complete and not self.handshake_done and self.closed is None and (
-                not self.is_client or getattr(quic, "_handshake_confirmed", True)):
+        if (
+            self._tls_complete
+            and not self.handshake_done
+            and self.closed is None
+            and (not self.is_client or getattr(quic, "_handshake_confirmed", True))
+        ):
             # a dialer waits for HANDSHAKE_DONE: qh3 2.1 does not send its Handshake-space
             # probes while the congestion window is full, so 1-RTT data sent before the server
             # has our Finished could starve a lost Finished's retransmission for good

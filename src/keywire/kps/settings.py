@@ -35,6 +35,9 @@ class KpsSettings:
     connection_window: int = 8 << 20
     #: a writer waits while this many bytes of its stream are queued and unsent
     send_buffer: int = 1 << 20
+    #: ... or while this many bytes of all its connection's streams are (so a peer that reads
+    #: nothing holds at most this much per connection, however many streams are written to)
+    connection_send_buffer: int = 8 << 20
     #: datagrams held for ``receive_datagram`` before the oldest is dropped
     datagram_queue: int = 256
     #: initial UDP payload size in bytes (a dialer probes for more)
@@ -46,6 +49,14 @@ class KpsSettings:
     refusals_per_second: float = 20.0
     #: seconds assumed for the round trip before one is measured (sets the first PTO)
     initial_rtt: float = 0.1
+    #: listener: handshakes in flight before a new client must validate its address with a
+    #: stateless Retry (0 = always; a Retry costs the client one more round trip)
+    retry_threshold: int = 16
+    #: listener: received-but-unread bytes all connections together may hold; each new
+    #: connection's window is a share of it (see ``budget``)
+    receive_budget: int = 256 << 20
+    #: listener: no connection's receive window is made smaller than this by the budget
+    min_connection_window: int = 256 << 10
 
     @property
     def ping_interval(self) -> float:
@@ -67,13 +78,24 @@ class KpsSettings:
         return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
 
     def __post_init__(self) -> None:
-        positive = ("idle_timeout", "handshake_timeout", "initial_rtt", "max_connections",
-                    "max_streams", "stream_window", "connection_window", "send_buffer",
-                    "datagram_queue")
+        positive = (
+            "idle_timeout",
+            "handshake_timeout",
+            "initial_rtt",
+            "max_connections",
+            "max_streams",
+            "stream_window",
+            "connection_window",
+            "send_buffer",
+            "connection_send_buffer",
+            "datagram_queue",
+            "receive_budget",
+            "min_connection_window",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"kps.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("keepalive", "close_timeout", "refusals_per_second"):
+        for name in ("keepalive", "close_timeout", "refusals_per_second", "retry_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"kps.{name} must not be negative, got {getattr(self, name)!r}")
         if not 1200 <= self.max_packet_size <= 65527:

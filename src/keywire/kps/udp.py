@@ -212,10 +212,12 @@ async def start_demux(sock: socket.socket, quic: QuicBatch) -> DatagramDemux:
     try:
         if create_optimized_datagram_transport is not None:
             _, protocol = await create_optimized_datagram_transport(
-                loop, lambda: DatagramDemux(quic), sock=sock)
+                loop, lambda: DatagramDemux(quic), sock=sock
+            )
         else:
-            _, protocol = await loop.create_datagram_endpoint(lambda: DatagramDemux(quic),
-                                                              sock=sock)
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: DatagramDemux(quic), sock=sock
+            )
     except BaseException:
         sock.close()
         raise

@@ -16,18 +16,32 @@ from .relay.cli import add_relay_arguments
 
 
 def _pair_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", help="the host's link address, e.g. "
-                        "wss://R1/v1/link~link:ADDRESS;wss://R2/v1/link~link:ADDRESS")
-    parser.add_argument("code", nargs="?", default=None,
-                        help="the pairing code the host shows (XXXX-XXXX); omit it with "
-                        "--recovery-key")
+    parser.add_argument(
+        "address",
+        help="the host's link address, e.g. "
+        "wss://R1/v1/link~link:ADDRESS;wss://R2/v1/link~link:ADDRESS",
+    )
+    parser.add_argument(
+        "code",
+        nargs="?",
+        default=None,
+        help="the pairing code the host shows (XXXX-XXXX); omit it with --recovery-key",
+    )
     parser.add_argument("--code-id", default=None, help="the code id, if the host gave one")
-    parser.add_argument("--recovery-key", metavar="KEY", default=None,
-                        help="instead of a code: the host's long-lived recovery key "
-                        "(XXXX-XXXX-…); gets a new credential for this device, replacing any "
-                        "saved one, and the key stays valid")
-    parser.add_argument("--timeout", type=float, default=20.0,
-                        help="seconds for each relay's handshake (default 20)")
+    parser.add_argument(
+        "--recovery-key",
+        metavar="KEY",
+        default=None,
+        help="instead of a code: the host's long-lived recovery key "
+        "(XXXX-XXXX-…); gets a new credential for this device, replacing any "
+        "saved one, and the key stays valid",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds for each relay's handshake (default 20)",
+    )
     parser.set_defaults(func=run_pair)
 
 
@@ -38,16 +52,17 @@ async def run_pair(args: argparse.Namespace) -> int:
         print("keywire pair: give either CODE or --recovery-key KEY", file=sys.stderr)
         return 2
     if args.recovery_key is not None and args.code_id is not None:
-        print("keywire pair: --code-id goes with a pairing code, not --recovery-key",
-              file=sys.stderr)
+        print(
+            "keywire pair: --code-id goes with a pairing code, not --recovery-key", file=sys.stderr
+        )
         return 2
     try:
         if args.recovery_key is not None:
-            credential, via = await recover(args.address, args.recovery_key,
-                                            timeout=args.timeout)
+            credential, via = await recover(args.address, args.recovery_key, timeout=args.timeout)
         else:
-            credential, via = await pair(args.address, args.code, code_id=args.code_id,
-                                         timeout=args.timeout)
+            credential, via = await pair(
+                args.address, args.code, code_id=args.code_id, timeout=args.timeout
+            )
     except (KeywireError, ValueError, OSError) as exc:
         print(f"keywire pair: {exc}", file=sys.stderr)
         return 1
@@ -58,10 +73,14 @@ async def run_pair(args: argparse.Namespace) -> int:
 
 def _credentials_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="credentials this device holds, and devices paired "
-                             "with this host")
-    listing.add_argument("--json", action="store_true",
-                         help="one JSON object: credentials, devices and recovery keys")
+    listing = sub.add_parser(
+        "list", help="credentials this device holds, and devices paired with this host"
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object: credentials, devices and recovery keys",
+    )
     listing.set_defaults(func=run_credentials_list)
     revoke = sub.add_parser("revoke", help="revoke a paired device (by key id) on this host")
     revoke.add_argument("key_id", help="the device's keyId (base64url), from 'list'")
@@ -74,8 +93,9 @@ def _credentials_parser(parser: argparse.ArgumentParser) -> None:
 async def run_credentials_list(args: argparse.Namespace) -> int:
     from .store import ClientStore, HostStore, RecoveryStore
 
-    credentials = [{"host": cred.address, "key_id": _b64(cred.key_id)}
-                   for cred in ClientStore().all()]
+    credentials = [
+        {"host": cred.address, "key_id": _b64(cred.key_id)} for cred in ClientStore().all()
+    ]
     devices: list[dict[str, str]] = []
     recovery: list[dict[str, str]] = []
     for host in HostStore.all_hosts():
@@ -85,8 +105,9 @@ async def run_credentials_list(args: argparse.Namespace) -> int:
         if saved.path.exists():
             recovery.append({"host": host.address, "path": str(saved.path)})
     if getattr(args, "json", False):
-        print(json.dumps({"credentials": credentials, "devices": devices,
-                          "recovery_keys": recovery}))
+        print(
+            json.dumps({"credentials": credentials, "devices": devices, "recovery_keys": recovery})
+        )
         return 0
     for cred in credentials:
         print(f"credential  host={cred['host']}  keyId={cred['key_id']}")
@@ -126,7 +147,11 @@ def _b64(data: bytes) -> str:
 def add_parser(subparsers: Any) -> None:
     """Add ``relay``, ``pair`` and ``credentials`` to the keywire CLI."""
     add_relay_arguments(subparsers.add_parser("relay", help="run a Link relay"))
-    _pair_parser(subparsers.add_parser(
-        "pair", help="pair with a Link host using its code (or its recovery key)"))
-    _credentials_parser(subparsers.add_parser("credentials",
-                                              help="list or revoke Link credentials"))
+    _pair_parser(
+        subparsers.add_parser(
+            "pair", help="pair with a Link host using its code (or its recovery key)"
+        )
+    )
+    _credentials_parser(
+        subparsers.add_parser("credentials", help="list or revoke Link credentials")
+    )

@@ -29,16 +29,22 @@ HANDSHAKE_TIMEOUT = 15.0
 
 
 def is_link_alternative(alt: Alternative) -> bool:
-    return (len(alt.sections) == 2 and alt.sections[0].name in ("ws", "wss")
-            and alt.sections[1].name == "link")
+    return (
+        len(alt.sections) == 2
+        and alt.sections[0].name in ("ws", "wss")
+        and alt.sections[1].name == "link"
+    )
 
 
 def link_target(alt: Alternative) -> tuple[str, str]:
     """(relay URL, host address) of ``wss://RELAY/v1/link~link:ADDRESS``."""
     section = alt.sections[1]
     if len(section.args) != 1 or not section.args[0]:
-        raise AddressError(str(alt), len(str(alt.sections[0])) + 1,
-                           "'link:ADDRESS' (the host's 43-character address)")
+        raise AddressError(
+            str(alt),
+            len(str(alt.sections[0])) + 1,
+            "'link:ADDRESS' (the host's 43-character address)",
+        )
     url = alt.sections[0].url
     assert url is not None
     return url, section.args[0]
@@ -71,8 +77,13 @@ def parse_code_id(text: str | bytes | None) -> bytes | None:
         return from_b64u(text, CODE_ID_SIZE, "code id")
 
 
-async def run_handshake(url: str, address: str, machine: ClientPairing | ClientReconnect,
-                        timeout: float, remote: RemoteIdentity | None = None) -> LinkPipe:
+async def run_handshake(
+    url: str,
+    address: str,
+    machine: ClientPairing | ClientReconnect,
+    timeout: float,
+    remote: RemoteIdentity | None = None,
+) -> LinkPipe:
     """Introduce ourselves through ``url`` and run ``machine`` over the fresh splice."""
     ws = await introduce(url, address, timeout)
     try:
@@ -86,7 +97,8 @@ async def run_handshake(url: str, address: str, machine: ClientPairing | ClientR
                     if isinstance(machine, ClientPairing) and machine.step is Step.CONFIRM:
                         raise Spake2Error(
                             f"the host rejected the {machine.secret_name} (key confirmation "
-                            f"failed): wrong {machine.secret_short}?") from None
+                            f"failed): wrong {machine.secret_short}?"
+                        ) from None
                     raise RelayError(f"during the handshake: {describe_close(exc)}") from None
                 if isinstance(received, str):
                     raise LinkProtocolError("text frame during the Link handshake")
@@ -102,15 +114,22 @@ async def run_handshake(url: str, address: str, machine: ClientPairing | ClientR
     return LinkPipe(ws, machine.channel, f"{url}~link:{address}", remote)
 
 
-async def reconnect(url: str, credential: Credential,
-                    timeout: float = HANDSHAKE_TIMEOUT) -> LinkPipe:
+async def reconnect(
+    url: str, credential: Credential, timeout: float = HANDSHAKE_TIMEOUT
+) -> LinkPipe:
     """A session with a paired host, through one relay."""
-    return await run_handshake(url, credential.address, ClientReconnect(credential), timeout,
-                               RemoteIdentity(host_key=credential.host_static))
+    return await run_handshake(
+        url,
+        credential.address,
+        ClientReconnect(credential),
+        timeout,
+        RemoteIdentity(host_key=credential.host_static),
+    )
 
 
-async def enrol_via(url: str, machine: ClientPairing, timeout: float = HANDSHAKE_TIMEOUT
-                    ) -> tuple[LinkPipe, Credential]:
+async def enrol_via(
+    url: str, machine: ClientPairing, timeout: float = HANDSHAKE_TIMEOUT
+) -> tuple[LinkPipe, Credential]:
     """Run a pairing or recover machine through one relay: the live session and credential."""
     pipe = await run_handshake(url, machine.address, machine, timeout)
     assert machine.credential is not None
@@ -118,20 +137,30 @@ async def enrol_via(url: str, machine: ClientPairing, timeout: float = HANDSHAKE
     return pipe, machine.credential
 
 
-async def pair_via(url: str, address: str, code: str, code_id: bytes | None = None,
-                   timeout: float = HANDSHAKE_TIMEOUT) -> tuple[LinkPipe, Credential]:
+async def pair_via(
+    url: str,
+    address: str,
+    code: str,
+    code_id: bytes | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> tuple[LinkPipe, Credential]:
     """Pair through one relay; returns the live session and the new credential."""
     return await enrol_via(url, ClientPairing(code, address, code_id), timeout)
 
 
-async def recover_via(url: str, address: str, recovery_key: str,
-                      timeout: float = HANDSHAKE_TIMEOUT) -> tuple[LinkPipe, Credential]:
+async def recover_via(
+    url: str, address: str, recovery_key: str, timeout: float = HANDSHAKE_TIMEOUT
+) -> tuple[LinkPipe, Credential]:
     """Recover through one relay; returns the live session and the new credential."""
     return await enrol_via(url, ClientRecovery(recovery_key, address), timeout)
 
 
-async def _enrol(address: str | MultiAddress, make: Callable[[str], ClientPairing],
-                 timeout: float, store_dir: Path | None) -> tuple[Credential, str]:
+async def _enrol(
+    address: str | MultiAddress,
+    make: Callable[[str], ClientPairing],
+    timeout: float,
+    store_dir: Path | None,
+) -> tuple[Credential, str]:
     """Try each relay in order (only relay/network failures move on); save what we get."""
     host, urls = relays_of(address)
     attempts: list[Attempt] = []
@@ -147,28 +176,44 @@ async def _enrol(address: str | MultiAddress, make: Callable[[str], ClientPairin
     raise DialError(str(address), attempts)
 
 
-async def pair(address: str | MultiAddress, code: str, *, code_id: str | bytes | None = None,
-               timeout: float = HANDSHAKE_TIMEOUT,
-               store_dir: Path | None = None) -> tuple[Credential, str]:
+async def pair(
+    address: str | MultiAddress,
+    code: str,
+    *,
+    code_id: str | bytes | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    store_dir: Path | None = None,
+) -> tuple[Credential, str]:
     """Pair with the host using its code, save the credential (0600), and return it."""
     cid = parse_code_id(code_id)
-    return await _enrol(address, lambda host: ClientPairing(code, host, cid), timeout,
-                        store_dir)
+    return await _enrol(address, lambda host: ClientPairing(code, host, cid), timeout, store_dir)
 
 
-async def recover(address: str | MultiAddress, recovery_key: str, *,
-                  timeout: float = HANDSHAKE_TIMEOUT,
-                  store_dir: Path | None = None) -> tuple[Credential, str]:
+async def recover(
+    address: str | MultiAddress,
+    recovery_key: str,
+    *,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    store_dir: Path | None = None,
+) -> tuple[Credential, str]:
     """Get a NEW credential with the host's recovery key (a lost device, a new one), save it
     (0600, replacing any credential for that host) and return it. The key stays valid."""
     normalise_recovery_key(recovery_key)  # a malformed or weak key fails before any network
-    return await _enrol(address, lambda host: ClientRecovery(recovery_key, host), timeout,
-                        store_dir)
+    return await _enrol(
+        address, lambda host: ClientRecovery(recovery_key, host), timeout, store_dir
+    )
 
 
-async def connect(address: str | MultiAddress, *, credential: Credential | None = None,
-                  timeout: float = HANDSHAKE_TIMEOUT, store_dir: Path | None = None,
-                  retries: int = 0, backoff: float = 0.4, max_backoff: float = 8.0) -> LinkPipe:
+async def connect(
+    address: str | MultiAddress,
+    *,
+    credential: Credential | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    store_dir: Path | None = None,
+    retries: int = 0,
+    backoff: float = 0.4,
+    max_backoff: float = 8.0,
+) -> LinkPipe:
     """A session with a paired host, trying each relay in order (``retries`` more rounds,
     with doubling backoff). A revoked credential raises ``DeviceRevoked`` at once."""
     host, urls = relays_of(address)
@@ -178,8 +223,14 @@ async def connect(address: str | MultiAddress, *, credential: Credential | None 
     return await failover(urls, cred, timeout, retries, backoff, max_backoff)
 
 
-async def failover(urls: Sequence[str], credential: Credential, timeout: float,
-                   retries: int = 0, backoff: float = 0.4, max_backoff: float = 8.0) -> LinkPipe:
+async def failover(
+    urls: Sequence[str],
+    credential: Credential,
+    timeout: float,
+    retries: int = 0,
+    backoff: float = 0.4,
+    max_backoff: float = 8.0,
+) -> LinkPipe:
     attempts: list[Attempt] = []
     delay = backoff
     for round_ in range(retries + 1):

@@ -104,7 +104,8 @@ def normalise_recovery_key(text: str) -> str:
         )
     if len(bare) > MAX_RECOVERY_LENGTH:
         raise RecoveryKeyError(
-            f"a recovery key has at most {MAX_RECOVERY_LENGTH} characters, got {len(bare)}")
+            f"a recovery key has at most {MAX_RECOVERY_LENGTH} characters, got {len(bare)}"
+        )
     distinct = len(set(bare))
     if distinct < MIN_RECOVERY_DISTINCT:
         raise RecoveryKeyError(
@@ -119,7 +120,8 @@ def generate_recovery_key(length: int = RECOVERY_LENGTH) -> str:
     if not MIN_RECOVERY_BITS <= 5 * length <= 5 * MAX_RECOVERY_LENGTH:
         raise RecoveryKeyError(
             f"recovery key length must be {MIN_RECOVERY_BITS // 5}..{MAX_RECOVERY_LENGTH}, "
-            f"got {length}")
+            f"got {length}"
+        )
     while True:  # a draw with under 8 distinct characters is ~1e-12 likely; redraw it
         bare = "".join(secrets.choice(ALPHABET) for _ in range(length))
         if len(set(bare)) >= MIN_RECOVERY_DISTINCT:

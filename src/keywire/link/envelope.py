@@ -75,13 +75,13 @@ class Envelope:
         if payload is not None and not self.peer_framed:
             raise LinkProtocolError("the peer has not announced framed envelopes (cap) yet")
 
-    def request(self, cmd: str, data: Any = None,
-                payload: bytes | None = None) -> tuple[int, bytes]:
+    def request(
+        self, cmd: str, data: Any = None, payload: bytes | None = None
+    ) -> tuple[int, bytes]:
         self._check_payload(payload)
         request_id = self._next_id
         self._next_id += 1
-        return request_id, encode({"t": "req", "id": request_id, "cmd": cmd, "data": data},
-                                  payload)
+        return request_id, encode({"t": "req", "id": request_id, "cmd": cmd, "data": data}, payload)
 
     def event(self, data: Any, payload: bytes | None = None) -> bytes:
         self._check_payload(payload)
@@ -115,8 +115,12 @@ class RequestFailed(Exception):
 class Messenger:
     """Request/response and events over a live ``LinkPipe`` (at-most-once per session)."""
 
-    def __init__(self, pipe: LinkPipe, on_request: RequestHandler | None = None,
-                 on_event: Callable[[Any, bytes | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipe: LinkPipe,
+        on_request: RequestHandler | None = None,
+        on_event: Callable[[Any, bytes | None], None] | None = None,
+    ) -> None:
         self.pipe = pipe
         self.core = Envelope()
         self.on_request = on_request
@@ -176,8 +180,9 @@ class Messenger:
             reply = self.core.response(request_id, False, "no request handler")
         else:
             try:
-                value = await self.on_request(str(incoming.meta.get("cmd")),
-                                              incoming.meta.get("data"), incoming.payload)
+                value = await self.on_request(
+                    str(incoming.meta.get("cmd")), incoming.meta.get("data"), incoming.payload
+                )
                 reply = self.core.response(request_id, True, value)
             except Exception as exc:
                 reply = self.core.response(request_id, False, str(exc) or type(exc).__name__)

@@ -9,7 +9,8 @@ host (one address, one set of codes and devices) and each announces its own alte
 ``Options.extra`` keys: ``link.pairing_code`` (dial: the code; listen: True for a random code
 or a code to use), ``link.code_id`` (dial), ``link.pairing_ttl`` (listen, seconds, default
 900), ``link.on_pairing_code`` (listen: callback(multiaddress, code, code_id) instead of
-printing), ``link.recovery_key`` (dial: recover with this key; listen: a key, or True to reuse
+printing), ``link.pairing_qr`` (listen: False to print the code without its QR code),
+``link.recovery_key`` (dial: recover with this key; listen: a key, or True to reuse
 the saved one or generate one), ``link.recover_concurrency`` (listen, default 4),
 ``link.on_recovery_key`` (listen: callback(multiaddress, key) for a generated key instead of
 printing), ``link.store_dir`` (a config directory instead of ``config_dir()``).
@@ -50,12 +51,19 @@ def _store_dir(options: Options) -> Path | None:
     return Path(value) if value else None
 
 
-def print_pairing_code(multiaddress: str, code: str, code_id: bytes | None) -> None:
-    """Show the code and a QR code of ``address#code`` on stderr (stdout is for the address)."""
+def print_pairing_code(
+    multiaddress: str, code: str, code_id: bytes | None, show_qr: bool = True
+) -> None:
+    """Show the code and, unless ``show_qr`` is False (``--no-qr``), a QR code of ``address#code``
+    on stderr (stdout is for the address)."""
     text = f"{multiaddress}#{code}"
-    print(f"pairing code: {code}" + (f"  (code id {code_id.hex()})" if code_id else ""),
-          file=sys.stderr)
+    print(
+        f"pairing code: {code}" + (f"  (code id {code_id.hex()})" if code_id else ""),
+        file=sys.stderr,
+    )
     print(f"pair with:    keywire pair '{multiaddress}' {code}", file=sys.stderr)
+    if not show_qr:
+        return
     with contextlib.suppress(Exception):
         import io
 
@@ -71,8 +79,10 @@ def print_pairing_code(multiaddress: str, code: str, code_id: bytes | None) -> N
 def print_recovery_key(multiaddress: str, key: str) -> None:
     """Show a newly generated recovery key once, on stderr; only its ``w`` is saved."""
     print(f"recovery key: {key}", file=sys.stderr)
-    print("  (shown once: write it down; it gives any device a new credential, at any time)",
-          file=sys.stderr)
+    print(
+        "  (shown once: write it down; it gives any device a new credential, at any time)",
+        file=sys.stderr,
+    )
     print(f"recover with: keywire pair '{multiaddress}' --recovery-key {key}", file=sys.stderr)
 
 
@@ -84,7 +94,8 @@ def recovery_setting(options: Options) -> tuple[str | bool | None, int]:
     if key is not None and key is not True:
         if not isinstance(key, str):
             raise codes.RecoveryKeyError(
-                f"link.recovery_key is a key (text) or True, got {type(key).__name__}")
+                f"link.recovery_key is a key (text) or True, got {type(key).__name__}"
+            )
         key = codes.normalise_recovery_key(key)
     raw = options.extra.get("link.recover_concurrency", DEFAULT_RECOVER_CONCURRENCY)
     cap = int(raw) if isinstance(raw, str) and raw.strip().isdecimal() else raw
@@ -94,8 +105,7 @@ def recovery_setting(options: Options) -> tuple[str | bool | None, int]:
 
 
 class LinkListening(Listening):
-    def __init__(self, host: LinkHost, key: tuple[bytes, str], url: str,
-                 section: Section) -> None:
+    def __init__(self, host: LinkHost, key: tuple[bytes, str], url: str, section: Section) -> None:
         self.host = host
         self._key = key
         self.url = url
@@ -138,16 +148,20 @@ class LinkHandler(ChainHandler):
             pipe, credential = await client.recover_via(url, address, recovery, timeout)
             store.save(credential, [url])
         else:
-            missing = HandshakeError(f"no credential for {address}: pair first (keywire "
-                                     "pair ADDRESS CODE) or dial with a pairing code or "
-                                     "recovery key")
+            missing = HandshakeError(
+                f"no credential for {address}: pair first (keywire "
+                "pair ADDRESS CODE) or dial with a pairing code or "
+                "recovery key"
+            )
             missing.permanent = True  # a local lack: dialing again cannot supply it
             raise missing
-        return MuxConnection(pipe, client=True, config=config_from_options(options),
-                             address=str(alt))
+        return MuxConnection(
+            pipe, client=True, config=config_from_options(options), address=str(alt)
+        )
 
-    async def listen(self, alt: Alternative, options: Options,
-                     on_connection: ConnectionHandler) -> Listening:
+    async def listen(
+        self, alt: Alternative, options: Options, on_connection: ConnectionHandler
+    ) -> Listening:
         url = alt.sections[0].url
         assert url is not None
         identity = options.need_identity()
@@ -162,8 +176,11 @@ class LinkHandler(ChainHandler):
             _host_handlers[id(host)] = []
             host.on_pipe = self._dispatcher(host)
         if alt.sections[1].args and alt.sections[1].args != (host.address,):
-            raise AddressError(str(alt), len(str(alt.sections[0])) + 1,
-                               "'link' with no address (or this host's own) in a listen spec")
+            raise AddressError(
+                str(alt),
+                len(str(alt.sections[0])) + 1,
+                "'link' with no address (or this host's own) in a listen spec",
+            )
         try:
             self._configure_recovery(host, recovery_key, recover_cap)
         except BaseException:
@@ -191,8 +208,9 @@ class LinkHandler(ChainHandler):
                 pipe.abort()
                 return
             _, on_connection, options = match
-            conn = MuxConnection(pipe, client=False, config=config_from_options(options),
-                                 address=pipe.peer)
+            conn = MuxConnection(
+                pipe, client=False, config=config_from_options(options), address=pipe.peer
+            )
             await on_connection(conn)
 
         return dispatch
@@ -207,8 +225,10 @@ class LinkHandler(ChainHandler):
         if gate is None:
             host.set_recovery_key(key, cap, save=False)
         elif isinstance(key, str) and recovery_scalar(key) != gate.w:
-            raise codes.RecoveryKeyError("link.recovery_key differs between listen specs of "
-                                         "one host (one host has one recovery key)")
+            raise codes.RecoveryKeyError(
+                "link.recovery_key differs between listen specs of "
+                "one host (one host has one recovery key)"
+            )
 
     @staticmethod
     def _maybe_show_recovery_key(host: LinkHost, options: Options) -> None:
@@ -222,8 +242,10 @@ class LinkHandler(ChainHandler):
             if key is None:
                 return
             urls = list(host.uplinks)
-            alts = [Alternative((Section(u.split(":", 1)[0], (), u),
-                                 Section("link", (host.address,)))) for u in urls]
+            alts = [
+                Alternative((Section(u.split(":", 1)[0], (), u), Section("link", (host.address,))))
+                for u in urls
+            ]
             callback(format_address(alts), key)
             host.save_recovery_key()  # saved only once it was shown, so it is never lost unseen
 
@@ -235,23 +257,39 @@ class LinkHandler(ChainHandler):
             return
         host.pairing_code_opened = True
         ttl = float(options.extra.get("link.pairing_ttl", DEFAULT_CODE_TTL))
-        entry: PairingCode = host.open_pairing_code(wanted if isinstance(wanted, str) else None,
-                                                    ttl)
-        callback = options.extra.get("link.on_pairing_code") or print_pairing_code
+        entry: PairingCode = host.open_pairing_code(
+            wanted if isinstance(wanted, str) else None, ttl
+        )
+        callback = options.extra.get("link.on_pairing_code")
+        with_qr = bool(options.extra.get("link.pairing_qr", True))
 
         def show() -> None:
             urls = list(host.uplinks)
-            alts = [Alternative((Section(u.split(":", 1)[0], (), u),
-                                 Section("link", (host.address,)))) for u in urls]
-            callback(format_address(alts), entry.code, entry.code_id)
+            alts = [
+                Alternative((Section(u.split(":", 1)[0], (), u), Section("link", (host.address,))))
+                for u in urls
+            ]
+            if callback is not None:
+                callback(format_address(alts), entry.code, entry.code_id)
+            else:
+                print_pairing_code(format_address(alts), entry.code, entry.code_id, with_qr)
 
         # shown a moment later, once every relay of this listen command has registered
         asyncio.get_running_loop().call_later(0.3, show)
 
 
 #: the ``link.*`` settings this handler reads from ``Options.extra``
-SETTINGS = ("pairing_code", "pairing_ttl", "code_id", "recovery_key", "recover_concurrency",
-            "store_dir", "on_pairing_code", "on_recovery_key")
+SETTINGS = (
+    "pairing_code",
+    "pairing_qr",
+    "pairing_ttl",
+    "code_id",
+    "recovery_key",
+    "recover_concurrency",
+    "store_dir",
+    "on_pairing_code",
+    "on_recovery_key",
+)
 
 
 def register(registry: Registry) -> None:

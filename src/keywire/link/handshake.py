@@ -123,20 +123,25 @@ class RecoveryGate:
     in_flight: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) \
-                or self.max_concurrent < 1:
-            raise ValueError(f"the recover concurrency cap must be an integer >= 1, got "
-                             f"{self.max_concurrent!r}")
+        if (
+            isinstance(self.max_concurrent, bool)
+            or not isinstance(self.max_concurrent, int)
+            or self.max_concurrent < 1
+        ):
+            raise ValueError(
+                f"the recover concurrency cap must be an integer >= 1, got {self.max_concurrent!r}"
+            )
 
     @classmethod
-    def from_key(cls, key: str, max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY
-                 ) -> RecoveryGate:
+    def from_key(cls, key: str, max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY) -> RecoveryGate:
         return cls(recovery_scalar(key), max_concurrent)
 
     def reserve(self) -> None:
         if self.in_flight >= self.max_concurrent:
-            raise RecoverBusy(f"{self.in_flight} recover attempts are already running "
-                              f"(the cap is {self.max_concurrent})")
+            raise RecoverBusy(
+                f"{self.in_flight} recover attempts are already running "
+                f"(the cap is {self.max_concurrent})"
+            )
         self.in_flight += 1
 
     def release(self) -> None:
@@ -181,8 +186,7 @@ class PairingCode:
     def busy_reason(self, now: float) -> str | None:
         """Why the code takes no guess right now, though it is live."""
         if now < self.resting_until:
-            return (f"resting {self.resting_until - now:.0f} s after {self.failures} wrong "
-                    f"guesses")
+            return f"resting {self.resting_until - now:.0f} s after {self.failures} wrong guesses"
         if self.in_flight >= MAX_PAIR_CONCURRENT:
             return "being tried already"
         if self.failures + self.in_flight >= self.max_attempts:
@@ -198,8 +202,14 @@ class CodeBook:
         self._by_id: dict[bytes, PairingCode] = {}
         self.default: PairingCode | None = None
 
-    def open(self, code: str | None = None, ttl: float | None = None, *, with_id: bool = True,
-             max_attempts: int = MAX_PAIR_ATTEMPTS) -> PairingCode:
+    def open(
+        self,
+        code: str | None = None,
+        ttl: float | None = None,
+        *,
+        with_id: bool = True,
+        max_attempts: int = MAX_PAIR_ATTEMPTS,
+    ) -> PairingCode:
         """Open a code (random if None). ``with_id=False`` makes it the default code, the one
         a client reaches without a code id (Link's ``setPairingCode``)."""
         canonical = codes.normalise(code) if code is not None else codes.generate()
@@ -249,12 +259,19 @@ class CodeBook:
         rest = rest_after(entry.failures)
         entry.resting_until = max(entry.resting_until, self._clock() + rest)
         if entry.locked:
-            log.warning("pairing: %s is locked after %d wrong guesses; open a new code",
-                        entry.name, entry.failures)
+            log.warning(
+                "pairing: %s is locked after %d wrong guesses; open a new code",
+                entry.name,
+                entry.failures,
+            )
         else:
-            log.warning("pairing: a wrong guess at %s (%d of %d allowed)%s", entry.name,
-                        entry.failures, entry.max_attempts,
-                        f"; it takes no guess for {rest:.0f} s" if rest else "")
+            log.warning(
+                "pairing: a wrong guess at %s (%d of %d allowed)%s",
+                entry.name,
+                entry.failures,
+                entry.max_attempts,
+                f"; it takes no guess for {rest:.0f} s" if rest else "",
+            )
 
     def succeeded(self, entry: PairingCode) -> None:
         self.refund(entry)
@@ -345,8 +362,13 @@ class HostHandshake:
                 except PairingRefused as exc:
                     self.step, self.refusal = Step.REFUSED, str(exc)
                     return [refusal_frame(Refusal.CODE_UNAVAILABLE)]
-                self._spake = Spake2(Role.B, password_scalar(self._slot.code), SPAKE2_ID_CLIENT,
-                                     SPAKE2_ID_HOST, aad=frame)
+                self._spake = Spake2(
+                    Role.B,
+                    password_scalar(self._slot.code),
+                    SPAKE2_ID_CLIENT,
+                    SPAKE2_ID_HOST,
+                    aad=frame,
+                )
                 self.step = Step.SHARE
                 return []
             assert self.header.key_id is not None
@@ -355,8 +377,9 @@ class HostHandshake:
                 self.step, self.refusal = Step.REFUSED, "unknown or revoked keyId"
                 return [refusal_frame(Refusal.REVOKED)]
             self.key_id = self.header.key_id
-            self._noise = HandshakeState(NOISE_PROTOCOL, False,
-                                         Keys(s=self.ctx.static, psks=(token,)), prologue=frame)
+            self._noise = HandshakeState(
+                NOISE_PROTOCOL, False, Keys(s=self.ctx.static, psks=(token,)), prologue=frame
+            )
             self.step = Step.NOISE
             return []
         if self.step is Step.SHARE:
@@ -434,16 +457,21 @@ class HostHandshake:
 def _refusal_error(refusal: Refusal, pairing: bool = False) -> HandshakeError:
     """The error a pairing or recovering client raises for the host's refusal frame."""
     if refusal is Refusal.RECOVER_BUSY and pairing:
-        return PairingBusy("the host is not taking guesses at this pairing code right now "
-                           "(it rests after wrong guesses); try again shortly")
+        return PairingBusy(
+            "the host is not taking guesses at this pairing code right now "
+            "(it rests after wrong guesses); try again shortly"
+        )
     if refusal is Refusal.CODE_UNAVAILABLE:
-        return PairingRefused("the host has no live pairing code for this attempt "
-                              "(unknown code id, used, expired or locked)")
+        return PairingRefused(
+            "the host has no live pairing code for this attempt "
+            "(unknown code id, used, expired or locked)"
+        )
     if refusal is Refusal.NO_RECOVERY_KEY:
         return RecoveryUnavailable("the host has no recovery key, so it refuses recover mode")
     if refusal is Refusal.RECOVER_BUSY:
-        return RecoverBusy("the host is already running its maximum of recover attempts; "
-                           "try again shortly")
+        return RecoverBusy(
+            "the host is already running its maximum of recover attempts; try again shortly"
+        )
     return LinkProtocolError(f"the host answered with a {refusal.name} refusal while pairing")
 
 
@@ -484,8 +512,10 @@ class ClientPairing:
             confirmed = self._spake.result
             assert confirmed is not None
             if len(frame) != CONFIRM_SIZE:
-                raise Spake2Error(f"the host refused the {self.secret_name} "
-                                  f"(wrong {self.secret_short}?): no confirmation")
+                raise Spake2Error(
+                    f"the host refused the {self.secret_name} "
+                    f"(wrong {self.secret_short}?): no confirmation"
+                )
             confirmed.check_peer_confirmation(Role.A, frame)
             c2h, h2c = transport_keys(confirmed.ke, confirmed.ke + confirmed.ka)
             self.channel = SealedChannel(CipherState(c2h), CipherState(h2c))
@@ -496,7 +526,8 @@ class ClientPairing:
             credential = decode_welcome(self.channel.open(frame))
             if credential.address != self.address:
                 raise LinkProtocolError(
-                    f"the host welcomed us as {credential.address!r}, not {self.address!r}")
+                    f"the host welcomed us as {credential.address!r}, not {self.address!r}"
+                )
             self.credential = credential
             self.step = Step.DONE
             return []
@@ -519,8 +550,11 @@ class ClientReconnect:
     def __init__(self, credential: Credential) -> None:
         self.header = Header.reconnect(credential.key_id)
         self._noise = HandshakeState(
-            NOISE_PROTOCOL, True, Keys(rs=credential.host_static, psks=(credential.token,)),
-            prologue=self.header.encode())
+            NOISE_PROTOCOL,
+            True,
+            Keys(rs=credential.host_static, psks=(credential.token,)),
+            prologue=self.header.encode(),
+        )
         self.channel: SealedChannel | None = None
 
     def start(self) -> list[bytes]:

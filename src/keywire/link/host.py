@@ -84,8 +84,12 @@ class Uplink:
             try:
                 ws = await open_socket(self.url, HANDSHAKE_TIMEOUT)
                 try:
-                    await send_json(ws, register_message(self.host.signer, self.host.address,
-                                                         self.url, self.host.next_ts()))
+                    await send_json(
+                        ws,
+                        register_message(
+                            self.host.signer, self.host.address, self.url, self.host.next_ts()
+                        ),
+                    )
                     await expect(ws, "registered", f"registering on {self.url}")
                     self.registered.set()
                     if not self._first.done():
@@ -117,7 +121,8 @@ class Uplink:
                     log.info("dial-back cap reached on %s; ignoring a client", self.url)
                     continue
                 task = asyncio.get_running_loop().create_task(
-                    self._dial_back(message["linkId"], message.get("ticket")))
+                    self._dial_back(message["linkId"], message.get("ticket"))
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -159,8 +164,9 @@ class Uplink:
             await asyncio.sleep(0.2)  # let the refusal frame cross the relay first
             await ws.close()
             return None
-        pipe = LinkPipe(ws, machine.channel, f"{self.url}~link:{self.host.address}",
-                        RemoteIdentity())
+        pipe = LinkPipe(
+            ws, machine.channel, f"{self.url}~link:{self.host.address}", RemoteIdentity()
+        )
         pipe.key_id = machine.key_id
         return pipe
 
@@ -177,15 +183,22 @@ class Uplink:
 class LinkHost:
     """A host reachable through relays by its address."""
 
-    def __init__(self, static: X25519PrivateKey, on_pipe: PipeHandler | None = None,
-                 store_dir: Path | None = None, *, recovery_key: str | bool | None = None,
-                 recover_concurrency: int = DEFAULT_RECOVER_CONCURRENCY) -> None:
+    def __init__(
+        self,
+        static: X25519PrivateKey,
+        on_pipe: PipeHandler | None = None,
+        store_dir: Path | None = None,
+        *,
+        recovery_key: str | bool | None = None,
+        recover_concurrency: int = DEFAULT_RECOVER_CONCURRENCY,
+    ) -> None:
         self.static = static
         self.store_dir = store_dir
         raw = static.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         self.signer = Ed25519PrivateKey.from_private_bytes(register_seed_from_static(raw))
         self.address = address_for_register_key(
-            self.signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+            self.signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
         self.tokens = HostStore(self.address, store_dir)
         loop = asyncio.get_running_loop()
         self.codebook = CodeBook(loop.time)
@@ -205,11 +218,22 @@ class LinkHost:
         self._watch = loop.create_task(self._watch_revocations())
 
     @classmethod
-    def from_identity(cls, identity: Identity, on_pipe: PipeHandler | None = None,
-                      store_dir: Path | None = None, *, recovery_key: str | bool | None = None,
-                      recover_concurrency: int = DEFAULT_RECOVER_CONCURRENCY) -> LinkHost:
-        return cls(host_static_from_identity(identity), on_pipe, store_dir,
-                   recovery_key=recovery_key, recover_concurrency=recover_concurrency)
+    def from_identity(
+        cls,
+        identity: Identity,
+        on_pipe: PipeHandler | None = None,
+        store_dir: Path | None = None,
+        *,
+        recovery_key: str | bool | None = None,
+        recover_concurrency: int = DEFAULT_RECOVER_CONCURRENCY,
+    ) -> LinkHost:
+        return cls(
+            host_static_from_identity(identity),
+            on_pipe,
+            store_dir,
+            recovery_key=recovery_key,
+            recover_concurrency=recover_concurrency,
+        )
 
     def next_ts(self) -> int:
         """Register timestamps are strictly increasing, even within one millisecond."""
@@ -234,14 +258,19 @@ class LinkHost:
         if uplink is not None:
             await uplink.close()
 
-    def open_pairing_code(self, code: str | None = None, ttl: float | None = None, *,
-                          with_id: bool = False) -> PairingCode:
+    def open_pairing_code(
+        self, code: str | None = None, ttl: float | None = None, *, with_id: bool = False
+    ) -> PairingCode:
         """A single-use code (random unless given); ``with_id`` gives it its own code id."""
         return self.codebook.open(code, ttl, with_id=with_id)
 
-    def set_recovery_key(self, key: str | bool | None,
-                         max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY, *,
-                         save: bool = True) -> str | None:
+    def set_recovery_key(
+        self,
+        key: str | bool | None,
+        max_concurrent: int = DEFAULT_RECOVER_CONCURRENCY,
+        *,
+        save: bool = True,
+    ) -> str | None:
         """Turn recover mode (Link's mode 2) on or off; returns a newly generated key's text.
 
         A string is the key itself (normalised; fewer than 100 bits raise ``RecoveryKeyError``).
@@ -268,7 +297,8 @@ class LinkHost:
             return text
         if not isinstance(key, str):
             raise codes.RecoveryKeyError(
-                f"a recovery key is text or True, got {type(key).__name__}")
+                f"a recovery key is text or True, got {type(key).__name__}"
+            )
         self.ctx.recovery = RecoveryGate.from_key(key, max_concurrent)
         self.unsaved_recovery_key = None
         return None

@@ -126,8 +126,9 @@ class CipherState:
         try:
             out = self._aead.decrypt(self._nonce_bytes(), ciphertext, ad)
         except InvalidTag:
-            raise NoiseError("authentication failed (tampered, replayed, reordered or wrong key)"
-                             ) from None
+            raise NoiseError(
+                "authentication failed (tampered, replayed, reordered or wrong key)"
+            ) from None
         self.nonce += 1
         return out
 
@@ -222,12 +223,14 @@ class HandshakeState:
     ``handshake_hash`` is the channel binding.
     """
 
-    def __init__(self, protocol_name: str, initiator: bool, keys: Keys,
-                 prologue: bytes = b"") -> None:
+    def __init__(
+        self, protocol_name: str, initiator: bool, keys: Keys, prologue: bytes = b""
+    ) -> None:
         self.pattern = Pattern.parse(protocol_name)
         if len(keys.psks) != self.pattern.psk_count:
-            raise NoiseError(f"{protocol_name} needs {self.pattern.psk_count} PSK(s), "
-                             f"got {len(keys.psks)}")
+            raise NoiseError(
+                f"{protocol_name} needs {self.pattern.psk_count} PSK(s), got {len(keys.psks)}"
+            )
         for psk in keys.psks:
             if len(psk) != 32:
                 raise NoiseError("a Noise PSK is 32 bytes")
@@ -237,8 +240,10 @@ class HandshakeState:
         self._has_psk = self.pattern.psk_count > 0
         self.symmetric = SymmetricState(protocol_name.encode())
         self.symmetric.mix_hash(prologue)
-        for owner_is_initiator, pre in ((True, self.pattern.initiator_pre),
-                                        (False, self.pattern.responder_pre)):
+        for owner_is_initiator, pre in (
+            (True, self.pattern.initiator_pre),
+            (False, self.pattern.responder_pre),
+        ):
             for token in pre:
                 mine = owner_is_initiator == initiator
                 key = self._pre_key(token, mine)
@@ -345,7 +350,8 @@ class HandshakeState:
         if self._index == len(self.pattern.messages):
             first, second = self.symmetric.split()
             self.send_cipher, self.receive_cipher = (
-                (first, second) if self.initiator else (second, first))
+                (first, second) if self.initiator else (second, first)
+            )
             self.handshake_hash = self.symmetric.h
 
 

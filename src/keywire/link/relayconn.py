@@ -30,9 +30,16 @@ class RelayError(HandshakeError):
 
 async def open_socket(url: str, timeout: float) -> ClientConnection:
     try:
-        return await connect(url, open_timeout=timeout, max_size=MAX_MESSAGE, compression=None,
-                             ping_interval=20, ping_timeout=20, close_timeout=2,
-                             max_queue=16)
+        return await connect(
+            url,
+            open_timeout=timeout,
+            max_size=MAX_MESSAGE,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+            max_queue=16,
+        )
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise RelayError(f"cannot reach relay {url}: {exc or type(exc).__name__}") from None
 
@@ -87,13 +94,16 @@ async def introduce(url: str, address: str, timeout: float) -> ClientConnection:
     return ws
 
 
-def register_message(signer: Ed25519PrivateKey, address: str, url: str,
-                     ts: int | None = None) -> dict[str, Any]:
+def register_message(
+    signer: Ed25519PrivateKey, address: str, url: str, ts: int | None = None
+) -> dict[str, Any]:
     """A signed ``register`` for ``address`` on the relay at ``url`` (its origin is signed)."""
     pub = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     stamp = ts if ts is not None else int(time.time() * 1000)
     nonce = b64u(secrets.token_bytes(16))
     sig = signer.sign(register_signing_message(address, stamp, nonce, origin_of(url)))
-    return {"type": "register", "address": address,
-            "auth": {"alg": "ed25519", "pub": b64u(pub), "ts": stamp, "nonce": nonce,
-                     "sig": b64u(sig)}}
+    return {
+        "type": "register",
+        "address": address,
+        "auth": {"alg": "ed25519", "pub": b64u(pub), "ts": stamp, "nonce": nonce, "sig": b64u(sig)},
+    }

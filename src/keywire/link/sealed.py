@@ -47,8 +47,9 @@ class SealedChannel:
         if self.failed is not None:
             raise self.failed
         if len(frame) > MAX_MESSAGE:
-            self.failed = StreamError(Code.PROTOCOL_ERROR,
-                                      f"sealed frame of {len(frame)} bytes exceeds {MAX_MESSAGE}")
+            self.failed = StreamError(
+                Code.PROTOCOL_ERROR, f"sealed frame of {len(frame)} bytes exceeds {MAX_MESSAGE}"
+            )
             raise self.failed
         try:
             return self._receive.decrypt(b"", frame)
@@ -59,5 +60,7 @@ class SealedChannel:
     def stream_frames(self, data: bytes) -> list[bytes]:
         """Seal stream bytes into as many frames as the size limit needs."""
         view = memoryview(data)
-        return [self.seal(bytes([Kind.STREAM]) + view[i : i + MAX_CHUNK])
-                for i in range(0, len(view), MAX_CHUNK)]
+        return [
+            self.seal(bytes([Kind.STREAM]) + view[i : i + MAX_CHUNK])
+            for i in range(0, len(view), MAX_CHUNK)
+        ]

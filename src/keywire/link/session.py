@@ -24,9 +24,15 @@ from .sealed import Kind, SealedChannel
 READ_LIMIT = 1 << 20
 
 RELAY_CLOSE_REASONS = {
-    4000: "bad request", 4002: "rate limited", 4003: "peer gone", 4004: "idle",
-    4005: "replaced", 4006: "slow peer", 4007: "register auth failed",
-    4010: "not on the allowlist", 1001: "relay shutting down",
+    4000: "bad request",
+    4002: "rate limited",
+    4003: "peer gone",
+    4004: "idle",
+    4005: "replaced",
+    4006: "slow peer",
+    4007: "register auth failed",
+    4010: "not on the allowlist",
+    1001: "relay shutting down",
 }
 
 
@@ -47,9 +53,14 @@ class LinkPipe(Pipe):
     #: host side: which paired device this session belongs to
     key_id: bytes | None = None
 
-    def __init__(self, ws: WsConnection, channel: SealedChannel, peer: str,
-                 remote: RemoteIdentity | None = None,
-                 on_envelope: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        ws: WsConnection,
+        channel: SealedChannel,
+        peer: str,
+        remote: RemoteIdentity | None = None,
+        on_envelope: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._ws = ws
         self._channel = channel
         self.peer = peer

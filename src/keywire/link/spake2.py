@@ -134,8 +134,15 @@ class Spake2:
     ``scalar`` is injectable only so the RFC's vectors can be replayed.
     """
 
-    def __init__(self, role: Role, w: int, id_a: bytes, id_b: bytes, aad: bytes = b"",
-                 scalar: int | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        w: int,
+        id_a: bytes,
+        id_b: bytes,
+        aad: bytes = b"",
+        scalar: int | None = None,
+    ) -> None:
         if not 0 < w < ORDER:
             raise Spake2Error("w must be in 1..n-1")
         self.role = role
@@ -166,15 +173,26 @@ class Spake2:
         k_bytes = encode_point(k_point)
         p_a, p_b = (self._share, peer_share) if self.role is Role.A else (peer_share, self._share)
         transcript = b"".join(
-            _lv(part) for part in (self._id_a, self._id_b, p_a, bytes(p_b), k_bytes,
-                                   self._w.to_bytes(32, "big"))
+            _lv(part)
+            for part in (
+                self._id_a,
+                self._id_b,
+                p_a,
+                bytes(p_b),
+                k_bytes,
+                self._w.to_bytes(32, "big"),
+            )
         )
         digest = hashlib.sha256(transcript).digest()
         ke, ka = digest[:16], digest[16:]
         kc = HKDF(hashes.SHA256(), 32, salt=None, info=b"ConfirmationKeys" + self._aad).derive(ka)
         kca, kcb = kc[:16], kc[16:]
         self.result = Spake2Result(
-            transcript=transcript, ke=ke, ka=ka, kca=kca, kcb=kcb,
+            transcript=transcript,
+            ke=ke,
+            ka=ka,
+            kca=kca,
+            kcb=kcb,
             confirm_a=hmac.new(kca, transcript, hashlib.sha256).digest(),
             confirm_b=hmac.new(kcb, transcript, hashlib.sha256).digest(),
         )

@@ -111,8 +111,7 @@ class HostStore(TokenBook):
         if isinstance(devices, dict):
             for key_id, entry in devices.items():
                 try:
-                    tokens[from_b64u(key_id, 16, "keyId")] = from_b64u(entry["token"], 32,
-                                                                         "token")
+                    tokens[from_b64u(key_id, 16, "keyId")] = from_b64u(entry["token"], 32, "token")
                     info[key_id] = str(entry.get("paired", ""))
                 except (LinkProtocolError, KeyError, TypeError):
                     continue
@@ -120,8 +119,10 @@ class HostStore(TokenBook):
         return True
 
     def _save(self) -> None:
-        devices = {b64u(k): {"token": b64u(v), "paired": self._info.get(b64u(k), "")}
-                   for k, v in self.tokens.items()}
+        devices = {
+            b64u(k): {"token": b64u(v), "paired": self._info.get(b64u(k), "")}
+            for k, v in self.tokens.items()
+        }
         _write_private(self.path, {"address": self.address, "devices": devices})
         self._mtime = self.path.stat().st_mtime_ns / 1e9
 
@@ -171,9 +172,14 @@ class RecoveryStore:
         return w
 
     def save(self, w: int) -> None:
-        _write_private(self.path, {
-            "address": self.address, "w": b64u(w.to_bytes(32, "big")),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        _write_private(
+            self.path,
+            {
+                "address": self.address,
+                "w": b64u(w.to_bytes(32, "big")),
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
 
     def forget(self) -> bool:
         try:

@@ -192,8 +192,12 @@ class Credential:
     key_id: bytes
 
     def to_json(self) -> dict[str, str]:
-        return {"address": self.address, "hostStaticPub": b64u(self.host_static),
-                "token": b64u(self.token), "keyId": b64u(self.key_id)}
+        return {
+            "address": self.address,
+            "hostStaticPub": b64u(self.host_static),
+            "token": b64u(self.token),
+            "keyId": b64u(self.key_id),
+        }
 
     @classmethod
     def from_json(cls, data: object) -> Credential:
@@ -202,9 +206,12 @@ class Credential:
         address = data.get("address")
         if not isinstance(address, str) or not 1 <= len(address) <= MAX_WELCOME_ADDRESS:
             raise LinkProtocolError("credential address must be 1..256 characters")
-        return cls(address, from_b64u(data.get("hostStaticPub", ""), STATIC_SIZE, "hostStaticPub"),
-                   from_b64u(data.get("token", ""), TOKEN_SIZE, "token"),
-                   from_b64u(data.get("keyId", ""), KEY_ID_SIZE, "keyId"))
+        return cls(
+            address,
+            from_b64u(data.get("hostStaticPub", ""), STATIC_SIZE, "hostStaticPub"),
+            from_b64u(data.get("token", ""), TOKEN_SIZE, "token"),
+            from_b64u(data.get("keyId", ""), KEY_ID_SIZE, "keyId"),
+        )
 
 
 def encode_welcome(credential: Credential) -> bytes:
@@ -212,8 +219,13 @@ def encode_welcome(credential: Credential) -> bytes:
     address = credential.address.encode()
     if len(address) > MAX_WELCOME_ADDRESS:
         raise LinkProtocolError("welcome address longer than 256 bytes")
-    return (struct.pack(">I", len(address)) + address + credential.host_static
-            + credential.token + credential.key_id)
+    return (
+        struct.pack(">I", len(address))
+        + address
+        + credential.host_static
+        + credential.token
+        + credential.key_id
+    )
 
 
 def decode_welcome(data: bytes) -> Credential:
@@ -230,8 +242,9 @@ def decode_welcome(data: bytes) -> Credential:
     except UnicodeDecodeError:
         raise LinkProtocolError("welcome address is not UTF-8") from None
     at = 4 + size
-    return Credential(address, bytes(data[at : at + 32]), bytes(data[at + 32 : at + 64]),
-                      bytes(data[at + 64 :]))
+    return Credential(
+        address, bytes(data[at : at + 32]), bytes(data[at + 32 : at + 64]), bytes(data[at + 64 :])
+    )
 
 
 def transport_keys(ke: bytes, transcript_hash: bytes) -> tuple[bytes, bytes]:

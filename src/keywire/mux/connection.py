@@ -156,8 +156,9 @@ class MuxStream(Stream):
 class MuxConnection(Connection):
     """Many streams over one pipe. The dialer is the yamux client (odd stream ids)."""
 
-    def __init__(self, pipe: Pipe, *, client: bool, config: MuxConfig | None = None,
-                 address: str = "") -> None:
+    def __init__(
+        self, pipe: Pipe, *, client: bool, config: MuxConfig | None = None, address: str = ""
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._pipe = pipe
         self._session = MuxSession(client=client, config=config, now=self._loop.time())
@@ -278,8 +279,9 @@ class MuxConnection(Connection):
 
     def _send(self, stream_id: int, data: memoryview) -> int:
         if self._error is not None:
-            raise StreamError(self._stream_code(self._error), str(self._error),
-                              remote=self._error.remote)
+            raise StreamError(
+                self._stream_code(self._error), str(self._error), remote=self._error.remote
+            )
         sent = self._session.send(stream_id, data)
         if sent:
             self._pump()
@@ -323,8 +325,7 @@ class MuxConnection(Connection):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = None if deadline is None else self._loop.call_at(deadline,
-                                                                           self._on_timer)
+            self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, DataReceived):
@@ -354,8 +355,9 @@ class MuxConnection(Connection):
         elif isinstance(event, SendingStopped):
             stream = self._by_id.get(event.stream_id)
             if stream is not None:
-                stream._fail_writes(StreamError(
-                    event.code, "the peer stopped reading (stop-sending)", remote=True))
+                stream._fail_writes(
+                    StreamError(event.code, "the peer stopped reading (stop-sending)", remote=True)
+                )
         elif isinstance(event, StreamClosed):
             self._by_id.pop(event.stream_id, None)
             self._wake_one(self._open_waiters)
@@ -384,8 +386,9 @@ class MuxConnection(Connection):
 
     def _terminated(self, event: ConnectionTerminated) -> None:
         self._error = event.error()
-        stream_error = StreamError(self._stream_code(self._error),
-                                   f"connection ended: {event.reason}", remote=event.remote)
+        stream_error = StreamError(
+            self._stream_code(self._error), f"connection ended: {event.reason}", remote=event.remote
+        )
         for stream in list(self._by_id.values()):
             stream._connection_ended(stream_error)
         self._by_id.clear()

@@ -88,8 +88,9 @@ def encode_header(frame_type: int, flags: int, stream_id: int, length: int) -> b
     return HEADER.pack(VERSION, frame_type, flags, stream_id, length)
 
 
-def decode_header(data: bytes | bytearray | memoryview, offset: int = 0, *,
-                  max_data: int = MAX_UINT32) -> Header:
+def decode_header(
+    data: bytes | bytearray | memoryview, offset: int = 0, *, max_data: int = MAX_UINT32
+) -> Header:
     """Parse the header at ``offset``; ``max_data`` bounds a Data frame's payload length."""
     if len(data) - offset < HEADER_SIZE:
         got = max(0, len(data) - offset)

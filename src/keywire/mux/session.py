@@ -84,11 +84,13 @@ class MuxConfig:
         if self.max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, not {self.max_streams}")
         if not INITIAL_WINDOW <= self.window <= MAX_WINDOW:
-            raise ValueError(f"mux window must be {INITIAL_WINDOW}..{MAX_WINDOW} bytes, "
-                             f"not {self.window}")
+            raise ValueError(
+                f"mux window must be {INITIAL_WINDOW}..{MAX_WINDOW} bytes, not {self.window}"
+            )
         if not self.window <= self.max_window <= MAX_WINDOW:
-            raise ValueError(f"mux max_window must be {self.window}..{MAX_WINDOW} bytes, "
-                             f"not {self.max_window}")
+            raise ValueError(
+                f"mux max_window must be {self.window}..{MAX_WINDOW} bytes, not {self.max_window}"
+            )
         if self.connection_window < 0:
             raise ValueError("connection_window must not be negative")
         if not 1 <= self.max_frame <= MAX_UINT32:
@@ -168,15 +170,34 @@ class ConnectionTerminated:
         return ConnectionClosed(self.code, self.reason, remote=self.remote)
 
 
-Event = (StreamOpened | DataReceived | StreamFinished | StreamReset | SendingStopped
-         | SendWindowIncreased | StreamClosed | ConnectionTerminated)
+Event = (
+    StreamOpened
+    | DataReceived
+    | StreamFinished
+    | StreamReset
+    | SendingStopped
+    | SendWindowIncreased
+    | StreamClosed
+    | ConnectionTerminated
+)
 
 
 class _StreamState:
     """Per-stream accounting. ``recv_window`` is the credit the peer still holds."""
 
-    __slots__ = ("acked", "granted_at", "id", "local", "recv_closed", "recv_stopped",
-                 "recv_unacked", "recv_window", "send_closed", "send_window", "window")
+    __slots__ = (
+        "acked",
+        "granted_at",
+        "id",
+        "local",
+        "recv_closed",
+        "recv_stopped",
+        "recv_unacked",
+        "recv_window",
+        "send_closed",
+        "send_window",
+        "window",
+    )
 
     def __init__(self, stream_id: int, *, local: bool, window: int, now: float) -> None:
         self.id = stream_id
@@ -243,8 +264,11 @@ class MuxSession:
     @property
     def can_open_stream(self) -> bool:
         """False while ``max_streams`` of our streams are open (we assume the peer's limit)."""
-        return (self._terminated is None and self._outbound < self.config.max_streams
-                and self._next_id <= MAX_UINT32)
+        return (
+            self._terminated is None
+            and self._outbound < self.config.max_streams
+            and self._next_id <= MAX_UINT32
+        )
 
     @property
     def stream_count(self) -> int:
@@ -317,13 +341,15 @@ class MuxSession:
         if self._next_id > MAX_UINT32:
             raise StreamError(Code.QUEUE_FULL, "this connection has used all its stream ids")
         if self._outbound >= self.config.max_streams:
-            raise StreamError(Code.QUEUE_FULL,
-                              f"{self._outbound} streams open, the limit is "
-                              f"{self.config.max_streams}")
+            raise StreamError(
+                Code.QUEUE_FULL,
+                f"{self._outbound} streams open, the limit is {self.config.max_streams}",
+            )
         stream_id = self._next_id
         self._next_id += 2
-        self._add_stream(_StreamState(stream_id, local=True, window=self.config.window,
-                                      now=self._now))
+        self._add_stream(
+            _StreamState(stream_id, local=True, window=self.config.window, now=self._now)
+        )
         self._frame(_WINDOW, _SYN, stream_id, self.config.window - INITIAL_WINDOW)
         return stream_id
 
@@ -432,8 +458,12 @@ class MuxSession:
     def receive_eof(self) -> None:
         """The pipe ended. Without a GoAway first, that is a network error."""
         where = " in the middle of a frame" if self._partial or self._payload_left else ""
-        self._terminate(Code.NETWORK_ERROR, remote=False, go_away=False,
-                        reason=f"the pipe ended{where} without a GoAway")
+        self._terminate(
+            Code.NETWORK_ERROR,
+            remote=False,
+            go_away=False,
+            reason=f"the pipe ended{where} without a GoAway",
+        )
 
     def connection_lost(self, code: int, reason: str) -> None:
         """The pipe failed (``code`` is usually network-error)."""
@@ -447,8 +477,12 @@ class MuxSession:
         timeout = self.config.keepalive_timeout
         if self._ping_outstanding is not None:
             if self.config.keepalive_interval is not None and now >= self._ping_sent_at + timeout:
-                self._terminate(Code.TIMEOUT, remote=False, go_away=True,
-                                reason=f"no answer to a keep-alive ping within {timeout:g} s")
+                self._terminate(
+                    Code.TIMEOUT,
+                    remote=False,
+                    go_away=True,
+                    reason=f"no answer to a keep-alive ping within {timeout:g} s",
+                )
         elif self._ping_due is not None and now >= self._ping_due:
             self._send_ping(now)
 
@@ -482,7 +516,7 @@ class MuxSession:
                 n = left if left <= end - pos else end - pos
                 st = self._payload_stream
                 if st is not None and self._payload_deliver:
-                    chunk = data if n == end else bytes(view[pos:pos + n])
+                    chunk = data if n == end else bytes(view[pos : pos + n])
                     self._events.append(DataReceived(st.id, chunk))
                 pos += n
                 self._payload_left = left - n
@@ -516,13 +550,13 @@ class MuxSession:
             if stream_id <= self._peer_last_id:
                 raise MuxProtocolError(
                     f"peer opened stream {stream_id} again (ids must grow; last was "
-                    f"{self._peer_last_id})")
+                    f"{self._peer_last_id})"
+                )
             self._peer_last_id = stream_id
             if self._inbound >= self.config.max_streams:
                 self._answer(_WINDOW, _RST, stream_id, encode_code(Code.QUEUE_FULL))
                 return None
-            opened = _StreamState(stream_id, local=False, window=self.config.window,
-                                  now=self._now)
+            opened = _StreamState(stream_id, local=False, window=self.config.window, now=self._now)
             self._add_stream(opened)
             self._answer(_WINDOW, _ACK, stream_id, self.config.window - INITIAL_WINDOW)
             self._events.append(StreamOpened(stream_id))
@@ -550,8 +584,8 @@ class MuxSession:
                 raise MuxProtocolError(f"stream {stream_id}: data after the peer ended its half")
             if length > st.recv_window:
                 raise MuxProtocolError(
-                    f"stream {stream_id}: {length} bytes sent with only {st.recv_window} "
-                    f"of window")
+                    f"stream {stream_id}: {length} bytes sent with only {st.recv_window} of window"
+                )
             st.recv_window -= length
             self._payload_deliver = not st.recv_stopped
         self._payload_stream = st
@@ -568,8 +602,10 @@ class MuxSession:
         if flags & _STOP:
             code = decode_code(value)
             if code is None:
-                raise MuxProtocolError(f"stream {stream_id}: STOP_SENDING without a code field "
-                                       f"(length {value} is below {CODE_BASE:#x})")
+                raise MuxProtocolError(
+                    f"stream {stream_id}: STOP_SENDING without a code field "
+                    f"(length {value} is below {CODE_BASE:#x})"
+                )
             self._on_stop_sending(st, code, value)
         elif value:
             window = st.send_window + value
@@ -639,8 +675,9 @@ class MuxSession:
             raise MuxProtocolError(f"GoAway on stream {stream_id} (GoAway uses stream 0)")
         code = decode_go_away(value)
         label = Code.from_wire(code).label
-        self._terminate(code, remote=True, go_away=False,
-                        reason=f"peer closed the connection ({label})")
+        self._terminate(
+            code, remote=True, go_away=False, reason=f"peer closed the connection ({label})"
+        )
 
     def _terminate(self, code: int, *, remote: bool, reason: str, go_away: bool) -> None:
         if self._terminated is not None:

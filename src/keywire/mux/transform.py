@@ -29,7 +29,7 @@ def config_from_options(options: Options) -> MuxConfig:
     """``max_streams`` from Options, windows and keep-alive from ``options.extra['mux.*']``."""
     fields: dict[str, Any] = {"max_streams": options.max_streams}
     try:
-        extra = read_settings(options, "mux.", (k[len("mux."):] for k in EXTRA_KEYS))
+        extra = read_settings(options, "mux.", (k[len("mux.") :] for k in EXTRA_KEYS))
     except ValueError as exc:
         raise KeywireError(f"mux: {exc}") from None
     for name, value in extra.items():
@@ -50,17 +50,21 @@ class MuxTransform(Transform):
 
     name = "mux"
 
-    async def client(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def client(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         _check_section(section)
-        return MuxConnection(pipe, client=True, config=config_from_options(options),
-                             address=address)
+        return MuxConnection(
+            pipe, client=True, config=config_from_options(options), address=address
+        )
 
-    async def server(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe | Connection:
+    async def server(
+        self, pipe: Pipe, section: Section, options: Options, address: str
+    ) -> Pipe | Connection:
         _check_section(section)
-        return MuxConnection(pipe, client=False, config=config_from_options(options),
-                             address=address)
+        return MuxConnection(
+            pipe, client=False, config=config_from_options(options), address=address
+        )
 
     def announce(self, section: Section, options: Options) -> Section:
         return Section("mux")

@@ -97,8 +97,9 @@ class BoxStreamEncoder:
         self._ended = True
         out = bytearray(HEADER_LENGTH)
         with ffi.from_buffer(out) as dst:
-            lib.crypto_secretbox_easy(dst, _GOODBYE_PLAIN, _HEADER_PLAIN,
-                                      _nonce(self._counter), self._key)
+            lib.crypto_secretbox_easy(
+                dst, _GOODBYE_PLAIN, _HEADER_PLAIN, _nonce(self._counter), self._key
+            )
         return bytes(out)
 
 
@@ -175,8 +176,9 @@ class BoxStreamDecoder:
                     if available - read < HEADER_LENGTH:
                         break
                     if unseal(header, src + read, HEADER_LENGTH, _nonce(counter), key) != 0:
-                        self._error = BoxStreamError(Code.PROTOCOL_ERROR,
-                                                     "box-stream: invalid header")
+                        self._error = BoxStreamError(
+                            Code.PROTOCOL_ERROR, "box-stream: invalid header"
+                        )
                         break
                     body_length = header[0] << 8 | header[1]
                     if body_length == 0 and ffi.buffer(header)[2:] == _GOODBYE_PLAIN[2:]:
@@ -190,10 +192,17 @@ class BoxStreamDecoder:
                     read += _HEADER_PLAIN
                 if available - read < MAC_LENGTH + body_length:
                     break
-                if unseal(dst + written, src + read, MAC_LENGTH + body_length,
-                          _nonce(counter + 1), key) != 0:
-                    self._error = BoxStreamError(Code.PROTOCOL_ERROR,
-                                                 "box-stream: invalid packet")
+                if (
+                    unseal(
+                        dst + written,
+                        src + read,
+                        MAC_LENGTH + body_length,
+                        _nonce(counter + 1),
+                        key,
+                    )
+                    != 0
+                ):
+                    self._error = BoxStreamError(Code.PROTOCOL_ERROR, "box-stream: invalid packet")
                     break
                 read += MAC_LENGTH + body_length
                 written += body_length

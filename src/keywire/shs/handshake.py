@@ -56,8 +56,9 @@ class SessionKeys:
 def _keys_of(transcript: Transcript) -> SessionKeys:
     enc_key, enc_nonce, dec_key, dec_nonce = transcript.box_keys()
     assert transcript.remote_public is not None
-    return SessionKeys(enc_key, enc_nonce, dec_key, dec_nonce, transcript.remote_public,
-                       transcript.local_public)
+    return SessionKeys(
+        enc_key, enc_nonce, dec_key, dec_nonce, transcript.remote_public, transcript.local_public
+    )
 
 
 def _check_key(value: bytes, what: str) -> bytes:
@@ -190,8 +191,14 @@ class ShsClient(_Machine):
 
     side = "client"
 
-    def __init__(self, app_key: bytes, seed: bytes, server_public_key: bytes, *,
-                 ephemeral_random: bytes | None = None) -> None:
+    def __init__(
+        self,
+        app_key: bytes,
+        seed: bytes,
+        server_public_key: bytes,
+        *,
+        ephemeral_random: bytes | None = None,
+    ) -> None:
         app_key = _check_key(app_key, "the app key")
         server_public_key = _check_key(server_public_key, "the server's public key")
         _, secret = keypair_from_seed(_check_key(seed, "the client's Ed25519 seed"))
@@ -220,18 +227,27 @@ class ShsClient(_Machine):
         if self._phase is _Phase.CHALLENGE:
             if not t.client_verify_challenge(message):
                 if t.remote_public is not None and _curve_public(t.remote_public) is None:
-                    bad_key = self._fail(2, "the server key we dialed is not a valid Ed25519 "
-                                            "public key (no usable curve point): check the "
-                                            "address's shs:KEY")
+                    bad_key = self._fail(
+                        2,
+                        "the server key we dialed is not a valid Ed25519 "
+                        "public key (no usable curve point): check the "
+                        "address's shs:KEY",
+                    )
                     bad_key.permanent = True  # no other round can make the key valid
                     raise bad_key
-                raise self._fail(2, "the server's challenge is invalid (phase 2): it uses a "
-                                    "different application cap (app key), or does not speak shs")
+                raise self._fail(
+                    2,
+                    "the server's challenge is invalid (phase 2): it uses a "
+                    "different application cap (app key), or does not speak shs",
+                )
             self._phase = _Phase.AUTH
             return t.client_create_auth()
         if not t.client_verify_accept(message):
-            raise self._fail(4, "the server's accept is invalid (phase 4): it did not sign our "
-                                "hello with the key we dialed")
+            raise self._fail(
+                4,
+                "the server's accept is invalid (phase 4): it did not sign our "
+                "hello with the key we dialed",
+            )
         self._finish()
         return b""
 
@@ -242,12 +258,16 @@ class ShsClient(_Machine):
 
     def _hangup_reason(self, partial: int) -> tuple[int, str]:
         if self._phase is _Phase.CHALLENGE:
-            return 1, ("the server hung up after our challenge (phase 1)"
-                       f"{_partial(partial, CHALLENGE_LENGTH)}: different application cap "
-                       "(app key)? or the server is busy or does not speak shs")
-        return 3, ("the server hung up after our hello (phase 3)"
-                   f"{_partial(partial, SERVER_ACCEPT_LENGTH)}: we dialed a wrong number "
-                   "(wrong server key), or the server does not authorize us")
+            return 1, (
+                "the server hung up after our challenge (phase 1)"
+                f"{_partial(partial, CHALLENGE_LENGTH)}: different application cap "
+                "(app key)? or the server is busy or does not speak shs"
+            )
+        return 3, (
+            "the server hung up after our hello (phase 3)"
+            f"{_partial(partial, SERVER_ACCEPT_LENGTH)}: we dialed a wrong number "
+            "(wrong server key), or the server does not authorize us"
+        )
 
 
 class ShsServer(_Machine):
@@ -257,8 +277,9 @@ class ShsServer(_Machine):
 
     side = "server"
 
-    def __init__(self, app_key: bytes, seed: bytes, *,
-                 ephemeral_random: bytes | None = None) -> None:
+    def __init__(
+        self, app_key: bytes, seed: bytes, *, ephemeral_random: bytes | None = None
+    ) -> None:
         app_key = _check_key(app_key, "the app key")
         _, secret = keypair_from_seed(_check_key(seed, "the server's Ed25519 seed"))
         random = ephemeral_random if ephemeral_random is not None else secrets.token_bytes(32)
@@ -276,8 +297,7 @@ class ShsServer(_Machine):
         return self._transcript.remote_public
 
     def authorize(self, allowed: bool) -> bytes:
-        """The application's verdict: message 4 to send, or ``ShsHandshakeError`` (send nothing).
-        """
+        """The application's verdict: message 4 to send, or ``ShsHandshakeError`` (send nothing)."""
         if self._phase is not _Phase.AUTHORIZING:
             raise RuntimeError("authorize() outside the authorization step")
         if not allowed:
@@ -298,13 +318,19 @@ class ShsServer(_Machine):
         t = self._transcript
         if self._phase is _Phase.CHALLENGE:
             if not t.verify_challenge(message):
-                raise self._fail(1, "the client's challenge is invalid (phase 1): it uses a "
-                                    "different application cap (app key), or does not speak shs")
+                raise self._fail(
+                    1,
+                    "the client's challenge is invalid (phase 1): it uses a "
+                    "different application cap (app key), or does not speak shs",
+                )
             self._phase = _Phase.AUTH
             return t.challenge()
         if not t.server_verify_auth(message):
-            raise self._fail(3, "the client's hello is invalid (phase 3): it dialed a wrong "
-                                "number (no server with this key here) or forged its signature")
+            raise self._fail(
+                3,
+                "the client's hello is invalid (phase 3): it dialed a wrong "
+                "number (no server with this key here) or forged its signature",
+            )
         self._phase = _Phase.AUTHORIZING
         return b""
 
@@ -317,9 +343,13 @@ class ShsServer(_Machine):
 
     def _hangup_reason(self, partial: int) -> tuple[int, str]:
         if self._phase is _Phase.CHALLENGE:
-            return 1, ("the client hung up before its challenge (phase 1)"
-                       f"{_partial(partial, CHALLENGE_LENGTH)}")
+            return 1, (
+                "the client hung up before its challenge (phase 1)"
+                f"{_partial(partial, CHALLENGE_LENGTH)}"
+            )
         if self._phase is _Phase.AUTH:
-            return 3, ("the client hung up before its hello (phase 3)"
-                       f"{_partial(partial, CLIENT_AUTH_LENGTH)}")
+            return 3, (
+                "the client hung up before its hello (phase 3)"
+                f"{_partial(partial, CLIENT_AUTH_LENGTH)}"
+            )
         return 3, "the client hung up while we were deciding whether to authorize it"

@@ -56,8 +56,10 @@ def ephemeral_from_random(random: bytes) -> tuple[bytes, bytes]:
     vectors reproducible (on the wire any X25519 pair would do).
     """
     pk, sk = keypair_from_seed(random)
-    return (bytes(crypto_sign_ed25519_pk_to_curve25519(pk)),
-            bytes(crypto_sign_ed25519_sk_to_curve25519(sk)))
+    return (
+        bytes(crypto_sign_ed25519_pk_to_curve25519(pk)),
+        bytes(crypto_sign_ed25519_sk_to_curve25519(sk)),
+    )
 
 
 def _shared(secret: bytes, public: bytes) -> bytes | None:
@@ -122,14 +124,22 @@ class Transcript:
     remote_hello: bytes | None = None
 
     @classmethod
-    def start(cls, app_key: bytes, local_secret: bytes, random: bytes,
-              remote_public: bytes | None = None) -> Transcript:
+    def start(
+        cls, app_key: bytes, local_secret: bytes, random: bytes, remote_public: bytes | None = None
+    ) -> Transcript:
         """A fresh transcript (``initialize``): ephemeral keys from ``random``."""
         _expect_length(app_key, 32, "the app key")
         _expect_length(local_secret, 64, "an Ed25519 secret key")
         kx_public, kx_secret = ephemeral_from_random(random)
-        return cls(app_key, local_secret[32:], local_secret, kx_public, kx_secret,
-                   auth_tag(app_key, kx_public), remote_public=remote_public)
+        return cls(
+            app_key,
+            local_secret[32:],
+            local_secret,
+            kx_public,
+            kx_secret,
+            auth_tag(app_key, kx_public),
+            remote_public=remote_public,
+        )
 
     # -- both sides ---------------------------------------------------------------------------
     def challenge(self) -> bytes:
@@ -165,8 +175,9 @@ class Transcript:
             return False
         self.a_bob = a_bob
         self.secret2 = sha256(self.app_key + self.secret + a_bob)
-        signature = crypto_sign(self.app_key + self.remote_public + self.shash,
-                                self.local_secret)[:64]
+        signature = crypto_sign(self.app_key + self.remote_public + self.shash, self.local_secret)[
+            :64
+        ]
         self.local_hello = bytes(signature) + self.local_public
         return True
 
@@ -181,8 +192,9 @@ class Transcript:
         assert self.remote_kx_public is not None and self.remote_public is not None
         assert self.secret is not None and self.a_bob is not None and self.shash is not None
         assert self.local_hello is not None
-        b_alice = _shared(bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)),
-                          self.remote_kx_public)
+        b_alice = _shared(
+            bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)), self.remote_kx_public
+        )
         if b_alice is None:
             return False
         self.b_alice = b_alice
@@ -190,8 +202,9 @@ class Transcript:
         signature = _open_box(message, self.secret3)
         if signature is None:
             return False
-        return _signature_ok(signature, self.app_key + self.local_hello + self.shash,
-                             self.remote_public)
+        return _signature_ok(
+            signature, self.app_key + self.local_hello + self.shash, self.remote_public
+        )
 
     # -- server -------------------------------------------------------------------------------
     def server_verify_auth(self, message: bytes) -> bool:
@@ -199,8 +212,9 @@ class Transcript:
         _expect_length(message, CLIENT_AUTH_LENGTH, "the client auth")
         assert self.remote_kx_public is not None and self.secret is not None
         assert self.shash is not None
-        a_bob = _shared(bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)),
-                        self.remote_kx_public)
+        a_bob = _shared(
+            bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)), self.remote_kx_public
+        )
         if a_bob is None:
             return False
         self.a_bob = a_bob
@@ -209,8 +223,9 @@ class Transcript:
         if hello is None:
             return False
         signature, client_public = hello[:64], hello[64:]
-        if not _signature_ok(signature, self.app_key + self.local_public + self.shash,
-                             client_public):
+        if not _signature_ok(
+            signature, self.app_key + self.local_public + self.shash, client_public
+        ):
             return False
         curve = _curve_public(client_public)
         b_alice = None if curve is None else _shared(self.local_kx_secret, curve)
@@ -224,8 +239,9 @@ class Transcript:
         """Message 4: sign K‖hello‖H(ab) and box it under secret3."""
         assert self.remote_hello is not None and self.shash is not None
         assert self.secret3 is not None
-        signature = crypto_sign(self.app_key + self.remote_hello + self.shash,
-                                self.local_secret)[:64]
+        signature = crypto_sign(self.app_key + self.remote_hello + self.shash, self.local_secret)[
+            :64
+        ]
         return bytes(crypto_secretbox_easy(bytes(signature), _ZERO_NONCE, self.secret3))
 
     # -- after both sides agree ---------------------------------------------------------------
@@ -242,5 +258,9 @@ class Transcript:
         """
         assert self.remote_public is not None and self.remote_app_mac is not None
         secret = self.session_secret()
-        return (sha256(secret + self.remote_public), self.remote_app_mac[:24],
-                sha256(secret + self.local_public), self.local_app_mac[:24])
+        return (
+            sha256(secret + self.remote_public),
+            self.remote_app_mac[:24],
+            sha256(secret + self.local_public),
+            self.local_app_mac[:24],
+        )

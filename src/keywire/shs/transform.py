@@ -57,15 +57,19 @@ def parse_section(section: Section) -> tuple[bytes, bytes | None]:
     try:
         key = decode_key(section.args[0], "the shs server key")
     except ValueError as exc:
-        raise AddressError(text, len(section.name) + 1, f"a base64 public key of 32 bytes "
-                           f"({exc})") from None
+        raise AddressError(
+            text, len(section.name) + 1, f"a base64 public key of 32 bytes ({exc})"
+        ) from None
     seed: bytes | None = None
     if len(section.args) > 1 and section.args[1]:
         try:
             seed = decode_key(section.args[1], "the shs seed")
         except ValueError as exc:
-            raise AddressError(text, len(section.name) + 2 + len(section.args[0]),
-                               f"a base64 seed of 32 bytes ({exc})") from None
+            raise AddressError(
+                text,
+                len(section.name) + 2 + len(section.args[0]),
+                f"a base64 seed of 32 bytes ({exc})",
+            ) from None
     return key, seed
 
 
@@ -95,8 +99,9 @@ async def _send(pipe: Pipe, side: str, data: bytes) -> None:
         raise ShsHandshakeError(side, 0, f"transport failed: {exc}") from None
 
 
-async def client_handshake(pipe: Pipe, app_key: bytes, seed: bytes, server_key: bytes,
-                           timeout: float | None = 5.0) -> tuple[SessionKeys, bytes]:
+async def client_handshake(
+    pipe: Pipe, app_key: bytes, seed: bytes, server_key: bytes, timeout: float | None = 5.0
+) -> tuple[SessionKeys, bytes]:
     """Run shs1 as the client over ``pipe``; returns the keys and any early box-stream bytes."""
     machine = ShsClient(app_key, seed, server_key)
     try:
@@ -118,8 +123,9 @@ async def _ask(authorize: object, public_key: bytes) -> bool:
     return bool(verdict)
 
 
-async def server_handshake(pipe: Pipe, app_key: bytes, seed: bytes, authorize: object = None,
-                           timeout: float | None = 5.0) -> tuple[SessionKeys, bytes]:
+async def server_handshake(
+    pipe: Pipe, app_key: bytes, seed: bytes, authorize: object = None, timeout: float | None = 5.0
+) -> tuple[SessionKeys, bytes]:
     """Run shs1 as the server; any failure hangs up silently and raises ``HandshakeError``."""
     machine = ShsServer(app_key, seed)
     try:
@@ -131,8 +137,9 @@ async def server_handshake(pipe: Pipe, app_key: bytes, seed: bytes, authorize: o
             raise machine.timed_out(timeout or 0) from None
         except Exception as exc:
             who = base64.b64encode(machine.client_public_key).decode()
-            raise ShsHandshakeError("server", 3, f"authorizing @{who}.ed25519 failed: "
-                                                 f"{type(exc).__name__}: {exc}") from exc
+            raise ShsHandshakeError(
+                "server", 3, f"authorizing @{who}.ed25519 failed: {type(exc).__name__}: {exc}"
+            ) from exc
         await _send(pipe, "server", machine.authorize(allowed))
     except BaseException:
         pipe.abort()
@@ -196,7 +203,7 @@ class BoxStreamPipe(Pipe):
             return self._pending
         take = available if max_bytes < 0 else min(max_bytes, available)
         self._offset = start + take
-        return self._pending[start:start + take]
+        return self._pending[start : start + take]
 
     async def write(self, data: bytes) -> None:
         if self._write_closed:
@@ -206,7 +213,7 @@ class BoxStreamPipe(Pipe):
             for start in range(0, len(view), _WRITE_SLICE):
                 if self._write_closed:
                     raise StreamError(Code.CLOSED, "write after close_write")
-                await self._inner.write(self._encoder.encode(view[start:start + _WRITE_SLICE]))
+                await self._inner.write(self._encoder.encode(view[start : start + _WRITE_SLICE]))
 
     async def close_write(self) -> None:
         """Send the goodbye (the authenticated EOF), then half-close the inner pipe.
@@ -244,20 +251,23 @@ class ShsTransform(Transform):
 
     name = "shs"
 
-    async def client(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe:
+    async def client(self, pipe: Pipe, section: Section, options: Options, address: str) -> Pipe:
         server_key, seed = parse_section(section)
         if seed is None:
             seed = options.need_identity().ed25519_seed
-        keys, early = await client_handshake(pipe, app_key_bytes(options.app_key), seed,
-                                             server_key, options.handshake_timeout)
+        keys, early = await client_handshake(
+            pipe, app_key_bytes(options.app_key), seed, server_key, options.handshake_timeout
+        )
         return BoxStreamPipe(pipe, keys, early)
 
-    async def server(self, pipe: Pipe, section: Section, options: Options,
-                     address: str) -> Pipe:
-        keys, early = await server_handshake(pipe, app_key_bytes(options.app_key),
-                                             options.need_identity().ed25519_seed,
-                                             options.authorize, options.handshake_timeout)
+    async def server(self, pipe: Pipe, section: Section, options: Options, address: str) -> Pipe:
+        keys, early = await server_handshake(
+            pipe,
+            app_key_bytes(options.app_key),
+            options.need_identity().ed25519_seed,
+            options.authorize,
+            options.handshake_timeout,
+        )
         return BoxStreamPipe(pipe, keys, early)
 
     def check(self, section: Section) -> None:
@@ -267,12 +277,16 @@ class ShsTransform(Transform):
         """``shs:<our base64 public key>``; a listen spec naming another key is an error."""
         own = options.need_identity().shs_id
         if section.args and section.args[0] and section.args[0] != own:
-            raise AddressError(format_section(section), len(section.name) + 1,
-                               f"this identity's key {own} (or no key) in a listen spec")
+            raise AddressError(
+                format_section(section),
+                len(section.name) + 1,
+                f"this identity's key {own} (or no key) in a listen spec",
+            )
         return Section(self.name, (own,))
 
-    def peer_section(self, section: Section, result: Pipe | Connection,
-                     options: Options) -> Section:
+    def peer_section(
+        self, section: Section, result: Pipe | Connection, options: Options
+    ) -> Section:
         """``shs:<the client's key>``: what the handshake proved about the peer."""
         key = result.remote.shs_id if isinstance(result, Pipe) else None
         return Section(self.name, (key,)) if key else self.announce(section, options)

@@ -30,31 +30,76 @@ with the store.cafile setting). With --token-file, or $KEYWIRE_MAP_TOKEN, every 
 
 def add_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "map-server", help=HELP, description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="TCP port; 0 picks a free one (default 0)")
-    parser.add_argument("--db", metavar="PATH", default=None,
-                        help="SQLite file that keeps entries across restarts")
-    parser.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
-                        help="lifetime of an entry after its last put (default 3600)")
-    parser.add_argument("--max-value", type=int, default=1 << 16, metavar="BYTES",
-                        help="largest value accepted, larger puts get 413 (default 65536)")
-    parser.add_argument("--max-bytes", type=int, default=256 << 20, metavar="BYTES",
-                        help="total bytes stored before puts get 507 (default 256 MiB)")
-    parser.add_argument("--max-waiters", type=int, default=4096, metavar="N",
-                        help="long-poll gets waiting at once before 503 (default 4096)")
-    parser.add_argument("--cert", metavar="FILE", default=None,
-                        help="PEM certificate chain: serve https (needs --key)")
-    parser.add_argument("--key", metavar="FILE", default=None,
-                        help="PEM private key of --cert")
-    parser.add_argument("--token-file", metavar="FILE", default=None,
-                        help="file holding the bearer token every write must carry "
-                             f"(default: ${TOKEN_ENV} if set; without either, writes are open)")
-    parser.add_argument("--token-read", action="store_true",
-                        help="reads need the token too (default: anyone may read)")
+        "map-server",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="TCP port; 0 picks a free one (default 0)"
+    )
+    parser.add_argument(
+        "--db", metavar="PATH", default=None, help="SQLite file that keeps entries across restarts"
+    )
+    parser.add_argument(
+        "--ttl",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of an entry after its last put (default 3600)",
+    )
+    parser.add_argument(
+        "--max-value",
+        type=int,
+        default=1 << 16,
+        metavar="BYTES",
+        help="largest value accepted, larger puts get 413 (default 65536)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=256 << 20,
+        metavar="BYTES",
+        help="total bytes stored before puts get 507 (default 256 MiB)",
+    )
+    parser.add_argument(
+        "--max-waiters",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="long-poll gets waiting at once before 503 (default 4096)",
+    )
+    parser.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections one source IP may hold; more are refused (default 256)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=None,
+        help="PEM certificate chain: serve https (needs --key)",
+    )
+    parser.add_argument("--key", metavar="FILE", default=None, help="PEM private key of --cert")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=None,
+        help="file holding the bearer token every write must carry "
+        f"(default: ${TOKEN_ENV} if set; without either, writes are open)",
+    )
+    parser.add_argument(
+        "--token-read",
+        action="store_true",
+        help="reads need the token too (default: anyone may read)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -63,8 +108,13 @@ async def run(args: argparse.Namespace) -> int:
         print(f"keywire map-server: --port {args.port} is not a port", file=sys.stderr)
         return 2
     if args.ttl <= 0 or args.max_value < 1 or args.max_bytes < args.max_value:
-        print("keywire map-server: need --ttl > 0 and 1 <= --max-value <= --max-bytes",
-              file=sys.stderr)
+        print(
+            "keywire map-server: need --ttl > 0 and 1 <= --max-value <= --max-bytes",
+            file=sys.stderr,
+        )
+        return 2
+    if args.max_connections_per_ip < 1:
+        print("keywire map-server: --max-connections-per-ip must be at least 1", file=sys.stderr)
         return 2
     if (args.cert is None) != (args.key is None):
         print("keywire map-server: --cert and --key go together", file=sys.stderr)
@@ -76,26 +126,46 @@ async def run(args: argparse.Namespace) -> int:
         print(f"keywire map-server: {exc}", file=sys.stderr)
         return 2
     if args.token_read and token is None:
-        print(f"keywire map-server: --token-read needs --token-file or ${TOKEN_ENV}",
-              file=sys.stderr)
+        print(
+            f"keywire map-server: --token-read needs --token-file or ${TOKEN_ENV}", file=sys.stderr
+        )
         return 2
-    server = MapServer(args.host, args.port, ttl=args.ttl, max_value=args.max_value,
-                       max_bytes=args.max_bytes, max_waiters=args.max_waiters, db=args.db,
-                       tls=tls, token=token, token_read=args.token_read)
+    server = MapServer(
+        args.host,
+        args.port,
+        ttl=args.ttl,
+        max_value=args.max_value,
+        max_bytes=args.max_bytes,
+        max_waiters=args.max_waiters,
+        max_connections_per_ip=args.max_connections_per_ip,
+        db=args.db,
+        tls=tls,
+        token=token,
+        token_read=args.token_read,
+    )
     try:
         await server.start()
     except OSError as exc:  # a port in use is the caller's to fix, like a bad argument
         why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
-        print(f"keywire map-server: cannot listen on {args.host}:{args.port}: {why}",
-              file=sys.stderr)
+        print(
+            f"keywire map-server: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr
+        )
         return 2
     print(server.url, flush=True)
-    access = ("open to anyone" if token is None else
-              "reads and writes need the token" if args.token_read else
-              "writes need the token, reads are open")
-    print(f"map server: max value {args.max_value} bytes, ttl {args.ttl:g} s"
-          + (f", persisted in {args.db}" if args.db else ", in memory only")
-          + (", TLS" if tls is not None else "") + f"; {access}", file=sys.stderr)
+    access = (
+        "open to anyone"
+        if token is None
+        else "reads and writes need the token"
+        if args.token_read
+        else "writes need the token, reads are open"
+    )
+    print(
+        f"map server: max value {args.max_value} bytes, ttl {args.ttl:g} s"
+        + (f", persisted in {args.db}" if args.db else ", in memory only")
+        + (", TLS" if tls is not None else "")
+        + f"; {access}",
+        file=sys.stderr,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -74,17 +74,30 @@ from .params import DEFAULT_VALUE_SIZE, Mode, StoreParams
 from .schedule import KeySchedule, Role
 
 __all__ = [
-    "DEFAULT_VALUE_SIZE", "DataReceived", "EndReceived", "Event", "FrameRejected", "GetOp",
-    "Mode", "Op", "Purpose", "PutOp", "ReadFailed", "StoreCore", "StoreParams", "StoreTrouble",
+    "DEFAULT_VALUE_SIZE",
+    "DataReceived",
+    "EndReceived",
+    "Event",
+    "FrameRejected",
+    "GetOp",
+    "Mode",
+    "Op",
+    "Purpose",
+    "PutOp",
+    "ReadFailed",
+    "StoreCore",
+    "StoreParams",
+    "StoreTrouble",
     "WriteFailed",
 ]
 
+
 class _WState(enum.Enum):
     OPEN = "open"
-    CLOSING = "closing"        # close_write called; End not built yet
-    ENDED = "ended"            # End built
+    CLOSING = "closing"  # close_write called; End not built yet
+    ENDED = "ended"  # End built
     RESET_PENDING = "reset-pending"
-    RESET = "reset"            # Reset built
+    RESET = "reset"  # Reset built
 
 
 class _RState(enum.Enum):
@@ -96,16 +109,16 @@ class _RState(enum.Enum):
 class _Stop(enum.Enum):
     """Our ``stop_sending``: whether a StopSending frame is owed, sent, or not needed."""
 
-    NONE = "none"          # not called
-    LOCAL = "local"        # called when nothing was left to stop (or multicast): local only
-    PENDING = "pending"    # the frame is to be built
-    SENT = "sent"          # built (at ``_stop_idx``)
+    NONE = "none"  # not called
+    LOCAL = "local"  # called when nothing was left to stop (or multicast): local only
+    PENDING = "pending"  # the frame is to be built
+    SENT = "sent"  # built (at ``_stop_idx``)
 
 
 class _SState(enum.Enum):
-    WAIT_PUT = 0    # to be put at ``due``
+    WAIT_PUT = 0  # to be put at ``due``
     PUTTING = 1
-    STORED = 2      # put; awaiting an ack, or read-back at ``due``
+    STORED = 2  # put; awaiting an ack, or read-back at ``due``
     VERIFYING = 3
 
 
@@ -220,6 +233,18 @@ class StoreCore:
         self._stop_idx = -1
         #: the code of the peer's StopSending that reset our direction (None: it did not)
         self._peer_stop: int | None = None
+        #: the code of the latest StopSending of the peer read (acted on or not; None: none):
+        #: the peer reads nothing more of ours
+        self._peer_stop_seen: int | None = None
+        #: the code of the peer's Reset, once read (None: no Reset read)
+        self.peer_reset_code: int | None = None
+        #: the peer is done with both directions (its StopSending and its End or Reset were
+        #: read): our frames need no ack from it any more, only a read-back
+        self._released = False
+        #: ``goodbye(code)``: our direction ends with Reset(code) after its data, not End
+        self._end_code = 0
+        #: ``goodbye``: the StopSending is sent even when the peer's direction has ended
+        self._stop_forced = False
         # restore
         self._recovering = False
         self._recover_op: GetOp | None = None
@@ -230,9 +255,9 @@ class StoreCore:
         self._probe_ops: dict[int, GetOp] = {}
         self._probe_found = -1
         if self.mode is Mode.MULTICAST and self.role is Role.DIALER:
-            self._wstate = _WState.ENDED   # a multicast reader never writes
+            self._wstate = _WState.ENDED  # a multicast reader never writes
         if self.mode is Mode.MULTICAST and self.role is Role.LISTENER:
-            self._rstate = _RState.ENDED   # nobody writes to a multicast publisher: EOF
+            self._rstate = _RState.ENDED  # nobody writes to a multicast publisher: EOF
             self._events.append(EndReceived())
 
     # ================================================================================ status
@@ -354,10 +379,60 @@ class StoreCore:
         self._discard_incoming = True
         self._stop_code = code & 0xFFFFFFFF
         # (after the peer's End the shell's buffer ignores this if everything was read)
-        self._events.append(ReadFailed(StreamError(code, "reading was stopped locally"),
-                                       discard=True))
+        self._events.append(
+            ReadFailed(StreamError(code, "reading was stopped locally"), discard=True)
+        )
         remote = self._rstate is _RState.OPEN and self._fatal is None
         self._stop = _Stop.PENDING if remote and not self.multicast_reader else _Stop.LOCAL
+
+    def goodbye(self, code: int) -> None:
+        """Close the connection with ``code`` (non-zero): our direction ends with Reset(code)
+        after the bytes already written, and a StopSending(code) goes out even if the peer's
+        direction has ended, so the peer learns that nobody reads or acks any more and can
+        finish without waiting for us."""
+        code &= 0xFFFFFFFF
+        if self._wstate is _WState.OPEN:
+            self._wstate = _WState.CLOSING
+            self._end_code = int(code or Code.CLOSED)
+        elif self._wstate is _WState.CLOSING and not self._end_code:
+            self._end_code = int(code or Code.CLOSED)
+        self._force_stop(code)
+
+    def _force_stop(self, code: int) -> None:
+        if self.mode is not Mode.DUPLEX or self._fatal is not None:
+            return
+        if self._stop is _Stop.NONE:
+            self.stop_sending(code)
+        if self._stop is _Stop.LOCAL:
+            self._stop = _Stop.PENDING
+        self._stop_forced = True
+
+    def last_words(self, code: int, now: float) -> list[PutOp]:
+        """An abort's best-effort notice to the peer: Reset(code) on our direction (if it has
+        not ended) and StopSending(code), plus the puts of every frame before them not yet in
+        the store, so the peer can read up to them. Nothing if nobody can know of us (we wrote
+        nothing and heard nothing), the stream failed, or it is recovering. The core is dead
+        after this: the shell stops polling it."""
+        if (
+            self._fatal is not None
+            or self._recovering
+            or self.multicast_reader
+            or self.finished
+            or (self._write_idx == 0 and not self.heard_peer)
+        ):
+            return []
+        self.reset(code)
+        self._force_stop(code)
+        if self._stop is _Stop.PENDING:
+            self._build_stop(now)
+        if self._wstate is _WState.RESET_PENDING:
+            self._build(FrameType.RESET, struct.pack(">I", self._reset_code & 0xFFFFFFFF), now)
+            self._wstate = _WState.RESET
+        return [
+            PutOp(s.index, s.address, s.value)
+            for s in sorted(self._sent.values(), key=lambda s: s.index)
+            if s.transmissions == 0 or s.state in (_SState.WAIT_PUT, _SState.PUTTING)
+        ]
 
     def consumed(self, n: int) -> None:
         """The application took ``n`` delivered bytes (frees read buffer, moves ``bytes_read``)."""
@@ -381,7 +456,7 @@ class StoreCore:
             return self._poll_recover(now)
         if self._reorder:
             try:
-                self._deliver_ready(now)    # the application may have made room
+                self._deliver_ready(now)  # the application may have made room
             except FrameError as exc:
                 self._fail(StreamError(Code.PROTOCOL_ERROR, str(exc)))
                 return []
@@ -400,12 +475,16 @@ class StoreCore:
             return self._recover_due if idle else None
         putting = sum(1 for s in self._sent.values() if s.state is _SState.PUTTING)
         can_put = putting < self._put_limit
-        times = [s.due for s in self._sent.values()
-                 if s.state is _SState.STORED or (can_put and s.state is _SState.WAIT_PUT)]
+        times = [
+            s.due
+            for s in self._sent.values()
+            if s.state is _SState.STORED or (can_put and s.state is _SState.WAIT_PUT)
+        ]
         if self._reading():
             end = self._read_idx + self._read_span()
-            times.extend(slot.due for index, slot in self._slots.items()
-                         if slot.op is None and index < end)
+            times.extend(
+                slot.due for index, slot in self._slots.items() if slot.op is None and index < end
+            )
         if self._ack_due is not None and self._pending_acks:
             times.append(self._ack_due)
         if self._probe_due is not None and not self._probe_ops_hol and self._head() is not None:
@@ -429,7 +508,7 @@ class StoreCore:
             ftype = FrameType.START
         frame = Frame(ftype, index, self._ack_field(), payload)
         address, value = seal_frame(self.keys.write, frame, self.geometry)
-        needs_ack = self.mode is Mode.DUPLEX and frame.elicits_ack
+        needs_ack = self.mode is Mode.DUPLEX and frame.elicits_ack and not self._released
         self._sent[index] = _Sent(index, address, value, needs_ack, due=now)
         self._write_idx += 1
         self._hello = False
@@ -444,22 +523,24 @@ class StoreCore:
         built = False
         if self._stop is _Stop.PENDING:
             # outside the window, like a bare ack: it must not wait behind our data
-            self._stop, self._stop_idx = _Stop.SENT, self._write_idx
-            self._build(FrameType.STOP_SENDING, struct.pack(">I", self._stop_code), now)
+            self._build_stop(now)
             built = True
         while self._window_used() < self.params.window:
             state = self._wstate
             if state is _WState.RESET_PENDING:
-                self._build(FrameType.RESET, struct.pack(">I", self._reset_code & 0xFFFFFFFF),
-                            now)
+                self._build(FrameType.RESET, struct.pack(">I", self._reset_code & 0xFFFFFFFF), now)
                 self._wstate = _WState.RESET
             elif self._send_buf:
-                chunk = bytes(self._send_buf[:self.capacity])
-                del self._send_buf[:self.capacity]
-                last = state is _WState.CLOSING and not self._send_buf
+                chunk = bytes(self._send_buf[: self.capacity])
+                del self._send_buf[: self.capacity]
+                last = state is _WState.CLOSING and not self._send_buf and not self._end_code
                 self._build(FrameType.END if last else FrameType.DATA, chunk, now)
                 if last:
                     self._wstate = _WState.ENDED
+            elif state is _WState.CLOSING and self._end_code:
+                self._reset_code = self._end_code
+                self._build(FrameType.RESET, struct.pack(">I", self._end_code), now)
+                self._wstate = _WState.RESET
             elif state is _WState.CLOSING:
                 self._build(FrameType.END, b"", now)
                 self._wstate = _WState.ENDED
@@ -473,7 +554,13 @@ class StoreCore:
         if self._pending_acks >= self.ack_every or (
             self._ack_due is not None and now >= self._ack_due
         ):
-            self._build(FrameType.DATA, b"", now)   # a bare ack: outside the window
+            self._build(FrameType.DATA, b"", now)  # a bare ack: outside the window
+
+    def _build_stop(self, now: float) -> None:
+        self._stop, self._stop_idx = _Stop.SENT, self._write_idx
+        self._build(FrameType.STOP_SENDING, struct.pack(">I", self._stop_code), now)
+        if self._rstate is not _RState.OPEN:  # (goodbye's) the peer may have stopped reading
+            self._sent[self._stop_idx].needs_ack = False
 
     def _backoff(self, base: float, attempt: int, cap: float) -> float:
         delay: float = min(cap, base * float(2 ** min(attempt, 30)))
@@ -492,7 +579,7 @@ class StoreCore:
                 ops.append(op)
             elif sent.state is _SState.STORED:
                 if sent.needs_ack:
-                    sent.state = _SState.WAIT_PUT     # retransmission timeout
+                    sent.state = _SState.WAIT_PUT  # retransmission timeout
                     self._timed_out(now)
                     if putting < limit:
                         op = PutOp(sent.index, sent.address, sent.value)
@@ -516,8 +603,11 @@ class StoreCore:
         """The oldest frame awaiting an ack that has been put (the one the peer waits for)."""
         best: _Sent | None = None
         for sent in self._sent.values():
-            if sent.needs_ack and sent.state is _SState.STORED and (
-                    best is None or sent.index < best.index):
+            if (
+                sent.needs_ack
+                and sent.state is _SState.STORED
+                and (best is None or sent.index < best.index)
+            ):
                 best = sent
         return best
 
@@ -536,8 +626,10 @@ class StoreCore:
             return
         if now < self._probe_due:
             return
-        stored = sorted((s for s in self._sent.values()
-                         if s.needs_ack and s.state is _SState.STORED), key=lambda s: s.index)
+        stored = sorted(
+            (s for s in self._sent.values() if s.needs_ack and s.state is _SState.STORED),
+            key=lambda s: s.index,
+        )
         for sent in stored[:8]:
             op = GetOp(sent.index, sent.address, 0.0, Purpose.PROBE)
             self._probe_ops_hol[sent.index] = op
@@ -556,7 +648,7 @@ class StoreCore:
                 self._probe_missing += 1
         if not self._probe_ops_hol:
             if self._probe_missing == 0:
-                self._probe_backoff += 1   # all there: the peer is slow, not the store
+                self._probe_backoff += 1  # all there: the peer is slow, not the store
             self._probe_present = self._probe_missing = 0
             self._probe_due = now + self._probe_delay()
 
@@ -567,7 +659,7 @@ class StoreCore:
             self._level_ack, self._level_time = self._peer_ack, now
         elif now >= self._level_time:
             self._rto_level = min(self._rto_level + 1, 12)
-            self._level_time = now + self._rtt.rto * (2 ** self._rto_level) * 0.75
+            self._level_time = now + self._rtt.rto * (2**self._rto_level) * 0.75
 
     def put_done(self, op: PutOp, error: str | None, now: float) -> None:
         """The store finished ``op``; ``error`` is None on success."""
@@ -579,8 +671,9 @@ class StoreCore:
             self._events.append(StoreTrouble(f"put of frame {op.index}", error))
             sent.failures += 1
             sent.state = _SState.WAIT_PUT
-            sent.due = now + self._backoff(self.params.retry_min, sent.failures - 1,
-                                           self.params.retry_max)
+            sent.due = now + self._backoff(
+                self.params.retry_min, sent.failures - 1, self.params.retry_max
+            )
             return
         sent.failures = 0
         sent.transmissions += 1
@@ -591,8 +684,9 @@ class StoreCore:
             sent.due = now + self._backoff(self._rtt.rto, self._rto_level, self.params.rto_max)
         else:
             # read it back soon: a lost bare ack would stall the peer for a whole timeout
-            sent.due = now + self._backoff(self.params.verify_delay, sent.transmissions - 1,
-                                           self.params.rto_max)
+            sent.due = now + self._backoff(
+                self.params.verify_delay, sent.transmissions - 1, self.params.rto_max
+            )
 
     def _verified(self, sent: _Sent, value: bytes | None, now: float) -> None:
         if value == sent.value:
@@ -604,8 +698,9 @@ class StoreCore:
         if ack == NO_ACK or ack <= self._peer_ack:
             return
         if ack >= self._write_idx:
-            raise FrameError(f"peer acknowledged frame {ack}, but only "
-                             f"{self._write_idx} frames were written")
+            raise FrameError(
+                f"peer acknowledged frame {ack}, but only {self._write_idx} frames were written"
+            )
         # Karn's rule, widened: a frame stuck behind a lost one is acked late through no fault
         # of its own, so sample only acks that cover no retransmitted frame
         sample: float | None = None
@@ -695,8 +790,9 @@ class StoreCore:
             if slot is not None and slot.op is op:
                 slot.op = None
                 slot.failures += 1
-                slot.due = now + self._backoff(self.params.retry_min, slot.failures - 1,
-                                               self.params.retry_max)
+                slot.due = now + self._backoff(
+                    self.params.retry_min, slot.failures - 1, self.params.retry_max
+                )
         elif op.purpose is Purpose.PROBE:
             if self._probe_ops_hol.get(op.index) is op:
                 del self._probe_ops_hol[op.index]
@@ -710,8 +806,9 @@ class StoreCore:
                 sent.op = None
                 sent.failures += 1
                 sent.state = _SState.STORED
-                sent.due = now + self._backoff(self.params.retry_min, sent.failures - 1,
-                                               self.params.retry_max)
+                sent.due = now + self._backoff(
+                    self.params.retry_min, sent.failures - 1, self.params.retry_max
+                )
         elif self._recover_op is op or self._probe_ops.get(op.index) is op:
             if self._recover_op is op:
                 self._recover_op = None
@@ -720,9 +817,9 @@ class StoreCore:
                 assert self._probe_todo is not None
                 self._probe_todo.add(op.index)
             self._recover_failures += 1
-            self._recover_due = now + self._backoff(self.params.retry_min,
-                                                    self._recover_failures - 1,
-                                                    self.params.retry_max)
+            self._recover_due = now + self._backoff(
+                self.params.retry_min, self._recover_failures - 1, self.params.retry_max
+            )
 
     def _read_done(self, op: GetOp, value: bytes | None, now: float) -> None:
         slot = self._slots.get(op.index)
@@ -742,11 +839,11 @@ class StoreCore:
             slot.bad += 1
             self._events.append(FrameRejected(op.index, str(exc)))
             if slot.bad >= self.params.bad_frame_tries:
-                self._fail(StreamError(Code.PROTOCOL_ERROR,
-                                       f"{exc} ({slot.bad} times; giving up)"))
+                self._fail(StreamError(Code.PROTOCOL_ERROR, f"{exc} ({slot.bad} times; giving up)"))
                 return
-            slot.due = now + self._backoff(self.params.retry_min, slot.bad - 1,
-                                           self.params.retry_max)
+            slot.due = now + self._backoff(
+                self.params.retry_min, slot.bad - 1, self.params.retry_max
+            )
             return
         del self._slots[op.index]
         if self.mode is Mode.DUPLEX:
@@ -762,9 +859,13 @@ class StoreCore:
         reads, so a full buffer never stops us from hearing acks."""
         while self._read_idx in self._reorder and self._fatal is None:
             frame = self._reorder[self._read_idx]
-            if (frame.payload and frame.type not in CONTROL_FRAMES
-                    and not self._discard_incoming and self._rstate is _RState.OPEN
-                    and self._unconsumed_size >= self.max_read_buffer):
+            if (
+                frame.payload
+                and frame.type not in CONTROL_FRAMES
+                and not self._discard_incoming
+                and self._rstate is _RState.OPEN
+                and self._unconsumed_size >= self.max_read_buffer
+            ):
                 return
             del self._reorder[self._read_idx]
             self._deliver(frame, now)
@@ -774,10 +875,13 @@ class StoreCore:
         if frame.type is FrameType.START and index != 0:
             raise FrameError(f"frame {index}: Start frame after frame 0")
         after_end = frame.type in (FrameType.JUMP, FrameType.STOP_SENDING) or (
-            frame.type is FrameType.DATA and not frame.payload)
+            frame.type is FrameType.DATA and not frame.payload
+        )
         if self._rstate is not _RState.OPEN and not after_end:
-            raise FrameError(f"frame {index}: {frame.type.name} frame after the peer's "
-                             f"{'End' if self._rstate is _RState.ENDED else 'Reset'}")
+            raise FrameError(
+                f"frame {index}: {frame.type.name} frame after the peer's "
+                f"{'End' if self._rstate is _RState.ENDED else 'Reset'}"
+            )
         carries_data = frame.type not in CONTROL_FRAMES
         if frame.payload and carries_data and not self._discard_incoming:
             self._unconsumed.append(frame.payload)
@@ -789,15 +893,27 @@ class StoreCore:
             self._peer_direction_ended(now)
         elif frame.type is FrameType.RESET:
             if len(frame.payload) != 4:
-                raise FrameError(f"frame {index}: Reset payload of {len(frame.payload)} "
-                                 "bytes, expected a 4-byte code")
+                raise FrameError(
+                    f"frame {index}: Reset payload of {len(frame.payload)} "
+                    "bytes, expected a 4-byte code"
+                )
             code = struct.unpack(">I", frame.payload)[0]
             self._rstate = _RState.FAILED
-            self._events.append(ReadFailed(StreamError(code, "peer reset the stream",
-                                                       remote=True), discard=True))
+            self.peer_reset_code = code
+            # after the peer's StopSending with the same code this Reset is its close(code) or
+            # abort(code): the bytes before it stay readable, then the code (as QUIC's
+            # RESET_STREAM_AT); a bare reset() drops what was not read yet
+            self._events.append(
+                ReadFailed(
+                    StreamError(code, "peer reset the stream", remote=True),
+                    discard=self._peer_stop_seen != code,
+                )
+            )
             self._peer_direction_ended(now)
         elif frame.type is FrameType.STOP_SENDING:
-            self._on_peer_stop(struct.unpack(">I", frame.payload)[0])
+            self._peer_stop_seen = struct.unpack(">I", frame.payload)[0]
+            self._on_peer_stop(self._peer_stop_seen)
+            self._release(now)
         self._read_idx = index + 1
         if frame.type is FrameType.JUMP:
             target = struct.unpack(">Q", frame.payload)[0] if len(frame.payload) == 8 else 0
@@ -829,11 +945,26 @@ class StoreCore:
     def _peer_direction_ended(self, now: float) -> None:
         """Nothing is left to stop: an unbuilt StopSending is dropped, and a sent one need not
         be acked any more (the peer, done writing, may stop reading us), only read back."""
+        self._release(now)
         if self._stop is _Stop.PENDING:
-            self._stop = _Stop.LOCAL
+            if not self._stop_forced:
+                self._stop = _Stop.LOCAL
         elif self._stop is _Stop.SENT:
             sent = self._sent.get(self._stop_idx)
             if sent is not None and sent.needs_ack:
+                sent.needs_ack = False
+                if sent.state is _SState.STORED:
+                    sent.due = now + self.params.verify_delay
+
+    def _release(self, now: float) -> None:
+        """Once the peer asked us to stop and its own direction ended, it reads nothing of
+        ours and acks nothing (it may be gone: a coded close or an abort): our frames are only
+        read back from the store, so we finish without waiting for acks that cannot come."""
+        if self._released or self._peer_stop_seen is None or self._rstate is _RState.OPEN:
+            return
+        self._released = True
+        for sent in self._sent.values():
+            if sent.needs_ack:
                 sent.needs_ack = False
                 if sent.state is _SState.STORED:
                     sent.due = now + self.params.verify_delay
@@ -911,8 +1042,10 @@ class StoreCore:
         payload = frame.payload if frame.type not in CONTROL_FRAMES else b""
         known = min(len(payload), len(self._send_buf))
         if bytes(self._send_buf[:known]) != payload[:known]:
-            raise FrameError(f"frame {frame.id}: recovered frame disagrees with the saved "
-                             "state (was the state saved by another run?)")
+            raise FrameError(
+                f"frame {frame.id}: recovered frame disagrees with the saved "
+                "state (was the state saved by another run?)"
+            )
         del self._send_buf[:known]
         self.bytes_written += len(payload) - known
         if frame.type is FrameType.END:
@@ -923,8 +1056,15 @@ class StoreCore:
         if frame.type is FrameType.STOP_SENDING:
             self._adopt_stop(frame)
             needs_ack = needs_ack and self._rstate is _RState.OPEN
-        sent = _Sent(frame.id, address, value, needs_ack, state=_SState.STORED,
-                     due=now + self._rtt.rto, transmissions=1)
+        sent = _Sent(
+            frame.id,
+            address,
+            value,
+            needs_ack,
+            state=_SState.STORED,
+            due=now + self._rtt.rto,
+            transmissions=1,
+        )
         self._sent[frame.id] = sent
         self._write_idx = frame.id + 1
         if frame.type is FrameType.JUMP and len(frame.payload) == 8:
@@ -937,8 +1077,11 @@ class StoreCore:
             self._stop_code = struct.unpack(">I", frame.payload)[0]
             self._discard_incoming = True
             if self._rstate is _RState.OPEN:
-                self._events.append(ReadFailed(StreamError(
-                    self._stop_code, "reading was stopped locally"), discard=True))
+                self._events.append(
+                    ReadFailed(
+                        StreamError(self._stop_code, "reading was stopped locally"), discard=True
+                    )
+                )
         self._stop, self._stop_idx = _Stop.SENT, frame.id
 
     # -- save / restore ----------------------------------------------------------------------
@@ -957,8 +1100,10 @@ class StoreCore:
             "wstate": self._wstate.value,
             "reset_code": self._reset_code,
             "hello": self._hello,
-            "sent": [[s.index, s.address, s.value, s.needs_ack, s.transmissions > 0]
-                     for s in sorted(self._sent.values(), key=lambda s: s.index)],
+            "sent": [
+                [s.index, s.address, s.value, s.needs_ack, s.transmissions > 0]
+                for s in sorted(self._sent.values(), key=lambda s: s.index)
+            ],
             "read_idx": self._read_idx,
             "rstate": self._rstate.value,
             "ack_sent": self._ack_sent,
@@ -971,12 +1116,19 @@ class StoreCore:
             "stop_code": self._stop_code,
             "stop_idx": self._stop_idx,
             "peer_stop": -1 if self._peer_stop is None else self._peer_stop,
+            # added with goodbye (coded close); optional as well
+            "end_code": self._end_code,
+            "stop_forced": self._stop_forced,
+            "peer_stop_seen": -1 if self._peer_stop_seen is None else self._peer_stop_seen,
+            "released": self._released,
         }
 
     @classmethod
-    def from_snapshot(cls, state: dict[str, Any], params: StoreParams | None = None,
-                      now: float = 0.0) -> StoreCore:
+    def from_snapshot(
+        cls, state: dict[str, Any], params: StoreParams | None = None, now: float = 0.0
+    ) -> StoreCore:
         """Resume from ``snapshot()``; unconfirmed frames are resent at once."""
+
         def num(name: str, default: int | None = None) -> int:
             value = state[name] if default is None else state.get(name, default)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -1006,8 +1158,9 @@ class StoreCore:
                 index, address, value, needs_ack, _was_put = entry
                 if not isinstance(index, int):
                     raise TypeError("a saved frame index is not an integer")
-                core._sent[index] = _Sent(index, raw("sent", address), raw("sent", value),
-                                          bool(needs_ack), due=now)
+                core._sent[index] = _Sent(
+                    index, raw("sent", address), raw("sent", value), bool(needs_ack), due=now
+                )
             core._read_idx = num("read_idx")
             core._rstate = _RState(state["rstate"])
             core._ack_sent = num("ack_sent")
@@ -1022,7 +1175,16 @@ class StoreCore:
             core._stop_code = num("stop_code", 0)
             core._stop_idx = num("stop_idx", -1)
             peer_stop = num("peer_stop", -1)
-            if not -1 <= peer_stop <= 0xFFFFFFFF or not 0 <= core._stop_code <= 0xFFFFFFFF:
+            core._end_code = num("end_code", 0)
+            core._stop_forced = bool(state.get("stop_forced", False))
+            seen = num("peer_stop_seen", -1)
+            core._peer_stop_seen = None if seen < 0 else seen
+            core._released = bool(state.get("released", False))
+            if (
+                not -1 <= peer_stop <= 0xFFFFFFFF
+                or not 0 <= core._stop_code <= 0xFFFFFFFF
+                or not 0 <= core._end_code <= 0xFFFFFFFF
+            ):
                 raise ValueError("a saved StopSending code is out of range")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"saved stream state is malformed: {exc}") from None
@@ -1031,21 +1193,26 @@ class StoreCore:
             if peer_stop >= 0:
                 core._peer_stop = peer_stop
                 core._write_error = StreamError(
-                    peer_stop, f"peer asked to stop sending (code {peer_stop})", remote=True)
+                    peer_stop, f"peer asked to stop sending (code {peer_stop})", remote=True
+                )
         if core._pending_acks:
             core._ack_due = now
         if unconsumed:
             core._unconsumed.append(unconsumed)
             core._unconsumed_size = len(unconsumed)
             core._events.append(DataReceived(unconsumed))
-        if core._stop is not _Stop.NONE:   # reading stays stopped (before any End: reads fail)
+        if core._stop is not _Stop.NONE:  # reading stays stopped (before any End: reads fail)
             core._discard_incoming = True
-            core._events.append(ReadFailed(StreamError(
-                core._stop_code, "reading was stopped locally"), discard=True))
+            core._events.append(
+                ReadFailed(
+                    StreamError(core._stop_code, "reading was stopped locally"), discard=True
+                )
+            )
         if core._rstate is _RState.ENDED and not core.publisher:
             core._events.append(EndReceived())
         elif core._rstate is _RState.FAILED:
-            core._events.append(ReadFailed(StreamError(Code.RESET, "peer reset the stream",
-                                                       remote=True)))
+            core._events.append(
+                ReadFailed(StreamError(Code.RESET, "peer reset the stream", remote=True))
+            )
         core._recovering = not core.multicast_reader
         return core

@@ -64,8 +64,12 @@ class Frame:
     @property
     def elicits_ack(self) -> bool:
         """Frames carrying data or an end must be acknowledged; bare acks need not be."""
-        return bool(self.payload) or self.type in (FrameType.END, FrameType.RESET,
-                                                   FrameType.JUMP, FrameType.STOP_SENDING)
+        return bool(self.payload) or self.type in (
+            FrameType.END,
+            FrameType.RESET,
+            FrameType.JUMP,
+            FrameType.STOP_SENDING,
+        )
 
 
 def _head(major: int, value: int) -> bytes:
@@ -94,10 +98,20 @@ def encode_frame(frame: Frame) -> bytes:
     for name, value in (("Id", frame.id), ("Ack", frame.ack)):
         if not 0 <= value <= MAX_UINT64:
             raise ValueError(f"frame {name} {value} does not fit in 64 bits")
-    return b"".join((
-        b"\xa4", _K_TYPE, _head(0, int(frame.type)), _K_ID, _head(0, frame.id),
-        _K_ACK, _head(0, frame.ack), _K_PAYLOAD, _head(2, len(frame.payload)), frame.payload,
-    ))
+    return b"".join(
+        (
+            b"\xa4",
+            _K_TYPE,
+            _head(0, int(frame.type)),
+            _K_ID,
+            _head(0, frame.id),
+            _K_ACK,
+            _head(0, frame.ack),
+            _K_PAYLOAD,
+            _head(2, len(frame.payload)),
+            frame.payload,
+        )
+    )
 
 
 class _Reader:
@@ -115,7 +129,7 @@ class _Reader:
     def take(self, n: int, what: str) -> bytes:
         if n > len(self.data) - self.pos:
             raise FrameError(f"frame CBOR ends inside {what} ({n} bytes announced)")
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -163,7 +177,7 @@ def decode_frame(plaintext: bytes) -> Frame:
             if vmajor != 0:
                 raise FrameError(f"frame {key} is CBOR major type {vmajor}, expected an integer")
             fields[key] = varg
-    tail = plaintext[r.pos:]
+    tail = plaintext[r.pos :]
     if tail.strip(b"\x00"):
         raise FrameError("non-zero bytes follow the frame (padding must be zeros)")
     type_value = fields["Type"]
@@ -175,8 +189,9 @@ def decode_frame(plaintext: bytes) -> Frame:
     frame_id, ack, payload = fields["Id"], fields["Ack"], fields["Payload"]
     assert isinstance(frame_id, int) and isinstance(ack, int) and isinstance(payload, bytes)
     if ftype is FrameType.STOP_SENDING and len(payload) != 4:
-        raise FrameError(f"StopSending payload of {len(payload)} bytes, expected a 4-byte "
-                         "error code")
+        raise FrameError(
+            f"StopSending payload of {len(payload)} bytes, expected a 4-byte error code"
+        )
     return Frame(ftype, frame_id, ack, payload)
 
 
@@ -188,8 +203,9 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if not MIN_VALUE_SIZE <= self.value_size <= MAX_VALUE_SIZE:
-            raise ValueError(f"value size {self.value_size} is outside "
-                             f"{MIN_VALUE_SIZE}..{MAX_VALUE_SIZE} bytes")
+            raise ValueError(
+                f"value size {self.value_size} is outside {MIN_VALUE_SIZE}..{MAX_VALUE_SIZE} bytes"
+            )
 
     @property
     def plaintext_size(self) -> int:
@@ -209,8 +225,10 @@ class Geometry:
 def seal_frame(keys: DirectionKeys, frame: Frame, geometry: Geometry) -> tuple[bytes, bytes]:
     """(store address, sealed value) of ``frame`` written with ``keys``."""
     if len(frame.payload) > geometry.payload_capacity:
-        raise ValueError(f"payload of {len(frame.payload)} bytes exceeds the frame capacity "
-                         f"of {geometry.payload_capacity}")
+        raise ValueError(
+            f"payload of {len(frame.payload)} bytes exceeds the frame capacity "
+            f"of {geometry.payload_capacity}"
+        )
     address = keys.frame_id(frame.id)
     plain = encode_frame(frame)
     plain += bytes(geometry.plaintext_size - len(plain))
@@ -222,21 +240,22 @@ def seal_frame(keys: DirectionKeys, frame: Frame, geometry: Geometry) -> tuple[b
 def open_frame(keys: DirectionKeys, index: int, value: bytes, max_value: int) -> Frame:
     """Decrypt and parse the value read at frame ``index``; ``FrameError`` says what is wrong."""
     if len(value) > max_value:
-        raise FrameError(f"frame {index}: value of {len(value)} bytes exceeds the limit "
-                         f"of {max_value}")
+        raise FrameError(
+            f"frame {index}: value of {len(value)} bytes exceeds the limit of {max_value}"
+        )
     if len(value) < TAG_SIZE:
         raise FrameError(f"frame {index}: value of {len(value)} bytes is shorter than a tag")
     box = nacl.secret.SecretBox(keys.frame_key(index))
     try:
         plain = box.decrypt(value, keys.frame_id(index)[:NONCE_SIZE])
     except nacl.exceptions.CryptoError:
-        raise FrameError(f"frame {index}: failed to decrypt (wrong secret or a forged "
-                         "or corrupted value)") from None
+        raise FrameError(
+            f"frame {index}: failed to decrypt (wrong secret or a forged or corrupted value)"
+        ) from None
     try:
         frame = decode_frame(plain)
     except FrameError as exc:
         raise FrameError(f"frame {index}: {exc}") from None
     if frame.id != index:
-        raise FrameError(f"frame {index}: decoded Id is {frame.id}, not the index it was "
-                         "stored at")
+        raise FrameError(f"frame {index}: decoded Id is {frame.id}, not the index it was stored at")
     return frame

@@ -63,8 +63,10 @@ def _extra(options: Options, name: str, default: Any) -> Any:
 
 
 def store_params(options: Options) -> StoreParams:
-    return StoreParams(window=int(_extra(options, "window", 8)),
-                       value_size=int(_extra(options, "value_size", 16384)))
+    return StoreParams(
+        window=int(_extra(options, "window", 8)),
+        value_size=int(_extra(options, "value_size", 16384)),
+    )
 
 
 def make_backend(section: Section, options: Options) -> StoreBackend:
@@ -73,19 +75,24 @@ def make_backend(section: Section, options: Options) -> StoreBackend:
     max_value = int(_extra(options, "max_value", DEFAULT_STORE_VALUE))
     cafile = _extra(options, "cafile", None)
     if section.name in ("redis", "rediss"):
-        return RedisStore(section.url, max_value=max_value,
-                          ttl=float(_extra(options, "ttl", 3600.0)), cafile=cafile)
+        return RedisStore(
+            section.url,
+            max_value=max_value,
+            ttl=float(_extra(options, "ttl", 3600.0)),
+            cafile=cafile,
+        )
     token = _extra(options, "token", None) or os.environ.get(TOKEN_ENV, "").strip() or None
     return HttpStore(section.url, max_value=max_value, cafile=cafile, token=token)
 
 
-async def _bounded[T](backend: StoreBackend, work: Callable[[], Awaitable[T]], timeout: float,
-                      doing: str) -> T:
+async def _bounded[T](
+    backend: StoreBackend, work: Callable[[], Awaitable[T]], timeout: float, doing: str
+) -> T:
     """``work()`` within ``timeout``, tried again (with backoff) after a store error that is
     not a refusal: a slow connect under load is no reason to fail. When the time is up, a
     ``StoreError`` names the store and the last error; any failure closes ``backend``."""
     last: StoreError | None = None
-    bound = timeout * 0.95     # inside the caller's own bound, so our message is the one seen
+    bound = timeout * 0.95  # inside the caller's own bound, so our message is the one seen
     try:
         async with asyncio.timeout(bound):
             for attempt in range(1_000_000):
@@ -96,13 +103,14 @@ async def _bounded[T](backend: StoreBackend, work: Callable[[], Awaitable[T]], t
                 except StoreError as exc:
                     last = exc
                 await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2 ** min(attempt, 10)))
-        raise AssertionError("unreachable")   # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover
     except TimeoutError:
         await backend.close()
         if last is not None:
             raise StoreError(f"{last} (still failing after {bound:.3g} s, {doing})") from None
-        raise StoreError(f"{backend.description}: no answer in {bound:.3g} s while "
-                         f"{doing}") from None
+        raise StoreError(
+            f"{backend.description}: no answer in {bound:.3g} s while {doing}"
+        ) from None
     except BaseException:
         await backend.close()
         raise
@@ -113,12 +121,14 @@ def stream_secret(alt: Alternative, *, required: bool) -> bytes | None:
     text = str(alt)
     section = alt.sections[1]
     if len(section.args) > 1:
-        raise AddressError(text, len(str(alt.sections[0])) + 1,
-                           "'stream:SECRET' with exactly one argument")
+        raise AddressError(
+            text, len(str(alt.sections[0])) + 1, "'stream:SECRET' with exactly one argument"
+        )
     if not section.args:
         if required:
-            raise AddressError(text, len(text), "':SECRET' after 'stream' (the listener "
-                                                "prints the full address)")
+            raise AddressError(
+                text, len(text), "':SECRET' after 'stream' (the listener prints the full address)"
+            )
         return None
     try:
         return parse_secret(section.args[0])
@@ -129,8 +139,15 @@ def stream_secret(alt: Alternative, *, required: bool) -> bytes | None:
 class _StoreListening(Listening):
     """Waits for one dial after another; each becomes a connection of its own."""
 
-    def __init__(self, alt: Alternative, secret: bytes, options: Options, backend: StoreBackend,
-                 epoch: int, on_connection: ConnectionHandler) -> None:
+    def __init__(
+        self,
+        alt: Alternative,
+        secret: bytes,
+        options: Options,
+        backend: StoreBackend,
+        epoch: int,
+        on_connection: ConnectionHandler,
+    ) -> None:
         self._alt = alt
         self._secret = secret
         self._options = options
@@ -175,11 +192,15 @@ class _StoreListening(Listening):
     def _start(self, session: Session) -> None:
         options = self._options
         backend = make_backend(self._alt.sections[0], options)
-        stream = StoreStream.open(backend, session.secret, Role.LISTENER,
-                                  params=store_params(options))
-        conn = StoreConnection(stream, redacted(self._full),
-                               linger=float(_extra(options, "linger", 30.0)),
-                               owns_backend=backend)
+        stream = StoreStream.open(
+            backend, session.secret, Role.LISTENER, params=store_params(options)
+        )
+        conn = StoreConnection(
+            stream,
+            redacted(self._full),
+            linger=float(_extra(options, "linger", 30.0)),
+            owns_backend=backend,
+        )
         log.info("store listener: session %d arrived", session.epoch)
 
         async def deliver() -> None:
@@ -205,7 +226,7 @@ class _StoreListening(Listening):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            await conn.abort()      # its dialer never showed up: leave nothing in the store
+            await conn.abort()  # its dialer never showed up: leave nothing in the store
         await self._backend.close()
 
 
@@ -221,20 +242,28 @@ class StoreStreamHandler(ChainHandler):
         backend = make_backend(alt.sections[0], options)
         params = store_params(options)
         dialer = SessionDialer(backend, secret, params.value_size)
-        session = await _bounded(backend, lambda: self._announce(backend, dialer),
-                                 options.timeout, "announcing the session")
+        session = await _bounded(
+            backend,
+            lambda: self._announce(backend, dialer),
+            options.timeout,
+            "announcing the session",
+        )
         stream = StoreStream.open(backend, session.secret, Role.DIALER, params=params)
-        return StoreConnection(stream, redacted(alt),
-                               linger=float(_extra(options, "linger", 30.0)),
-                               owns_backend=backend)
+        return StoreConnection(
+            stream,
+            redacted(alt),
+            linger=float(_extra(options, "linger", 30.0)),
+            owns_backend=backend,
+        )
 
     @staticmethod
     async def _announce(backend: StoreBackend, dialer: SessionDialer) -> Session:
         await backend.probe()
         return await dialer.announce()
 
-    async def listen(self, alt: Alternative, options: Options,
-                     on_connection: ConnectionHandler) -> Listening:
+    async def listen(
+        self, alt: Alternative, options: Options, on_connection: ConnectionHandler
+    ) -> Listening:
         secret = stream_secret(alt, required=False)
         if secret is None:
             secret = generate_secret()
@@ -244,8 +273,9 @@ class StoreStreamHandler(ChainHandler):
             await backend.probe()
             return await SessionListener(backend, secret).first_epoch()
 
-        epoch = await _bounded(backend, first_epoch, options.timeout,
-                               "looking up the address's sessions")
+        epoch = await _bounded(
+            backend, first_epoch, options.timeout, "looking up the address's sessions"
+        )
         return _StoreListening(alt, secret, options, backend, epoch, on_connection)
 
 

@@ -12,18 +12,26 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 MAX_HEAD = 8192
 REASONS = {
-    200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 507: "Insufficient Storage",
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
 class HttpError(Exception):
     """A request the server refuses, with the status to answer."""
 
-    def __init__(self, status: int, message: str, *,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.message = message
         #: extra response headers (``WWW-Authenticate`` with a 401)
@@ -90,15 +98,20 @@ def parse_request_head(head: bytes) -> RequestHead:
     headers = _headers(lines[1:])
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == b"HTTP/1.1" else connection == "keep-alive"
-    return RequestHead(method_b.decode("ascii"), unquote(split.path), query, headers,
-                       _length(headers), keep_alive)
+    return RequestHead(
+        method_b.decode("ascii"), unquote(split.path), query, headers, _length(headers), keep_alive
+    )
 
 
-def format_response(status: int, body: bytes = b"", *, keep_alive: bool = True,
-                    content_type: str = "application/octet-stream",
-                    extra: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
-             f"Content-Length: {len(body)}"]
+def format_response(
+    status: int,
+    body: bytes = b"",
+    *,
+    keep_alive: bool = True,
+    content_type: str = "application/octet-stream",
+    extra: dict[str, str] | None = None,
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", f"Content-Length: {len(body)}"]
     if body:
         lines.append(f"Content-Type: {content_type}")
     if not keep_alive:
@@ -108,8 +121,13 @@ def format_response(status: int, body: bytes = b"", *, keep_alive: bool = True,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def format_request(method: str, target: str, host: str, body: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> bytes:
+def format_request(
+    method: str,
+    target: str,
+    host: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
     if body is not None:
@@ -130,8 +148,12 @@ def parse_response_head(head: bytes) -> ResponseHead:
         raise HttpError(502, f"response head longer than {MAX_HEAD} bytes")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit() \
-            or len(parts[1]) != 3:
+    if (
+        len(parts) < 2
+        or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+        or not parts[1].isdigit()
+        or len(parts[1]) != 3
+    ):
         raise HttpError(502, f"malformed status line {lines[0][:60]!r}")
     headers = _headers(lines[1:])
     keep_alive = headers.get("connection", "").lower() != "close" and parts[0] == b"HTTP/1.1"

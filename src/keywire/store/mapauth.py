@@ -26,8 +26,9 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="keywire map"'}
 def check_token(token: str) -> str:
     """``token`` if it can travel in an ``Authorization`` header; the error does not show it."""
     if not 1 <= len(token) <= MAX_TOKEN or not all("!" <= c <= "~" for c in token):
-        raise ValueError(f"a map server token must be 1..{MAX_TOKEN} visible ASCII characters "
-                         "without spaces")
+        raise ValueError(
+            f"a map server token must be 1..{MAX_TOKEN} visible ASCII characters without spaces"
+        )
     return token
 
 
@@ -37,8 +38,9 @@ def load_token(path: str | None, environ: dict[str, str] | None = None) -> str |
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the token file {path!r}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+            raise ValueError(
+                f"cannot read the token file {path!r}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         return check_token(text.strip())
     value = (os.environ if environ is None else environ).get(TOKEN_ENV)
     if value is None:
@@ -63,8 +65,11 @@ class TokenPolicy:
         action = "read" if method in READ_METHODS else "write"
         scheme, _, presented = headers.get("authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            raise HttpError(401, f"missing token: this map server needs 'Authorization: Bearer "
-                                 f"TOKEN' to {action}", headers=_CHALLENGE)
+            raise HttpError(
+                401,
+                f"missing token: this map server needs 'Authorization: Bearer TOKEN' to {action}",
+                headers=_CHALLENGE,
+            )
         digest = hashlib.sha256(presented.strip().encode("utf-8", "replace")).digest()
         if not hmac.compare_digest(digest, self._digest):
             raise HttpError(401, f"wrong token: not allowed to {action}", headers=_CHALLENGE)

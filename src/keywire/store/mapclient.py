@@ -45,14 +45,20 @@ class HttpStore(StoreBackend):
     started with ``--token-file``.
     """
 
-    def __init__(self, url: str, *, max_value: int = DEFAULT_MAX_VALUE,
-                 max_connections: int = 256, connect_timeout: float = 10.0,
-                 cafile: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_value: int = DEFAULT_MAX_VALUE,
+        max_connections: int = 256,
+        connect_timeout: float = 10.0,
+        cafile: str | None = None,
+        token: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"map server URL must be http(s)://HOST[:PORT][/PREFIX], "
-                             f"got {url!r}")
-        hostport = parts.netloc.rpartition("@")[2]      # never show or send user info
+            raise ValueError(f"map server URL must be http(s)://HOST[:PORT][/PREFIX], got {url!r}")
+        hostport = parts.netloc.rpartition("@")[2]  # never show or send user info
         self.url = url
         self.description = f"map server {parts.scheme}://{hostport}"
         self.max_value = max_value
@@ -72,16 +78,18 @@ class HttpStore(StoreBackend):
             return self._idle.pop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(self._host, self._port,
-                                                               ssl=self._ssl)
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._ssl
+                )
         except ssl.SSLCertVerificationError as exc:
             raise StoreRefused(f"{self.description}: {explain(exc)}") from None
         except (OSError, TimeoutError) as exc:
             raise StoreError(f"{self.description}: cannot connect: {exc or 'timed out'}") from None
         return _Conn(reader, writer)
 
-    async def _request(self, method: str, address: bytes | None, body: bytes | None,
-                       query: str = "") -> tuple[int, bytes]:
+    async def _request(
+        self, method: str, address: bytes | None, body: bytes | None, query: str = ""
+    ) -> tuple[int, bytes]:
         if self._closed:
             raise StoreError(f"{self.description}: client is closed")
         tail = "" if address is None else f"/{address.hex()}{query}"
@@ -90,14 +98,16 @@ class HttpStore(StoreBackend):
             conn = await self._connect()
             reusable = False
             try:
-                conn.writer.write(format_request(method, target, self._host_header, body,
-                                                 self._auth))
+                conn.writer.write(
+                    format_request(method, target, self._host_header, body, self._auth)
+                )
                 await conn.writer.drain()
                 head = parse_response_head((await conn.reader.readuntil(b"\r\n\r\n"))[:-4])
                 length = max(head.content_length, 0)
                 if length > self.max_value + 4096:
-                    raise StoreError(f"{self.description}: response of {length} bytes is "
-                                     "larger than any value")
+                    raise StoreError(
+                        f"{self.description}: response of {length} bytes is larger than any value"
+                    )
                 payload = await conn.reader.readexactly(length)
                 reusable = head.keep_alive and head.content_length >= 0
                 return head.status, payload
@@ -105,8 +115,9 @@ class HttpStore(StoreBackend):
                 raise StoreError(f"{self.description}: {exc}") from None
             except asyncio.IncompleteReadError as exc:
                 said = "before answering" if not exc.partial else "in the middle of an answer"
-                raise StoreError(f"{self.description}: the server closed the connection "
-                                 f"{said}") from None
+                raise StoreError(
+                    f"{self.description}: the server closed the connection {said}"
+                ) from None
             except (OSError, asyncio.LimitOverrunError) as exc:
                 raise StoreError(f"{self.description}: {type(exc).__name__}: {exc}") from None
             finally:
@@ -125,11 +136,14 @@ class HttpStore(StoreBackend):
         if status == 401:
             raise self._refused("write", body)
         if status == 507:
-            raise StoreFull(f"{self.description} is full: "
-                            f"{body[:200].decode('utf-8', 'replace').strip()} (507)")
+            raise StoreFull(
+                f"{self.description} is full: {body[:200].decode('utf-8', 'replace').strip()} (507)"
+            )
         if status not in (200, 201, 204):
-            raise StoreError(f"{self.description}: PUT answered {status}: "
-                             f"{body[:200].decode('utf-8', 'replace').strip()}")
+            raise StoreError(
+                f"{self.description}: PUT answered {status}: "
+                f"{body[:200].decode('utf-8', 'replace').strip()}"
+            )
 
     async def get(self, address: bytes, wait: float) -> bytes | None:
         check_address(address)
@@ -141,8 +155,10 @@ class HttpStore(StoreBackend):
             return None
         if status == 401:
             raise self._refused("read", body)
-        raise StoreError(f"{self.description}: GET answered {status}: "
-                         f"{body[:200].decode('utf-8', 'replace').strip()}")
+        raise StoreError(
+            f"{self.description}: GET answered {status}: "
+            f"{body[:200].decode('utf-8', 'replace').strip()}"
+        )
 
     async def probe(self) -> None:
         """``GET /v1``: shows an untrusted certificate, or a refused read, before a stream."""
@@ -152,8 +168,10 @@ class HttpStore(StoreBackend):
 
     def _refused(self, action: str, body: bytes) -> StoreRefused:
         said = body[:200].decode("utf-8", "replace").strip()
-        return StoreRefused(f"{self.description} refused the {action}: missing or wrong token"
-                            + (f" (401: {said})" if said else ""))
+        return StoreRefused(
+            f"{self.description} refused the {action}: missing or wrong token"
+            + (f" (401: {said})" if said else "")
+        )
 
     async def close(self) -> None:
         self._closed = True

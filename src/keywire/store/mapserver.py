@@ -58,15 +58,18 @@ class MapDatabase:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS entries (address BLOB PRIMARY KEY, "
-                         "value BLOB NOT NULL, expires REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (address BLOB PRIMARY KEY, "
+            "value BLOB NOT NULL, expires REAL NOT NULL)"
+        )
 
     def rows(self) -> Iterator[tuple[bytes, bytes, float]]:
         yield from self._db.execute("SELECT address, value, expires FROM entries")
 
     def put(self, address: bytes, value: bytes, expires: float) -> None:
-        self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)",
-                         (address, value, expires))
+        self._db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", (address, value, expires)
+        )
 
     def delete(self, addresses: list[bytes]) -> None:
         self._db.executemany("DELETE FROM entries WHERE address = ?", [(a,) for a in addresses])
@@ -87,18 +90,29 @@ def parse_address(path_tail: str) -> bytes:
 class MapServer:
     """``await MapServer(...).start()``; ``url`` is where it listens."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: float = 3600.0,
-                 max_value: int = 1 << 16, max_bytes: int = 256 << 20,
-                 max_waiters: int = 4096, max_connections: int = 1024,
-                 max_connections_per_ip: int = 256,
-                 db: str | Path | None = None, tls: ssl.SSLContext | None = None,
-                 token: str | None = None, token_read: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ttl: float = 3600.0,
+        max_value: int = 1 << 16,
+        max_bytes: int = 256 << 20,
+        max_waiters: int = 4096,
+        max_connections: int = 1024,
+        max_connections_per_ip: int = 256,
+        db: str | Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        token: str | None = None,
+        token_read: bool = False,
+    ) -> None:
         if token_read and token is None:
             raise ValueError("token_read needs a token")
         self.host = host
         self.port = port
-        self.table = MapTable(max_value=max_value, ttl=ttl, max_bytes=max_bytes,
-                              max_waiters=max_waiters)
+        self.table = MapTable(
+            max_value=max_value, ttl=ttl, max_bytes=max_bytes, max_waiters=max_waiters
+        )
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
         self._per_ip: dict[str, int] = {}
@@ -132,11 +146,15 @@ class MapServer:
             log.info("map server: loaded %d entries from %s", loaded, self._db_path)
         # a deep backlog: each stream opens a connection per pipelined get at once, and a
         # dropped SYN costs the client a one-second retransmission
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  reuse_address=True, backlog=4096,
-                                                  ssl=self._tls,
-                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-                                                  if self._tls is not None else None)
+        self._server = await asyncio.start_server(
+            self._serve,
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=self._tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._tls is not None else None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return self
@@ -188,8 +206,9 @@ class MapServer:
         self._limit_logged[kind] = (now, 0)
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
-        writer.write(format_response(503, why.encode() + b"\n", keep_alive=False,
-                                     content_type="text/plain"))
+        writer.write(
+            format_response(503, why.encode() + b"\n", keep_alive=False, content_type="text/plain")
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -200,8 +219,10 @@ class MapServer:
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         try:
             if self._per_ip[ip] > self.max_connections_per_ip:
-                self._log_limit("per-ip", f"refusing connections from {ip}: it has "
-                                          f"{self.max_connections_per_ip} open")
+                self._log_limit(
+                    "per-ip",
+                    f"refusing connections from {ip}: it has {self.max_connections_per_ip} open",
+                )
                 self._refuse(writer, "too many connections from your address")
                 return
             if len(self._connections) > self.max_connections:
@@ -214,11 +235,14 @@ class MapServer:
         except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except asyncio.CancelledError:
-            pass   # close() cancels connection tasks; asyncio's server must not see it
+            pass  # close() cancels connection tasks; asyncio's server must not see it
         except asyncio.LimitOverrunError:
             with contextlib.suppress(Exception):
-                writer.write(format_response(431, b"request head too long\n", keep_alive=False,
-                                             content_type="text/plain"))
+                writer.write(
+                    format_response(
+                        431, b"request head too long\n", keep_alive=False, content_type="text/plain"
+                    )
+                )
         finally:
             self._connections.discard(task)
             left = self._per_ip[ip] - 1
@@ -229,8 +253,9 @@ class MapServer:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _one_request(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter, first: bool) -> bool:
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool
+    ) -> bool:
         """Serve one request; False when the connection should close. A new connection gets
         ``HEAD_TIMEOUT`` for its whole first head; a kept-alive one may idle for
         ``IDLE_TIMEOUT``, and then has ``HEAD_TIMEOUT`` from the first byte of its next."""
@@ -255,10 +280,11 @@ class MapServer:
             extra: dict[str, str] = {}
         except HttpError as exc:
             status, body, ctype = exc.status, (exc.message + "\n").encode(), "text/plain"
-            keep = False   # the body of a refused request may still be on the wire
+            keep = False  # the body of a refused request may still be on the wire
             extra = exc.headers
-        writer.write(format_response(status, body, keep_alive=keep, content_type=ctype,
-                                     extra=extra))
+        writer.write(
+            format_response(status, body, keep_alive=keep, content_type=ctype, extra=extra)
+        )
         await writer.drain()
         return keep
 
@@ -275,14 +301,19 @@ class MapServer:
                         await reader.readexactly(head.content_length)
             raise
 
-    async def _handle(self, head: RequestHead,
-                      reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+    async def _handle(
+        self, head: RequestHead, reader: asyncio.StreamReader
+    ) -> tuple[int, bytes, str]:
         path = head.path
         if path in ("/v1", "/v1/"):
             if head.method != "GET":
                 raise HttpError(405, "only GET on /v1")
-            info = {"service": "keywire map", "max_value": self.table.max_value,
-                    "ttl": self.table.ttl, "max_wait": MAX_WAIT}
+            info = {
+                "service": "keywire map",
+                "max_value": self.table.max_value,
+                "ttl": self.table.ttl,
+                "max_wait": MAX_WAIT,
+            }
             return 200, (json.dumps(info) + "\n").encode(), "application/json"
         if path == "/":
             return 200, b"keywire map server: PUT/GET /v1/<64 hex digits>\n", "text/plain"
@@ -297,8 +328,9 @@ class MapServer:
             return await self._get(address, head)
         raise HttpError(405, f"method {head.method} is not allowed (PUT or GET)")
 
-    async def _put(self, address: bytes, head: RequestHead,
-                   reader: asyncio.StreamReader) -> tuple[int, bytes, str]:
+    async def _put(
+        self, address: bytes, head: RequestHead, reader: asyncio.StreamReader
+    ) -> tuple[int, bytes, str]:
         if head.content_length < 0:
             raise HttpError(411, "PUT needs a Content-Length")
         try:
@@ -309,8 +341,11 @@ class MapServer:
             async with asyncio.timeout(BODY_TIMEOUT):
                 value = await reader.readexactly(head.content_length)
         except TimeoutError:
-            self._log_limit("body", f"dropped a PUT whose {head.content_length}-byte body did "
-                                    f"not arrive in {BODY_TIMEOUT:g} s")
+            self._log_limit(
+                "body",
+                f"dropped a PUT whose {head.content_length}-byte body did "
+                f"not arrive in {BODY_TIMEOUT:g} s",
+            )
             raise
         now = time.time()
         try:
@@ -325,8 +360,7 @@ class MapServer:
                 waiter.set_result(None)
         return 204, b"", _BINARY
 
-    async def _get(self, address: bytes,
-                   head: RequestHead) -> tuple[int, bytes, str]:
+    async def _get(self, address: bytes, head: RequestHead) -> tuple[int, bytes, str]:
         wait_text = head.query.get("wait", "0")
         try:
             wait = float(wait_text)

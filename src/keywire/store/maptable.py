@@ -40,8 +40,9 @@ class MapTable:
         if size == 0:
             raise TableError(400, "empty values are not stored")
 
-    def put(self, address: bytes, value: bytes, now: float,
-            expires: float | None = None) -> list[Hashable]:
+    def put(
+        self, address: bytes, value: bytes, now: float, expires: float | None = None
+    ) -> list[Hashable]:
         """Store (or overwrite) and return the waiters to wake."""
         self.check_put(address, len(value))
         old = self.entries.get(address)
@@ -49,8 +50,10 @@ class MapTable:
         if grow > 0 and self.stored_bytes + grow > self.max_bytes:
             self.expire(now)
             if self.stored_bytes + grow > self.max_bytes:
-                raise TableError(507, f"the store holds {self.stored_bytes} bytes; its budget "
-                                      f"is {self.max_bytes}")
+                raise TableError(
+                    507,
+                    f"the store holds {self.stored_bytes} bytes; its budget is {self.max_bytes}",
+                )
         when = now + self.ttl if expires is None else expires
         self.entries[address] = (value, when)
         self.stored_bytes += grow

@@ -79,9 +79,16 @@ class MemoryStore(StoreBackend):
 class LossyStore(StoreBackend):
     """Loses, delays (reorders) and duplicates the puts of an inner store, reproducibly."""
 
-    def __init__(self, inner: StoreBackend, *, put_loss: float = 0.0, duplicate: float = 0.0,
-                 delay: tuple[float, float] = (0.0, 0.0), get_loss: float = 0.0,
-                 seed: int = 1) -> None:
+    def __init__(
+        self,
+        inner: StoreBackend,
+        *,
+        put_loss: float = 0.0,
+        duplicate: float = 0.0,
+        delay: tuple[float, float] = (0.0, 0.0),
+        get_loss: float = 0.0,
+        seed: int = 1,
+    ) -> None:
         self.inner = inner
         self.max_value = inner.max_value
         self.description = f"lossy {inner.description}"

@@ -9,10 +9,10 @@ from ..errors import StreamError
 
 
 class Purpose(enum.Enum):
-    READ = "read"          # the peer's next frames
-    VERIFY = "verify"      # read back one of our own frames that nobody acknowledges
-    RECOVER = "recover"    # after a restore: did our previous run put this frame?
-    PROBE = "probe"        # is the oldest unacknowledged frame really in the store?
+    READ = "read"  # the peer's next frames
+    VERIFY = "verify"  # read back one of our own frames that nobody acknowledges
+    RECOVER = "recover"  # after a restore: did our previous run put this frame?
+    PROBE = "probe"  # is the oldest unacknowledged frame really in the store?
 
 
 @dataclass(eq=False)

@@ -41,10 +41,11 @@ def open_state(blob: bytes, key: bytes) -> dict[str, Any]:
     if not blob.startswith(MAGIC):
         raise StateError("not a keywire store-stream state (bad magic)")
     try:
-        plain = box.decrypt(blob[len(MAGIC):])
+        plain = box.decrypt(blob[len(MAGIC) :])
     except nacl.exceptions.CryptoError:
-        raise StateError("saved state does not open with this key (wrong key or "
-                         "damaged file)") from None
+        raise StateError(
+            "saved state does not open with this key (wrong key or damaged file)"
+        ) from None
     state = cbor2.loads(plain)
     if not isinstance(state, dict):
         raise StateError("saved state is not a map")

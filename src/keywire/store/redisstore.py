@@ -135,7 +135,7 @@ class _Subscriber:
                 pending.set_exception(StoreError(f"redis subscription lost: {error}"))
                 pending.exception()
         self._pending.clear()
-        self._wake(None)   # every waiting get reads again
+        self._wake(None)  # every waiting get reads again
         return pubsub
 
     async def _run(self) -> None:
@@ -143,7 +143,7 @@ class _Subscriber:
         loop = asyncio.get_running_loop()
         while not self._closed:
             pubsub = self._pubsub
-            if pubsub is None:        # lost: the next get's subscribe makes a new one
+            if pubsub is None:  # lost: the next get's subscribe makes a new one
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -198,9 +198,15 @@ class RedisStore(StoreBackend):
     """``RedisStore("redis://127.0.0.1:6379/0")``; ``rediss://`` for TLS, verified against the
     system trust store, or against ``cafile`` alone when given."""
 
-    def __init__(self, url: str, *, max_value: int = DEFAULT_MAX_VALUE,
-                 ttl: float = DEFAULT_TTL, prefix: str = "kw:",
-                 cafile: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_value: int = DEFAULT_MAX_VALUE,
+        ttl: float = DEFAULT_TTL,
+        prefix: str = "kw:",
+        cafile: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         # never show a password from the URL
         shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
@@ -216,11 +222,10 @@ class RedisStore(StoreBackend):
         tls: dict[str, Any] = {}
         if parts.scheme == "rediss":
             # redis-py verifies the certificate and host name by default; say so anyway
-            tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True,
-                   "ssl_ca_certs": cafile}
-        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0,
-                                               max_connections=512,
-                                               retry=Retry(NoBackoff(), 0), **tls)
+            tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": cafile}
+        self._client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, max_connections=512, retry=Retry(NoBackoff(), 0), **tls
+        )
         self._script = self._client.register_script(_PUT_SCRIPT)
         self._subscriber = _Subscriber(self._client)
 
@@ -235,9 +240,10 @@ class RedisStore(StoreBackend):
         if len(value) > self.max_value:
             raise ValueTooLarge(len(value), self.max_value)
         try:
-            await self._script(keys=[self._key(address)],
-                               args=[value, int(self.ttl * 1000), self.max_value,
-                                     self._channel(address)])
+            await self._script(
+                keys=[self._key(address)],
+                args=[value, int(self.ttl * 1000), self.max_value, self._channel(address)],
+            )
         except ResponseError as exc:
             if str(exc).startswith("TOOLARGE"):
                 raise ValueTooLarge(len(value), self.max_value) from None
@@ -253,7 +259,8 @@ class RedisStore(StoreBackend):
         if isinstance(exc, AuthenticationError):
             return StoreRefused(f"{self.description}: authentication failed: {exc}")
         if isinstance(exc, OutOfMemoryError) or (
-                isinstance(exc, ResponseError) and str(exc).startswith("OOM")):
+            isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+        ):
             return StoreFull(f"{self.description} is full (maxmemory): {exc}")
         return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
 

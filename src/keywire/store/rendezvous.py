@@ -58,7 +58,8 @@ class SessionDialer:
     async def _used(self, slot: int) -> bool:
         dial, claim = await asyncio.gather(
             self._backend.get(self.keys.dial.frame_id(slot), 0.0),
-            self._backend.get(self.keys.claim.frame_id(slot), 0.0))
+            self._backend.get(self.keys.claim.frame_id(slot), 0.0),
+        )
         return dial is not None or claim is not None
 
     async def announce(self) -> Session:
@@ -66,12 +67,13 @@ class SessionDialer:
             if self._session is None:
                 self._session = new_session(self._secret, await search(self._used, self._start))
             session = self._session
-            address, value = seal_record(self.keys.dial, session.epoch, session.session_id,
-                                         self._size)
+            address, value = seal_record(
+                self.keys.dial, session.epoch, session.session_id, self._size
+            )
             await self._backend.put(address, value)
             back = await self._backend.get(address, 0.0)
             if back is None:
-                continue             # the store lost the put: the slot is still ours to take
+                continue  # the store lost the put: the slot is still ours to take
             try:
                 named: bytes | None = open_record(self.keys.dial, session.epoch, back)
             except RecordError:
@@ -80,13 +82,14 @@ class SessionDialer:
                 return session
             # another dialer of this secret took the slot at the same moment: the next one
             self._session, self._start = None, session.epoch + 1
-        raise StoreError(f"{self._backend.description}: could not announce a session in "
-                         f"{DIAL_TRIES} tries (other dialers of this secret keep taking "
-                         "the slots)")
+        raise StoreError(
+            f"{self._backend.description}: could not announce a session in "
+            f"{DIAL_TRIES} tries (other dialers of this secret keep taking "
+            "the slots)"
+        )
 
 
-async def dial_session(backend: StoreBackend, secret: bytes,
-                       size: int = RECORD_SIZE) -> Session:
+async def dial_session(backend: StoreBackend, secret: bytes, size: int = RECORD_SIZE) -> Session:
     """Announce a new session (see ``SessionDialer``); ``size`` is the record's length (the
     stream's value size)."""
     return await SessionDialer(backend, secret, size).announce()
@@ -103,6 +106,7 @@ class SessionListener:
 
     async def first_epoch(self) -> int:
         """The first slot no listener has claimed: where this one starts waiting."""
+
         async def used(slot: int) -> bool:
             return await self._backend.get(self.keys.claim.frame_id(slot), 0.0) is not None
 
@@ -119,8 +123,7 @@ class SessionListener:
 
     async def claim(self, session: Session) -> None:
         """Record that ``session`` was taken, so a restarted listener starts after it."""
-        address, value = seal_record(self.keys.claim, session.epoch, session.session_id,
-                                     self._size)
+        address, value = seal_record(self.keys.claim, session.epoch, session.session_id, self._size)
         await self._backend.put(address, value)
 
 

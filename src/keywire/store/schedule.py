@@ -38,8 +38,9 @@ def _hkdf64(ikm: bytes) -> bytes:
 def split_secret(secret: bytes) -> tuple[bytes, bytes]:
     """(listener sub-secret, dialer sub-secret) from the shared secret."""
     if len(secret) < MIN_SECRET_BYTES:
-        raise SecretError(f"stream secret has {len(secret)} bytes; at least "
-                          f"{MIN_SECRET_BYTES} are required")
+        raise SecretError(
+            f"stream secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
+        )
     material = _hkdf64(secret)
     return material[:KEY_SIZE], material[KEY_SIZE:]
 

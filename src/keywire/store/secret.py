@@ -40,8 +40,10 @@ def parse_secret(text: str) -> bytes:
     if not isinstance(text, str) or text == "":
         raise SecretError("stream secret is empty: expected base64url of 32 random bytes")
     if len(text) > 4 * MAX_SECRET_BYTES:
-        raise SecretError(f"stream secret is {len(text)} characters long; at most "
-                          f"{MAX_SECRET_BYTES} bytes of base64 are allowed")
+        raise SecretError(
+            f"stream secret is {len(text)} characters long; at most "
+            f"{MAX_SECRET_BYTES} bytes of base64 are allowed"
+        )
     try:
         if _URLSAFE.fullmatch(text):
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -54,9 +56,11 @@ def parse_secret(text: str) -> bytes:
     except binascii.Error as exc:
         raise SecretError(f"stream secret is not valid base64: {exc}") from None
     if len(raw) < MIN_SECRET_BYTES:
-        raise SecretError(f"stream secret decodes to {len(raw)} bytes; "
-                          f"at least {MIN_SECRET_BYTES} are required")
+        raise SecretError(
+            f"stream secret decodes to {len(raw)} bytes; at least {MIN_SECRET_BYTES} are required"
+        )
     if len(raw) > MAX_SECRET_BYTES:
-        raise SecretError(f"stream secret decodes to {len(raw)} bytes; "
-                          f"at most {MAX_SECRET_BYTES} are allowed")
+        raise SecretError(
+            f"stream secret decodes to {len(raw)} bytes; at most {MAX_SECRET_BYTES} are allowed"
+        )
     return raw

@@ -46,8 +46,9 @@ class RecordError(ValueError):
 
 
 def _hkdf(secret: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=SESSION_SALT,
-                info=info).derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=SESSION_SALT, info=info).derive(
+        secret
+    )
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,15 @@ class SessionKeys:
     @classmethod
     def derive(cls, secret: bytes) -> SessionKeys:
         if len(secret) < MIN_SECRET_BYTES:
-            raise SecretError(f"stream secret has {len(secret)} bytes; at least "
-                              f"{MIN_SECRET_BYTES} are required")
+            raise SecretError(
+                f"stream secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
+            )
         dial = _hkdf(secret, b"dial", 2 * KEY_SIZE)
         claim = _hkdf(secret, b"claim", 2 * KEY_SIZE)
-        return cls(DirectionKeys(dial[:KEY_SIZE], dial[KEY_SIZE:]),
-                   DirectionKeys(claim[:KEY_SIZE], claim[KEY_SIZE:]))
+        return cls(
+            DirectionKeys(dial[:KEY_SIZE], dial[KEY_SIZE:]),
+            DirectionKeys(claim[:KEY_SIZE], claim[KEY_SIZE:]),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ def new_session(secret: bytes, epoch: int, session_id: bytes | None = None) -> S
     return Session(epoch, sid, derived)
 
 
-def seal_record(keys: DirectionKeys, epoch: int, session_id: bytes,
-                size: int = RECORD_SIZE) -> tuple[bytes, bytes]:
+def seal_record(
+    keys: DirectionKeys, epoch: int, session_id: bytes, size: int = RECORD_SIZE
+) -> tuple[bytes, bytes]:
     """(store address, value) of a dial or claim record naming ``session_id`` in ``epoch``,
     zero-padded to ``size`` bytes in all."""
     if not RECORD_SIZE <= size <= MAX_RECORD:
@@ -102,23 +107,27 @@ def seal_record(keys: DirectionKeys, epoch: int, session_id: bytes,
 def open_record(keys: DirectionKeys, epoch: int, value: bytes) -> bytes:
     """The session id in a record read at ``epoch``; ``RecordError`` says what is wrong."""
     if not RECORD_SIZE <= len(value) <= MAX_RECORD:
-        raise RecordError(f"session slot {epoch}: value of {len(value)} bytes, expected "
-                          f"{RECORD_SIZE}..{MAX_RECORD}")
+        raise RecordError(
+            f"session slot {epoch}: value of {len(value)} bytes, expected "
+            f"{RECORD_SIZE}..{MAX_RECORD}"
+        )
     box = nacl.secret.SecretBox(keys.frame_key(epoch))
     try:
         plain = box.decrypt(value[NONCE_SIZE:], value[:NONCE_SIZE])
     except nacl.exceptions.CryptoError:
-        raise RecordError(f"session slot {epoch}: record does not open (another secret, or "
-                          "copied from another slot)") from None
-    if plain[:len(MAGIC)] != MAGIC:
+        raise RecordError(
+            f"session slot {epoch}: record does not open (another secret, or "
+            "copied from another slot)"
+        ) from None
+    if plain[: len(MAGIC)] != MAGIC:
         raise RecordError(f"session slot {epoch}: not a session record")
-    named = struct.unpack(">Q", plain[len(MAGIC):len(MAGIC) + 8])[0]
+    named = struct.unpack(">Q", plain[len(MAGIC) : len(MAGIC) + 8])[0]
     if named != epoch:
         raise RecordError(f"session slot {epoch}: record of epoch {named}")
     start = len(MAGIC) + 8
-    if plain[start + SESSION_ID_SIZE:].strip(b"\x00"):
+    if plain[start + SESSION_ID_SIZE :].strip(b"\x00"):
         raise RecordError(f"session slot {epoch}: padding is not zeros")
-    return plain[start:start + SESSION_ID_SIZE]
+    return plain[start : start + SESSION_ID_SIZE]
 
 
 def record_digest(value: bytes) -> bytes:
@@ -137,8 +146,8 @@ class SlotSearch:
     """
 
     def __init__(self, start: int = 0) -> None:
-        self._lo = start - 1          # highest slot known used (start - 1: none yet)
-        self._hi: int | None = None   # lowest slot known free
+        self._lo = start - 1  # highest slot known used (start - 1: none yet)
+        self._hi: int | None = None  # lowest slot known free
         self._step = 1
         self._next: int | None = start
         self.probes = 0

@@ -40,6 +40,9 @@ OP_TIMEOUT = 15.0
 #: a store that refuses every put as full for this long fails the stream (entries expire, so
 #: a short spell is waited out; a full store is otherwise a silent stall)
 FULL_GRACE = 10.0
+#: how long an abort's last frames (Reset and StopSending, so the peer learns) may take; they
+#: are put in the background, so ``abort`` itself returns at once
+LAST_WORDS_TIMEOUT = 1.0
 
 
 class StoreStream(Stream):
@@ -47,8 +50,10 @@ class StoreStream(Stream):
 
     def __init__(self, core: StoreCore, backend: StoreBackend) -> None:
         if core.params.value_size > backend.max_value:
-            raise ValueError(f"value size {core.params.value_size} exceeds the limit of "
-                             f"{backend.description} ({backend.max_value} bytes)")
+            raise ValueError(
+                f"value size {core.params.value_size} exceeds the limit of "
+                f"{backend.description} ({backend.max_value} bytes)"
+            )
         self._core = core
         self._backend = backend
         self._wake = asyncio.Event()
@@ -60,6 +65,7 @@ class StoreStream(Stream):
         self._finished = asyncio.Event()
         self._writing = False
         self._full_since: float | None = None
+        self._last_words: asyncio.Task[None] | None = None
         #: the latest rejected frames and store troubles, for diagnostics
         self.rejections: deque[FrameRejected] = deque(maxlen=64)
         self.troubles: deque[StoreTrouble] = deque(maxlen=64)
@@ -67,15 +73,28 @@ class StoreStream(Stream):
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def open(cls, backend: StoreBackend, secret: bytes, role: Role, *,
-             params: StoreParams | None = None, mode: Mode = Mode.DUPLEX) -> StoreStream:
+    def open(
+        cls,
+        backend: StoreBackend,
+        secret: bytes,
+        role: Role,
+        *,
+        params: StoreParams | None = None,
+        mode: Mode = Mode.DUPLEX,
+    ) -> StoreStream:
         """Start one end of a stream (call from a running event loop)."""
         return cls(StoreCore(secret, role, params or StoreParams(), mode), backend)
 
     @classmethod
-    async def restore(cls, backend: StoreBackend, blob: bytes, key: bytes, *,
-                      params: StoreParams | None = None,
-                      timeout: float = 30.0) -> StoreStream:
+    async def restore(
+        cls,
+        backend: StoreBackend,
+        blob: bytes,
+        key: bytes,
+        *,
+        params: StoreParams | None = None,
+        timeout: float = 30.0,
+    ) -> StoreStream:
         """Resume from ``save()``; returns once the frames put after that save are found, so
         ``bytes_written`` says where the application should continue writing from."""
         now = asyncio.get_running_loop().time()
@@ -87,8 +106,9 @@ class StoreStream(Stream):
                     await stream._progress()
         except TimeoutError:
             await stream.abort()
-            raise TimeoutError(f"restoring the stream: the store did not answer in "
-                               f"{timeout:g} s") from None
+            raise TimeoutError(
+                f"restoring the stream: the store did not answer in {timeout:g} s"
+            ) from None
         if core.failed is not None:
             await stream.abort()
             raise core.failed
@@ -119,7 +139,7 @@ class StoreStream(Stream):
 
     def _consumed(self, n: int) -> None:
         self._core.consumed(n)
-        self._wake.set()          # gets may have paused on a full read buffer
+        self._wake.set()  # gets may have paused on a full read buffer
 
     # -- Stream contract ---------------------------------------------------------------------
     async def read(self, n: int = -1) -> bytes:
@@ -200,20 +220,58 @@ class StoreStream(Stream):
             return False
         return self._core.quiescent
 
-    async def abort(self, code: int = Code.CANCELLED) -> None:
-        """Stop at once: cancel every store operation (unconfirmed frames stay unconfirmed)."""
+    def goodbye(self, code: int) -> None:
+        """Close with a code: Reset(code) after what was written, and a StopSending(code) the
+        peer hears even after its own End, so it finishes without our acks."""
+        self._core.goodbye(code)
+        self._pump()
+        self._wake.set()
+
+    async def abort(self, code: int = Code.CANCELLED, *, notify: bool = False) -> None:
+        """Stop at once: cancel every store operation (unconfirmed frames stay unconfirmed).
+        With ``notify``, put a last Reset(code) and StopSending(code) in the background (best
+        effort, at most ``LAST_WORDS_TIMEOUT``), so the peer learns; without it (a simulated
+        crash, a session nobody joined) nothing more is written."""
+        first = self._stopped is None
         if self._stopped is None:
             self._stopped = ConnectionClosed(code, "stream stopped")
         self._runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._runner
         await self._cancel_ops()
+        if notify and first:
+            ops = self._core.last_words(code, asyncio.get_running_loop().time())
+            if ops:
+                self._last_words = asyncio.get_running_loop().create_task(self._say(ops))
         error = StreamError(code, "stream stopped")
         self._recv.fail(error, discard=False)
         if self._write_error is None:
             self._write_error = error
         self._finished.set()
         self._notify()
+
+    async def _say(self, ops: list[PutOp]) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LAST_WORDS_TIMEOUT):
+                results = await asyncio.gather(
+                    *(self._backend.put(op.address, op.value) for op in ops), return_exceptions=True
+                )
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    log.info(
+                        "store stream: %d of the last %d frames not put: %r",
+                        len(failed),
+                        len(ops),
+                        failed[0],
+                    )
+                return
+        log.info("store stream: the last frames were not put in %g s", LAST_WORDS_TIMEOUT)
+
+    async def wait_last_words(self) -> None:
+        """Wait until an abort's last frames are put or given up (before closing the store)."""
+        if self._last_words is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._last_words)
 
     # -- engine ------------------------------------------------------------------------------
     async def _progress(self) -> None:
@@ -304,9 +362,9 @@ class StoreStream(Stream):
                 self._core.get_done(op, value, loop.time())
         except asyncio.CancelledError:
             raise
-        except ValueTooLarge as exc:   # retrying cannot help
+        except ValueTooLarge as exc:  # retrying cannot help
             self._core.fail(StreamError(Code.TOO_LARGE, f"{self._backend.description}: {exc}"))
-        except StoreRefused as exc:   # nor can it against a wrong token or certificate
+        except StoreRefused as exc:  # nor can it against a wrong token or certificate
             self._core.fail(StreamError(exc.code, str(exc)))
         except StoreFull as exc:
             now = loop.time()
@@ -332,8 +390,14 @@ class StoreConnection(OneStreamConnection):
     _unnamed = "a store stream"
     _ended_text = "store stream ended"
 
-    def __init__(self, stream: StoreStream, address: str = "", *, linger: float = 30.0,
-                 owns_backend: StoreBackend | None = None) -> None:
+    def __init__(
+        self,
+        stream: StoreStream,
+        address: str = "",
+        *,
+        linger: float = 30.0,
+        owns_backend: StoreBackend | None = None,
+    ) -> None:
         super().__init__(stream, stream._finished, address)
         self._stream = stream
         self.remote = RemoteIdentity()
@@ -349,32 +413,40 @@ class StoreConnection(OneStreamConnection):
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
         """Graceful: FIN and StopSending(closed), then wait (at most ``close_timeout``) until
-        every frame we wrote and every ack we owe is confirmed, so nothing is lost; with a
-        code, reset with it. A write still in progress resets the stream (``closed``)."""
+        every frame we wrote and every ack we owe is confirmed, so nothing is lost. With a
+        code: what was written, then Reset(code), and StopSending(code), which tells the peer
+        to finish without us; we wait (as long) until the peer acknowledged our frames. A
+        write still in progress resets the stream (``closed``, or the code)."""
         if self._closed is not None:
             return
         self._closed = ConnectionClosed(code, reason or "closed locally")
         stream = self._stream
+        final = Code.CLOSED if code == Code.NONE else code
         try:
             if code == Code.NONE and not stream._writing:
                 await stream.close_write()
                 stream.stop_sending(Code.CLOSED)
                 await stream.linger(self.close_timeout)
             else:
-                stream.reset(Code.CLOSED if code == Code.NONE else code)
+                if stream._writing:
+                    stream.reset(final)
+                stream.goodbye(final)
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(min(self.close_timeout, 5.0)):
-                        await stream.sync()
+                    async with asyncio.timeout(self.close_timeout):
+                        await stream.sync(acked=True)
         except asyncio.CancelledError:
             self.abort(Code.CANCELLED)
             raise
-        await stream.abort(Code.CLOSED if code == Code.NONE else code)
+        await stream.abort(final, notify=True)
         if self._backend is not None:
+            await stream.wait_last_words()
             await self._backend.close()
 
     def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
-        """Stop at once without writing anything more to the store (await the result to wait
-        until its operations are cancelled and the backend is closed)."""
+        """Stop at once; a last Reset(code) and StopSending(code) are put in the background
+        (best effort, bounded) so the peer learns. Await the result to wait until the
+        operations are cancelled and, if we own the backend, those last puts are done and the
+        backend is closed."""
         if self._closed is None:
             self._closed = ConnectionClosed(code, reason or "aborted locally")
         if self._aborting is None:
@@ -382,14 +454,26 @@ class StoreConnection(OneStreamConnection):
         return self._aborting
 
     async def _aborted(self, code: int) -> None:
-        await self._stream.abort(code)
+        await self._stream.abort(code, notify=True)
         if self._backend is not None:
+            await self._stream.wait_last_words()
             await self._backend.close()
 
+    def _take(self) -> Stream:
+        if self._taken and self._closed is None and self._ended.is_set():
+            raise self._natural_end()  # the peer ended the connection
+        return super()._take()
+
     def _natural_end(self) -> ConnectionClosed:
-        failed = self._stream.core.failed
-        if failed is not None:
-            return ConnectionClosed(failed.code, str(failed))
+        core = self._stream.core
+        if core.failed is not None:
+            return ConnectionClosed(core.failed.code, str(core.failed))
+        if core.peer_reset_code is not None:  # the peer's close(code) or abort(code)
+            return ConnectionClosed(
+                core.peer_reset_code,
+                f"peer ended the stream (code {core.peer_reset_code})",
+                remote=True,
+            )
         return ConnectionClosed(Code.NONE, "store stream ended")
 
     @property

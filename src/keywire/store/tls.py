@@ -13,8 +13,9 @@ def client_context(cafile: str | None = None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"store.cafile {cafile!r}: cannot load CA certificates: "
-                         f"{_reason(exc)}") from None
+        raise ValueError(
+            f"store.cafile {cafile!r}: cannot load CA certificates: {_reason(exc)}"
+        ) from None
 
 
 def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -23,8 +24,9 @@ def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS certificate {certfile!r} with key {keyfile!r}: "
-                         f"{_reason(exc)}") from None
+        raise ValueError(
+            f"cannot load the TLS certificate {certfile!r} with key {keyfile!r}: {_reason(exc)}"
+        ) from None
     return context
 
 
@@ -46,8 +48,10 @@ def explain(error: ssl.SSLCertVerificationError) -> str:
     if "mismatch" in what.lower():
         hint = "the certificate names another host: dial the name it was issued for"
     else:
-        hint = ("give the issuing CA with the store.cafile setting, or use a certificate the "
-                "system trusts")
+        hint = (
+            "give the issuing CA with the store.cafile setting, or use a certificate the "
+            "system trusts"
+        )
     return f"TLS certificate not trusted: {what} ({hint})"
 
 

@@ -25,8 +25,9 @@ class Check(Protocol):
 
     __name__: str
 
-    def __call__(self, make_pair: MakePair,
-                 capabilities: Capabilities | None = None) -> Awaitable[None]: ...
+    def __call__(
+        self, make_pair: MakePair, capabilities: Capabilities | None = None
+    ) -> Awaitable[None]: ...
 
 
 #: what the running check is doing, so a timeout can say where it hung
@@ -66,8 +67,9 @@ def bounded(check: Callable[[MakePair, Capabilities], Awaitable[None]]) -> Check
             async with asyncio.timeout(caps.timeout):
                 await check(make_pair, caps)
         except TimeoutError:
-            raise ContractError(f"{check.__name__} did not finish within {caps.timeout:g} s: "
-                                f"hung at {holder[0]}") from None
+            raise ContractError(
+                f"{check.__name__} did not finish within {caps.timeout:g} s: hung at {holder[0]}"
+            ) from None
         finally:
             _step.reset(token)
 
@@ -87,8 +89,9 @@ async def stream_pair(opener: Connection, acceptor: Connection, way: str) -> tup
     return ours, theirs
 
 
-async def both_ways(make_pair: MakePair, capabilities: Capabilities, body: Body,
-                    *, fresh: bool = False) -> None:
+async def both_ways(
+    make_pair: MakePair, capabilities: Capabilities, body: Body, *, fresh: bool = False
+) -> None:
     """Run ``body(opener, acceptor, way)`` with the client opening, then the server.
 
     A single-stream connection (or ``fresh``) uses a new pair for each direction; a

@@ -40,8 +40,9 @@ async def _expect_closed(what: str, call: Any) -> None:
     except ConnectionClosed:
         return
     except Exception as exc:
-        raise ContractError(f"{what} raised {type(exc).__name__}({exc}), "
-                            "wanted ConnectionClosed") from exc
+        raise ContractError(
+            f"{what} raised {type(exc).__name__}({exc}), wanted ConnectionClosed"
+        ) from exc
     raise ContractError(f"{what} returned {result!r}, wanted ConnectionClosed")
 
 
@@ -64,9 +65,11 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
                 await finish(waiters)
             streams = [r for r in results if isinstance(r, Stream)]
             closed = [r for r in results if isinstance(r, ConnectionClosed)]
-            expect(len(streams) == 1 and len(closed) == 1,
-                   f"two accept_stream waiters on a single-stream connection ended as "
-                   f"{_outcomes(results)}, wanted one stream and one ConnectionClosed")
+            expect(
+                len(streams) == 1 and len(closed) == 1,
+                f"two accept_stream waiters on a single-stream connection ended as "
+                f"{_outcomes(results)}, wanted one stream and one ConnectionClosed",
+            )
         return
 
     async with make_pair() as (client, server):
@@ -76,8 +79,10 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
             early = [w for w in waiters if w.done()]
             if early:
                 outcome = early[0].exception() or early[0].result()
-                raise ContractError("a second waiting accept_stream ended before the peer "
-                                    f"opened any stream: {type(outcome).__name__}({outcome})")
+                raise ContractError(
+                    "a second waiting accept_stream ended before the peer "
+                    f"opened any stream: {type(outcome).__name__}({outcome})"
+                )
             for mark in (b"A", b"B"):
                 stream = await client.open_stream()
                 await stream.write(mark)
@@ -85,9 +90,10 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
             results = await asyncio.gather(*waiters, return_exceptions=True)
         finally:
             await finish(waiters)
-        expect(all(isinstance(r, Stream) for r in results),
-               f"two waiting accept_stream calls ended as {_outcomes(results)}, wanted two "
-               "streams")
+        expect(
+            all(isinstance(r, Stream) for r in results),
+            f"two waiting accept_stream calls ended as {_outcomes(results)}, wanted two streams",
+        )
         marks = {await r.readexactly(1) for r in results if isinstance(r, Stream)}
         expect(marks == {b"A", b"B"}, f"the two waiters got streams carrying {marks}")
 
@@ -99,9 +105,11 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
             results = await asyncio.gather(*waiters, return_exceptions=True)
         finally:
             await finish(waiters)
-        expect(all(isinstance(r, ConnectionClosed) for r in results),
-               f"two accept_stream waiters ended as {_outcomes(results)} when the peer "
-               "closed, wanted ConnectionClosed for both")
+        expect(
+            all(isinstance(r, ConnectionClosed) for r in results),
+            f"two accept_stream waiters ended as {_outcomes(results)} when the peer "
+            "closed, wanted ConnectionClosed for both",
+        )
 
     async with make_pair() as (client, server):
         waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
@@ -112,13 +120,21 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
             results = await asyncio.gather(*waiters, return_exceptions=True)
         finally:
             await finish(waiters)
-        expect(all(isinstance(r, ConnectionClosed) for r in results),
-               f"two accept_stream waiters ended as {_outcomes(results)} when their own "
-               "connection closed, wanted ConnectionClosed for both")
+        expect(
+            all(isinstance(r, ConnectionClosed) for r in results),
+            f"two accept_stream waiters ended as {_outcomes(results)} when their own "
+            "connection closed, wanted ConnectionClosed for both",
+        )
 
 
-async def _check_ended_by(ender: Connection, peer: Connection, ours: Stream, theirs: Stream,
-                          capabilities: Capabilities, how: str) -> None:
+async def _check_ended_by(
+    ender: Connection,
+    peer: Connection,
+    ours: Stream,
+    theirs: Stream,
+    capabilities: Capabilities,
+    how: str,
+) -> None:
     """After ``ender`` closed with ``CLOSE_CODE`` (by ``how``): both sides report it."""
     expect(ender.closed, f"after {how}, closed is False")
     await _expect_closed(f"open_stream after {how}", ender.open_stream)
@@ -132,15 +148,19 @@ async def _check_ended_by(ender: Connection, peer: Connection, ours: Stream, the
         raise ContractError(f"a write on a stream of a connection ended by {how} succeeded")
     step(f"our wait_closed after {how}")
     mine = await ender.wait_closed()
-    expect(mine.code == CLOSE_CODE and not mine.remote,
-           f"after {how}, our wait_closed gave {mine.code.label} (remote={mine.remote}), "
-           f"wanted {CLOSE_CODE.label} from us")
+    expect(
+        mine.code == CLOSE_CODE and not mine.remote,
+        f"after {how}, our wait_closed gave {mine.code.label} (remote={mine.remote}), "
+        f"wanted {CLOSE_CODE.label} from us",
+    )
     step(f"the peer's stream read after {how}")
     got, end = await read_until_end(theirs)
     if not (end is None and not capabilities.authenticated_eof):
-        expect(isinstance(end, StreamError),
-               f"after the peer's {how}, a stream read {len(got)} bytes then "
-               f"{describe_end(end)}, wanted StreamError")
+        expect(
+            isinstance(end, StreamError),
+            f"after the peer's {how}, a stream read {len(got)} bytes then "
+            f"{describe_end(end)}, wanted StreamError",
+        )
     if end is None:
         # declared: the carrier showed the end as a FIN, so the peer's connection ends when
         # its application ends its own half, as after any FIN
@@ -150,11 +170,15 @@ async def _check_ended_by(ender: Connection, peer: Connection, ours: Stream, the
     step(f"the peer's wait_closed after {how}")
     reason = await peer.wait_closed()
     if capabilities.close_codes:
-        expect(reason.code == CLOSE_CODE and reason.remote,
-               f"after the peer's {how}, wait_closed gave {reason.code.label} "
-               f"(remote={reason.remote}), wanted {CLOSE_CODE.label} from the peer")
-    expect(peer.closed and peer.close_error is not None,
-           f"after the peer's {how}, closed/close_error do not say so")
+        expect(
+            reason.code == CLOSE_CODE and reason.remote,
+            f"after the peer's {how}, wait_closed gave {reason.code.label} "
+            f"(remote={reason.remote}), wanted {CLOSE_CODE.label} from the peer",
+        )
+    expect(
+        peer.closed and peer.close_error is not None,
+        f"after the peer's {how}, closed/close_error do not say so",
+    )
     await _expect_closed(f"open_stream after the peer's {how}", peer.open_stream)
 
 
@@ -206,11 +230,15 @@ async def check_wait_closed(make_pair: MakePair, capabilities: Capabilities) -> 
         step("the peer's wait_closed after close()")
         reason = await server.wait_closed()
         if capabilities.close_codes:
-            expect(reason.code == Code.NONE,
-                   f"the peer's wait_closed after a clean close gave {reason.code.label}")
+            expect(
+                reason.code == Code.NONE,
+                f"the peer's wait_closed after a clean close gave {reason.code.label}",
+            )
         expect(client.closed and server.closed, "closed is False after wait_closed returned")
-        expect(client.close_error is not None and server.close_error is not None,
-               "close_error is None after wait_closed returned")
+        expect(
+            client.close_error is not None and server.close_error is not None,
+            "close_error is None after wait_closed returned",
+        )
         await _expect_closed("open_stream after close()", client.open_stream)
         await _expect_closed("the peer's accept_stream after close", server.accept_stream)
 
@@ -232,15 +260,18 @@ async def check_graceful_close(make_pair: MakePair, capabilities: Capabilities) 
             got, end = await receiving
         finally:
             await finish([receiving])
-        expect(got == payload[:len(got)], f"{way}: the peer read other bytes than written")
+        expect(got == payload[: len(got)], f"{way}: the peer read other bytes than written")
         if capabilities.close_delivers:
-            expect(len(got) == len(payload) and end is None,
-                   f"{way}: wrote {len(payload)} bytes and closed; the peer read {len(got)} "
-                   f"then {describe_end(end)}, wanted all then EOF")
+            expect(
+                len(got) == len(payload) and end is None,
+                f"{way}: wrote {len(payload)} bytes and closed; the peer read {len(got)} "
+                f"then {describe_end(end)}, wanted all then EOF",
+            )
         else:
-            expect(len(got) == len(payload) or end is not None,
-                   f"{way}: a transfer cut at {len(got)} of {len(payload)} bytes ended in a "
-                   "clean EOF")
+            expect(
+                len(got) == len(payload) or end is not None,
+                f"{way}: a transfer cut at {len(got)} of {len(payload)} bytes ended in a clean EOF",
+            )
 
     await both_ways(make_pair, capabilities, body, fresh=True)
 
@@ -252,33 +283,40 @@ async def _receive_soon(conn: Connection, seconds: float) -> bytes | None:
         return None
 
 
-async def _datagram_way(sender: Connection, receiver: Connection, support: DatagramSupport,
-                        way: str) -> None:
+async def _datagram_way(
+    sender: Connection, receiver: Connection, support: DatagramSupport, way: str
+) -> None:
     size = sender.max_datagram_size
-    expect(isinstance(size, int) and size > 0,
-           f"{way}: max_datagram_size is {size!r} on a connection declared with datagrams")
+    expect(
+        isinstance(size, int) and size > 0,
+        f"{way}: max_datagram_size is {size!r} on a connection declared with datagrams",
+    )
     assert size is not None
     if support.max_size is not None:
-        expect(size <= support.max_size,
-               f"{way}: max_datagram_size {size} exceeds the declared {support.max_size}")
+        expect(
+            size <= support.max_size,
+            f"{way}: max_datagram_size {size} exceeds the declared {support.max_size}",
+        )
     payload = pattern(size, 11)
     step(f"{way}: a datagram of {size} bytes")
     received = None
-    for _ in range(10):   # datagrams may be lost; loopback rarely loses ten in a row
+    for _ in range(10):  # datagrams may be lost; loopback rarely loses ten in a row
         sender.send_datagram(payload)
         received = await _receive_soon(receiver, 0.5)
         if received is not None:
             break
-    expect(received == payload, f"{way}: a datagram of max_datagram_size ({size}) did not "
-                                "arrive intact")
+    expect(
+        received == payload,
+        f"{way}: a datagram of max_datagram_size ({size}) did not arrive intact",
+    )
     try:
         sender.send_datagram(bytes(size + 1))
     except DatagramTooLarge as exc:
-        expect(exc.limit == size, f"{way}: DatagramTooLarge names the limit {exc.limit}, "
-                                  f"not {size}")
+        expect(
+            exc.limit == size, f"{way}: DatagramTooLarge names the limit {exc.limit}, not {size}"
+        )
     else:
-        raise ContractError(f"{way}: a datagram of {size + 1} bytes did not raise "
-                            "DatagramTooLarge")
+        raise ContractError(f"{way}: a datagram of {size + 1} bytes did not raise DatagramTooLarge")
     # drain strays (repeats of the sized datagram) before the queue check
     while await _receive_soon(receiver, 0.2) is not None:
         pass
@@ -291,8 +329,10 @@ async def check_datagrams(make_pair: MakePair, capabilities: Capabilities) -> No
     support = capabilities.datagrams
     async with make_pair() as (client, server):
         if support is None:
-            expect(client.max_datagram_size is None and server.max_datagram_size is None,
-                   "max_datagram_size is not None on a connection declared without datagrams")
+            expect(
+                client.max_datagram_size is None and server.max_datagram_size is None,
+                "max_datagram_size is not None on a connection declared without datagrams",
+            )
             try:
                 client.send_datagram(b"x")
             except UnsupportedError:
@@ -316,8 +356,11 @@ async def check_datagrams(make_pair: MakePair, capabilities: Capabilities) -> No
         indices: list[int] = []
         while (item := await _receive_soon(server, 0.3)) is not None:
             indices.append(int.from_bytes(item, "big"))
-        expect(0 < len(indices) <= support.queue,
-               f"{len(indices)} datagrams were queued unread; the declared bound is "
-               f"{support.queue}")
-        expect(max(indices) >= support.queue,
-               "the full queue kept the oldest datagrams and dropped the newest")
+        expect(
+            0 < len(indices) <= support.queue,
+            f"{len(indices)} datagrams were queued unread; the declared bound is {support.queue}",
+        )
+        expect(
+            max(indices) >= support.queue,
+            "the full queue kept the oldest datagrams and dropped the newest",
+        )

@@ -118,8 +118,9 @@ class MemoryPipe(Pipe):
         self._out.fail(error)
 
 
-def memory_pipe_pair(capacity: int = DEFAULT_CAPACITY,
-                     names: tuple[str, str] = ("memory:a", "memory:b")) -> tuple[Pipe, Pipe]:
+def memory_pipe_pair(
+    capacity: int = DEFAULT_CAPACITY, names: tuple[str, str] = ("memory:a", "memory:b")
+) -> tuple[Pipe, Pipe]:
     """Two connected pipes; each direction buffers at most ``capacity`` bytes.
 
     ``names`` are the ``peer`` descriptions each end reports (the first end's peer is the

@@ -67,8 +67,9 @@ async def check_eof_iff_fin(make_pair: MakePair, capabilities: Capabilities) -> 
             await asyncio.sleep(0.2)
             if pending.done():
                 outcome = pending.exception() or pending.result()
-                raise ContractError(f"{way}: read ended with {outcome!r} with no data and no "
-                                    "FIN sent")
+                raise ContractError(
+                    f"{way}: read ended with {outcome!r} with no data and no FIN sent"
+                )
             await ours.write(b"tail")
             got = await pending
         finally:
@@ -78,8 +79,10 @@ async def check_eof_iff_fin(make_pair: MakePair, capabilities: Capabilities) -> 
         step(f"{way}: read after close_write")
         await ours.close_write()
         first, second = await theirs.read(), await theirs.read()
-        expect(first == b"" and second == b"",
-               f"{way}: after FIN read gave {first!r} then {second!r}, wanted b'' twice")
+        expect(
+            first == b"" and second == b"",
+            f"{way}: after FIN read gave {first!r} then {second!r}, wanted b'' twice",
+        )
         try:
             await ours.write(b"late")
         except StreamError:
@@ -91,9 +94,11 @@ async def check_eof_iff_fin(make_pair: MakePair, capabilities: Capabilities) -> 
             await theirs.write(b"reply")
             await theirs.close_write()
             back, end = await read_until_end(ours)
-            expect(back == b"reply" and end is None,
-                   f"{way}: after our FIN the peer's reply read {back!r} then "
-                   f"{describe_end(end)}, wanted b'reply' then EOF")
+            expect(
+                back == b"reply" and end is None,
+                f"{way}: after our FIN the peer's reply read {back!r} then "
+                f"{describe_end(end)}, wanted b'reply' then EOF",
+            )
 
     await both_ways(make_pair, capabilities, body)
 
@@ -109,14 +114,18 @@ async def check_reset_codes(make_pair: MakePair, capabilities: Capabilities) -> 
         step(f"{way}: the peer reads after our reset")
         got, end = await read_until_end(theirs)
         if end is None and not capabilities.authenticated_eof:
-            return   # declared: the carrier cannot tell an abort from a FIN
-        expect(isinstance(end, StreamError),
-               f"{way}: after reset the peer read {len(got)} bytes then {describe_end(end)}, "
-               "wanted StreamError")
+            return  # declared: the carrier cannot tell an abort from a FIN
+        expect(
+            isinstance(end, StreamError),
+            f"{way}: after reset the peer read {len(got)} bytes then {describe_end(end)}, "
+            "wanted StreamError",
+        )
         assert isinstance(end, StreamError)
         want = RESET_CODE if capabilities.stream_codes else Code.NETWORK_ERROR
-        expect(end.code == want, f"{way}: the peer's read failed with {end.code.label}, "
-                                 f"wanted {want.label}")
+        expect(
+            end.code == want,
+            f"{way}: the peer's read failed with {end.code.label}, wanted {want.label}",
+        )
         if capabilities.stream_codes:
             expect(end.remote, f"{way}: the peer's error does not say the code came from us")
         try:
@@ -141,24 +150,33 @@ async def check_stop_sending_codes(make_pair: MakePair, capabilities: Capabiliti
         try:
             data = await asyncio.wait_for(theirs.read(), STOPPED_READ_WAIT)
         except TimeoutError:
-            raise ContractError(f"{way}: read after stop_sending neither failed nor returned "
-                                f"within {STOPPED_READ_WAIT:g} s") from None
+            raise ContractError(
+                f"{way}: read after stop_sending neither failed nor returned "
+                f"within {STOPPED_READ_WAIT:g} s"
+            ) from None
         except StreamError as exc:
-            expect(exc.code == STOP_CODE,
-                   f"{way}: local read after stop_sending failed with {exc.code.label}, "
-                   f"wanted {STOP_CODE.label}")
+            expect(
+                exc.code == STOP_CODE,
+                f"{way}: local read after stop_sending failed with {exc.code.label}, "
+                f"wanted {STOP_CODE.label}",
+            )
         else:
             raise ContractError(f"{way}: read after stop_sending returned {data!r}")
         if not capabilities.stream_codes:
             return
         step(f"{way}: the peer writes until stop-sending fails its writes")
         error = await write_until_error(ours, capabilities.max_buffered)
-        expect(error is not None, f"{way}: the peer's writes never failed after stop_sending "
-                                  f"({capabilities.max_buffered} bytes written)")
+        expect(
+            error is not None,
+            f"{way}: the peer's writes never failed after stop_sending "
+            f"({capabilities.max_buffered} bytes written)",
+        )
         assert error is not None
-        expect(error.code == STOP_CODE and error.remote,
-               f"{way}: the peer's write failed with {error.code.label} "
-               f"(remote={error.remote}), wanted {STOP_CODE.label} from the peer")
+        expect(
+            error.code == STOP_CODE and error.remote,
+            f"{way}: the peer's write failed with {error.code.label} "
+            f"(remote={error.remote}), wanted {STOP_CODE.label} from the peer",
+        )
 
     await both_ways(make_pair, capabilities, body)
 
@@ -182,7 +200,7 @@ async def check_backpressure(make_pair: MakePair, capabilities: Capabilities) ->
                 sent.update(block)
                 progress["written"] += chunk
                 index += 1
-            for extra in range(4):   # after the reader starts, the writer must get through
+            for extra in range(4):  # after the reader starts, the writer must get through
                 block = pattern(chunk, 1_000_000 + extra)
                 await ours.write(block)
                 sent.update(block)
@@ -198,7 +216,8 @@ async def check_backpressure(make_pair: MakePair, capabilities: Capabilities) ->
                 if progress["written"] > capabilities.max_buffered:
                     raise ContractError(
                         f"{progress['written']} bytes were written to a peer that reads "
-                        f"nothing: no backpressure within {capabilities.max_buffered} bytes")
+                        f"nothing: no backpressure within {capabilities.max_buffered} bytes"
+                    )
                 if task.done():
                     task.result()
                     raise ContractError("the writer finished without the peer reading")
@@ -214,8 +233,10 @@ async def check_backpressure(make_pair: MakePair, capabilities: Capabilities) ->
             await task
         finally:
             await finish([task])
-        expect(total == progress["written"] and got.digest() == sent.digest(),
-               f"the reader got {total} bytes of {progress['written']} written, or other bytes")
+        expect(
+            total == progress["written"] and got.digest() == sent.digest(),
+            f"the reader got {total} bytes of {progress['written']} written, or other bytes",
+        )
 
 
 @bounded
@@ -229,8 +250,9 @@ async def check_many_streams(make_pair: MakePair, capabilities: Capabilities) ->
                 await client.open_stream()
             except UnsupportedError:
                 return
-            raise ContractError("a second open_stream on a single-stream connection did not "
-                                "raise UnsupportedError")
+            raise ContractError(
+                "a second open_stream on a single-stream connection did not raise UnsupportedError"
+            )
         count = capabilities.streams
         size = max(1024, capabilities.bulk // count)
         helpers: list[asyncio.Future[None]] = []
@@ -252,10 +274,12 @@ async def check_many_streams(make_pair: MakePair, capabilities: Capabilities) ->
             await stream.write(payload)
             await stream.close_write()
             back, end = await read_until_end(stream)
-            expect(back == payload and end is None,
-                   f"stream {index} of {count}: {len(back)} of {size} bytes came back "
-                   f"({'equal' if back == payload[:len(back)] else 'different'}), then "
-                   f"{describe_end(end)}")
+            expect(
+                back == payload and end is None,
+                f"stream {index} of {count}: {len(back)} of {size} bytes came back "
+                f"({'equal' if back == payload[: len(back)] else 'different'}), then "
+                f"{describe_end(end)}",
+            )
 
         acceptor = asyncio.ensure_future(echo_all())
         helpers.append(acceptor)

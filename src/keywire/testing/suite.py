@@ -38,8 +38,12 @@ CHECKS: dict[str, Check] = {
 }
 
 
-async def check_connection(make_pair: MakePair, capabilities: Capabilities | None = None,
-                           *, only: tuple[str, ...] | None = None) -> None:
+async def check_connection(
+    make_pair: MakePair,
+    capabilities: Capabilities | None = None,
+    *,
+    only: tuple[str, ...] | None = None,
+) -> None:
     """Run every check (or those named in ``only``) against ``make_pair``.
 
     All checks run even after one fails; the failures are raised together as an
@@ -59,8 +63,7 @@ async def check_connection(make_pair: MakePair, capabilities: Capabilities | Non
             exc.add_note(f"keywire.testing check: {name}")
             failures.append(exc)
     if failures:
-        raise ExceptionGroup(f"{len(failures)} of {len(names)} conformance checks failed",
-                             failures)
+        raise ExceptionGroup(f"{len(failures)} of {len(names)} conformance checks failed", failures)
 
 
 __all__ = ["CHECKS", "ContractError", "check_connection"]

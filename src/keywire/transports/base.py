@@ -17,9 +17,14 @@ log = logging.getLogger("keywire.transport")
 class ServerListening(Listening):
     """An asyncio server plus how to write a dialable section for a host."""
 
-    def __init__(self, server: asyncio.AbstractServer | None, bind_host: str, port: int,
-                 make_section: Callable[[str, int], Section | None],
-                 closer: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        server: asyncio.AbstractServer | None,
+        bind_host: str,
+        port: int,
+        make_section: Callable[[str, int], Section | None],
+        closer: Callable[[], None] | None = None,
+    ) -> None:
         self.server = server
         self.bind_host = bind_host
         self.port = port

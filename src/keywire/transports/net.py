@@ -61,8 +61,9 @@ async def open_tcp(host: str, port: int, scheme: str = "net") -> StreamPipe:
     try:
         reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT)
     except OSError as exc:
-        raise StreamError(Code.NETWORK_ERROR,
-                          f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        raise StreamError(
+            Code.NETWORK_ERROR, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        ) from None
     _tune(writer)
     return StreamPipe(reader, writer, tcp_peer(writer, scheme))
 
@@ -85,7 +86,9 @@ class NetTransport(Transport):
         server = await asyncio.start_server(accepted, sock=sock, limit=READ_LIMIT)
         bound_port = sock.getsockname()[1]
         return ServerListening(
-            server, host, bound_port,
+            server,
+            host,
+            bound_port,
             lambda h, p: Section("net", host_port_args(h, p)),
         )
 

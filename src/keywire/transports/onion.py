@@ -33,8 +33,9 @@ class OnionTransport(Transport):
                 continue
             reader, writer = await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
             return StreamPipe(reader, writer, f"onion:{host}:{port}")
-        raise StreamError(Code.NETWORK_ERROR,
-                          f"cannot reach {host}:{port} through Tor: " + "; ".join(failures))
+        raise StreamError(
+            Code.NETWORK_ERROR, f"cannot reach {host}:{port} through Tor: " + "; ".join(failures)
+        )
 
     async def listen(self, section: Section, options: Options, on_pipe: PipeHandler) -> Listening:
         raise UnsupportedError("onion: listen with net: and publish it as a Tor onion service")

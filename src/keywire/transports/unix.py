@@ -47,8 +47,9 @@ class UnixTransport(Transport):
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=READ_LIMIT)
         except OSError as exc:
-            raise StreamError(Code.NETWORK_ERROR,
-                              f"cannot connect to unix:{path}: {exc.strerror or exc}") from None
+            raise StreamError(
+                Code.NETWORK_ERROR, f"cannot connect to unix:{path}: {exc.strerror or exc}"
+            ) from None
         return StreamPipe(reader, writer, f"unix:{path}")
 
     async def listen(self, section: Section, options: Options, on_pipe: PipeHandler) -> Listening:

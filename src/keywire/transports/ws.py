@@ -1,13 +1,19 @@
 """``ws://HOST[:PORT][/PATH]`` and ``wss://…`` — binary WebSocket messages carry a byte stream.
 
 As with multiserver: any path is accepted by the server, ports 80/443 are left out of announced
-addresses, and text messages are a protocol error. WebSocket has no half-close, so this pipe
-says ``supports_half_close = False``: ``close_write`` ends the whole socket unless a framing
-layer above (box-stream's goodbye, mux's FIN) carries the end in band.
+addresses, and text messages are a protocol error.
+
+WebSocket itself has no half-close. keywire adds one (an extension): an **empty binary message
+is FIN**, the end of its sender's direction; the socket is closed (1000) once both directions
+have ended, or by ``close``/``abort``. A multiserver peer (pull-ws) never sends an empty message
+and closes the socket when its source ends, which still reads here as EOF; the empty message we
+send reaches it as an empty chunk, which its stream ignores.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -58,9 +64,10 @@ server_log.addFilter(_PeerFaults())
 
 
 class WsPipe(Pipe):
-    """A pipe over one WebSocket connection (client or server side)."""
+    """A pipe over one WebSocket connection (client or server side), with FIN as an empty
+    binary message (see the module docstring)."""
 
-    supports_half_close = False
+    supports_half_close = True
 
     def __init__(self, ws: ClientConnection | ServerConnection, peer: str) -> None:
         self._ws = ws
@@ -68,6 +75,9 @@ class WsPipe(Pipe):
         self._pending: memoryview = memoryview(b"")
         self._eof = False
         self._write_closed = False
+        #: the closing handshake once both directions ended (not awaited by read/close_write:
+        #: it needs the peer to process our close frame, which a paused reader may not do yet)
+        self._closing: asyncio.Task[None] | None = None
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         if not self._pending:
@@ -76,17 +86,23 @@ class WsPipe(Pipe):
             try:
                 message = await self._ws.recv()
             except ConnectionClosedOK:
+                # a multiserver peer closes the socket when its source ends: its only EOF
                 self._eof = True
                 return b""
             except ConnectionClosed as exc:
-                raise StreamError(Code.NETWORK_ERROR,
-                                  f"{self.peer}: websocket lost ({exc})") from None
+                raise StreamError(
+                    Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})"
+                ) from None
             if isinstance(message, str):
                 await self._ws.close(1003, "binary messages only")
                 raise StreamError(Code.PROTOCOL_ERROR, f"{self.peer}: text message on a byte pipe")
+            if not message:  # FIN
+                self._eof = True
+                self._end_if_done()
+                return b""
             self._pending = memoryview(message)
         take = self._pending[:max_bytes] if max_bytes >= 0 else self._pending
-        self._pending = self._pending[len(take):]
+        self._pending = self._pending[len(take) :]
         return bytes(take)
 
     async def write(self, data: bytes) -> None:
@@ -95,15 +111,31 @@ class WsPipe(Pipe):
         view = memoryview(data)
         try:
             for start in range(0, len(view), MAX_MESSAGE):
-                await self._ws.send(view[start:start + MAX_MESSAGE])
+                await self._ws.send(view[start : start + MAX_MESSAGE])
         except ConnectionClosed as exc:
             raise StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})") from None
 
     async def close_write(self) -> None:
+        """Send FIN (an empty message); the peer's direction stays open."""
         if self._write_closed:
             return
         self._write_closed = True
-        await self._ws.close(1000)
+        try:
+            await self._ws.send(b"")
+        except ConnectionClosed as exc:
+            raise StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})") from None
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        """Both directions ended: start the closing handshake (1000)."""
+        if self._eof and self._write_closed and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close_socket())
+
+    async def _close_socket(self) -> None:
+        try:
+            await self._ws.close(1000)
+        except Exception:
+            self.abort()
 
     def unacknowledged(self) -> int | None:
         """Bytes in the transport's buffer plus those the peer's kernel has not acknowledged
@@ -115,12 +147,18 @@ class WsPipe(Pipe):
         return None if queued is None else queued + transport.get_write_buffer_size()
 
     def abort(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
         transport = self._ws.transport
         if transport is not None and not transport.is_closing():
             transport.abort()
 
     async def close(self) -> None:
         self._write_closed = True
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._closing)
+            return
         try:
             await self._ws.close(1000)
         except Exception:
@@ -146,9 +184,14 @@ class WsTransport(Transport):
         url = section.url or ""
         try:
             ws = await connect(
-                url, compression=None, max_size=MAX_MESSAGE, write_limit=WRITE_LIMIT,
-                open_timeout=options.timeout, proxy=options.extra.get("ws.proxy"),
-                user_agent_header=None, ssl=_client_ssl(options, self.name),
+                url,
+                compression=None,
+                max_size=MAX_MESSAGE,
+                write_limit=WRITE_LIMIT,
+                open_timeout=options.timeout,
+                proxy=options.extra.get("ws.proxy"),
+                user_agent_header=None,
+                ssl=_client_ssl(options, self.name),
             )
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise StreamError(Code.NETWORK_ERROR, f"cannot open {url}: {exc}") from None
@@ -161,8 +204,10 @@ class WsTransport(Transport):
             port = DEFAULT_PORTS[section.name]
         server_ssl: Any = options.extra.get("ws.ssl")
         if section.name == "wss" and not isinstance(server_ssl, ssl.SSLContext):
-            raise ValueError("listening on wss:// needs Options.extra['ws.ssl'] (an SSLContext "
-                             "with the server certificate); or serve ws:// behind a TLS proxy")
+            raise ValueError(
+                "listening on wss:// needs Options.extra['ws.ssl'] (an SSLContext "
+                "with the server certificate); or serve ws:// behind a TLS proxy"
+            )
         sock = bind_tcp(host, port)
         # before their upgrade, oldest first, with the source IP of each
         opening: dict[ServerConnection, str] = {}
@@ -219,10 +264,16 @@ class WsTransport(Transport):
             await ws.wait_closed()
 
         server = await serve(
-            accepted, sock=sock, compression=None, max_size=MAX_MESSAGE,
-            write_limit=WRITE_LIMIT, ssl=server_ssl, server_header=None,
+            accepted,
+            sock=sock,
+            compression=None,
+            max_size=MAX_MESSAGE,
+            write_limit=WRITE_LIMIT,
+            ssl=server_ssl,
+            server_header=None,
             # a client that never completes its upgrade is dropped like any other handshake
-            open_timeout=options.handshake_timeout, create_connection=TrackedConnection,
+            open_timeout=options.handshake_timeout,
+            create_connection=TrackedConnection,
             logger=server_log,
         )
         bound = sock.getsockname()[1]
@@ -231,8 +282,14 @@ class WsTransport(Transport):
         def make(h: str, p: int) -> Section:
             return url_section(self.name, h, p, path)
 
-        return ServerListening(server, host, bound, make,  # type: ignore[arg-type]
-                               closer=drop_opening)
+        def stop() -> None:
+            # stop accepting, but leave open connections alone: websockets would end them
+            # with 1001 (read as EOF), while the keywire Server closes them itself, with its
+            # own code (a --stdio listener stops listening once its one connection arrived)
+            server.close(close_connections=False)
+            drop_opening()
+
+        return ServerListening(None, host, bound, make, closer=stop)
 
 
 def url_section(scheme: str, host: str, port: int, path: str = "") -> Section:

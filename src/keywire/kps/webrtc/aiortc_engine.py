@@ -76,8 +76,9 @@ class EngineError(ConnectionError):
 class VirtualDatagramTransport(asyncio.DatagramTransport):
     """A datagram transport whose sends go to a shared socket's ``sendto``."""
 
-    def __init__(self, sendto: SendTo, protocol: asyncio.DatagramProtocol,
-                 local_addr: Address) -> None:
+    def __init__(
+        self, sendto: SendTo, protocol: asyncio.DatagramProtocol, local_addr: Address
+    ) -> None:
         super().__init__()
         self._sendto = sendto
         self._protocol = protocol
@@ -104,9 +105,15 @@ class VirtualDatagramTransport(asyncio.DatagramTransport):
 
 
 def _host_candidate(host: str, port: int) -> Candidate:
-    return Candidate(foundation=candidate_foundation("host", "udp", host), component=1,
-                     transport="udp", priority=candidate_priority(1, "host"), host=host,
-                     port=port, type="host")
+    return Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=1,
+        transport="udp",
+        priority=candidate_priority(1, "host"),
+        host=host,
+        port=port,
+        type="host",
+    )
 
 
 class _ActivityMixin:
@@ -154,8 +161,13 @@ class DialerIce(_ActivityMixin, IceConnection):
 
     def __init__(self, *, ufrag: str, password: str, server_ip: str) -> None:
         v6 = ":" in server_ip
-        super().__init__(ice_controlling=True, local_username=ufrag, local_password=password,
-                         use_ipv4=not v6, use_ipv6=v6)
+        super().__init__(
+            ice_controlling=True,
+            local_username=ufrag,
+            local_password=password,
+            use_ipv4=not v6,
+            use_ipv6=v6,
+        )
         self._server_ip = server_ip
 
     async def gather_candidates(self) -> None:
@@ -172,8 +184,7 @@ class DialerIce(_ActivityMixin, IceConnection):
         self._seen()
         super().data_received(data, component)
 
-    def request_received(self, message: Any, addr: tuple[str, int],
-                         protocol: StunProtocol) -> None:
+    def request_received(self, message: Any, addr: tuple[str, int], protocol: StunProtocol) -> None:
         self._seen()
         super().request_received(message, addr, protocol)
 
@@ -226,8 +237,9 @@ def _der_encoding() -> Any:
 
 def certificate_for(identity: Identity) -> RTCCertificate:
     """The identity's own P-256 certificate, so the SDP fingerprint is the certhash."""
-    return RTCCertificate(identity.p256_key, x509.load_der_x509_certificate(
-        identity.certificate_der))
+    return RTCCertificate(
+        identity.p256_key, x509.load_der_x509_certificate(identity.certificate_der)
+    )
 
 
 # -- SCTP ------------------------------------------------------------------------------------
@@ -280,8 +292,9 @@ class RemoteDescription:
         self.ice: RTCIceParameters = media.ice
         self.dtls = media.dtls
         self.sctp_port = media.sctp_port
-        self.max_message_size = (media.sctpCapabilities.maxMessageSize
-                                 if media.sctpCapabilities else 65536)
+        self.max_message_size = (
+            media.sctpCapabilities.maxMessageSize if media.sctpCapabilities else 65536
+        )
         self.candidates = list(media.ice_candidates)
 
 
@@ -301,8 +314,9 @@ class AiortcLink(PeerLink):
         self._closed = False
         self._connected = False
         self.control = self._negotiated(CONTROL_CHANNEL, CONTROL_LABEL, ordered=True)
-        self.datagrams = self._negotiated(DATAGRAM_CHANNEL, DATAGRAM_LABEL, ordered=False,
-                                          max_retransmits=0)
+        self.datagrams = self._negotiated(
+            DATAGRAM_CHANNEL, DATAGRAM_LABEL, ordered=False, max_retransmits=0
+        )
         self.sctp.on("datachannel", self._on_datachannel)
         self.dtls.on("statechange", self._on_dtls_state)
         if isinstance(ice, _ActivityMixin):
@@ -313,11 +327,19 @@ class AiortcLink(PeerLink):
             self.events.on_activity()
 
     # -- setup -----------------------------------------------------------------------------
-    def _negotiated(self, channel: int, label: str, *, ordered: bool,
-                    max_retransmits: int | None = None) -> RTCDataChannel:
-        dc = RTCDataChannel(self.sctp, RTCDataChannelParameters(
-            label=label, ordered=ordered, maxRetransmits=max_retransmits, negotiated=True,
-            id=channel))
+    def _negotiated(
+        self, channel: int, label: str, *, ordered: bool, max_retransmits: int | None = None
+    ) -> RTCDataChannel:
+        dc = RTCDataChannel(
+            self.sctp,
+            RTCDataChannelParameters(
+                label=label,
+                ordered=ordered,
+                maxRetransmits=max_retransmits,
+                negotiated=True,
+                id=channel,
+            ),
+        )
         self._channels[channel] = dc
         if channel == CONTROL_CHANNEL:
             dc.on("open", self._control_open)
@@ -349,8 +371,9 @@ class AiortcLink(PeerLink):
         if self.dtls.state != "connected":
             raise EngineError("dtls", "DTLS handshake failed")
         self._connected = True
-        await self.sctp.start(RTCSctpCapabilities(maxMessageSize=remote.max_message_size),
-                              remote.sctp_port)
+        await self.sctp.start(
+            RTCSctpCapabilities(maxMessageSize=remote.max_message_size), remote.sctp_port
+        )
 
     # -- events from aiortc ----------------------------------------------------------------
     def _message(self, channel: int, message: bytes | str) -> None:
@@ -403,8 +426,9 @@ class AiortcLink(PeerLink):
             self.sctp.queue_message(dc, data)
 
     def open_channel(self, channel: int) -> None:
-        dc = RTCDataChannel(self.sctp, RTCDataChannelParameters(
-            label=f"kps-{channel}", ordered=True, id=channel))
+        dc = RTCDataChannel(
+            self.sctp, RTCDataChannelParameters(label=f"kps-{channel}", ordered=True, id=channel)
+        )
         self._channels[channel] = dc
         dc.on("message", lambda m: self._message(channel, m))
         dc.on("close", lambda: self._channel_closed(channel))
@@ -465,5 +489,12 @@ class AiortcLink(PeerLink):
         return None if pair is None else cast(tuple[str, int], pair.remote_addr)
 
 
-__all__ = ["AiortcLink", "DialerIce", "EngineError", "RemoteDescription", "SharedSocketIce",
-           "certificate_for", "route_source"]
+__all__ = [
+    "AiortcLink",
+    "DialerIce",
+    "EngineError",
+    "RemoteDescription",
+    "SharedSocketIce",
+    "certificate_for",
+    "route_source",
+]

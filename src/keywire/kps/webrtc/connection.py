@@ -104,9 +104,15 @@ class WebRTCStream(Stream):
 class WebRTCConnection(Connection):
     """A KPS connection over WebRTC data channels (either side)."""
 
-    def __init__(self, link: PeerLink, *, is_client: bool, address: str,
-                 remote: RemoteIdentity | None = None,
-                 settings: w.WireSettings | None = None) -> None:
+    def __init__(
+        self,
+        link: PeerLink,
+        *,
+        is_client: bool,
+        address: str,
+        remote: RemoteIdentity | None = None,
+        settings: w.WireSettings | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._engine = w.WireEngine(is_client=is_client, now=self._loop.time(), settings=settings)
         self._link = link
@@ -114,7 +120,8 @@ class WebRTCConnection(Connection):
         self.remote = remote or RemoteIdentity()
         self._by_id: dict[int, WebRTCStream] = {}
         self._incoming: deque[WebRTCStream] = deque()
-        self._accept_waiter: asyncio.Future[None] | None = None
+        #: waiting accept_stream calls, oldest first; each stream wakes one, the end all
+        self._accept_waiters: deque[asyncio.Future[None]] = deque()
         self._open_waiters: list[asyncio.Future[None]] = []
         self._datagrams = DatagramQueue()
         self._ready: asyncio.Future[None] = self._loop.create_future()
@@ -208,14 +215,15 @@ class WebRTCConnection(Connection):
                 stream = WebRTCStream(self, self._engine.streams[channel])
                 self._by_id[channel] = stream
                 self._incoming.append(stream)
-                _wake(self._accept_waiter)
+                self._wake_acceptor()
             case w.StreamData(channel, data):
                 self._by_id[channel]._buffer.feed(data)
             case w.StreamFinished(channel):
                 self._by_id[channel]._buffer.feed_eof()
             case w.StreamReset(channel, code):
                 self._by_id[channel]._buffer.fail(
-                    StreamError(code, "the peer reset the stream", remote=True))
+                    StreamError(code, "the peer reset the stream", remote=True)
+                )
             case w.StopSendingReceived(channel, _):
                 self._by_id[channel]._wake_writer()
             case w.CreditAvailable(None):
@@ -240,16 +248,27 @@ class WebRTCConnection(Connection):
         else:
             code = error.code
         for stream in self._by_id.values():
-            stream._buffer.fail(StreamError(code, f"connection ended: {error}",
-                                            remote=error.remote), discard=False)
+            stream._buffer.fail(
+                StreamError(code, f"connection ended: {error}", remote=error.remote), discard=False
+            )
             stream._wake_writer()
-        _wake(self._accept_waiter)
+        waiters, self._accept_waiters = self._accept_waiters, deque()
+        for waiter in waiters:
+            _wake(waiter)
         self._wake_openers()
         self._datagrams.fail(error)
         if not self._ready.done():
             self._ready.set_exception(error)
             self._ready.exception()  # retrieved: an unawaited handshake must not log
         self._ended.set()
+
+    def _wake_acceptor(self) -> None:
+        """Hand a new stream's wake-up to the oldest accept_stream still waiting."""
+        while self._accept_waiters:
+            waiter = self._accept_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _wake_openers(self) -> None:
         waiters, self._open_waiters = self._open_waiters, []
@@ -294,11 +313,17 @@ class WebRTCConnection(Connection):
         while not self._incoming:
             if self._error is not None:
                 raise self._error
-            self._accept_waiter = self._loop.create_future()
+            waiter = self._loop.create_future()
+            self._accept_waiters.append(waiter)
             try:
-                await self._accept_waiter
+                await waiter
+            except asyncio.CancelledError:
+                if self._incoming:  # we may have been woken for it: pass the wake-up on
+                    self._wake_acceptor()
+                raise
             finally:
-                self._accept_waiter = None
+                with contextlib.suppress(ValueError):
+                    self._accept_waiters.remove(waiter)
         return self._incoming.popleft()
 
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
@@ -329,14 +354,15 @@ class WebRTCConnection(Connection):
             self._timer.cancel()
 
     def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
-        """Now: CONNECTION_CLOSE is queued but the association is torn down at once (the peer
-        sees the code or the association's end); queued messages are dropped."""
-        if self._teardown is None:
-            self._teardown = self._loop.create_task(self._link.close(flush=False))
+        """Now: streams are not finished and nothing is waited for, but CONNECTION_CLOSE(code)
+        goes out first, as for ``close(code)`` (the engine's teardown gives channel 0 at most
+        ``CLOSE_FLUSH`` to deliver it), so the peer sees the code, not the association's end."""
         if self._error is None:
             self._local_close = True
             self._engine.close(code, reason or "aborted locally")
-            self._pump()
+            self._pump()  # queues CONNECTION_CLOSE, then starts the flushing teardown
+        if self._teardown is None:
+            self._teardown = self._loop.create_task(self._link.close(flush=False))
         if self._timer is not None:
             self._timer.cancel()
         teardown = self._teardown

@@ -26,16 +26,22 @@ MAX_REQUEST = 8192
 MAX_HTTP_CLIENTS = 64
 #: seconds a chat member may take to accept a line before it is dropped
 CHAT_WRITE_TIMEOUT = 2.0
-_TYPES = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8",
-          ".json": "application/json", ".mjs": "text/javascript; charset=utf-8"}
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".mjs": "text/javascript; charset=utf-8",
+}
 
 
 def web_dir() -> Path:
     """Where ``keywire.js`` and ``demo.html`` live: package data of keywire (``keywire/web``)."""
-    folder = Path(__file__).resolve().parent.parent / "web"
+    folder = Path(__file__).resolve().parents[2] / "web"
     if not (folder / "keywire.js").is_file():
-        raise FileNotFoundError(f"keywire's browser module is missing from {folder}: reinstall "
-                                "keywire (it ships keywire/web/keywire.js as package data)")
+        raise FileNotFoundError(
+            f"keywire's browser module is missing from {folder}: reinstall "
+            "keywire (it ships keywire/web/keywire.js as package data)"
+        )
     return folder
 
 
@@ -62,8 +68,9 @@ class DemoServer:
             await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
-async def serve_demo(host: str, port: int, address: str, *,
-                     extra: Mapping[str, Path] | None = None) -> DemoServer:
+async def serve_demo(
+    host: str, port: int, address: str, *, extra: Mapping[str, Path] | None = None
+) -> DemoServer:
     """Serve the demo page for ``address`` (a KPS address of a WebRTC listener) on host:port.
 
     ``extra`` maps more URL paths to files (the browser tests' scenarios).
@@ -95,14 +102,20 @@ async def serve_demo(host: str, port: int, address: str, *,
         try:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError,
-                ConnectionError):
+        except (
+            asyncio.LimitOverrunError,
+            asyncio.IncompleteReadError,
+            TimeoutError,
+            ConnectionError,
+        ):
             writer.close()
             return
         status, body, ctype = _answer(head, routes)
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
-                     f"{len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-                     .encode() + body)
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
+            f"{len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()

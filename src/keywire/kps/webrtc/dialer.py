@@ -33,9 +33,15 @@ class WebRTCDialError(HandshakeError):
     """The WebRTC dial failed; the message says at which stage and the likely cause."""
 
 
-async def dial_webrtc(host: str, port: int, certhash: str, options: Options | None = None, *,
-                      settings: WebRTCSettings | None = None,
-                      pin_digest: bytes | None = None) -> WebRTCConnection:
+async def dial_webrtc(
+    host: str,
+    port: int,
+    certhash: str,
+    options: Options | None = None,
+    *,
+    settings: WebRTCSettings | None = None,
+    pin_digest: bytes | None = None,
+) -> WebRTCConnection:
     """Open a KPS connection to ``host:port`` over WebRTC, pinned to ``certhash``.
 
     ``pin_digest`` (tests only) pins DTLS to another digest than the one the ICE password is
@@ -56,17 +62,26 @@ async def dial_webrtc(host: str, port: int, certhash: str, options: Options | No
     else:  # KPS v1: one ufrag and one derived password on both sides
         password = server_password = derive_ice_password(digest, ufrag)
         server_ufrag = ufrag
-    answer = RemoteDescription(server_answer(host, port, server_ufrag, server_password,
-                                             pin_digest or digest))
+    answer = RemoteDescription(
+        server_answer(host, port, server_ufrag, server_password, pin_digest or digest)
+    )
     ice = DialerIce(ufrag=ufrag, password=password, server_ip=host)
     link = AiortcLink(ice, RTCCertificate.generateCertificate(), server=False)
     address = f"kps:{'[' + host + ']' if ':' in host else host}:{port}:{certhash}"
-    conn = WebRTCConnection(link, is_client=True, address=address,
-                            remote=RemoteIdentity(certhash=certhash), settings=settings.wire)
+    conn = WebRTCConnection(
+        link,
+        is_client=True,
+        address=address,
+        remote=RemoteIdentity(certhash=certhash),
+        settings=settings.wire,
+    )
     where = f"{host}:{port}"
-    silent = ("wrong certhash, no WebRTC listener, unreachable, or a KPS server that speaks "
-              "only wire v1 (webrtc.wire_version=1)" if settings.wire_version == 2 else
-              "wrong certhash, no WebRTC listener, or unreachable")
+    silent = (
+        "wrong certhash, no WebRTC listener, unreachable, or a KPS server that speaks "
+        "only wire v1 (webrtc.wire_version=1)"
+        if settings.wire_version == 2
+        else "wrong certhash, no WebRTC listener, or unreachable"
+    )
     try:
         async with asyncio.timeout(timeout):
             await link.start(answer)
@@ -76,7 +91,8 @@ async def dial_webrtc(host: str, port: int, certhash: str, options: Options | No
         stage = "ICE" if link.ice.state != "completed" else "DTLS/SCTP/HELLO"
         raise WebRTCDialError(
             f"WebRTC dial to {where} timed out after {timeout:g} s during {stage}"
-            + (f" (no answer to ICE checks: {silent})" if stage == "ICE" else "")) from None
+            + (f" (no answer to ICE checks: {silent})" if stage == "ICE" else "")
+        ) from None
     except EngineError as exc:
         await _abandon(conn)
         dtls = link.dtls
@@ -85,12 +101,14 @@ async def dial_webrtc(host: str, port: int, certhash: str, options: Options | No
             raise PinMismatch(encode_certhash(pin_digest or digest), actual) from None
         if exc.stage == "ice":
             raise WebRTCDialError(
-                f"WebRTC dial to {where}: no answer to ICE checks ({silent})") from None
+                f"WebRTC dial to {where}: no answer to ICE checks ({silent})"
+            ) from None
         raise WebRTCDialError(f"WebRTC dial to {where}: {exc}") from None
     except ConnectionClosed as exc:
         await _abandon(conn)
-        raise WebRTCDialError(f"WebRTC dial to {where}: the server closed the connection: "
-                              f"{exc}") from None
+        raise WebRTCDialError(
+            f"WebRTC dial to {where}: the server closed the connection: {exc}"
+        ) from None
     except BaseException:
         await _abandon(conn)
         raise

@@ -49,11 +49,16 @@ class EarlyRetransmitProtocol(StunProtocol):
     def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
         super().send_stun(message, addr)
         txid = message.transaction_id
-        if (message.message_class == stun.Class.REQUEST and not self.heard_dtls
-                and txid in self.transactions and txid not in self._chasing):
+        if (
+            message.message_class == stun.Class.REQUEST
+            and not self.heard_dtls
+            and txid in self.transactions
+            and txid not in self._chasing
+        ):
             self._chasing.add(txid)
-            self._chase(lambda: txid in self.transactions and not self.heard_dtls,
-                        bytes(message), addr)
+            self._chase(
+                lambda: txid in self.transactions and not self.heard_dtls, bytes(message), addr
+            )
 
     async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
         await super().send_data(data, addr)
@@ -93,19 +98,26 @@ class EarlyRetransmitProtocol(StunProtocol):
         await super().close()
 
 
-async def bind_host_candidate(connection: IceConnection, address: str,
-                              component: int = 1) -> tuple[EarlyRetransmitProtocol, Candidate]:
+async def bind_host_candidate(
+    connection: IceConnection, address: str, component: int = 1
+) -> tuple[EarlyRetransmitProtocol, Candidate]:
     """Bind ``address:0`` with an ``EarlyRetransmitProtocol`` and describe it as a host
     candidate (what aioice's gathering does, with this protocol class)."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: EarlyRetransmitProtocol(connection), local_addr=(address, 0))
+        lambda: EarlyRetransmitProtocol(connection), local_addr=(address, 0)
+    )
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     host, port = transport.get_extra_info("sockname")[:2]
     protocol.local_candidate = Candidate(
-        foundation=candidate_foundation("host", "udp", host), component=component,
-        transport="udp", priority=candidate_priority(component, "host"), host=host, port=port,
-        type="host")
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=port,
+        type="host",
+    )
     return protocol, protocol.local_candidate

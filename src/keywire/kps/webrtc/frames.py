@@ -76,8 +76,13 @@ class MaxStreamData:
 
 StreamFrame = Data | Fin | Reset | StopSending | MaxStreamData
 
-_STREAM_NAMES = {DATA: "DATA", FIN: "FIN", RESET: "RESET", STOP_SENDING: "STOP_SENDING",
-                 MAX_STREAM_DATA: "MAX_STREAM_DATA"}
+_STREAM_NAMES = {
+    DATA: "DATA",
+    FIN: "FIN",
+    RESET: "RESET",
+    STOP_SENDING: "STOP_SENDING",
+    MAX_STREAM_DATA: "MAX_STREAM_DATA",
+}
 
 
 def encode_data(payload: bytes | memoryview) -> bytes:
@@ -180,12 +185,19 @@ def encode_connection_close(code: int) -> bytes:
 
 
 def encode_hello(hello: Hello) -> bytes:
-    for value, what in ((hello.initial_max_stream_data, "initialMaxStreamData"),
-                        (hello.initial_max_data, "initialMaxData"),
-                        (hello.initial_max_streams, "initialMaxStreams")):
+    for value, what in (
+        (hello.initial_max_stream_data, "initialMaxStreamData"),
+        (hello.initial_max_data, "initialMaxData"),
+        (hello.initial_max_streams, "initialMaxStreams"),
+    ):
         _check_credit(value, what)
-    return _HELLO.pack(HELLO, hello.version, hello.initial_max_stream_data,
-                       hello.initial_max_data, hello.initial_max_streams)
+    return _HELLO.pack(
+        HELLO,
+        hello.version,
+        hello.initial_max_stream_data,
+        hello.initial_max_data,
+        hello.initial_max_streams,
+    )
 
 
 def encode_max_data(maximum: int) -> bytes:
@@ -232,8 +244,11 @@ def decode_control(message: bytes | memoryview) -> ControlMessage:
             return Hello(version)
         _need(size, _HELLO.size, "HELLO")
         _, _, stream_data, data, streams = _HELLO.unpack_from(message)
-        for value, what in ((stream_data, "initialMaxStreamData"), (data, "initialMaxData"),
-                            (streams, "initialMaxStreams")):
+        for value, what in (
+            (stream_data, "initialMaxStreamData"),
+            (data, "initialMaxData"),
+            (streams, "initialMaxStreams"),
+        ):
             _check_credit(value, f"HELLO {what}", WireError)
         return Hello(version, stream_data, data, streams)
     if kind in (MAX_DATA, MAX_STREAMS):
@@ -250,7 +265,6 @@ def _need(size: int, expected: int, name: str) -> None:
         raise WireError(f"{name} is {expected} bytes, got {size}")
 
 
-def _check_credit(value: int, what: str,
-                  error: type[Exception] = ValueError) -> None:
+def _check_credit(value: int, what: str, error: type[Exception] = ValueError) -> None:
     if not 0 <= value <= MAX_OFFSET:
         raise error(f"{what} value {value} is above the maximum 2^62-1")

@@ -12,8 +12,11 @@ schemes share one port (``docs/webrtc.md``, "Wire v2"):
 
 ``StunGate`` verifies a check (the v2 box opens, MESSAGE-INTEGRITY with the derived password,
 FINGERPRINT) **before** anything is allocated for the sender, and bounds what a flood can cost:
-a token bucket per source IP and a cap on concurrent peers. Rejected checks get no answer, so a
-prober without the certhash learns nothing. Sans-IO: ``now`` is passed in.
+a token bucket per source (IPv4 address, IPv6 /64) and a cap on established peers. Rejected
+checks get no answer, so a prober without the certhash learns nothing. A valid check is answered
+statelessly (``binding_success``): the listener makes a peer only once a DTLS ClientHello comes
+from an answered address (``server.py``), because the certhash, and so a valid check, is public.
+Sans-IO: ``now`` is passed in.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import struct
@@ -37,9 +41,12 @@ from ...errors import KeywireError
 MAGIC_COOKIE = 0x2112A442
 HEADER_SIZE = 20
 BINDING_REQUEST = 0x0001
+BINDING_SUCCESS = 0x0101
+ATTR_XOR_MAPPED_ADDRESS = 0x0020
 ATTR_USERNAME = 0x0006
 ATTR_MESSAGE_INTEGRITY = 0x0008
 ATTR_FINGERPRINT = 0x8028
+ATTR_USE_CANDIDATE = 0x0025
 FINGERPRINT_XOR = 0x5354554E
 PASSWORD_LABEL = b"kps-ice-pwd-v1:"
 #: wire v2: HMAC labels for the box key and the server's password, and the box's AAD prefix
@@ -82,8 +89,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode().rstrip("=")
 
 
-def seal_server_ufrag(digest: bytes, client_ufrag: str, client_password: str,
-                      nonce: bytes | None = None) -> str:
+def seal_server_ufrag(
+    digest: bytes, client_ufrag: str, client_password: str, nonce: bytes | None = None
+) -> str:
     """Wire v2: the server ufrag a dialer puts in its synthesized answer.
 
     ``b64nopad(nonce || AES-256-GCM(v2_key, nonce, client_password, aad=label || client_ufrag))``;
@@ -94,8 +102,9 @@ def seal_server_ufrag(digest: bytes, client_ufrag: str, client_password: str,
     nonce = os.urandom(V2_NONCE_SIZE) if nonce is None else nonce
     if len(nonce) != V2_NONCE_SIZE:
         raise ValueError(f"the wire v2 nonce is {V2_NONCE_SIZE} bytes")
-    box = AESGCM(v2_key(digest)).encrypt(nonce, client_password.encode(),
-                                         V2_AAD_LABEL + client_ufrag.encode())
+    box = AESGCM(v2_key(digest)).encrypt(
+        nonce, client_password.encode(), V2_AAD_LABEL + client_ufrag.encode()
+    )
     return _b64(nonce + box)
 
 
@@ -111,8 +120,9 @@ def open_server_ufrag(box: AESGCM, server_ufrag: str, client_ufrag: str) -> str 
     if len(raw) < V2_NONCE_SIZE + V2_TAG_SIZE + 22 or _b64(raw) != server_ufrag:
         return None  # too short to hold a password, or a non-canonical encoding
     try:
-        plain = box.decrypt(raw[:V2_NONCE_SIZE], raw[V2_NONCE_SIZE:],
-                            V2_AAD_LABEL + client_ufrag.encode())
+        plain = box.decrypt(
+            raw[:V2_NONCE_SIZE], raw[V2_NONCE_SIZE:], V2_AAD_LABEL + client_ufrag.encode()
+        )
     except InvalidTag:
         return None
     password = plain.decode("ascii", "replace")
@@ -121,8 +131,7 @@ def open_server_ufrag(box: AESGCM, server_ufrag: str, client_ufrag: str) -> str 
 
 def looks_like_stun(data: bytes) -> bool:
     """KPS §2.3's test: ≥ 20 bytes, top two bits of byte 0 clear, the magic cookie at 4..8."""
-    return (len(data) >= HEADER_SIZE and data[0] & 0xC0 == 0
-            and data[4:8] == b"\x21\x12\xa4\x42")
+    return len(data) >= HEADER_SIZE and data[0] & 0xC0 == 0 and data[4:8] == b"\x21\x12\xa4\x42"
 
 
 @dataclass(frozen=True)
@@ -163,8 +172,10 @@ def parse_stun(data: bytes) -> StunMessage:
         raise StunError("not a STUN message (size, leading bits or magic cookie)")
     kind, length, _, txid = _HEADER.unpack_from(data)
     if length != len(data) - HEADER_SIZE or length % 4:
-        raise StunError(f"STUN length field {length} does not match the "
-                        f"{len(data) - HEADER_SIZE} bytes after the header")
+        raise StunError(
+            f"STUN length field {length} does not match the "
+            f"{len(data) - HEADER_SIZE} bytes after the header"
+        )
     attrs: list[tuple[int, bytes, int]] = []
     pos = HEADER_SIZE
     while pos < len(data):
@@ -174,7 +185,7 @@ def parse_stun(data: bytes) -> StunMessage:
         end = pos + 4 + attr_len
         if end > len(data):
             raise StunError(f"STUN attribute 0x{attr_type:04x} runs past the message")
-        attrs.append((attr_type, data[pos + 4:end], pos))
+        attrs.append((attr_type, data[pos + 4 : end], pos))
         pos = end + (-attr_len % 4)
     return StunMessage(kind, txid, tuple(attrs))
 
@@ -213,16 +224,60 @@ class GateSettings:
 
     #: concurrent WebRTC peers (in handshake or open) this listener holds at most
     max_peers: int = 256
-    #: new-peer STUN checks per second per source IP (token refill rate)
+    #: new-peer STUN checks per second per source (token refill rate)
     rate: float = 50.0
-    #: how many such checks one source IP may send at once
+    #: how many such checks one source may send at once
     burst: int = 100
-    #: source IPs whose buckets are remembered (least recently seen are forgotten)
+    #: sources whose buckets are remembered (least recently seen are forgotten)
     max_sources: int = 4096
+    #: peers that have not finished DTLS, at most; a newcomer evicts the oldest of them
+    max_pending: int = 64
+    #: seconds a peer may take from its ClientHello to a finished DTLS handshake
+    pending_timeout: float = 5.0
+    #: the part of ``max_peers`` and of ``max_pending`` one source (IPv4 address, IPv6 /64)
+    #: may hold
+    source_share: float = 0.25
+    #: answered addresses remembered (waiting for their ClientHello), and for how long
+    max_answered: int = 4096
+    answered_ttl: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.max_peers < 1 or self.rate <= 0 or self.burst < 1 or self.max_sources < 1:
+        if (
+            self.max_peers < 1
+            or self.rate <= 0
+            or self.burst < 1
+            or self.max_sources < 1
+            or self.max_pending < 1
+            or self.pending_timeout <= 0
+            or not 0 < self.source_share <= 1
+            or self.max_answered < 1
+            or self.answered_ttl <= 0
+        ):
             raise ValueError("webrtc gate settings must be positive")
+
+    def share(self, cap: int) -> int:
+        """What one source may hold of ``cap``."""
+        return max(1, int(cap * self.source_share))
+
+
+def source_key(host: str) -> str:
+    """The unit of per-source limits: an IPv4 address, or an IPv6 address's /64 (one host
+    usually owns a whole /64, so per-address limits would not bound it)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def is_dtls_client_hello(data: bytes) -> bool:
+    """A DTLS record (RFC 7983: first byte 20..63) carrying a ClientHello in epoch 0:
+    content type 22 (handshake), handshake type 1 at byte 13."""
+    return len(data) > 25 and data[0] == 22 and data[3:5] == b"\x00\x00" and data[13] == 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +294,37 @@ class Admission:
     password: str = field(default="", compare=False)
     remote_ufrag: str = field(default="", compare=False)
     remote_password: str = field(default="", compare=False)
+    #: the check's transaction id, and whether it nominates the pair (USE-CANDIDATE)
+    transaction_id: bytes = field(default=b"", compare=False)
+    nominates: bool = field(default=False, compare=False)
+
+
+def binding_success(admission: Admission, addr: tuple[str, int]) -> bytes:
+    """The Binding success response to an admitted check, made without any peer state
+    (RFC 8489: XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY with the server's password,
+    FINGERPRINT), as the peer's ICE agent would answer it."""
+    family, packed = _xor_address(addr, admission.transaction_id)
+    body = struct.pack("!BBH", 0, family, addr[1] ^ (MAGIC_COOKIE >> 16)) + packed
+    message = _stun_header(BINDING_SUCCESS, admission.transaction_id, 0)
+    message += struct.pack("!HH", ATTR_XOR_MAPPED_ADDRESS, len(body)) + body
+    with_mi = _with_length(message + bytes(24), len(message) + 24)[: len(message)]
+    integrity = hmac.new(admission.password.encode(), with_mi, hashlib.sha1).digest()
+    message = with_mi + struct.pack("!HH", ATTR_MESSAGE_INTEGRITY, 20) + integrity
+    covered = _with_length(message + bytes(8), len(message) + 8)[: len(message)]
+    crc = binascii.crc32(covered) ^ FINGERPRINT_XOR
+    return covered + struct.pack("!HHI", ATTR_FINGERPRINT, 4, crc)
+
+
+def _stun_header(kind: int, transaction_id: bytes, length: int) -> bytes:
+    return struct.pack("!HHI", kind, length, MAGIC_COOKIE) + transaction_id
+
+
+def _xor_address(addr: tuple[str, int], transaction_id: bytes) -> tuple[int, bytes]:
+    """RFC 8489 §14.2: the address XORed with the cookie (and, for IPv6, the transaction id)."""
+    ip = ipaddress.ip_address(addr[0])
+    mask = struct.pack("!I", MAGIC_COOKIE) + (transaction_id if ip.version == 6 else b"")
+    raw = bytes(x ^ y for x, y in zip(ip.packed, mask, strict=True))
+    return (0x01 if ip.version == 4 else 0x02), raw
 
 
 @dataclass
@@ -260,10 +346,11 @@ class StunGate:
     def __post_init__(self) -> None:
         self._box = AESGCM(v2_key(self.digest))
 
-    def admit(self, data: bytes, host: str, now: float, *, peers: int,
-              existing: Container[str] = ()) -> Admission:
+    def admit(
+        self, data: bytes, host: str, now: float, *, peers: int, existing: Container[str] = ()
+    ) -> Admission:
         """Verify one check. ``peers`` is how many peers exist; ``existing`` their ufrags."""
-        if not self._take_token(host, now):
+        if not self._take_token(source_key(host), now):
             return self._reject("rate")
         try:
             message = parse_stun(data)
@@ -294,8 +381,15 @@ class StunGate:
             return self._reject("peer-cap")
         self.counters["admitted"] = self.counters.get("admitted", 0) + 1
         self.counters[f"admitted-v{version}"] = self.counters.get(f"admitted-v{version}", 0) + 1
-        return Admission(ufrag, version=version, password=password, remote_ufrag=remote,
-                         remote_password=remote_password)
+        return Admission(
+            ufrag,
+            version=version,
+            password=password,
+            remote_ufrag=remote,
+            remote_password=remote_password,
+            transaction_id=message.transaction_id,
+            nominates=message.offset_of(ATTR_USE_CANDIDATE) is not None,
+        )
 
     def _reject(self, reason: str) -> Admission:
         self.counters[reason] = self.counters.get(reason, 0) + 1

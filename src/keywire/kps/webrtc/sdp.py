@@ -15,8 +15,10 @@ import secrets
 from ...identity import fingerprint_hex
 
 #: the placeholder fingerprint KPS servers put in the fabricated offer
-PLACEHOLDER_FINGERPRINT = ":".join(["AA", "BB", "CC", "DD", "EE", "FF", "00", "11",
-                                    "22", "33", "44", "55", "66", "77", "88", "99"] * 2)
+PLACEHOLDER_FINGERPRINT = ":".join(
+    ["AA", "BB", "CC", "DD", "EE", "FF", "00", "11", "22", "33", "44", "55", "66", "77", "88", "99"]
+    * 2
+)
 SCTP_PORT = 5000
 MAX_MESSAGE_SIZE = 1048576
 
@@ -41,43 +43,47 @@ def _join(lines: list[str]) -> str:
 def server_answer(ip: str, port: int, ufrag: str, password: str, digest: bytes) -> str:
     """The answer a dialer sets as the server's description (ICE-lite, DTLS passive)."""
     fam, wildcard = _family(ip)
-    return _join([
-        "v=0",
-        f"o=- 0 0 IN {fam} {wildcard}",
-        "s=-",
-        "t=0 0",
-        "a=ice-lite",
-        f"m=application {port} UDP/DTLS/SCTP webrtc-datachannel",
-        f"c=IN {fam} {ip}",
-        "a=mid:0",
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{password}",
-        f"a=fingerprint:sha-256 {fingerprint_hex(digest)}",
-        "a=setup:passive",
-        f"a=sctp-port:{SCTP_PORT}",
-        f"a=max-message-size:{MAX_MESSAGE_SIZE}",
-        f"a=candidate:1 1 UDP 1 {ip} {port} typ host",
-    ])
+    return _join(
+        [
+            "v=0",
+            f"o=- 0 0 IN {fam} {wildcard}",
+            "s=-",
+            "t=0 0",
+            "a=ice-lite",
+            f"m=application {port} UDP/DTLS/SCTP webrtc-datachannel",
+            f"c=IN {fam} {ip}",
+            "a=mid:0",
+            f"a=ice-ufrag:{ufrag}",
+            f"a=ice-pwd:{password}",
+            f"a=fingerprint:sha-256 {fingerprint_hex(digest)}",
+            "a=setup:passive",
+            f"a=sctp-port:{SCTP_PORT}",
+            f"a=max-message-size:{MAX_MESSAGE_SIZE}",
+            f"a=candidate:1 1 UDP 1 {ip} {port} typ host",
+        ]
+    )
 
 
 def client_offer(ufrag: str, password: str, *, ipv6: bool = False, port: int = 9) -> str:
     """The offer a server fabricates for a dialer it has only seen a STUN check from."""
     fam, wildcard = ("IP6", "::") if ipv6 else ("IP4", "0.0.0.0")
-    return _join([
-        "v=0",
-        f"o=- 0 0 IN {fam} {wildcard}",
-        "s=-",
-        "t=0 0",
-        f"m=application {port} UDP/DTLS/SCTP webrtc-datachannel",
-        f"c=IN {fam} {wildcard}",
-        "a=mid:0",
-        f"a=ice-ufrag:{ufrag}",
-        f"a=ice-pwd:{password}",
-        f"a=fingerprint:sha-256 {PLACEHOLDER_FINGERPRINT}",
-        "a=setup:active",
-        f"a=sctp-port:{SCTP_PORT}",
-        f"a=max-message-size:{MAX_MESSAGE_SIZE}",
-    ])
+    return _join(
+        [
+            "v=0",
+            f"o=- 0 0 IN {fam} {wildcard}",
+            "s=-",
+            "t=0 0",
+            f"m=application {port} UDP/DTLS/SCTP webrtc-datachannel",
+            f"c=IN {fam} {wildcard}",
+            "a=mid:0",
+            f"a=ice-ufrag:{ufrag}",
+            f"a=ice-pwd:{password}",
+            f"a=fingerprint:sha-256 {PLACEHOLDER_FINGERPRINT}",
+            "a=setup:active",
+            f"a=sctp-port:{SCTP_PORT}",
+            f"a=max-message-size:{MAX_MESSAGE_SIZE}",
+        ]
+    )
 
 
 def munge_credentials(sdp: str, ufrag: str, password: str) -> str:

@@ -3,9 +3,17 @@
 ``WebRTCListener`` is the hook the KPS datagram demultiplexer calls (``demux.webrtc =
 listener``): datagrams from a known peer address go to that peer; a STUN check from an unknown
 source goes through ``StunGate`` (rate, the v2 box, integrity with the certhash-derived
-password, peer cap) and only then reaches an existing peer for its ufrag or creates one. Wire v1
-and v2 dialers (told apart by the check's USERNAME) share the port; they differ only in the ICE
-credentials the peer's agent gets. Everything else is declined, so QUIC gets it.
+password, cap on established peers). Wire v1 and v2 dialers (told apart by the check's USERNAME)
+share the port; they differ only in the ICE credentials the peer's agent gets. Everything else
+is declined, so QUIC gets it.
+
+Admission (docs/webrtc.md): anyone with the address can make valid checks, so a check creates
+nothing. It is answered statelessly and its address remembered (bounded, short-lived); a peer
+(ICE agent, DTLS, SCTP) is made only when a DTLS ClientHello comes from an answered address, and
+the remembered check and the ClientHello are then fed to it. Peers that have not finished DTLS
+have their own cap (``max_pending``) and deadline (``pending_timeout``); a newcomer over the cap
+evicts the oldest unfinished peer of the source holding the most of them, and one source (IPv4
+address, IPv6 /64) holds at most ``source_share`` of either cap.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +38,14 @@ from .aiortc_engine import (
     certificate_for,
 )
 from .connection import WebRTCConnection
-from .ice import Admission, StunGate, looks_like_stun
+from .ice import (
+    Admission,
+    StunGate,
+    binding_success,
+    is_dtls_client_hello,
+    looks_like_stun,
+    source_key,
+)
 from .sdp import client_offer
 from .settings import WebRTCSettings
 
@@ -47,16 +63,37 @@ class _Peer:
     ice: SharedSocketIce
     link: AiortcLink
     conn: WebRTCConnection
+    #: ``source_key`` of the address that made it
+    source: str = ""
+    #: True until its DTLS handshake finished
+    pending: bool = True
+    started: float = 0.0
     addresses: set[Address] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Answered:
+    """An address whose valid check was answered: what a ClientHello from it may start."""
+
+    admission: Admission
+    check: bytes
+    expires: float
 
 
 class WebRTCListener:
     """Accepts browsers (and Python dialers) over WebRTC-direct on a shared UDP socket."""
 
-    def __init__(self, identity: Identity, sendto: SendTo, on_connection: OnConnection, *,
-                 address: str = "", settings: WebRTCSettings | None = None,
-                 local: tuple[str, int] = ("0.0.0.0", 0)) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        sendto: SendTo,
+        on_connection: OnConnection,
+        *,
+        address: str = "",
+        settings: WebRTCSettings | None = None,
+        local: tuple[str, int] = ("0.0.0.0", 0),
+    ) -> None:
         self.identity = identity
         self.settings = settings or WebRTCSettings()
         self._sendto = sendto
@@ -65,54 +102,158 @@ class WebRTCListener:
         self._local = local
         self._certificate = certificate_for(identity)
         self.gate = StunGate(identity.cert_digest, self.settings.gate)
+        #: every peer by ufrag, oldest first
         self.peers: dict[str, _Peer] = {}
         self._by_addr: dict[Address, _Peer] = {}
+        self._answered: OrderedDict[Address, _Answered] = OrderedDict()
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self.accepted = 0
 
     # -- the demultiplexer hook ------------------------------------------------------------
     def knows(self, addr: Address) -> bool:
-        return addr in self._by_addr
+        """A peer's address, or one that was answered (its ClientHello must reach us)."""
+        return addr in self._by_addr or addr in self._answered
 
     def datagram_received(self, data: bytes, addr: Address) -> bool:
         peer = self._by_addr.get(addr)
         if peer is not None:
             peer.ice.feed(data, (addr[0], addr[1]))
             return True
-        if not looks_like_stun(data):
-            return False
-        if self._closing:
+        if looks_like_stun(data):
+            if not self._closing:
+                self._check(data, addr)
             return True
-        verdict = self.gate.admit(data, str(addr[0]), self._loop.time(), peers=len(self.peers),
-                                  existing=self.peers)
+        if is_dtls_client_hello(data) and not self._closing:
+            return self._client_hello(data, addr)
+        return False
+
+    def _check(self, data: bytes, addr: Address) -> None:
+        now = self._loop.time()
+        established = sum(1 for p in self.peers.values() if not p.pending)
+        verdict = self.gate.admit(data, str(addr[0]), now, peers=established, existing=self.peers)
         if verdict.ufrag is None:
-            return True  # silently dropped: a prober learns nothing
+            return  # silently dropped: a prober learns nothing
         peer = self.peers.get(verdict.ufrag)
-        if peer is None:
-            peer = self._spawn(verdict, addr)
+        if peer is not None:  # another address of a dialer that has a peer
+            peer.addresses.add(addr)
+            self._by_addr[addr] = peer
+            peer.ice.feed(data, (addr[0], addr[1]))
+            return
+        # no state yet: answer as the agent would, and remember the check (a nominating one
+        # wins) until a ClientHello from this address shows the dialer took the answer
+        self._sendto(
+            binding_success(verdict, (str(addr[0]), int(addr[1]))), (str(addr[0]), int(addr[1]))
+        )
+        settings = self.gate.settings
+        old = self._answered.pop(addr, None)
+        if (
+            old is not None
+            and old.admission.ufrag == verdict.ufrag
+            and old.admission.nominates
+            and not verdict.nominates
+        ):
+            old.expires = now + settings.answered_ttl
+            self._answered[addr] = old
+        else:
+            self._answered[addr] = _Answered(verdict, data, now + settings.answered_ttl)
+        while self._answered:
+            first = next(iter(self._answered.values()))
+            if len(self._answered) <= settings.max_answered and first.expires > now:
+                break
+            self._answered.popitem(last=False)
+        self.gate.counters["answered"] = self.gate.counters.get("answered", 0) + 1
+
+    def _client_hello(self, data: bytes, addr: Address) -> bool:
+        entry = self._answered.get(addr)
+        if entry is None or entry.expires <= self._loop.time():
+            return False
+        verdict = entry.admission
+        assert verdict.ufrag is not None
+        if verdict.ufrag in self.peers:
+            return False  # (the dialer's peer exists under another address)
+        source = source_key(str(addr[0]))
+        if not self._make_room(source):
+            return True
+        del self._answered[addr]
+        peer = self._spawn(verdict, addr)
+        peer.source = source
         peer.addresses.add(addr)
         self._by_addr[addr] = peer
+        peer.ice.feed(entry.check, (addr[0], addr[1]))
         peer.ice.feed(data, (addr[0], addr[1]))
         return True
+
+    def _make_room(self, source: str) -> bool:
+        """Room for one more unfinished peer from ``source``, evicting an unfinished one if a
+        cap is reached; False if only established peers fill it."""
+        s = self.gate.settings
+        pending: dict[str, list[_Peer]] = {}
+        mine = 0
+        for peer in self.peers.values():
+            if peer.source == source:
+                mine += 1
+            if peer.pending:
+                pending.setdefault(peer.source, []).append(peer)
+        total_pending = sum(len(peers) for peers in pending.values())
+        if mine >= s.share(s.max_peers) or len(pending.get(source, ())) >= s.share(s.max_pending):
+            victims = pending.get(source)
+            if not victims:
+                self._count("source-cap")
+                return False
+        elif total_pending >= s.max_pending or len(self.peers) >= s.max_peers:
+            if not pending:
+                self._count("peer-cap")
+                return False
+            # the source holding the most unfinished peers loses its oldest (ties: the oldest)
+            most = max(len(peers) for peers in pending.values())
+            victims = min(
+                (peers for peers in pending.values() if len(peers) == most),
+                key=lambda peers: peers[0].started,
+            )
+        else:
+            return True
+        self._evict(victims[0])
+        return True
+
+    def _evict(self, peer: _Peer) -> None:
+        self._count("evicted")
+        self._forget(peer)
+        if peer.task is not None:
+            peer.task.cancel()
+
+    def _count(self, name: str) -> None:
+        self.gate.counters[name] = self.gate.counters.get(name, 0) + 1
 
     # -- peers -----------------------------------------------------------------------------
     def _spawn(self, verdict: Admission, addr: Address) -> _Peer:
         assert verdict.ufrag is not None
         ufrag = verdict.ufrag
         ipv6 = ":" in str(addr[0])
-        local = self._local if (":" in self._local[0]) == ipv6 else (
-            ("::" if ipv6 else "0.0.0.0"), self._local[1])
-        ice = SharedSocketIce(ufrag=ufrag, password=verdict.password, sendto=self._sendto,
-                              local=local)
+        local = (
+            self._local
+            if (":" in self._local[0]) == ipv6
+            else (("::" if ipv6 else "0.0.0.0"), self._local[1])
+        )
+        ice = SharedSocketIce(
+            ufrag=ufrag, password=verdict.password, sendto=self._sendto, local=local
+        )
         link = AiortcLink(ice, self._certificate, server=True)
-        conn = WebRTCConnection(link, is_client=False, address=self.address,
-                                remote=RemoteIdentity(), settings=self.settings.wire)
-        peer = _Peer(ufrag, verdict.version, ice, link, conn)
+        conn = WebRTCConnection(
+            link,
+            is_client=False,
+            address=self.address,
+            remote=RemoteIdentity(),
+            settings=self.settings.wire,
+        )
+        peer = _Peer(ufrag, verdict.version, ice, link, conn, started=self._loop.time())
         self.peers[ufrag] = peer
         # the dialer's offer, fabricated: its own credentials (v1: the same as the server's)
-        offer = RemoteDescription(client_offer(verdict.remote_ufrag, verdict.remote_password,
-                                               ipv6=ipv6, port=local[1] or 9))
+        offer = RemoteDescription(
+            client_offer(
+                verdict.remote_ufrag, verdict.remote_password, ipv6=ipv6, port=local[1] or 9
+            )
+        )
         peer.task = self._loop.create_task(self._run(peer, offer))
         return peer
 
@@ -120,7 +261,9 @@ class WebRTCListener:
         conn = peer.conn
         try:
             async with asyncio.timeout(self.settings.handshake_timeout):
-                await peer.link.start(offer)
+                async with asyncio.timeout(self.gate.settings.pending_timeout):
+                    await peer.link.start(offer)
+                peer.pending = False
                 await conn.wait_ready()
         except (TimeoutError, EngineError, ConnectionError, ConnectionClosed) as exc:
             log.debug("WebRTC peer %s failed to open: %s", peer.ufrag, exc)
@@ -152,6 +295,7 @@ class WebRTCListener:
     async def close(self) -> None:
         """Stop admitting peers and close every WebRTC connection."""
         self._closing = True
+        self._answered.clear()
         peers = list(self.peers.values())
         for peer in peers:
             with contextlib.suppress(Exception):
@@ -163,9 +307,14 @@ class WebRTCListener:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def listen_webrtc(identity: Identity, on_connection: OnConnection, *, host: str = "127.0.0.1",
-                        port: int = 0, options: Options | None = None
-                        ) -> tuple[WebRTCListener, Any]:
+async def listen_webrtc(
+    identity: Identity,
+    on_connection: OnConnection,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    options: Options | None = None,
+) -> tuple[WebRTCListener, Any]:
     """A WebRTC-only listener on its own UDP socket (KPS's demultiplexer, no QUIC behind it).
 
     Returns the listener and the demultiplexer (close both). A KPS listener shares its socket
@@ -177,8 +326,14 @@ async def listen_webrtc(identity: Identity, on_connection: OnConnection, *, host
     return attach(demux, identity, on_connection, options=options), demux
 
 
-def attach(demux: Any, identity: Identity, on_connection: OnConnection, *,
-           options: Options | None = None, address: str = "") -> WebRTCListener:
+def attach(
+    demux: Any,
+    identity: Identity,
+    on_connection: OnConnection,
+    *,
+    options: Options | None = None,
+    address: str = "",
+) -> WebRTCListener:
     """Serve WebRTC on a KPS datagram demultiplexer's socket (``demux.webrtc = listener``)."""
     local = demux.local_address
     if not address:
@@ -186,8 +341,13 @@ def attach(demux: Any, identity: Identity, on_connection: OnConnection, *,
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
         address = f"kps:{shown}:{local[1]}:{identity.certhash}"
-    listener = WebRTCListener(identity, demux.sendto, on_connection, address=address,
-                              settings=WebRTCSettings.from_options(options),
-                              local=(str(local[0]), int(local[1])))
+    listener = WebRTCListener(
+        identity,
+        demux.sendto,
+        on_connection,
+        address=address,
+        settings=WebRTCSettings.from_options(options),
+        local=(str(local[0]), int(local[1])),
+    )
     demux.webrtc = listener
     return listener

@@ -43,8 +43,13 @@ class WebRTCSettings:
     max_streams: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_peers", "stun_burst", "stream_window", "connection_window",
-                     "max_streams"):
+        for name in (
+            "max_peers",
+            "stun_burst",
+            "stream_window",
+            "connection_window",
+            "max_streams",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"webrtc.{name} must be at least 1")
         if self.stun_rate <= 0 or self.handshake_timeout <= 0:
@@ -69,11 +74,13 @@ class WebRTCSettings:
 
     @property
     def wire(self) -> WireSettings:
-        return WireSettings(initial_max_stream_data=self.stream_window,
-                            initial_max_data=self.connection_window,
-                            initial_max_streams=self.max_streams,
-                            hello_timeout=self.handshake_timeout,
-                            idle_timeout=self.idle_timeout)
+        return WireSettings(
+            initial_max_stream_data=self.stream_window,
+            initial_max_data=self.connection_window,
+            initial_max_streams=self.max_streams,
+            hello_timeout=self.handshake_timeout,
+            idle_timeout=self.idle_timeout,
+        )
 
     @property
     def gate(self) -> GateSettings:

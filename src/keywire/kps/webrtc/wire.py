@@ -163,9 +163,19 @@ class Terminated:
     error: ConnectionClosed
 
 
-Event = (HandshakeComplete | StreamOpened | StreamData | StreamFinished | StreamReset
-         | StopSendingReceived | CreditAvailable | StreamsAvailable | StreamRetired
-         | DatagramReceived | Terminated)
+Event = (
+    HandshakeComplete
+    | StreamOpened
+    | StreamData
+    | StreamFinished
+    | StreamReset
+    | StopSendingReceived
+    | CreditAvailable
+    | StreamsAvailable
+    | StreamRetired
+    | DatagramReceived
+    | Terminated
+)
 
 
 @dataclass
@@ -203,8 +213,9 @@ class WireStream:
 class WireEngine:
     """One KPS WebRTC connection's framing, flow control and lifecycle (no I/O)."""
 
-    def __init__(self, *, is_client: bool, now: float,
-                 settings: WireSettings | None = None) -> None:
+    def __init__(
+        self, *, is_client: bool, now: float, settings: WireSettings | None = None
+    ) -> None:
         self.is_client = is_client
         self.settings = settings or WireSettings()
         self._actions: list[Action] = []
@@ -263,8 +274,16 @@ class WireEngine:
             return
         self.hello_sent = True
         s = self.settings
-        self._send_control(f.encode_hello(f.Hello(f.WIRE_VERSION, s.initial_max_stream_data,
-                                                  s.initial_max_data, s.initial_max_streams)))
+        self._send_control(
+            f.encode_hello(
+                f.Hello(
+                    f.WIRE_VERSION,
+                    s.initial_max_stream_data,
+                    s.initial_max_data,
+                    s.initial_max_streams,
+                )
+            )
+        )
         self._check_handshake()
 
     def control_received(self, message: bytes) -> None:
@@ -298,8 +317,11 @@ class WireEngine:
             return
         if hello.version != f.WIRE_VERSION:
             self._send_control(f.encode_connection_close(Code.UNSUPPORTED))
-            self._terminate(ConnectionClosed(
-                Code.UNSUPPORTED, f"peer speaks KPS wire version {hello.version}, not 1"))
+            self._terminate(
+                ConnectionClosed(
+                    Code.UNSUPPORTED, f"peer speaks KPS wire version {hello.version}, not 1"
+                )
+            )
             return
         self.hello_received = True
         self._peer_stream_window = hello.initial_max_stream_data
@@ -335,10 +357,15 @@ class WireEngine:
         self._peer_opened += 1
         if self._peer_opened > self._max_peer_streams:
             self._protocol_error(
-                f"peer opened stream {self._peer_opened}, above the limit {self._max_peer_streams}")
+                f"peer opened stream {self._peer_opened}, above the limit {self._max_peer_streams}"
+            )
             return
-        stream = WireStream(channel, local=False, send_max=self._peer_stream_window,
-                            recv_max=self.settings.initial_max_stream_data)
+        stream = WireStream(
+            channel,
+            local=False,
+            send_max=self._peer_stream_window,
+            recv_max=self.settings.initial_max_stream_data,
+        )
         self.streams[channel] = stream
         self._events.append(StreamOpened(channel))
 
@@ -378,12 +405,15 @@ class WireEngine:
             self._protocol_error(f"stream {stream.id}: DATA after {stream.recv_end.upper()}")
             return
         if stream.received + n > stream.recv_max:
-            self._protocol_error(f"stream {stream.id}: {stream.received + n} bytes exceed "
-                                 f"the stream credit {stream.recv_max}")
+            self._protocol_error(
+                f"stream {stream.id}: {stream.received + n} bytes exceed "
+                f"the stream credit {stream.recv_max}"
+            )
             return
         if self._received + n > self._recv_max:
-            self._protocol_error(f"{self._received + n} bytes exceed the connection credit "
-                                 f"{self._recv_max}")
+            self._protocol_error(
+                f"{self._received + n} bytes exceed the connection credit {self._recv_max}"
+            )
             return
         stream.received += n
         self._received += n
@@ -395,7 +425,8 @@ class WireEngine:
     def _end_receiving(self, stream: WireStream, how: str) -> bool:
         if stream.recv_end is not None:
             self._protocol_error(
-                f"stream {stream.id}: {how.upper()} after {stream.recv_end.upper()}")
+                f"stream {stream.id}: {how.upper()} after {stream.recv_end.upper()}"
+            )
             return False
         stream.recv_end = how
         return True
@@ -448,16 +479,19 @@ class WireEngine:
             self._deadline = None
             if self.hello_sent:
                 self._send_control(f.encode_connection_close(Code.TIMEOUT))
-            self._terminate(ConnectionClosed(
-                Code.TIMEOUT, f"no HELLO within {self.settings.hello_timeout:g} s"))
+            self._terminate(
+                ConnectionClosed(Code.TIMEOUT, f"no HELLO within {self.settings.hello_timeout:g} s")
+            )
             return
         idle = self.settings.idle_timeout
         if self._idle_check is not None and now >= self._idle_check:
             if now - self._last_activity >= idle:
                 if self.hello_sent:
                     self._send_control(f.encode_connection_close(Code.TIMEOUT))
-                self._terminate(ConnectionClosed(
-                    Code.TIMEOUT, f"nothing from the peer for {idle:g} s"), send=False)
+                self._terminate(
+                    ConnectionClosed(Code.TIMEOUT, f"nothing from the peer for {idle:g} s"),
+                    send=False,
+                )
             else:
                 self._idle_check = self._last_activity + idle
 
@@ -473,8 +507,12 @@ class WireEngine:
         if channel > 65534:
             return None
         self._opened += 1
-        stream = WireStream(channel, local=True, send_max=self._peer_stream_window,
-                            recv_max=self.settings.initial_max_stream_data)
+        stream = WireStream(
+            channel,
+            local=True,
+            send_max=self._peer_stream_window,
+            recv_max=self.settings.initial_max_stream_data,
+        )
         self.streams[channel] = stream
         self._actions.append(OpenChannel(channel))
         return stream
@@ -488,7 +526,7 @@ class WireEngine:
             return 0
         view = memoryview(data)
         for start in range(0, grant, f.MAX_DATA_PAYLOAD):
-            chunk = view[start:min(grant, start + f.MAX_DATA_PAYLOAD)]
+            chunk = view[start : min(grant, start + f.MAX_DATA_PAYLOAD)]
             self._actions.append(SendMessage(channel, b"\x00" + chunk.tobytes()))
         stream.sent += grant
         self._sent += grant
@@ -531,8 +569,12 @@ class WireEngine:
             self._send_control(f.encode_max_data(self._recv_max))
         stream.consumed += n
         window = s.initial_max_stream_data
-        if (stream.recv_end is None and not stream.read_stopped and not stream.channel_gone
-                and stream.consumed - stream.advertised_at >= window // 2):
+        if (
+            stream.recv_end is None
+            and not stream.read_stopped
+            and not stream.channel_gone
+            and stream.consumed - stream.advertised_at >= window // 2
+        ):
             stream.advertised_at = stream.consumed
             stream.recv_max = stream.consumed + window
             self._actions.append(SendMessage(stream.id, f.encode_max_stream_data(stream.recv_max)))
@@ -574,8 +616,13 @@ class WireEngine:
         return self.error.code if self.error.code != Code.NONE else Code.CLOSED
 
     def _maybe_retire(self, stream: WireStream) -> None:
-        if (stream.closing or stream.retired or not stream.wire_complete or not stream.drained
-                or self.closed):
+        if (
+            stream.closing
+            or stream.retired
+            or not stream.wire_complete
+            or not stream.drained
+            or self.closed
+        ):
             return
         stream.closing = True
         if not stream.channel_gone:

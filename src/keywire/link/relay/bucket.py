@@ -63,8 +63,9 @@ class HourlyQuota:
 
     __slots__ = ("allowance", "last_used", "recover_fraction", "throttled", "trickle")
 
-    def __init__(self, hourly_bytes: int, trickle_bps: int, now: float,
-                 recover_fraction: float = 0.1) -> None:
+    def __init__(
+        self, hourly_bytes: int, trickle_bps: int, now: float, recover_fraction: float = 0.1
+    ) -> None:
         self.allowance = DebtBucket(hourly_bytes / 3600.0, float(hourly_bytes), now)
         self.trickle = DebtBucket(float(trickle_bps), 2.0 * trickle_bps, now)
         self.throttled = False

@@ -34,8 +34,10 @@ async def run_relay(args: argparse.Namespace) -> int:
     try:
         port = await server.start()
     except OSError as exc:  # a port in use is the caller's to fix, like a bad argument
-        print(f"keywire relay: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"keywire relay: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 2
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
     print(f"ws://{shown}:{port}/v1/link", flush=True)
@@ -53,8 +55,9 @@ async def run_relay(args: argparse.Namespace) -> int:
 
 
 def relay_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="keywire relay",
-                                     description="Run a Link relay (content-blind).")
+    parser = argparse.ArgumentParser(
+        prog="keywire relay", description="Run a Link relay (content-blind)."
+    )
     add_relay_arguments(parser)
     args = parser.parse_args(argv)
     return asyncio.run(run_relay(args))

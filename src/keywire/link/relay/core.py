@@ -194,15 +194,24 @@ class RelayCore:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             return [self._close(peer, CloseCode.BAD_REQUEST, "control frame has no type")]
         if _FORBIDDEN_FIELDS & message.keys():
-            return [self._close(peer, CloseCode.BAD_REQUEST,
-                                "the relay never takes pairing codes or secrets")]
+            return [
+                self._close(
+                    peer, CloseCode.BAD_REQUEST, "the relay never takes pairing codes or secrets"
+                )
+            ]
         handler = {
-            "register": self._register, "resolve": self._resolve, "relay": self._relay,
-            "accept": self._accept, "getUsage": self._get_usage,
+            "register": self._register,
+            "resolve": self._resolve,
+            "relay": self._relay,
+            "accept": self._accept,
+            "getUsage": self._get_usage,
         }.get(message["type"])
         if handler is None:
-            return [self._close(peer, CloseCode.BAD_REQUEST,
-                                f"unknown message type {message['type'][:40]!r}")]
+            return [
+                self._close(
+                    peer, CloseCode.BAD_REQUEST, f"unknown message type {message['type'][:40]!r}"
+                )
+            ]
         return handler(peer, message, now)
 
     def binary(self, peer_id: int) -> list[Action]:
@@ -223,8 +232,11 @@ class RelayCore:
             if reg is not None and reg.peer is peer:
                 reg.peer = None
                 reg.forget_at = now + PIN_MEMORY_SEC
-            for waiting in [lk for lk in self.links.values()
-                            if lk.control is peer and lk.state is not LinkState.RELAYING]:
+            for waiting in [
+                lk
+                for lk in self.links.values()
+                if lk.control is peer and lk.state is not LinkState.RELAYING
+            ]:
                 actions += self._end_link(waiting, now, "host went away", survivor=waiting.client)
         link = peer.link
         if link is not None and link.state is not LinkState.CLOSED:
@@ -235,8 +247,7 @@ class RelayCore:
                 actions += self._end_link(link, now, "host end went away", survivor=link.client)
         return actions
 
-    def _end_link(self, link: Link, now: float, reason: str,
-                  survivor: Peer | None) -> list[Action]:
+    def _end_link(self, link: Link, now: float, reason: str, survivor: Peer | None) -> list[Action]:
         link.state = LinkState.CLOSED
         link.closed_at = now
         link.close_reason = reason
@@ -289,8 +300,11 @@ class RelayCore:
         if old is not None and old is not peer:
             old.role, old.address = Role.NEW, None
             actions.append(self._close(old, CloseCode.REPLACED, "replaced by a newer register"))
-            for link in [lk for lk in self.links.values()
-                         if lk.control is old and lk.state is not LinkState.RELAYING]:
+            for link in [
+                lk
+                for lk in self.links.values()
+                if lk.control is old and lk.state is not LinkState.RELAYING
+            ]:
                 link.control = peer
         if peer.role is Role.CONTROL and peer.address not in (None, address):
             prev = self.registrations.get(peer.address or "")
@@ -345,30 +359,53 @@ class RelayCore:
             self.counters.reject("unknown_address")
             return [Send(peer.id, {"type": "error", "error": "unknown_address"})]
         control = reg.peer
-        waiting = [lk for lk in self.links.values()
-                   if lk.control is control and lk.state is not LinkState.RELAYING]
+        waiting = [
+            lk
+            for lk in self.links.values()
+            if lk.control is control and lk.state is not LinkState.RELAYING
+        ]
         mine = sum(1 for lk in waiting if lk.client.ip == peer.ip)
         if mine >= self.config.max_pending_per_ip:
-            return [self._close(peer, CloseCode.RATE_LIMITED,
-                                "too many clients from this IP waiting for host")]
+            return [
+                self._close(
+                    peer, CloseCode.RATE_LIMITED, "too many clients from this IP waiting for host"
+                )
+            ]
         actions: list[Action] = []
         if len(waiting) >= self.config.max_pending_per_host:
             victim = self._crowding(waiting)
             if victim is None:
-                return [self._close(peer, CloseCode.RATE_LIMITED,
-                                    "too many clients waiting for host")]
+                return [
+                    self._close(peer, CloseCode.RATE_LIMITED, "too many clients waiting for host")
+                ]
             self.counters.reject("evicted_waiting")
-            actions += self._end_link(victim, now, "evicted: too many clients waiting",
-                                      survivor=None)
-            actions.append(Close(victim.client.id, int(CloseCode.RATE_LIMITED),
-                                 "too many clients waiting for host"))
-        link = Link(str(uuid.uuid4()), address, peer, control, now, b64u(secrets.token_bytes(18)),
-                    last_activity=now)
+            actions += self._end_link(
+                victim, now, "evicted: too many clients waiting", survivor=None
+            )
+            actions.append(
+                Close(
+                    victim.client.id,
+                    int(CloseCode.RATE_LIMITED),
+                    "too many clients waiting for host",
+                )
+            )
+        link = Link(
+            str(uuid.uuid4()),
+            address,
+            peer,
+            control,
+            now,
+            b64u(secrets.token_bytes(18)),
+            last_activity=now,
+        )
         self.links[link.id] = link
         peer.role, peer.address, peer.link = Role.CLIENT, address, link
         self.counters.links_total += 1
-        return [*actions, Send(peer.id, {"type": "found", "linkId": link.id}),
-                Send(control.id, {"type": "arrived", "linkId": link.id, "address": address})]
+        return [
+            *actions,
+            Send(peer.id, {"type": "found", "linkId": link.id}),
+            Send(control.id, {"type": "arrived", "linkId": link.id, "address": address}),
+        ]
 
     @staticmethod
     def _crowding(waiting: list[Link]) -> Link | None:
@@ -385,15 +422,18 @@ class RelayCore:
     def _relay(self, peer: Peer, msg: dict[str, Any], now: float) -> list[Action]:
         link_id = msg.get("linkId")
         link = self.links.get(link_id) if isinstance(link_id, str) else None
-        if (peer.role is not Role.CLIENT or link is None or link.client is not peer
-                or link.state is not LinkState.INTRODUCED):
+        if (
+            peer.role is not Role.CLIENT
+            or link is None
+            or link.client is not peer
+            or link.state is not LinkState.INTRODUCED
+        ):
             return [self._close(peer, CloseCode.BAD_REQUEST, "relay is only for the own link")]
         if link.control.id not in self.peers or link.control.role is not Role.CONTROL:
             return self._end_link(link, now, "host is not connected", survivor=peer)
         link.state = LinkState.PENDING
         link.last_activity = now
-        return [Send(link.control.id, {"type": "relay", "linkId": link.id,
-                                       "ticket": link.ticket})]
+        return [Send(link.control.id, {"type": "relay", "linkId": link.id, "ticket": link.ticket})]
 
     def _accept(self, peer: Peer, msg: dict[str, Any], now: float) -> list[Action]:
         if peer.role is not Role.NEW:
@@ -409,8 +449,13 @@ class RelayCore:
         if not (self.config.legacy_accept and ticket is None) and not (
             isinstance(ticket, str) and secrets.compare_digest(ticket, link.ticket)
         ):
-            return [self._close(peer, CloseCode.AUTH_FAILED,
-                                "accept is not from the registered host (bad ticket)")]
+            return [
+                self._close(
+                    peer,
+                    CloseCode.AUTH_FAILED,
+                    "accept is not from the registered host (bad ticket)",
+                )
+            ]
         peer.role, peer.address, peer.link = Role.RELAY, link.address, link
         link.host_end = peer
         link.state = LinkState.RELAYING
@@ -419,8 +464,11 @@ class RelayCore:
         if self.config.max_bps > 0:
             link.bucket = DebtBucket(self.config.max_bps, 2 * self.config.max_bps, now)
         self.counters.links_relayed += 1
-        return [Send(link.client.id, {"type": "relaying", "linkId": link.id}),
-                Send(peer.id, {"type": "relaying", "linkId": link.id}), Splice(link)]
+        return [
+            Send(link.client.id, {"type": "relaying", "linkId": link.id}),
+            Send(peer.id, {"type": "relaying", "linkId": link.id}),
+            Splice(link),
+        ]
 
     # -- usage --------------------------------------------------------------------------------
     def _get_usage(self, peer: Peer, msg: dict[str, Any], now: float) -> list[Action]:
@@ -439,8 +487,7 @@ class RelayCore:
             else:
                 used = quota.fraction_used(now) if quota is not None else 0.0
                 throttled = quota.throttled if quota is not None else False
-                entries.append({"linkId": link.id, "used": round(used, 4),
-                                "throttled": throttled})
+                entries.append({"linkId": link.id, "used": round(used, 4), "throttled": throttled})
         return {"type": "usage", "connections": entries}
 
     # -- the splice ---------------------------------------------------------------------------
@@ -487,13 +534,15 @@ class RelayCore:
         actions: list[Action] = []
         idle = self.config.idle_sec
         for link in list(self.links.values()):
-            limit = idle if link.state is LinkState.RELAYING else min(idle,
-                                                                      self.config.handshake_sec)
+            limit = (
+                idle if link.state is LinkState.RELAYING else min(idle, self.config.handshake_sec)
+            )
             if idle > 0 and now - link.last_activity > limit:
                 ends = [link.client, link.host_end] if link.host_end else [link.client]
                 self._end_link(link, now, "idle", survivor=None)
-                actions += [self._close(p, CloseCode.IDLE, "idle") for p in ends
-                            if p.id in self.peers]
+                actions += [
+                    self._close(p, CloseCode.IDLE, "idle") for p in ends if p.id in self.peers
+                ]
         for peer in list(self.peers.values()):
             if peer.role is Role.NEW and now - peer.opened > self.config.handshake_sec:
                 peer.opened = now + 1e9  # close once
@@ -514,9 +563,11 @@ class RelayCore:
     # -- reports ------------------------------------------------------------------------------
     def _link_info(self, link: Link, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "linkId": link.id, "state": link.state.value,
+            "linkId": link.id,
+            "state": link.state.value,
             "ageSec": round(now - link.created, 3),
-            "bytesFromHost": link.from_host, "bytesFromClient": link.from_client,
+            "bytesFromHost": link.from_host,
+            "bytesFromClient": link.from_client,
         }
         if link.closed_at is not None:
             info["closeReason"] = link.close_reason
@@ -534,8 +585,10 @@ class RelayCore:
                 "total": self.counters.links_total,
                 "totalRelayed": self.counters.links_relayed,
             },
-            "bytesRelayed": {"fromHost": self.counters.bytes_from_host,
-                             "fromClient": self.counters.bytes_from_client},
+            "bytesRelayed": {
+                "fromHost": self.counters.bytes_from_host,
+                "fromClient": self.counters.bytes_from_client,
+            },
         }
         if admin:
             out["liveLinks"] = [self._link_info(lk, now) for lk in live]

@@ -66,9 +66,26 @@ LIMIT_LOG_SEC = 10.0
 class _Socket(asyncio.Protocol):
     """One TCP connection: HTTP request, then WebSocket frames."""
 
-    __slots__ = ("admitted", "assembling", "blocked_since", "close_timer", "id", "ip", "opened",
-                 "origin", "paused", "pinged", "queue", "relay", "request_bytes", "retry", "tcp_ip",
-                 "transport", "write_blocked", "ws")
+    __slots__ = (
+        "admitted",
+        "assembling",
+        "blocked_since",
+        "close_timer",
+        "id",
+        "ip",
+        "opened",
+        "origin",
+        "paused",
+        "pinged",
+        "queue",
+        "relay",
+        "request_bytes",
+        "retry",
+        "tcp_ip",
+        "transport",
+        "write_blocked",
+        "ws",
+    )
 
     def __init__(self, relay: RelayServer, socket_id: int) -> None:
         self.relay = relay
@@ -119,8 +136,9 @@ class _Socket(asyncio.Protocol):
     def _answer_garbage(self) -> None:
         """Not HTTP: websockets just closes; say 400 first, as any HTTP server would."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -242,14 +260,17 @@ class RelayServer:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> int:
         self._install_accept_log()
-        self._server = await self._loop.create_server(self._make_socket, self.config.host,
-                                                      self.config.port, reuse_address=True,
-                                                      backlog=self.backlog)
+        self._server = await self._loop.create_server(
+            self._make_socket,
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            backlog=self.backlog,
+        )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         self._schedule_sweep()
-        log.info("relay listening", extra={"fields": {"port": self.port,
-                                                      "host": self.config.host}})
+        log.info("relay listening", extra={"fields": {"port": self.port, "host": self.config.host}})
         return self.port
 
     def _make_socket(self) -> _Socket:
@@ -275,8 +296,9 @@ class RelayServer:
             self.limit_hit("max_upgrading_per_ip", ip)
             sock.abort()
             return
-        while self.upgrading and (len(self.upgrading) >= self.config.max_upgrading
-                                  or self.admitted >= self.max_sockets):
+        while self.upgrading and (
+            len(self.upgrading) >= self.config.max_upgrading or self.admitted >= self.max_sockets
+        ):
             victim = self._eviction_candidate()
             del self.upgrading[victim.id]
             self._forget_upgrading(victim)
@@ -327,8 +349,10 @@ class RelayServer:
         if now - self._limit_logged.get(reason, -LIMIT_LOG_SEC) >= LIMIT_LOG_SEC:
             self._limit_logged[reason] = now
             count, self._limit_counts[reason] = self._limit_counts[reason], 0
-            log.warning("limit reached", extra={"fields": {"limit": reason, "lastIp": ip,
-                                                           "refusals": count}})
+            log.warning(
+                "limit reached",
+                extra={"fields": {"limit": reason, "lastIp": ip, "refusals": count}},
+            )
 
     def _install_accept_log(self) -> None:
         """asyncio reports an exhausted accept() through the loop's exception handler, once per
@@ -383,10 +407,19 @@ class RelayServer:
                 self.core.open(sock.id, sock.ip, sock.origin, self.now())
             return
         status, content_type, body = self._http(path, headers)
-        response = Response(status, "OK" if status == 200 else "Error", Headers([
-            ("Content-Type", content_type), ("Content-Length", str(len(body))),
-            ("Connection", "close"), ("Cache-Control", "no-store"),
-        ]), body)
+        response = Response(
+            status,
+            "OK" if status == 200 else "Error",
+            Headers(
+                [
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(len(body))),
+                    ("Connection", "close"),
+                    ("Cache-Control", "no-store"),
+                ]
+            ),
+            body,
+        )
         sock.ws.send_response(response)
         sock.flush()
 
@@ -429,14 +462,15 @@ class RelayServer:
             f"keywire_link_registers_total {counters.registrations_total}",
             "# HELP keywire_link_bytes_relayed_total Bytes forwarded, by sender.",
             "# TYPE keywire_link_bytes_relayed_total counter",
-            f'keywire_link_bytes_relayed_total{{direction="from_host"}} '
-            f"{counters.bytes_from_host}",
+            f'keywire_link_bytes_relayed_total{{direction="from_host"}} {counters.bytes_from_host}',
             f'keywire_link_bytes_relayed_total{{direction="from_client"}} '
             f"{counters.bytes_from_client}",
             "# HELP keywire_link_rejections_total Refusals and closes, by reason.",
             "# TYPE keywire_link_rejections_total counter",
-            *(f'keywire_link_rejections_total{{reason="{r}"}} {n}'
-              for r, n in sorted(counters.rejections.items())),
+            *(
+                f'keywire_link_rejections_total{{reason="{r}"}} {n}'
+                for r, n in sorted(counters.rejections.items())
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -466,8 +500,16 @@ class RelayServer:
             elif isinstance(action, Close):
                 target = self.sockets.get(action.peer)
                 if target is not None:
-                    log.info("close", extra={"fields": {"socket": action.peer, "code": action.code,
-                                                        "reason": action.reason}})
+                    log.info(
+                        "close",
+                        extra={
+                            "fields": {
+                                "socket": action.peer,
+                                "code": action.code,
+                                "reason": action.reason,
+                            }
+                        },
+                    )
                     target.close(action.code, action.reason)
             elif isinstance(action, Splice):
                 self._splice(action.link)
@@ -572,8 +614,10 @@ class RelayServer:
                     self.config.slow_peer_sec
                 ):
                     peer = self.core.peers.get(sock.id)
-                    if peer is not None and peer.link is not None and peer.role in (
-                        Role.CLIENT, Role.RELAY
+                    if (
+                        peer is not None
+                        and peer.link is not None
+                        and peer.role in (Role.CLIENT, Role.RELAY)
                     ):
                         self._cut_slow(peer.link)
                     sock.blocked_since = None
@@ -629,7 +673,8 @@ class JsonLogFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(), "msg": record.getMessage(),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
