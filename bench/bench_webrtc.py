@@ -64,8 +64,11 @@ def loopback_only(sdp: str) -> str:
     """
     lines = sdp.replace("\r\n", "\n").split("\n")
     candidates = [line.split() for line in lines if line.startswith("a=candidate:")]
-    usable = [c for c in candidates
-              if len(c) >= 8 and c[2].lower() == "udp" and c[7] == "host" and "." in c[4]]
+    usable = [
+        c
+        for c in candidates
+        if len(c) >= 8 and c[2].lower() == "udp" and c[7] == "host" and "." in c[4]
+    ]
     if not usable:
         raise RuntimeError(f"no UDP IPv4 host candidate in the browser's SDP:\n{sdp}")
     loop = [c for c in usable if c[4].startswith("127.")]
@@ -114,16 +117,19 @@ class Figures:
     dials: dict[int, list[float]] = field(default_factory=dict)
 
 
-async def bench_browser(kind: str, args: argparse.Namespace, address: str, url: str,
-                        size: int) -> Figures:
+async def bench_browser(
+    kind: str, args: argparse.Namespace, address: str, url: str, size: int
+) -> Figures:
     figures = Figures(kind)
     # two separate browser processes; ``main`` also runs everything against keywire
     main, other = await asyncio.gather(Browser.launch(kind, url), Browser.launch(kind, url))
     try:
         figures.version = main.version
         await asyncio.gather(main.goto(url), other.goto(url))
-        print(f"\n== {kind} {main.version}: {args.size_mb:g} MiB per transfer, "
-              f"best of {args.rounds}", flush=True)
+        print(
+            f"\n== {kind} {main.version}: {args.size_mb:g} MiB per transfer, best of {args.rounds}",
+            flush=True,
+        )
         for n in range(args.rounds):
             ref = await reference(main, other, size)
             up_run = await main.run("upload", address, size, 1, timeout=600)
@@ -131,16 +137,22 @@ async def bench_browser(kind: str, args: argparse.Namespace, address: str, url: 
             down_run = await main.run("download", address, size, 2, timeout=600)
             assert down_run["digest"] == hashlib.sha256(pattern(size, 2)).hexdigest()
             up, down = rate(size, up_run["ms"]), rate(size, down_run["ms"])
-            print(f"  round {n + 1}: reference {ref:6.1f}, up {up:6.1f}, down {down:6.1f} MB/s",
-                  flush=True)
+            print(
+                f"  round {n + 1}: reference {ref:6.1f}, up {up:6.1f}, down {down:6.1f} MB/s",
+                flush=True,
+            )
             figures.ref = max(figures.ref, ref)
             figures.up = max(figures.up, up)
             figures.down = max(figures.down, down)
         print(f"{'browser <-> browser (two processes)':<36}{figures.ref:7.1f} MB/s (reference)")
-        print(f"{'browser -> keywire (up)':<36}{figures.up:7.1f} MB/s  "
-              f"ratio {figures.up / figures.ref:.2f}x")
-        print(f"{'keywire -> browser (down)':<36}{figures.down:7.1f} MB/s  "
-              f"ratio {figures.down / figures.ref:.2f}x")
+        print(
+            f"{'browser -> keywire (up)':<36}{figures.up:7.1f} MB/s  "
+            f"ratio {figures.up / figures.ref:.2f}x"
+        )
+        print(
+            f"{'keywire -> browser (down)':<36}{figures.down:7.1f} MB/s  "
+            f"ratio {figures.down / figures.ref:.2f}x"
+        )
 
         # v1 edits the offer, which chromium-nomangle refuses
         wires = (2,) if kind == "chromium-nomangle" else (1, 2)
@@ -149,20 +161,26 @@ async def bench_browser(kind: str, args: argparse.Namespace, address: str, url: 
         while left > 0:
             group = min(10, left)
             for wire in wires:
-                figures.dials[wire] += await main.run("dialTimes", address, group, wire,
-                                                      timeout=600)
+                figures.dials[wire] += await main.run(
+                    "dialTimes", address, group, wire, timeout=600
+                )
             left -= group
         for wire, times in figures.dials.items():
-            print(f"dial -> open stream, wire v{wire}, {len(times)} dials: p50 "
-                  f"{statistics.median(times):.0f} ms, p90 {percentile(times, 0.9):.0f} ms, "
-                  f"max {max(times):.0f} ms (goal p50 <= 100 ms)")
+            print(
+                f"dial -> open stream, wire v{wire}, {len(times)} dials: p50 "
+                f"{statistics.median(times):.0f} ms, p90 {percentile(times, 0.9):.0f} ms, "
+                f"max {max(times):.0f} ms (goal p50 <= 100 ms)"
+            )
 
         started = time.perf_counter()
         many = await main.run("manyAtOnce", address, args.peers, timeout=600)
-        print(f"{args.peers} connections at once on one port: {many['ok']}/{args.peers} echoed, "
-              f"open median {many['median']:.0f} ms, max {many['max']:.0f} ms, all done in "
-              f"{(time.perf_counter() - started) * 1000:.0f} ms"
-              + (f"; errors: {many['errors']}" if many["errors"] else ""), flush=True)
+        print(
+            f"{args.peers} connections at once on one port: {many['ok']}/{args.peers} echoed, "
+            f"open median {many['median']:.0f} ms, max {many['max']:.0f} ms, all done in "
+            f"{(time.perf_counter() - started) * 1000:.0f} ms"
+            + (f"; errors: {many['errors']}" if many["errors"] else ""),
+            flush=True,
+        )
     finally:
         await asyncio.gather(main.close(), other.close())
     return figures
@@ -195,8 +213,10 @@ async def python_dialer(certhash: str, port: int, size: int) -> None:
     down = rate(size, (time.perf_counter() - started) * 1000)
     assert len(got) == size
     await conn.close()
-    print(f"\npython dialer (same process as the server): dial p50 "
-          f"{statistics.median(times):.0f} ms; up {up:.1f} MB/s, down {down:.1f} MB/s")
+    print(
+        f"\npython dialer (same process as the server): dial p50 "
+        f"{statistics.median(times):.0f} ms; up {up:.1f} MB/s, down {down:.1f} MB/s"
+    )
 
 
 def args_dials(f: Figures) -> str:
@@ -204,18 +224,26 @@ def args_dials(f: Figures) -> str:
 
 
 def summary(all_figures: list[Figures], size_mb: float) -> None:
-    print(f"\n| {size_mb:g} MiB on one stream | MB/s | × same browser ↔ itself "
-          "(two processes) |\n|---|---:|---:|")
+    print(
+        f"\n| {size_mb:g} MiB on one stream | MB/s | × same browser ↔ itself "
+        "(two processes) |\n|---|---:|---:|"
+    )
     for f in all_figures:
         print(f"| {f.kind} ↔ {f.kind} (reference) | {f.ref:.1f} | 1.00 |")
         print(f"| {f.kind} → keywire (up) | {f.up:.1f} | {f.up / f.ref:.2f} |")
         print(f"| keywire → {f.kind} (down) | {f.down:.1f} | {f.down / f.ref:.2f} |")
     print("\n| dial → open stream | v1 p50 | v2 p50 | v1 p90 | v2 p90 |\n|---|---:|---:|---:|---:|")
     for f in all_figures:
-        cells = [(f"{statistics.median(t):.0f} ms", f"{percentile(t, 0.9):.0f} ms")
-                 if (t := f.dials.get(wire)) else ("—", "—") for wire in (1, 2)]
-        print(f"| {f.kind} ({args_dials(f)}) | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} | "
-              f"{cells[1][1]} |")
+        cells = [
+            (f"{statistics.median(t):.0f} ms", f"{percentile(t, 0.9):.0f} ms")
+            if (t := f.dials.get(wire))
+            else ("—", "—")
+            for wire in (1, 2)
+        ]
+        print(
+            f"| {f.kind} ({args_dials(f)}) | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} | "
+            f"{cells[1][1]} |"
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -229,18 +257,26 @@ async def main(args: argparse.Namespace) -> None:
     listener = KpsListener(identity, KpsSettings(), on_connection)
     await listener.start(HOST, 0)
     assert listener.demux is not None
-    options = Options(extra={"webrtc.max_peers": max(256, args.peers * 2),
-                             "webrtc.stun_burst": max(100, args.peers * 4)})
+    options = Options(
+        extra={
+            "webrtc.max_peers": max(256, args.peers * 2),
+            "webrtc.stun_burst": max(100, args.peers * 4),
+        }
+    )
     webrtc = attach(listener.demux, identity, on_connection, options=options)
     address = f"{HOST}:{listener.port}:{identity.certhash}"
-    demo = await serve_demo(HOST, 0, "kps:" + address,
-                            extra={"/test/scenarios.js": WEB / "test" / "scenarios.js"})
+    demo = await serve_demo(
+        HOST, 0, "kps:" + address, extra={"/test/scenarios.js": WEB / "test" / "scenarios.js"}
+    )
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     print(f"listener {address}; load average at start {' '.join(load)}")
     try:
-        figures = [await bench_browser(kind, args, address, demo.url, size)
-                   for kind in args.browsers.split(",") if kind]
+        figures = [
+            await bench_browser(kind, args, address, demo.url, size)
+            for kind in args.browsers.split(",")
+            if kind
+        ]
         print(f"\nserver gate counters: {webrtc.gate.counters}")
         if args.python:
             await python_dialer(identity.certhash, listener.port, size)
@@ -256,17 +292,23 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--browsers", default="chromium,firefox",
-                        help="comma-separated driver.mjs kinds (chromium, chromium-nomangle, "
-                             "firefox)")
+    parser.add_argument(
+        "--browsers",
+        default="chromium,firefox",
+        help="comma-separated driver.mjs kinds (chromium, chromium-nomangle, firefox)",
+    )
     parser.add_argument("--size-mb", type=float, default=64.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dials", type=int, default=50)
     parser.add_argument("--peers", type=int, default=50)
-    parser.add_argument("--quick", action="store_true",
-                        help="1 MiB, 1 round, 4 dials, 4 peers: does it run")
-    parser.add_argument("--python", action="store_true",
-                        help="also measure the Python WebRTC dialer against the listener")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 MiB, 1 round, 4 dials, 4 peers: does it run"
+    )
+    parser.add_argument(
+        "--python",
+        action="store_true",
+        help="also measure the Python WebRTC dialer against the listener",
+    )
     parsed = parser.parse_args()
     if parsed.quick:
         parsed.size_mb, parsed.rounds, parsed.dials, parsed.peers = 1.0, 1, 4, 4

@@ -64,8 +64,9 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     assert listener.demux is not None
     webrtc = attach(listener.demux, identity, on_connection)
     address = f"kps:{host}:{listener.port}:{identity.certhash}"
-    demo = await serve_demo("127.0.0.1", 0, address,
-                            extra={"/test/scenarios.js": WEB / "test" / "scenarios.js"})
+    demo = await serve_demo(
+        "127.0.0.1", 0, address, extra={"/test/scenarios.js": WEB / "test" / "scenarios.js"}
+    )
     browser: Browser | None = None
     try:
         browser = await Browser.launch(request.param, demo.url)
@@ -89,8 +90,7 @@ async def test_echo(rig: Rig) -> None:
 async def test_local_sdp_is_create_offers_output(rig: Rig) -> None:
     """keywire.js hands setLocalDescription exactly what createOffer returned (wire v2)."""
     result = await rig.browser.run("sdpUntouched", rig.address, None)
-    assert result == {"offers": 1, "set": 1, "equal": True, "echoed": "same sdp",
-                      "error": None}
+    assert result == {"offers": 1, "set": 1, "equal": True, "echoed": "same sdp", "error": None}
 
 
 async def test_wire_v1_munging(rig: Rig) -> None:
@@ -149,8 +149,12 @@ async def test_eight_megabytes_down_byte_exact(rig: Rig) -> None:
 
 async def test_datagrams_and_too_large(rig: Rig) -> None:
     result = await rig.browser.run("datagrams", rig.address)
-    assert result == {"echoed": "ping", "tooLarge": {"code": 8, "limit": 1200}, "max": 1200,
-                      "full": 1200}
+    assert result == {
+        "echoed": "ping",
+        "tooLarge": {"code": 8, "limit": 1200},
+        "max": 1200,
+        "full": 1200,
+    }
 
 
 async def test_close_code_seen_by_browser(rig: Rig) -> None:
@@ -189,7 +193,8 @@ async def test_browser_and_quic_client_on_one_port(rig: Rig) -> None:
     browser_up, browser_down, quic_ok = await asyncio.gather(
         rig.browser.run("upload", rig.address, size, 3),
         rig.browser.run("download", rig.address, size, 4),
-        quic_round_trip())
+        quic_round_trip(),
+    )
     await quic.close()
     assert quic_ok
     assert browser_up["serverDigest"] == hashlib.sha256(pattern(size, 3)).hexdigest()
@@ -213,12 +218,18 @@ async def test_demo_page_connects(rig: Rig) -> None:
 
 
 async def _page_state(rig: Rig) -> dict[str, object]:
-    return dict(await rig.browser._call({"eval": """({
+    return dict(
+        await rig.browser._call(
+            {
+                "eval": """({
         status: document.getElementById('status').textContent,
         echoDisabled: document.getElementById('echo-send').disabled,
         chatDisabled: document.getElementById('chat-send').disabled,
         reconnectHidden: document.getElementById('reconnect').hidden,
-        log: document.getElementById('log').textContent})"""}))
+        log: document.getElementById('log').textContent})"""
+            }
+        )
+    )
 
 
 async def _wait_state(rig: Rig, prefix: str, seconds: float = 15.0) -> dict[str, object]:
@@ -236,12 +247,18 @@ async def test_demo_page_shows_lost_connection_and_reconnects(rig: Rig) -> None:
     await rig.browser.goto(rig.demo.url)
     state = await _wait_state(rig, "connected")
     assert (state["echoDisabled"], state["chatDisabled"], state["reconnectHidden"]) == (
-        False, False, True)
+        False,
+        False,
+        True,
+    )
     for peer in list(rig.webrtc.peers.values()):  # the server drops the page's connection
         await peer.conn.close(2)
     state = await _wait_state(rig, "connection lost")
     assert (state["echoDisabled"], state["chatDisabled"], state["reconnectHidden"]) == (
-        True, True, False), state
+        True,
+        True,
+        False,
+    ), state
     await rig.browser._call({"eval": "document.getElementById('reconnect').click()"})
     state = await _wait_state(rig, "connected")
     assert (state["echoDisabled"], state["reconnectHidden"]) == (False, True)
@@ -254,17 +271,26 @@ async def test_demo_page_shows_lost_connection_and_reconnects(rig: Rig) -> None:
 
 async def test_module_vectors_and_address_checks(rig: Rig) -> None:
     result = await rig.browser.run("vectors")
-    assert result == {"pwd": "dn9pWWCBP6fiDbQLjNcQVFAYWVSdPNzYf5JQ8JzVSso", "bad": [],
-                      "host": "::1", "port": 9, "first": 1}
+    assert result == {
+        "pwd": "dn9pWWCBP6fiDbQLjNcQVFAYWVSdPNzYf5JQ8JzVSso",
+        "bad": [],
+        "host": "::1",
+        "port": 9,
+        "first": 1,
+    }
     from .test_wire_v2 import SERVER_PASSWORD, SERVER_UFRAG
 
     assert await rig.browser.run("vectorsV2") == {
-        "ufrag": SERVER_UFRAG, "pwd": SERVER_PASSWORD, "freshDiffers": True,
-        "creds": {"ufrag": "Ab+/", "pwd": "0123456789abcdef012345"}}
+        "ufrag": SERVER_UFRAG,
+        "pwd": SERVER_PASSWORD,
+        "freshDiffers": True,
+        "creds": {"ufrag": "Ab+/", "pwd": "0123456789abcdef012345"},
+    }
 
 
-@pytest.mark.parametrize("kind", ["data-after-fin", "overrun", "bad-control",
-                                  "max-stream-data-huge"])
+@pytest.mark.parametrize(
+    "kind", ["data-after-fin", "overrun", "bad-control", "max-stream-data-huge"]
+)
 async def test_browser_closes_on_server_violation(rig: Rig, kind: str) -> None:
     result = await rig.browser.run("serverViolation", rig.address, kind)
     assert result["code"] == 6 and result["remote"] is False, result
@@ -272,7 +298,7 @@ async def test_browser_closes_on_server_violation(rig: Rig, kind: str) -> None:
         if any(s[0] == "poisoned" and s[1][0] == kind for s in rig.app.seen):
             break
         await asyncio.sleep(0.05)
-    (_, (_, code, remote)), = [s for s in rig.app.seen if s[0] == "poisoned" and s[1][0] == kind]
+    ((_, (_, code, remote)),) = [s for s in rig.app.seen if s[0] == "poisoned" and s[1][0] == kind]
     assert (code, remote) == (6, True)  # the browser told the server why
 
 

@@ -71,12 +71,20 @@ class Browser:
         """
         require_browser(kind)
         if kind == "firefox" and not origins:
-            raise ValueError("Firefox reaches a loopback listener only from a page granted a "
-                             "media permission: Browser.launch('firefox', page_url)")
+            raise ValueError(
+                "Firefox reaches a loopback listener only from a page granted a "
+                "media permission: Browser.launch('firefox', page_url)"
+            )
         proc = await asyncio.create_subprocess_exec(
-            "node", str(WEB / "test" / "driver.mjs"), kind, *origins,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-            cwd=str(WEB))
+            "node",
+            str(WEB / "test" / "driver.mjs"),
+            kind,
+            *origins,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            cwd=str(WEB),
+        )
         browser = cls(proc, kind)
         try:
             ready = await asyncio.wait_for(browser._call({}, expect_id=0), 60)
@@ -241,7 +249,7 @@ class CommandApp:
             elif command == "source":
                 data = pattern(int(words[1]), int(words[2]))
                 for at in range(0, len(data), 1 << 20):
-                    await stream.write(data[at:at + (1 << 20)])
+                    await stream.write(data[at : at + (1 << 20)])
                 await stream.close_write()
             elif command == "close-me":
                 await conn.close(int(words[1]))

@@ -234,8 +234,9 @@ class GateSettings:
     max_pending: int = 64
     #: seconds a peer may take from its ClientHello to a finished DTLS handshake
     pending_timeout: float = 5.0
-    #: the part of ``max_peers`` and of ``max_pending`` one source (IPv4 address, IPv6 /64)
-    #: may hold
+    #: the part of ``max_peers`` one source (IPv4 address, IPv6 /64) may hold; unfinished peers
+    #: have no share of their own: a full ``max_pending`` evicts the busiest source's oldest,
+    #: so one page may open many connections at once while a flood only churns itself
     source_share: float = 0.25
     #: answered addresses remembered (waiting for their ClientHello), and for how long
     max_answered: int = 4096

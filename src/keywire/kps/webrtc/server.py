@@ -13,7 +13,7 @@ nothing. It is answered statelessly and its address remembered (bounded, short-l
 the remembered check and the ClientHello are then fed to it. Peers that have not finished DTLS
 have their own cap (``max_pending``) and deadline (``pending_timeout``); a newcomer over the cap
 evicts the oldest unfinished peer of the source holding the most of them, and one source (IPv4
-address, IPv6 /64) holds at most ``source_share`` of either cap.
+address, IPv6 /64) holds at most ``source_share`` of ``max_peers``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class WebRTCListener:
             if peer.pending:
                 pending.setdefault(peer.source, []).append(peer)
         total_pending = sum(len(peers) for peers in pending.values())
-        if mine >= s.share(s.max_peers) or len(pending.get(source, ())) >= s.share(s.max_pending):
+        if mine >= s.share(s.max_peers):
             victims = pending.get(source)
             if not victims:
                 self._count("source-cap")
