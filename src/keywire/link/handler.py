@@ -12,6 +12,7 @@ or a code to use), ``link.code_id`` (dial), ``link.pairing_ttl`` (listen, second
 printing), ``link.pairing_qr`` (listen: False to print the code without its QR code),
 ``link.recovery_key`` (dial: recover with this key; listen: a key, or True to reuse
 the saved one or generate one), ``link.recover_concurrency`` (listen, default 4),
+``link.dialback_timeout`` (listen: seconds a dial-back has to finish its handshake, default 5),
 ``link.on_recovery_key`` (listen: callback(multiaddress, key) for a generated key instead of
 printing), ``link.store_dir`` (a config directory instead of ``config_dir()``).
 """
@@ -35,7 +36,7 @@ from ..registry import Registry
 from ..stream import Connection
 from . import client, codes
 from .handshake import DEFAULT_RECOVER_CONCURRENCY, PairingCode, recovery_scalar
-from .host import LinkHost, host_static_from_identity
+from .host import DIALBACK_TIMEOUT, LinkHost, dialback_timeout_setting, host_static_from_identity
 from .noise import public_bytes
 from .session import LinkPipe
 from .store import ClientStore
@@ -168,6 +169,9 @@ class LinkHandler(ChainHandler):
         static = host_static_from_identity(identity)
         store = _store_dir(options)
         recovery_key, recover_cap = recovery_setting(options)
+        dialback_timeout = dialback_timeout_setting(
+            options.extra.get("link.dialback_timeout", DIALBACK_TIMEOUT)
+        )
         key = (public_bytes(static), str(store))
         host = _hosts.get(key)
         if host is None:
@@ -175,6 +179,7 @@ class LinkHandler(ChainHandler):
             _hosts[key] = host
             _host_handlers[id(host)] = []
             host.on_pipe = self._dispatcher(host)
+        host.dialback_timeout = dialback_timeout
         if alt.sections[1].args and alt.sections[1].args != (host.address,):
             raise AddressError(
                 str(alt),
@@ -286,6 +291,7 @@ SETTINGS = (
     "code_id",
     "recovery_key",
     "recover_concurrency",
+    "dialback_timeout",
     "store_dir",
     "on_pairing_code",
     "on_recovery_key",

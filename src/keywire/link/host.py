@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WsClosed
 
 from ..errors import HandshakeError
@@ -47,16 +48,45 @@ from .wire import address_for_register_key, register_seed_from_static
 log = logging.getLogger("keywire.link.host")
 
 HANDSHAKE_TIMEOUT = 15.0
+#: dial-backs still in their handshake, per relay; past it the oldest is dropped for a newcomer
 MAX_DIALBACKS = 64
+#: seconds an unauthenticated dial-back has from the relay's ``relay`` to a finished handshake
+DIALBACK_TIMEOUT = 5.0
+#: largest frame taken from a dial-back before it authenticates (handshake frames are small)
+PRE_AUTH_MAX_FRAME = 4096
+#: seconds between two "dropped a dial-back" log lines per relay
+_DROP_LOG_EVERY = 10.0
 _HOST_KEY_INFO = b"keywire link host x25519 v1"
 
 PipeHandler = Callable[[LinkPipe], Awaitable[None]]
+
+
+def dialback_timeout_setting(raw: object) -> float:
+    """``link.dialback_timeout``: a number of seconds > 0 (text accepted from the CLI)."""
+    value: object = raw
+    if isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"link.dialback_timeout is a number of seconds > 0, got {raw!r}")
+    return float(value)
 
 
 def host_static_from_identity(identity: Identity) -> X25519PrivateKey:
     """The host's X25519 key, derived from the identity's Ed25519 seed (one key file)."""
     raw = HKDF(hashes.SHA256(), 32, salt=None, info=_HOST_KEY_INFO).derive(identity.ed25519_seed)
     return X25519PrivateKey.from_private_bytes(raw)
+
+
+async def _close_soon(ws: ClientConnection) -> None:
+    """Close a dropped dial-back within a second, resetting it if the close stalls."""
+    try:
+        async with asyncio.timeout(1.0):
+            await ws.close()
+    except (TimeoutError, OSError, asyncio.CancelledError):
+        ws.transport.abort()
 
 
 class Uplink:
@@ -68,8 +98,15 @@ class Uplink:
         self.registered = asyncio.Event()
         self.first_error: BaseException | None = None
         self._first = asyncio.get_running_loop().create_future()
-        self._dialbacks = asyncio.Semaphore(MAX_DIALBACKS)
+        #: dial-back tasks not yet authenticated, oldest first (dicts keep insertion order)
+        self._pending: dict[asyncio.Task[None], None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dropped = 0
+        #: unauthenticated dial-backs held at once (``MAX_DIALBACKS``; tests lower it)
+        self.max_dialbacks = MAX_DIALBACKS
+        self._drop_logged = 0.0
+        #: dial-backs dropped, in all, to make room for newer ones (for tests and status)
+        self.dialbacks_dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.backoff = (0.5, 10.0)
 
@@ -117,44 +154,81 @@ class Uplink:
             message = await recv_json(ws)
             kind = message.get("type")
             if kind == "relay" and isinstance(message.get("linkId"), str):
-                if self._dialbacks.locked():
-                    log.info("dial-back cap reached on %s; ignoring a client", self.url)
-                    continue
+                if len(self._pending) >= self.max_dialbacks:
+                    self._drop_oldest()
                 task = asyncio.get_running_loop().create_task(
                     self._dial_back(message["linkId"], message.get("ticket"))
                 )
+                self._pending[task] = None
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._pending.pop(task, None)
+
+    def _drop_oldest(self) -> None:
+        """Cancel the oldest unauthenticated dial-back: a real client finishes its handshake
+        within milliseconds, so only a silent one (an attacker's) ages to the front."""
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        oldest.cancel()
+        self._dropped += 1
+        self.dialbacks_dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged >= _DROP_LOG_EVERY:
+            log.warning(
+                "%d unauthenticated dial-back(s) on %s dropped for newer ones "
+                "(more than %d clients in their handshake)",
+                self._dropped,
+                self.url,
+                self.max_dialbacks,
+            )
+            self._dropped, self._drop_logged = 0, now
 
     async def _dial_back(self, link_id: str, ticket: object) -> None:
-        async with self._dialbacks:
-            try:
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(self.host.dialback_timeout):
                 pipe = await self._handshake(link_id, ticket)
-            except (HandshakeError, OSError, TimeoutError) as exc:
-                log.info("link %s on %s failed: %s", link_id, self.url, exc)
-                return
+        except (HandshakeError, OSError, TimeoutError) as exc:
+            log.info("link %s on %s failed: %s", link_id, self.url, str(exc) or "handshake timeout")
+            return
+        finally:
+            if task is not None:
+                self._pending.pop(task, None)  # authenticated or gone: no longer pending
         if pipe is not None:
             await self.host.serve(pipe)
 
     async def _handshake(self, link_id: str, ticket: object) -> LinkPipe | None:
         ws = await open_socket(self.url, HANDSHAKE_TIMEOUT)
         machine = HostHandshake(self.host.ctx)
+        # before the peer authenticates, take only handshake-sized frames (at most the
+        # receive queue's 16 of them are buffered); the full size returns once it has
+        full_size = ws.protocol.max_message_size
+        ws.protocol.max_message_size = PRE_AUTH_MAX_FRAME
         try:
             accept: dict[str, object] = {"type": "accept", "linkId": link_id}
             if isinstance(ticket, str):
                 accept["ticket"] = ticket
             await send_json(ws, accept)
             await expect(ws, "relaying", "accepting a link")
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                while not machine.finished:
-                    try:
-                        frame = await ws.recv()
-                    except WsClosed as exc:
-                        raise RelayError(f"client left during the handshake ({exc})") from None
-                    if isinstance(frame, str):
-                        raise HandshakeError("text frame during the Link handshake")
-                    for out in machine.receive(frame):
-                        await ws.send(out)
+            while not machine.finished:
+                try:
+                    frame = await ws.recv()
+                except WsClosed as exc:
+                    raise RelayError(f"client left during the handshake ({exc})") from None
+                if isinstance(frame, str):
+                    raise HandshakeError("text frame during the Link handshake")
+                outs = machine.receive(frame)
+                if machine.channel is not None:
+                    ws.protocol.max_message_size = full_size  # before the peer may send data
+                for out in outs:
+                    await ws.send(out)
+        except asyncio.CancelledError:
+            machine.abort()
+            await _close_soon(ws)  # dropped or timed out: a short close, then reset
+            raise
         except BaseException:
             machine.abort()
             await ws.close()
@@ -206,6 +280,8 @@ class LinkHost:
         self.on_pipe = on_pipe
         self.uplinks: dict[str, Uplink] = {}
         self.sessions: set[LinkPipe] = set()
+        #: seconds a dial-back has to authenticate (``link.dialback_timeout``)
+        self.dialback_timeout = DIALBACK_TIMEOUT
         self._last_ts = 0
         #: set once a listen spec opened this host's pairing code (one code per host)
         self.pairing_code_opened = False
