@@ -28,13 +28,18 @@ CERTHASH = "u" + "A" * 46
 
 
 def timed_parse(text: str) -> float:
-    """Milliseconds one parse took; any outcome but AddressError fails the test."""
-    start = time.perf_counter()
-    try:
-        parse(text)
-    except AddressError as exc:
-        assert 0 <= exc.position <= max(len(text), MAX_ADDRESS_LENGTH)
-    return (time.perf_counter() - start) * 1000
+    """Milliseconds a parse takes (the fastest of three, so a scheduler or collector pause on a
+    shared machine is not read as a slow input; a backtracking input is slow every time); any
+    outcome but AddressError fails the test."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        try:
+            parse(text)
+        except AddressError as exc:
+            assert 0 <= exc.position <= max(len(text), MAX_ADDRESS_LENGTH)
+        best = min(best, (time.perf_counter() - start) * 1000)
+    return best
 
 
 def adversarial() -> Iterator[str]:
