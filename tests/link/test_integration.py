@@ -96,10 +96,11 @@ async def test_cli_pair_list_and_revoke(
         out = capsys.readouterr().out
         assert "device" in out
         key_id = out.split("keyId=")[-1].split()[0]
-        args = parse_link_cli(["credentials", "revoke", key_id])
+        # a base64url keyId may start with "-": "--" keeps argparse from reading it as a flag
+        args = parse_link_cli(["credentials", "revoke", "--", key_id])
         assert await args.func(args) == 0
         assert HostStore(host.host.address, tmp_path / "cfg" / "keywire").devices() == {}
-        args = parse_link_cli(["credentials", "revoke", key_id])
+        args = parse_link_cli(["credentials", "revoke", "--", key_id])
         assert await args.func(args) == 1
     finally:
         await host.close()

@@ -83,7 +83,11 @@ def _credentials_parser(parser: argparse.ArgumentParser) -> None:
     )
     listing.set_defaults(func=run_credentials_list)
     revoke = sub.add_parser("revoke", help="revoke a paired device (by key id) on this host")
-    revoke.add_argument("key_id", help="the device's keyId (base64url), from 'list'")
+    revoke.add_argument(
+        "key_id",
+        help="the device's keyId (base64url), from 'list'; write -- before it when it "
+        "starts with '-' (keywire credentials revoke -- -AbC…)",
+    )
     revoke.set_defaults(func=run_credentials_revoke)
     forget = sub.add_parser("forget", help="delete this device's credential for a host")
     forget.add_argument("address", help="the host's link address (43 characters)")
