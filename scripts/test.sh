@@ -34,6 +34,4 @@ fi
 .venv-3.13/bin/python -m pip install -q --disable-pip-version-check -r requirements/test.lock
 .venv-3.13/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "test: pytest on $(.venv-3.13/bin/python -V): conformance suite and core" >&2
-# the churn test's RSS baselines are tuned on 3.12, so it runs there only
-.venv-3.13/bin/python -m pytest tests/contract tests/core tests/mux tests/shs \
-  --ignore=tests/core/test_churn.py
+.venv-3.13/bin/python -m pytest tests/contract tests/core tests/mux tests/shs

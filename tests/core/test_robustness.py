@@ -11,7 +11,7 @@ import pytest
 import keywire
 from keywire.stream import Connection
 
-from .churn_util import rss_kib
+from .churn_util import collected_rss_kib
 
 
 async def echo(conn: Connection) -> None:
@@ -62,12 +62,12 @@ async def test_thousand_garbage_connections_leave_server_flat() -> None:
 
         await batch(0, 200)  # warm up allocator and caches
         await asyncio.sleep(0.5)
-        before = rss_kib()
+        before = collected_rss_kib()
         tasks_before = len(asyncio.all_tasks())
         await batch(200, 800)
         await check_serving(address)
         await asyncio.sleep(1.5)  # let handshake timeouts of half-open pipes fire
-        growth = rss_kib() - before
+        growth = collected_rss_kib() - before
         assert growth < 8 * 1024, f"RSS grew by {growth} KiB over 800 garbage connections"
         assert len(asyncio.all_tasks()) <= tasks_before + 2
         assert server.stats.failed_handshakes >= 990
