@@ -194,7 +194,7 @@ async def one_run(
         _, got = await asyncio.gather(send(), b.read_all())
         elapsed = time.perf_counter() - start
         assert got == data
-        return size / elapsed, statistics.median(rtts) / 2, a.core._write_idx
+        return size / elapsed, statistics.median(rtts) / 2, a.core.sender.write_idx
     finally:
         await a.abort()
         await b.abort()

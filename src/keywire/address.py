@@ -23,7 +23,9 @@ from urllib.parse import SplitResult, urlsplit
 
 from .errors import AddressError
 
-URL_SCHEMES: frozenset[str] = frozenset({"ws", "wss", "http", "https", "redis", "rediss"})
+URL_SCHEMES: frozenset[str] = frozenset(
+    {"ws", "wss", "http", "https", "redis", "rediss", "nats", "redis-cluster"}
+)
 DEFAULT_PORTS: dict[str, int] = {
     "ws": 80,
     "wss": 443,
@@ -31,6 +33,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "https": 443,
     "redis": 6379,
     "rediss": 6379,
+    "nats": 4222,
+    "redis-cluster": 6379,
 }
 #: the longest address text parsed at all; longer text is refused before any work is done
 MAX_ADDRESS_LENGTH = 4096

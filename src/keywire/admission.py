@@ -2,14 +2,18 @@
 
 A cap on connections alone lets one IP take all of them; each server therefore gives a source
 at most a share of its cap, and says so on stderr at most once per ``LOG_EVERY`` seconds per
-reason rather than once per refusal.
+reason rather than once per refusal. ``SourceCookie`` and ``HashSlots`` serve datagram
+listeners, where the source address itself can be forged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import resource
 import time
 from typing import Any
@@ -91,3 +95,59 @@ def ensure_fd_room(wanted: int) -> None:
     if target > soft:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class SourceCookie:
+    """A stateless proof that a source receives what is sent to it: a keyed MAC of its
+    address and the current time window. Only a peer that got the cookie can echo it, so a
+    spoofed source address never passes, and nothing is stored per source to check it (a
+    cookie of the current or the previous window is accepted: it lives 1–2 ``window``s)."""
+
+    def __init__(self, size: int = 12, window: float = 10.0, key: bytes | None = None) -> None:
+        if not 4 <= size <= 32 or not window > 0:
+            raise ValueError("a source cookie has 4..32 bytes and a window > 0 s")
+        self.size = size
+        self.window = window
+        self._key = key if key is not None else os.urandom(32)
+
+    def make(self, source: str, now: float) -> bytes:
+        return self._mac(source, int(now // self.window))
+
+    def valid(self, source: str, cookie: bytes, now: float) -> bool:
+        epoch = int(now // self.window)
+        return any(hmac.compare_digest(cookie, self._mac(source, e)) for e in (epoch, epoch - 1))
+
+    def _mac(self, source: str, epoch: int) -> bytes:
+        message = epoch.to_bytes(8, "big", signed=True) + source.encode("utf-8", "replace")
+        return hmac.new(self._key, message, hashlib.sha256).digest()[: self.size]
+
+
+class HashSlots[T]:
+    """A table of fixed size for state about sources that have proved nothing: each source
+    has one slot, chosen by a keyed hash, and a newcomer overwrites whoever was there. It
+    cannot grow, and as the key is secret nobody can aim a flood at one source's slot."""
+
+    def __init__(self, size: int, key: bytes | None = None) -> None:
+        if size < 1:
+            raise ValueError("a slot table has at least one slot")
+        self._slots: list[tuple[str, T] | None] = [None] * size
+        self._key = key if key is not None else os.urandom(16)
+
+    def _index(self, source: str) -> int:
+        digest = hashlib.blake2b(source.encode("utf-8", "replace"), key=self._key, digest_size=8)
+        return int.from_bytes(digest.digest(), "big") % len(self._slots)
+
+    def put(self, source: str, value: T) -> None:
+        self._slots[self._index(source)] = (source, value)
+
+    def take(self, source: str) -> T | None:
+        """The value ``source`` left, if nobody overwrote it since; its slot is emptied."""
+        index = self._index(source)
+        entry = self._slots[index]
+        if entry is None or entry[0] != source:
+            return None
+        self._slots[index] = None
+        return entry[1]
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._slots if entry is not None)

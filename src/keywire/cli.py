@@ -36,7 +36,17 @@ from .bridge import (
     splice_stdio,
     splice_tcp,
 )
-from .cliout import Progress, Reporter, chain_name, peer_fields, print_qr, rows_for, terminal_size
+from .cliout import (
+    Progress,
+    Reporter,
+    chain_name,
+    peer_fields,
+    print_qr,
+    rows_for,
+    terminal_size,
+    watch_path,
+)
+from .daemon_threads import with_daemon_executor
 from .dial import dial, dial_retrying
 from .errors import (
     AddressError,
@@ -59,7 +69,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 #: what ``keywire listen`` serves when given no spec
 DEFAULT_LISTEN = ("kps:0.0.0.0:0", "net:0.0.0.0:0~shs~mux", "ws://0.0.0.0:0~shs~mux")
 #: optional subcommand modules; each has ``add_parser(subparsers)``
-COMMAND_MODULES: tuple[str, ...] = ("keywire.link.cli", "keywire.store.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "keywire.link.cli",
+    "keywire.store.mapserver.cli",
+    "keywire.nat.cli",
+)
 SCOPE_ORDER = (Scope.PUBLIC, Scope.PRIVATE, Scope.DEVICE)
 
 #: the reporter of the running command (``status`` goes through it)
@@ -116,6 +130,11 @@ def add_common(p: argparse.ArgumentParser, *, app_key: bool = True) -> None:
 def add_session(p: argparse.ArgumentParser) -> None:
     """Flags of the commands that hold connections: kps timers, --json, -q."""
     p.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="link: stay on the relay, never punch a direct path (link.direct = false)",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=positive,
         metavar="SECONDS",
@@ -149,6 +168,8 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.extra["kps.idle_timeout"] = args.idle_timeout
     if getattr(args, "keepalive", None) is not None:
         opts.extra["kps.keepalive"] = args.keepalive
+    if getattr(args, "no_direct", False):
+        opts.extra["link.direct"] = False
     return opts
 
 
@@ -530,6 +551,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                 return
             report.info(f"connection on {conn.address} from {conn.remote}")
             report.event("connected", **peer_fields(conn))
+            watch_path(conn, report)
             await serve_streams(conn, handle, report, args.verbose)
             reason = conn.close_error
             report.event(
@@ -615,6 +637,7 @@ async def listen_stdio(
             continue
         report.info(f"connection on {conn.address} from {conn.remote}")
         report.event("connected", **peer_fields(conn))
+        watch_path(conn, report)
         try:
             stream = await conn.accept_stream()
         except ConnectionClosed as exc:
@@ -723,6 +746,7 @@ async def cmd_dial(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     report.info(f"connected to {conn.remote} on {conn.address}")
     report.event("connected", **peer_fields(conn))
+    watch_path(conn, report)
     t.started = time.monotonic()
     if args.forward_local:
         try:
@@ -1074,7 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.error(str(exc))
             return EXIT_USAGE
     try:
-        return int(asyncio.run(args.func(args)))
+        return int(asyncio.run(with_daemon_executor(args.func(args))))
     except KeyboardInterrupt:
         report.error("interrupted")
         return EXIT_INTERRUPTED

@@ -48,6 +48,22 @@ def peer_fields(conn: Connection) -> dict[str, Any]:
     }
 
 
+def watch_path(conn: Connection, report: Reporter) -> None:
+    """For a connection whose new streams can change path (Link with a direct path,
+    ``keywire.nat.linkconn``): say the path now and at every change (``path`` events)."""
+    add = getattr(conn, "add_path_listener", None)
+    if add is None:
+        return
+
+    def say(kind: str, remote: str | None) -> None:
+        report.info(f"path: {kind} {remote}" if remote else f"path: {kind}")
+        report.event("path", path=kind, remote=remote, address=conn.address)
+
+    kind, _, remote = str(getattr(conn, "path", "relay")).partition(" ")
+    say(kind, remote or None)
+    add(say)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":

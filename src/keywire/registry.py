@@ -35,7 +35,11 @@ BUILTIN: tuple[tuple[str, frozenset[str]], ...] = (
     ("mux.transform", frozenset({"mux"})),
     ("link.handler", frozenset({"link"})),
     ("kps", frozenset({"kps", "webrtc"})),
-    ("store.handler", frozenset({"stream", "store", "http", "https", "redis", "rediss"})),
+    ("webtransport", frozenset({"webtransport"})),
+    (
+        "store.handler",
+        frozenset({"stream", "store", "http", "https", "redis", "rediss", "nats", "redis-cluster"}),
+    ),
 )
 
 #: the entry-point group third-party transports register under

@@ -39,6 +39,17 @@ def finished_future() -> asyncio.Future[None]:
     return future
 
 
+def fresh[E: BaseException](error: E) -> E:
+    """A copy of a stored error, to raise. Raising the stored object itself would attach each
+    raiser's traceback (and chain) to it, and those frames (holding the connection, the stream,
+    the data being written) would live as long as the error is kept and pile up with every raise.
+    """
+    clone = type(error).__new__(type(error))
+    clone.args = error.args
+    clone.__dict__.update(error.__dict__)
+    return clone
+
+
 def task_future(awaitable: Awaitable[None]) -> asyncio.Future[None]:
     """Run ``awaitable`` in the background; the returned future may be awaited or ignored
     (its failure is retrieved, so an ignored one never logs)."""
@@ -176,7 +187,7 @@ class ReceiveBuffer:
             raise RuntimeError("read() called while another read is waiting on this stream")
         while self._size == 0:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._eof or n == 0:
                 return b""
             await self._wait()
@@ -386,7 +397,7 @@ class DatagramQueue:
     async def get(self) -> bytes:
         while not self._items:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

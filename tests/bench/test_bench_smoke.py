@@ -44,6 +44,17 @@ CASES = {
     ],
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
+    # the NAT lab: root, as tests/nat (one pair, one dial)
+    "bench_nat.py": [
+        "--dials",
+        "1",
+        "--pairs",
+        "full-cone/eim-apdf",
+        "--size-mb",
+        "1",
+        "--rounds",
+        "1",
+    ],
 }
 
 

@@ -210,6 +210,7 @@ TRANSPORTS: dict[str, tuple[Callable[[], AbstractAsyncContextManager[MakePair]],
         lambda: served("kps:127.0.0.1:0", {"webrtc.dial": True}),
         replace(KPS, bulk=256 * 1024),
     ),
+    "webtransport": (lambda: served("webtransport:127.0.0.1:0"), KPS),
     "net~shs": (lambda: served("net:127.0.0.1:0~shs"), SINGLE),
     "net~noauth": (
         lambda: served("net:127.0.0.1:0~noauth"),

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,12 +18,23 @@ SRC = str(Path(keywire.__file__).resolve().parent.parent)
 
 
 class RelayProcess:
-    """``python -m keywire.link.relay`` in a subprocess; ``url`` is read from its first line."""
+    """``python -m keywire.link.relay`` in a subprocess; ``url`` is read from its first line.
 
-    def __init__(self, *flags: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    Its stderr goes to a file, not a pipe: a pipe nobody reads fills after 64 KiB of log lines
+    and then blocks the relay on its next write, which looks like a relay stall.
+    """
+
+    def __init__(
+        self,
+        *flags: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the fixture
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -35,14 +47,15 @@ class RelayProcess:
                 *flags,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
         if not line.startswith("ws://"):
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise RuntimeError(f"relay did not start: {line!r} {err}")
+            self.kill()
+            raise RuntimeError(f"relay did not start: {line!r} {self.stderr_text()}")
         self.url = line
         self.port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
         self.http = self.url.replace("ws://", "http://").removesuffix("/v1/link")
@@ -57,9 +70,14 @@ class RelayProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(10)
 
+    def stderr_text(self) -> str:
+        """Everything the relay logged so far."""
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
     def logs(self) -> str:
         self.kill()
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+        return self.stderr_text()
 
 
 @pytest.fixture
@@ -74,9 +92,9 @@ def relay_factory() -> Iterator[Callable[..., RelayProcess]]:
     yield start
     for relay in started:
         relay.kill()
-        for stream in (relay.proc.stdout, relay.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if relay.proc.stdout is not None:
+            relay.proc.stdout.close()
+        relay.stderr.close()
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import os
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -23,7 +21,7 @@ import pytest
 
 from tests.core.flood import closed_by_peer, fd_count, flood, raise_nofile, rss_mb, sources
 
-from .conftest import SRC, RelayProcess
+from .conftest import RelayProcess
 from .helpers import EchoHost, dial, echo_once
 
 pytestmark = pytest.mark.timeout(90)
@@ -97,27 +95,7 @@ class LimitedRelay(RelayProcess):
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        env = {**os.environ, "PYTHONPATH": SRC}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keywire.link.relay",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *flags,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=limit,
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().decode().strip()
-        self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-        self.http = self.url.replace("ws://", "http://").removesuffix("/v1/link")
+        super().__init__(*flags, preexec_fn=limit)
 
 
 @pytest.mark.parametrize("own_cap", [True, False])
@@ -143,10 +121,7 @@ async def test_fd_exhaustion_is_one_line_and_health_recovers(own_cap: bool, tmp_
     finally:
         relay.proc.send_signal(signal.SIGKILL)
         relay.proc.wait(5)
-    assert relay.proc.stderr is not None
-    logs = relay.proc.stderr.read().decode()
-    relay.proc.stderr.close()
-    relay.proc.stdout.close()  # type: ignore[union-attr]
+    logs = relay.stderr_text()
     assert "Traceback" not in logs
     assert len(stderr_lines(logs)) <= 12, logs[-3000:]
     assert ("accept_exhausted" in logs) == (not own_cap)

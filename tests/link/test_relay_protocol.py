@@ -148,6 +148,6 @@ async def test_graceful_shutdown_closes_with_1001(relay: RelayProcess) -> None:
     relay.proc.send_signal(__import__("signal").SIGTERM)
     assert await close_code(control) == 1001
     assert relay.proc.wait(10) == 0
-    logs = relay.proc.stderr.read().decode() if relay.proc.stderr else ""
+    logs = relay.stderr_text()
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "relay stopped" for entry in lines)

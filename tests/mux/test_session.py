@@ -330,7 +330,7 @@ def test_opener_stops_at_its_own_limit() -> None:
     s = MuxSession(client=True, config=MuxConfig(max_streams=2, keepalive_interval=None))
     s.open_stream()
     s.open_stream()
-    assert not s.can_open_stream
+    assert not s.can_open_stream()
     with pytest.raises(StreamError) as info:
         s.open_stream()
     assert info.value.code == Code.QUEUE_FULL

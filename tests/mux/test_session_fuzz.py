@@ -85,7 +85,7 @@ def test_random_frames_between_local_operations(
     feed(session, data[:half], cuts)
     now = 0.0
     for op in ops:
-        sid = session.open_stream() if op == "open" and session.can_open_stream else None
+        sid = session.open_stream() if op == "open" and session.can_open_stream() else None
         sids = session.stream_ids
         target = sid if sid is not None else (sids[0] if sids else 1)
         try:
@@ -196,7 +196,7 @@ def test_two_honest_sessions_never_disagree(
         side = a if on_a else b
         s = side.session
         if op == "open":
-            if s.can_open_stream:
+            if s.can_open_stream():
                 side.known.append(s.open_stream())
             continue
         if op == "deliver":

@@ -193,7 +193,7 @@ def test_multicast_readers_and_retry_of_lost_puts() -> None:
     store.run(readers, lambda: all(r.eof for r in readers))  # the third reader is late
     for reader in readers:
         assert bytes(reader.received) == data(5000, 4)
-    assert store.puts > pub.core._write_idx  # lost puts were put again
+    assert store.puts > pub.core.sender.write_idx  # lost puts were put again
 
 
 def test_snapshot_round_trip_resends_unacknowledged() -> None:
@@ -224,13 +224,13 @@ def test_restore_after_a_hole_jumps_over_frames_the_reader_may_hold() -> None:
     store = SimStore(seed=13)
     store.run([a, b], lambda: len(b.received) > 500)
     saved = a.core.snapshot()
-    hole = a.core._write_idx + 2
+    hole = a.core.sender.write_idx + 2
     store.black_hole.add(KeySchedule.derive(SECRET, Role.LISTENER).write.frame_id(hole))
-    store.run([a, b], lambda: len(b.core._reorder) >= 3)  # b holds frames past the hole
+    store.run([a, b], lambda: len(b.core.receiver.reorder) >= 3)  # b holds frames past the hole
     store.black_hole.clear()
     restored = Endpoint(StoreCore.from_snapshot(saved, params, store.now))
     store.run([restored], lambda: not restored.core.recovering)
-    assert restored.core._write_idx > hole + 1  # jumped
+    assert restored.core.sender.write_idx > hole + 1  # jumped
     restored.outbox = payload[restored.core.bytes_written :]
     store.run([restored, b], lambda: b.eof and restored.core.write_finished)
     assert bytes(b.received) == payload

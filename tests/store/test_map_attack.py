@@ -22,7 +22,7 @@ import pytest
 import keywire
 from keywire.options import Options
 from keywire.store import format_secret, generate_secret
-from keywire.store.mapserver import BODY_TIMEOUT, HEAD_TIMEOUT, REFUSED_BODY_TIMEOUT
+from keywire.store.mapserver.mapserver import BODY_TIMEOUT, HEAD_TIMEOUT, REFUSED_BODY_TIMEOUT
 
 from .conftest import random_bytes
 

@@ -18,9 +18,9 @@ import keywire
 from keywire.errors import Code, DialError, StreamError
 from keywire.options import Options
 from keywire.store import HttpStore, MapServer, Role, StoreParams, StoreStream, format_secret
-from keywire.store.backend import StoreRefused
-from keywire.store.http1 import HttpError
-from keywire.store.mapauth import TokenPolicy, check_token, load_token
+from keywire.store.backends.backend import StoreRefused
+from keywire.store.mapserver.http1 import HttpError
+from keywire.store.mapserver.mapauth import TokenPolicy, check_token, load_token
 from keywire.store.tls import server_context
 
 from .conftest import random_bytes

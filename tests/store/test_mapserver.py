@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keywire.store import HttpStore, LossyStore, MapServer, Role, StoreParams, StoreStream
-from keywire.store.backend import StoreError, ValueTooLarge
-from keywire.store.http1 import HttpError, parse_request_head, parse_response_head
+from keywire.store.backends.backend import StoreError, ValueTooLarge
+from keywire.store.mapserver.http1 import HttpError, parse_request_head, parse_response_head
 
 from .conftest import random_bytes
 from .test_stream_memory import MB8, SECRET, exchange, send_all
@@ -273,7 +273,7 @@ def test_cli_prints_the_url_first(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "keywire.store.cli",
+            "keywire.store.mapserver",
             "map-server",
             "--port",
             "0",

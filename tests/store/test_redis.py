@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from keywire.store import LossyStore, RedisStore, Role, StoreParams, StoreStream
-from keywire.store.backend import ValueTooLarge
+from keywire.store.backends.backend import ValueTooLarge
 
 from .conftest import RedisProcess, random_bytes
 from .test_stream_memory import MB8, SECRET, exchange, send_all

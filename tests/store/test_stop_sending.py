@@ -148,8 +148,8 @@ def test_a_second_stop_frame_is_acked_and_ignored() -> None:
             Frame(FrameType.STOP_SENDING, 1, 2**64 - 1, b"\0\0\0\x09"),
         ],
     )
-    store.run([a], lambda: a.core._read_idx == 2 and a.core.flushed)
-    store.run([a], lambda: a.core._ack_sent == 1 and a.core.flushed, limit=60)
+    store.run([a], lambda: a.core.receiver.read_idx == 2 and a.core.flushed)
+    store.run([a], lambda: a.core.receiver.ack_sent == 1 and a.core.flushed, limit=60)
     assert_stopped_writer(a, 7)
     mine = frames_of(store, Role.LISTENER)
     assert codes(mine, FrameType.RESET) == [7]

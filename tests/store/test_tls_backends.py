@@ -23,7 +23,7 @@ from keywire.store import (
     StoreStream,
     format_secret,
 )
-from keywire.store.backend import StoreBackend, StoreError, StoreRefused
+from keywire.store.backends.backend import StoreBackend, StoreError, StoreRefused
 from keywire.store.tls import server_context
 
 from .conftest import RedisProcess, random_bytes

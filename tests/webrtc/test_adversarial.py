@@ -270,7 +270,13 @@ async def test_half_open_peer_is_dropped_after_handshake_timeout(served: Served)
     sock.settimeout(2)
     try:
         sock.sendto(_stun_request(ufrag, password), ("127.0.0.1", served.port))
-        answer = await asyncio.get_running_loop().run_in_executor(None, sock.recv, 2048)
+        recv = asyncio.get_running_loop().run_in_executor
+        challenge = await recv(None, sock.recv, 2048)
+        assert challenge[:2] == b"\x00\x01"  # first the listener's own check (the cookie)
+        assert not served.listener.peers and not served.listener.knows(sock.getsockname())
+        echo = b"\x01\x01\x00\x00\x21\x12\xa4\x42" + challenge[8:20]  # as an ICE agent answers
+        sock.sendto(echo, ("127.0.0.1", served.port))
+        answer = await recv(None, sock.recv, 2048)
         assert answer[:2] == b"\x01\x01"  # a Binding success response: the check was right
         assert not served.listener.peers  # answered statelessly: nothing allocated yet
         # a DTLS ClientHello (record type 22, epoch 0, handshake type 1) from that address

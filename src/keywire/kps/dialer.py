@@ -34,9 +34,18 @@ async def resolve(host: str, port: int) -> tuple[str, int]:
 
 
 async def dial(
-    host: str, port: int, certhash: str, settings: KpsSettings, *, address: str = ""
+    host: str,
+    port: int,
+    certhash: str,
+    settings: KpsSettings,
+    *,
+    address: str = "",
+    sock: socket.socket | None = None,
 ) -> KpsConnection:
     """Connect, verify the server's certificate hash inside the handshake, return the connection.
+
+    ``sock``: a bound UDP socket to dial from (the connection owns it from then on), e.g. one
+    whose NAT mapping was learned with STUN for a hole punch (``keywire.nat``).
 
     Raises ``PinMismatch`` when the server presents another certificate (before any application
     data), ``TimeoutError`` when the handshake does not finish in ``kps.handshake_timeout``,
@@ -47,7 +56,8 @@ async def dial(
     except IdentityError as exc:
         raise HandshakeError(f"kps: {exc}") from None
     ip, port = await resolve(host, port)
-    sock = bind_socket("::" if ":" in ip else "0.0.0.0", 0, dual_stack=False)
+    if sock is None:
+        sock = bind_socket("::" if ":" in ip else "0.0.0.0", 0, dual_stack=False)
     conn: KpsConnection | None = None
 
     def deliver(datagrams: list[bytes], addr: tuple[object, ...]) -> None:

@@ -19,13 +19,27 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qh3.quic import events as qe
 from qh3.quic.connection import QuicConnectionError
 
 from ..errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
+from ..events import (
+    ConnectionTerminated,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    StopSendingReceived,
+    StreamClosed,
+    StreamData,
+    StreamOpened,
+    StreamReset,
+)
 from .quic import GatedQuicConnection
+
+if TYPE_CHECKING:
+    from ..core import DatagramCore
 
 Address = tuple[Any, ...]
 
@@ -36,64 +50,22 @@ DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 3
 CONNECTION_REFUSED = 0x2
 
 
-# -- events -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SessionEvent:
-    """Base of what a session reports to its shell."""
+# -- events: the shared vocabulary (``keywire.events``), under the names this module had ----
+#: what a session reports to its shell
+SessionEvent = Event
+HandshakeDone = HandshakeCompleted
+StopSending = StopSendingReceived
+#: the connection ended; ``kind`` is application, transport or timeout
+Closed = ConnectionTerminated
 
 
 @dataclass(frozen=True)
-class HandshakeDone(SessionEvent):
-    alpn: str | None
-
-
-@dataclass(frozen=True)
-class StreamOpened(SessionEvent):
-    """The peer opened a bidirectional stream (its first frame arrived)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True)
-class StreamData(SessionEvent):
-    stream_id: int
-    data: bytes
-    fin: bool
-
-
-@dataclass(frozen=True)
-class StreamReset(SessionEvent):
-    stream_id: int
-    code: int
-
-
-@dataclass(frozen=True)
-class StopSending(SessionEvent):
-    """The peer asked us to stop sending; the stream's writes now fail with ``code``."""
-
-    stream_id: int
-    code: int
-
-
-@dataclass(frozen=True)
-class DatagramReceived(SessionEvent):
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ConnectionIdChanged(SessionEvent):
-    """A local connection id was issued (``added``) or retired; the dispatcher routes by them."""
+class ConnectionIdChanged:
+    """A local connection id was issued (``added``) or retired; the dispatcher routes by them.
+    KPS-only, so not an event: queued on ``KpsSession.cid_changes`` for the adapter."""
 
     cid: bytes
     added: bool
-
-
-@dataclass(frozen=True)
-class Closed(SessionEvent):
-    """The connection ended. ``kind`` is application, transport or timeout."""
-
-    error: ConnectionClosed
-    kind: str
 
 
 # -- per-stream bookkeeping ------------------------------------------------------------------------
@@ -129,10 +101,13 @@ class KpsSession:
         self._max_backlog = max_backlog
         self.is_client = quic.configuration.is_client
         self._window = connection_window
-        self._events: deque[SessionEvent] = deque()
+        self._events: deque[Event] = deque()
+        #: connection ids issued or retired, for the listener's router (not shell events)
+        self.cid_changes: deque[ConnectionIdChanged] = deque()
         self._streams: dict[int, _Halves] = {}
         self._unread = 0
         self._local_close: ConnectionClosed | None = None
+        self._local_reason = ""
         self.closed: Closed | None = None
         self.handshake_done = False
         self._in_timer = False
@@ -179,8 +154,9 @@ class KpsSession:
         finally:
             self._in_timer = False
 
-    def consumed(self, n: int) -> None:
-        """The application read (or dropped) ``n`` received bytes: receive credit may advance."""
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The application read (or dropped) ``n`` received bytes (of any stream: the budget is
+        the connection's): receive credit may advance."""
         self._unread = max(0, self._unread - n)
         self._regate()
 
@@ -194,7 +170,7 @@ class KpsSession:
         return stream_id in self._streams
 
     # -- outputs --------------------------------------------------------------------------------
-    def next_event(self) -> SessionEvent | None:
+    def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
@@ -212,6 +188,10 @@ class KpsSession:
             return []
 
     def deadline(self) -> float | None:
+        return self.quic.get_timer()
+
+    def get_timer(self) -> float | None:
+        """``deadline`` under the name every core uses (``keywire.core.Core``)."""
         return self.quic.get_timer()
 
     @property
@@ -271,7 +251,8 @@ class KpsSession:
         self._streams[stream_id] = _Halves()
         return stream_id
 
-    def send(self, stream_id: int, data: bytes | memoryview, fin: bool = False) -> None:
+    def send(self, stream_id: int, data: bytes | memoryview, fin: bool = False) -> int:
+        """Queue all of ``data`` (the shell bounds what it hands over); returns its length."""
         halves = self._streams.get(stream_id)
         if halves is None or not halves.send_open:
             raise StreamError(Code.CLOSED, f"stream {stream_id} can no longer send")
@@ -280,6 +261,7 @@ class KpsSession:
         if fin:
             halves.send_open = False
             self._retire(stream_id, halves)
+        return len(data)
 
     def reset(self, stream_id: int, code: int) -> bool:
         """RESET_STREAM(code) unless the sending half already ended; True if sent."""
@@ -319,19 +301,21 @@ class KpsSession:
         """CONNECTION_CLOSE with an application ``code`` (0 clean)."""
         if self.closed is not None or self._local_close is not None:
             return
-        self._local_close = ConnectionClosed(code, reason or "closed locally")
+        self._local_reason = reason or "closed locally"
+        self._local_close = ConnectionClosed(code, self._local_reason)
         try:
             self.quic.close(error_code=int(code), frame_type=None, reason_phrase=reason)
         except QuicConnectionError:
             pass
         if self.quic._core is None:
             # nothing was ever sent: there is no QUIC state to drain
-            self._finish(Closed(self._local_close, "application"))
+            self._finish_local()
         self._collect()
 
     def refuse(self) -> None:
         """Close a just-created server connection with CONNECTION_REFUSED (transport error)."""
-        self._local_close = ConnectionClosed(Code.QUEUE_FULL, "refused: connection limit")
+        self._local_reason = "refused: connection limit"
+        self._local_close = ConnectionClosed(Code.QUEUE_FULL, self._local_reason)
         try:
             self.quic.close(
                 error_code=CONNECTION_REFUSED, frame_type=0, reason_phrase="server busy"
@@ -342,7 +326,7 @@ class KpsSession:
     # -- internals ------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self.closed is not None:
-            raise self.closed.error
+            raise self.closed.error()
         if self._local_close is not None:
             raise self._local_close
 
@@ -357,21 +341,27 @@ class KpsSession:
 
     def _fail(self, code: Code, reason: str) -> None:
         if self.closed is None and self._local_close is None:
+            self._local_reason = reason
             self._local_close = ConnectionClosed(code, reason)
             try:
                 self.quic.close(error_code=int(code), frame_type=None, reason_phrase=reason[:100])
             except QuicConnectionError:
                 pass
-            self._finish(Closed(self._local_close, "application"))
+            self._finish_local()
 
-    def _finish(self, closed: Closed) -> None:
+    def _finish(self, code: int, reason: str, kind: str, *, remote: bool = False) -> None:
         if self.closed is None:
-            self.closed = closed
-            self._events.append(closed)
+            self.closed = ConnectionTerminated(code, reason, remote, kind)
+            self._events.append(self.closed)
+
+    def _finish_local(self) -> None:
+        assert self._local_close is not None
+        self._finish(self._local_close.wire_code, self._local_reason, "application")
 
     def _retire(self, stream_id: int, halves: _Halves) -> None:
         if not halves.send_open and not halves.recv_open:
             self._streams.pop(stream_id, None)
+            self._events.append(StreamClosed(stream_id))
 
     def _regate(self) -> None:
         if self._unread >= self._window or self.backlog >= self._max_backlog:
@@ -436,7 +426,7 @@ class KpsSession:
                 if halves is not None and halves.send_open:
                     # qh3 answers STOP_SENDING with RESET_STREAM(same code) itself
                     halves.send_open = False
-                    self._events.append(StopSending(event.stream_id, event.error_code))
+                    self._events.append(StopSendingReceived(event.stream_id, event.error_code))
                     self._retire(event.stream_id, halves)
             elif isinstance(event, qe.DatagramFrameReceived):
                 self._events.append(DatagramReceived(event.data))
@@ -444,9 +434,9 @@ class KpsSession:
                 self._alpn = event.alpn_protocol
                 self._tls_complete = True
             elif isinstance(event, qe.ConnectionIdIssued):
-                self._events.append(ConnectionIdChanged(event.connection_id, True))
+                self.cid_changes.append(ConnectionIdChanged(event.connection_id, True))
             elif isinstance(event, qe.ConnectionIdRetired):
-                self._events.append(ConnectionIdChanged(event.connection_id, False))
+                self.cid_changes.append(ConnectionIdChanged(event.connection_id, False))
             elif isinstance(event, qe.ConnectionTerminated):
                 self._on_terminated(event)
         if (
@@ -459,7 +449,7 @@ class KpsSession:
             # probes while the congestion window is full, so 1-RTT data sent before the server
             # has our Finished could starve a lost Finished's retransmission for good
             self.handshake_done = True
-            self._events.append(HandshakeDone(self._alpn))
+            self._events.append(HandshakeCompleted(self._alpn))
         if self.closed is None:
             # a peer's CONNECTION_CLOSE puts qh3 into draining at once but reports
             # ConnectionTerminated only when draining ends; the ending is known now
@@ -483,18 +473,16 @@ class KpsSession:
 
     def _on_terminated(self, event: qe.ConnectionTerminated) -> None:
         if self._local_close is not None:
-            self._finish(Closed(self._local_close, "application"))
+            self._finish_local()
             return
         core = self.quic._core
         local_error = core.local_error if core is not None else None
         reason = event.reason_phrase or ""
         if self._in_timer and local_error is None and event.frame_type is not None:
-            error = ConnectionClosed(Code.TIMEOUT, reason or "idle timeout")
-            self._finish(Closed(error, "timeout"))
+            self._finish(Code.TIMEOUT, reason or "idle timeout", "timeout")
         elif event.frame_type is None and local_error is None:
             # CONNECTION_CLOSE 0x1d carries no frame type: the peer application's own code
-            error = ConnectionClosed(event.error_code, reason or "closed by peer", remote=True)
-            self._finish(Closed(error, "application"))
+            self._finish(event.error_code, reason or "closed by peer", "application", remote=True)
         else:
             code = transport_code(event.error_code)
             # a TLS failure on our side (the certhash pin, a missing ALPN) closes through the
@@ -503,5 +491,11 @@ class KpsSession:
             local = local_error is not None or (core is not None and core.state == "closing")
             where = "local" if local else "peer"
             text = f"QUIC transport error 0x{event.error_code:x} ({where}): {reason}".rstrip(": ")
-            error = ConnectionClosed(code, text, remote=not local)
-            self._finish(Closed(error, "transport"))
+            self._finish(code, text, "transport", remote=not local)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_core(session: KpsSession) -> DatagramCore:
+        """mypy checks that ``KpsSession`` has every verb of ``keywire.core.DatagramCore``."""
+        return session

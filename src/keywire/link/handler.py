@@ -14,7 +14,11 @@ printing), ``link.pairing_qr`` (listen: False to print the code without its QR c
 the saved one or generate one), ``link.recover_concurrency`` (listen, default 4),
 ``link.dialback_timeout`` (listen: seconds a dial-back has to finish its handshake, default 5),
 ``link.on_recovery_key`` (listen: callback(multiaddress, key) for a generated key instead of
-printing), ``link.store_dir`` (a config directory instead of ``config_dir()``).
+printing), ``link.store_dir`` (a config directory instead of ``config_dir()``),
+``link.direct`` (both: False turns the direct path off; docs/nat.md), ``link.stun`` (both:
+``HOST[:PORT]`` of the STUN server the punch asks, default the relay's host on 3478),
+``link.direct_exchanges`` (punch exchanges per session, default 3), ``link.direct_idle``
+(seconds of silence that end a direct path, default 6).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..address import Alternative, Scope, Section, format_address
 from ..errors import AddressError, HandshakeError
 from ..mux.connection import MuxConnection
 from ..mux.transform import config_from_options
+from ..nat.linkdirect import DirectHost, direct_settings, start_client
 from ..options import Options
 from ..plugin import ChainHandler, ConnectionHandler, Listening
 from ..registry import Registry
@@ -45,6 +50,8 @@ from .wire import b64u
 DEFAULT_CODE_TTL = 900.0
 _hosts: dict[tuple[bytes, str], LinkHost] = {}
 _host_handlers: dict[int, list[tuple[str, ConnectionHandler, Options]]] = {}
+#: each host's direct-path side (its KPS listener, session tokens), by ``id(host)``
+_direct_hosts: dict[int, DirectHost] = {}
 
 
 def _store_dir(options: Options) -> Path | None:
@@ -122,7 +129,10 @@ class LinkListening(Listening):
         if not self.host.uplinks:
             _hosts.pop(self._key, None)
             _host_handlers.pop(id(self.host), None)
+            direct = _direct_hosts.pop(id(self.host), None)
             await self.host.close()
+            if direct is not None:
+                await direct.close()
 
 
 class LinkHandler(ChainHandler):
@@ -133,6 +143,7 @@ class LinkHandler(ChainHandler):
 
     async def dial(self, alt: Alternative, options: Options) -> Connection:
         url, address = client.link_target(alt)
+        direct = direct_settings(options.extra)
         timeout = min(options.timeout, client.HANDSHAKE_TIMEOUT)
         store = ClientStore(_store_dir(options))
         credential = store.get(address)
@@ -156,9 +167,10 @@ class LinkHandler(ChainHandler):
             )
             missing.permanent = True  # a local lack: dialing again cannot supply it
             raise missing
-        return MuxConnection(
+        relayed = MuxConnection(
             pipe, client=True, config=config_from_options(options), address=str(alt)
         )
+        return start_client(pipe, relayed, direct) if direct.enabled else relayed
 
     async def listen(
         self, alt: Alternative, options: Options, on_connection: ConnectionHandler
@@ -169,6 +181,7 @@ class LinkHandler(ChainHandler):
         static = host_static_from_identity(identity)
         store = _store_dir(options)
         recovery_key, recover_cap = recovery_setting(options)
+        direct = direct_settings(options.extra)
         dialback_timeout = dialback_timeout_setting(
             options.extra.get("link.dialback_timeout", DIALBACK_TIMEOUT)
         )
@@ -179,6 +192,7 @@ class LinkHandler(ChainHandler):
             _hosts[key] = host
             _host_handlers[id(host)] = []
             host.on_pipe = self._dispatcher(host)
+            _direct_hosts[id(host)] = DirectHost(identity, direct)
         host.dialback_timeout = dialback_timeout
         if alt.sections[1].args and alt.sections[1].args != (host.address,):
             raise AddressError(
@@ -192,6 +206,7 @@ class LinkHandler(ChainHandler):
             if not host.uplinks:
                 _hosts.pop(key, None)
                 _host_handlers.pop(id(host), None)
+                _direct_hosts.pop(id(host), None)
                 await host.close()
             raise
         _host_handlers[id(host)].append((url, on_connection, options))
@@ -213,9 +228,12 @@ class LinkHandler(ChainHandler):
                 pipe.abort()
                 return
             _, on_connection, options = match
-            conn = MuxConnection(
+            conn: Connection = MuxConnection(
                 pipe, client=False, config=config_from_options(options), address=pipe.peer
             )
+            direct = _direct_hosts.get(id(host))
+            if direct is not None:
+                conn = direct.wrap(pipe, conn)  # answers a client's punch, if it asks
             await on_connection(conn)
 
         return dispatch
@@ -295,6 +313,10 @@ SETTINGS = (
     "store_dir",
     "on_pairing_code",
     "on_recovery_key",
+    "direct",
+    "direct_exchanges",
+    "direct_idle",
+    "stun",
 )
 
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -72,6 +73,17 @@ def dialback_timeout_setting(raw: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"link.dialback_timeout is a number of seconds > 0, got {raw!r}")
     return float(value)
+
+
+def dialback_url(url: str, link_id: str, ticket: object) -> str:
+    """The relay URL with the link and its ticket in the query: the relay then counts this
+    upgrade against the host (it owes the dial-back), not against the IP's anonymous share
+    (Link v1 relays ignore the query)."""
+    if not isinstance(ticket, str):
+        return url
+    parts = urlsplit(url)
+    query = urlencode({"link": link_id, "ticket": ticket})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
 
 
 def host_static_from_identity(identity: Identity) -> X25519PrivateKey:
@@ -201,7 +213,11 @@ class Uplink:
             await self.host.serve(pipe)
 
     async def _handshake(self, link_id: str, ticket: object) -> LinkPipe | None:
-        ws = await open_socket(self.url, HANDSHAKE_TIMEOUT)
+        url = dialback_url(self.url, link_id, ticket)
+        try:
+            ws = await open_socket(url, HANDSHAKE_TIMEOUT)
+        except RelayError as exc:  # say which relay, without the ticket
+            raise RelayError(str(exc).replace(url, self.url)) from None
         machine = HostHandshake(self.host.ctx)
         # before the peer authenticates, take only handshake-sized frames (at most the
         # receive queue's 16 of them are buffered); the full size returns once it has

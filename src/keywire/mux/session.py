@@ -26,9 +26,16 @@ Keywire's meaning of the yamux frames (see docs/mux.md for the wire details):
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from .. import events as ev
 from ..errors import Code, ConnectionClosed, StreamError
+
+if TYPE_CHECKING:
+    from ..core import ByteCore
 from .frame import (
     CODE_BASE,
     HEADER,
@@ -182,6 +189,26 @@ Event = (
 )
 
 
+def _reset(e: StreamReset) -> tuple[ev.Event, ...]:
+    """A plain RST ends both halves: the shared vocabulary says so with two events."""
+    if e.whole:
+        return ev.StreamReset(e.stream_id, e.code), ev.StopSendingReceived(e.stream_id, e.code)
+    return (ev.StreamReset(e.stream_id, e.code),)
+
+
+#: each session event in the shared vocabulary (``next_event``)
+_SHARED: dict[type, Callable[[Any], tuple[ev.Event, ...]]] = {
+    DataReceived: lambda e: (ev.StreamData(e.stream_id, e.data),),
+    SendWindowIncreased: lambda e: (ev.CreditAvailable(e.stream_id),),
+    StreamFinished: lambda e: (ev.StreamData(e.stream_id, b"", True),),
+    StreamReset: _reset,
+    SendingStopped: lambda e: (ev.StopSendingReceived(e.stream_id, e.code),),
+    StreamOpened: lambda e: (ev.StreamOpened(e.stream_id),),
+    StreamClosed: lambda e: (ev.StreamClosed(e.stream_id),),
+    ConnectionTerminated: lambda e: (ev.ConnectionTerminated(e.code, e.reason, e.remote),),
+}
+
+
 class _StreamState:
     """Per-stream accounting. ``recv_window`` is the credit the peer still holds."""
 
@@ -240,6 +267,7 @@ class MuxSession:
         self._out_size = 0
         self._control = 0
         self._events: list[Event] = []
+        self._shared: deque[ev.Event] = deque()
         self._terminated: ConnectionTerminated | None = None
         self._now = now
         # keep-alive
@@ -261,7 +289,6 @@ class MuxSession:
     def terminated(self) -> ConnectionTerminated | None:
         return self._terminated
 
-    @property
     def can_open_stream(self) -> bool:
         """False while ``max_streams`` of our streams are open (we assume the peer's limit)."""
         return (
@@ -309,8 +336,24 @@ class MuxSession:
         return data
 
     def events(self) -> list[Event]:
+        """Every event since the last call, in this module's own classes."""
         events, self._events = self._events, []
         return events
+
+    def next_event(self) -> ev.Event | None:
+        """The next event in the shared vocabulary (``keywire.events``); use this or
+        ``events()``, not both."""
+        shared = self._shared
+        if not shared:
+            if not self._events:
+                return None
+            for event in self.events():
+                shared.extend(_SHARED[type(event)](event))
+        return shared.popleft()
+
+    def get_timer(self) -> float | None:
+        """``next_deadline`` under the name every core uses (``keywire.core.Core``)."""
+        return self.next_deadline()
 
     def next_deadline(self) -> float | None:
         if self._terminated is not None:
@@ -353,8 +396,9 @@ class MuxSession:
         self._frame(_WINDOW, _SYN, stream_id, self.config.window - INITIAL_WINDOW)
         return stream_id
 
-    def send(self, stream_id: int, data: bytes | memoryview) -> int:
+    def send(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> int:
         """Queue up to the send window (and ``max_frame``) of ``data``; returns bytes taken.
+        With ``end``, FIN follows once all of ``data`` was taken.
 
         Read-only data (``bytes`` or a read-only view of it) is queued without a copy, so it
         must not change until ``data_to_send`` takes it; writable buffers are copied.
@@ -365,6 +409,8 @@ class MuxSession:
             raise StreamError(Code.CLOSED, f"stream {stream_id} can no longer send")
         n = min(len(data), st.send_window, self.config.max_frame)
         if n <= 0:
+            if end and not data:
+                self.close_write(stream_id)
             return 0
         chunk = data if n == len(data) else data[:n]
         if isinstance(chunk, memoryview) and not chunk.readonly:
@@ -372,6 +418,8 @@ class MuxSession:
         self._out += (HEADER.pack(0, _DATA, 0, stream_id, n), chunk)
         self._out_size += HEADER_SIZE + n
         st.send_window -= n
+        if end and n == len(data):
+            self.close_write(stream_id)
         return n
 
     def close_write(self, stream_id: int) -> None:
@@ -691,3 +739,10 @@ class MuxSession:
         self._payload_stream = None
         self._partial = b""
         self._events.append(self._terminated)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_core(session: MuxSession) -> ByteCore:
+        """mypy checks that ``MuxSession`` has every verb of ``keywire.core.ByteCore``."""
+        return session

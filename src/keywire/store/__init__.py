@@ -6,15 +6,22 @@ an in-memory store, the HTTP map server (``keywire map-server``) or Redis. See d
 
 from __future__ import annotations
 
-from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge
+from .backends import (
+    HttpStore,
+    LossyStore,
+    MemoryStore,
+    RedisStore,
+    StoreBackend,
+    StoreError,
+    StoreFull,
+    StoreRefused,
+    ValueTooLarge,
+)
 from .core import StoreCore
 from .frame import Frame, FrameError, FrameType, Geometry
-from .mapclient import HttpStore
 from .mapserver import MapServer
-from .memory import LossyStore, MemoryStore
 from .params import Mode, StoreParams
 from .persist import StateError, new_state_key
-from .redisstore import RedisStore
 from .schedule import KeySchedule, Role
 from .secret import SecretError, format_secret, generate_secret, parse_secret
 from .stream import StoreConnection, StoreStream

@@ -37,11 +37,9 @@ from ..errors import AddressError
 from ..options import Options
 from ..plugin import ChainHandler, ConnectionHandler, Listening
 from ..registry import Registry
-from .backend import StoreBackend, StoreError, StoreFull, StoreRefused
-from .mapauth import TOKEN_ENV
-from .mapclient import HttpStore
+from .backends import HttpStore, RedisStore, StoreBackend, StoreError, StoreFull, StoreRefused
+from .mapserver.mapauth import TOKEN_ENV
 from .params import StoreParams
-from .redisstore import RedisStore
 from .rendezvous import SessionDialer, SessionListener
 from .schedule import Role
 from .secret import SecretError, format_secret, generate_secret, parse_secret
@@ -50,7 +48,7 @@ from .stream import StoreConnection, StoreStream
 
 log = logging.getLogger("keywire.store")
 
-STORE_SCHEMES = ("http", "https", "redis", "rediss")
+STORE_SCHEMES = ("http", "https", "redis", "rediss", "nats", "redis-cluster")
 DEFAULT_STORE_VALUE = 1 << 16
 #: long-poll time of the listener's wait for the next dial
 DIAL_WAIT = 20.0
@@ -74,6 +72,18 @@ def make_backend(section: Section, options: Options) -> StoreBackend:
     assert section.url is not None
     max_value = int(_extra(options, "max_value", DEFAULT_STORE_VALUE))
     cafile = _extra(options, "cafile", None)
+    if section.name == "nats":
+        from .backends.nats import NatsStore  # nats-py loads only for nats:// addresses
+
+        return NatsStore(
+            section.url, max_value=max_value, ttl=float(_extra(options, "ttl", 3600.0))
+        )
+    if section.name == "redis-cluster":
+        from .backends.rediscluster import RedisClusterStore
+
+        return RedisClusterStore(
+            section.url, max_value=max_value, ttl=float(_extra(options, "ttl", 3600.0))
+        )
     if section.name in ("redis", "rediss"):
         return RedisStore(
             section.url,
@@ -192,6 +202,7 @@ class _StoreListening(Listening):
     def _start(self, session: Session) -> None:
         options = self._options
         backend = make_backend(self._alt.sections[0], options)
+        backend.signed = backend.signed or self._backend.signed  # as the listener's probe found
         stream = StoreStream.open(
             backend, session.secret, Role.LISTENER, params=store_params(options)
         )

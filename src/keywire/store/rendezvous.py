@@ -12,7 +12,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from .backend import StoreBackend, StoreError
+from .backends import StoreBackend, StoreError
+from .capability import CapabilityError, SlotSigner
 from .session import (
     RECORD_SIZE,
     RecordError,
@@ -39,6 +40,47 @@ async def search(used: Callable[[int], Awaitable[bool]], start: int = 0) -> int:
     return finder.result
 
 
+class _Slots:
+    """The dial and claim records of each slot in a store; on a store that takes signed
+    puts they live at the rendezvous capabilities' addresses, signed (``SlotSigner``)."""
+
+    def __init__(self, backend: StoreBackend, keys: SessionKeys, secret: bytes) -> None:
+        self._backend = backend
+        self._keys = keys
+        self._secret = secret
+        self._signer: SlotSigner | None = None
+
+    @property
+    def signer(self) -> SlotSigner | None:
+        """Asked at each use: an ``HttpStore`` learns that its server wants signed puts
+        from its ``probe``, which may come after this object was made."""
+        if self._backend.signed and self._signer is None:
+            self._signer = SlotSigner(self._secret)
+        return self._signer if self._backend.signed else None
+
+    def _address(self, claim: bool, slot: int) -> bytes:
+        signer = self.signer
+        if signer is not None:
+            return signer.address(claim, slot)
+        return (self._keys.claim if claim else self._keys.dial).frame_id(slot)
+
+    async def get(self, claim: bool, slot: int, wait: float) -> bytes | None:
+        body = await self._backend.get(self._address(claim, slot), wait)
+        signer = self.signer
+        if body is None or signer is None:
+            return body
+        try:
+            return signer.open(claim, slot, body)
+        except CapabilityError:
+            return body  # no record: opening it fails, and the slot is skipped
+
+    async def put(self, claim: bool, slot: int, address: bytes, value: bytes) -> None:
+        signer = self.signer
+        if signer is not None:
+            address, value = signer.put(claim, slot, value)
+        await self._backend.put(address, value)
+
+
 class SessionDialer:
     """Announces one new session in the first slot with neither a dial nor a claim record.
 
@@ -52,13 +94,13 @@ class SessionDialer:
         self._secret = secret
         self._size = size
         self.keys = SessionKeys.derive(secret)
+        self._slots = _Slots(backend, self.keys, secret)
         self._session: Session | None = None
         self._start = 0
 
     async def _used(self, slot: int) -> bool:
         dial, claim = await asyncio.gather(
-            self._backend.get(self.keys.dial.frame_id(slot), 0.0),
-            self._backend.get(self.keys.claim.frame_id(slot), 0.0),
+            self._slots.get(False, slot, 0.0), self._slots.get(True, slot, 0.0)
         )
         return dial is not None or claim is not None
 
@@ -70,8 +112,8 @@ class SessionDialer:
             address, value = seal_record(
                 self.keys.dial, session.epoch, session.session_id, self._size
             )
-            await self._backend.put(address, value)
-            back = await self._backend.get(address, 0.0)
+            await self._slots.put(False, session.epoch, address, value)
+            back = await self._slots.get(False, session.epoch, 0.0)
             if back is None:
                 continue  # the store lost the put: the slot is still ours to take
             try:
@@ -103,12 +145,13 @@ class SessionListener:
         self._secret = secret
         self._size = size
         self.keys = SessionKeys.derive(secret)
+        self._slots = _Slots(backend, self.keys, secret)
 
     async def first_epoch(self) -> int:
         """The first slot no listener has claimed: where this one starts waiting."""
 
         async def used(slot: int) -> bool:
-            return await self._backend.get(self.keys.claim.frame_id(slot), 0.0) is not None
+            return await self._slots.get(True, slot, 0.0) is not None
 
         return await search(used)
 
@@ -116,7 +159,7 @@ class SessionListener:
         """The session a dialer announced in ``epoch``, waiting up to ``wait`` seconds (None:
         none yet). A value there that is no valid record raises ``RecordError``: the slot is
         burnt (dialers skip it too) and the caller moves on to the next."""
-        value = await self._backend.get(self.keys.dial.frame_id(epoch), wait)
+        value = await self._slots.get(False, epoch, wait)
         if value is None:
             return None
         return new_session(self._secret, epoch, open_record(self.keys.dial, epoch, value))
@@ -124,7 +167,7 @@ class SessionListener:
     async def claim(self, session: Session) -> None:
         """Record that ``session`` was taken, so a restarted listener starts after it."""
         address, value = seal_record(self.keys.claim, session.epoch, session.session_id, self._size)
-        await self._backend.put(address, value)
+        await self._slots.put(True, session.epoch, address, value)
 
 
 __all__ = ["RecordError", "SessionDialer", "SessionListener", "dial_session", "search"]

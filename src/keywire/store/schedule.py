@@ -21,6 +21,8 @@ from .secret import MIN_SECRET_BYTES, SecretError
 
 SALT = b"stream_reader_writer_keymaterial"
 KEY_SIZE = 32
+#: a store address (a frame id or a session slot): what every backend and the map server key on
+ADDRESS_SIZE = 32
 NONCE_SIZE = 24
 
 

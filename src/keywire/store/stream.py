@@ -16,7 +16,8 @@ from collections.abc import Awaitable
 from ..errors import Code, ConnectionClosed, StreamError
 from ..pipe import OneStreamConnection
 from ..stream import ReceiveBuffer, RemoteIdentity, Stream, task_future
-from .backend import StoreBackend, StoreFull, StoreRefused, ValueTooLarge
+from .backends import StoreBackend, StoreFull, StoreRefused, ValueTooLarge
+from .capability import SIGNATURE_SIZE, CapabilityError, FrameSigner
 from .core import StoreCore
 from .ops import (
     DataReceived,
@@ -24,6 +25,7 @@ from .ops import (
     FrameRejected,
     GetOp,
     Op,
+    Purpose,
     PutOp,
     ReadFailed,
     StoreTrouble,
@@ -49,13 +51,16 @@ class StoreStream(Stream):
     """A reliable byte stream over a key-value store; see ``keywire.store.core``."""
 
     def __init__(self, core: StoreCore, backend: StoreBackend) -> None:
-        if core.params.value_size > backend.max_value:
+        # a store taking signed puts holds each frame as signature || frame (capability.py)
+        signed = SIGNATURE_SIZE if backend.signed else 0
+        if core.params.value_size + signed > backend.max_value:
             raise ValueError(
-                f"value size {core.params.value_size} exceeds the limit of "
-                f"{backend.description} ({backend.max_value} bytes)"
+                f"value size {core.params.value_size}{f' + {signed}' if signed else ''} "
+                f"exceeds the limit of {backend.description} ({backend.max_value} bytes)"
             )
         self._core = core
         self._backend = backend
+        self._signer = FrameSigner(core.secret, core.role) if backend.signed else None
         self._wake = asyncio.Event()
         self._recv = ReceiveBuffer(on_consumed=self._consumed)
         self._waiters: list[asyncio.Future[None]] = []
@@ -254,7 +259,7 @@ class StoreStream(Stream):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LAST_WORDS_TIMEOUT):
                 results = await asyncio.gather(
-                    *(self._backend.put(op.address, op.value) for op in ops), return_exceptions=True
+                    *(self._put(op) for op in ops), return_exceptions=True
                 )
                 failed = [r for r in results if isinstance(r, BaseException)]
                 if failed:
@@ -347,18 +352,37 @@ class StoreStream(Stream):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _put(self, op: PutOp) -> None:
+        if self._signer is None:
+            await self._backend.put(op.address, op.value)
+        else:
+            await self._backend.put(*self._signer.put(op.index, op.value))
+
+    async def _get(self, op: GetOp) -> bytes | None:
+        if self._signer is None:
+            return await self._backend.get(op.address, op.wait)
+        peer = op.purpose is Purpose.READ
+        body = await self._backend.get(self._signer.get_address(op.index, peer), op.wait)
+        if body is None:
+            return None
+        try:
+            return self._signer.open(op.index, peer, body)
+        except CapabilityError as exc:  # the core rejects it as a frame that does not open
+            log.warning("store stream: frame %d: %s", op.index, exc)
+            return body
+
     async def _execute(self, op: Op) -> None:
         loop = asyncio.get_running_loop()
         try:
             if isinstance(op, PutOp):
                 async with asyncio.timeout(OP_TIMEOUT):
-                    await self._backend.put(op.address, op.value)
+                    await self._put(op)
                 self._full_since = None
                 self._core.put_done(op, None, loop.time())
             else:
                 assert isinstance(op, GetOp)
                 async with asyncio.timeout(op.wait + OP_TIMEOUT):
-                    value = await self._backend.get(op.address, op.wait)
+                    value = await self._get(op)
                 self._core.get_done(op, value, loop.time())
         except asyncio.CancelledError:
             raise

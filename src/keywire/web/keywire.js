@@ -783,13 +783,26 @@ export class KeywireConnection {
 }
 
 /**
- * Dial a KPS address over WebRTC-direct; resolves once HELLO has been exchanged.
+ * Dial a KPS address over WebRTC-direct; resolves once HELLO has been exchanged. A multiaddress
+ * (`;`-separated) offering a `webtransport:` alternative is dialed over WebTransport instead
+ * where the browser has it (./webtransport.js, loaded then), with the same connection API.
  * Options: `timeout` (ms, default 15000), `signal` (AbortSignal), `streamWindow`,
  * `connectionWindow`, `maxStreams`, `wire` (2, default: keywire wire v2, the browser's offer is
  * never edited; 1: KPS wire v1 for KPS servers, which munges the offer and fails in browsers
  * that forbid it).
  */
 export async function dial(address, options = {}) {
+  // a multiaddress may offer `webtransport:` (docs/webtransport.md) beside the KPS address:
+  // WebTransport where this browser has it, WebRTC otherwise
+  const alternatives = String(address).split(";").map((a) => a.trim()).filter((a) => a);
+  const wt = alternatives.find((a) => a.startsWith("webtransport:"));
+  if (wt && typeof globalThis.WebTransport === "function") {
+    return (await import("./webtransport.js")).dialWebTransport(wt, options);
+  }
+  if (wt) {
+    address = alternatives.find((a) => !a.startsWith("webtransport:"));
+    if (!address) throw new DialError("this browser has no WebTransport and the address offers nothing else");
+  }
   const { host, port, certhash, digest } = parseAddress(address);
   const settings = { ...DEFAULTS };
   for (const k of Object.keys(DEFAULTS)) if (options[k] !== undefined) settings[k] = options[k];

@@ -79,6 +79,7 @@ async def serve_demo(
     routes: dict[str, tuple[bytes, str]] = {
         "/": ((root / "demo.html").read_bytes(), _TYPES[".html"]),
         "/keywire.js": ((root / "keywire.js").read_bytes(), _TYPES[".js"]),
+        "/webtransport.js": ((root / "webtransport.js").read_bytes(), _TYPES[".js"]),
         "/config.json": (json.dumps({"address": address}).encode(), _TYPES[".json"]),
         "/favicon.ico": (b"", "image/x-icon"),
     }

@@ -7,10 +7,14 @@ password, cap on established peers). Wire v1 and v2 dialers (told apart by the c
 share the port; they differ only in the ICE credentials the peer's agent gets. Everything else
 is declined, so QUIC gets it.
 
-Admission (docs/webrtc.md): anyone with the address can make valid checks, so a check creates
-nothing. It is answered statelessly and its address remembered (bounded, short-lived); a peer
-(ICE agent, DTLS, SCTP) is made only when a DTLS ClientHello comes from an answered address, and
-the remembered check and the ClientHello are then fed to it. Peers that have not finished DTLS
+Admission (docs/webrtc.md): anyone with the address can make valid checks, and UDP source
+addresses can be forged, so a check creates nothing. A check from an address not yet shown to
+receive gets a Binding request back whose transaction id is a keyed MAC of the address and time
+(``challenge.py``); only the check itself is kept, in one slot of a fixed table a newcomer
+overwrites. When the dialer's agent echoes the id, the address is believed: the check is
+answered statelessly and remembered (bounded, short-lived); a peer (ICE agent, DTLS, SCTP) is
+made only when a DTLS ClientHello comes from an answered address, and the remembered check and
+the ClientHello are then fed to it. Peers that have not finished DTLS
 have their own cap (``max_pending``) and deadline (``pending_timeout``); a newcomer over the cap
 evicts the oldest unfinished peer of the source holding the most of them, and one source (IPv4
 address, IPv6 /64) holds at most ``source_share`` of ``max_peers``.
@@ -21,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...admission import HashSlots, SourceCookie
 from ...errors import ConnectionClosed
 from ...identity import Identity
 from ...options import Options
@@ -37,6 +43,7 @@ from .aiortc_engine import (
     SharedSocketIce,
     certificate_for,
 )
+from .challenge import challenge_request, is_binding_success, transaction_id
 from .connection import WebRTCConnection
 from .ice import (
     Admission,
@@ -106,6 +113,13 @@ class WebRTCListener:
         self.peers: dict[str, _Peer] = {}
         self._by_addr: dict[Address, _Peer] = {}
         self._answered: OrderedDict[Address, _Answered] = OrderedDict()
+        gate = self.settings.gate
+        #: the return-routability check: cookies, the one check kept per unproven address
+        #: (fixed size), and the addresses that echoed a cookie (bounded, short-lived)
+        self._cookie = SourceCookie(window=gate.answered_ttl)
+        self._unproven: HashSlots[_Answered] = HashSlots(gate.max_answered)
+        self._proven: OrderedDict[Address, float] = OrderedDict()
+        self._tiebreaker = secrets.randbits(64)
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self.accepted = 0
@@ -121,7 +135,11 @@ class WebRTCListener:
             peer.ice.feed(data, (addr[0], addr[1]))
             return True
         if looks_like_stun(data):
-            if not self._closing:
+            if self._closing:
+                pass
+            elif is_binding_success(data):
+                self._echoed(data, addr)
+            else:
                 self._check(data, addr)
             return True
         if is_dtls_client_hello(data) and not self._closing:
@@ -136,12 +154,63 @@ class WebRTCListener:
             return  # silently dropped: a prober learns nothing
         peer = self.peers.get(verdict.ufrag)
         if peer is not None:  # another address of a dialer that has a peer
-            peer.addresses.add(addr)
-            self._by_addr[addr] = peer
-            peer.ice.feed(data, (addr[0], addr[1]))
+            self._attach(peer, data, addr)
             return
-        # no state yet: answer as the agent would, and remember the check (a nominating one
-        # wins) until a ClientHello from this address shows the dialer took the answer
+        if addr not in self._answered and not self._is_proven(addr, now):
+            self._challenge(verdict, data, addr, now)
+            return
+        self._answer(verdict, data, addr, now)
+
+    def _attach(self, peer: _Peer, data: bytes, addr: Address) -> None:
+        peer.addresses.add(addr)
+        self._by_addr[addr] = peer
+        peer.ice.feed(data, (addr[0], addr[1]))
+
+    # -- return routability ----------------------------------------------------------------
+    def _challenge(self, verdict: Admission, data: bytes, addr: Address, now: float) -> None:
+        """Ask an unproven address to echo a cookie; keep its check in its slot meanwhile."""
+        key = _source_text(addr)
+        ttl = self.gate.settings.answered_ttl
+        self._unproven.put(key, _Answered(verdict, data, now + ttl))
+        request = challenge_request(verdict, self._cookie.make(key, now), self._tiebreaker)
+        self._sendto(request, (str(addr[0]), int(addr[1])))
+        self._count("challenged")
+
+    def _echoed(self, data: bytes, addr: Address) -> None:
+        """A Binding success from an unknown address: the echo of a challenge, if its
+        transaction id is the address's cookie; then the address is proven and its kept
+        check (if no newcomer overwrote the slot) is answered now."""
+        now = self._loop.time()
+        key = _source_text(addr)
+        if not self._cookie.valid(key, transaction_id(data), now):
+            self._count("bad-echo")
+            return
+        self._count("proven")
+        settings = self.gate.settings
+        self._proven.pop(addr, None)
+        self._proven[addr] = now + settings.answered_ttl
+        while self._proven:
+            first = next(iter(self._proven.values()))
+            if len(self._proven) <= settings.max_answered and first > now:
+                break
+            self._proven.popitem(last=False)
+        entry = self._unproven.take(key)
+        if entry is None or entry.expires <= now:
+            return  # the dialer's next check (it retransmits) is answered
+        assert entry.admission.ufrag is not None
+        peer = self.peers.get(entry.admission.ufrag)
+        if peer is not None:
+            self._attach(peer, entry.check, addr)
+        else:
+            self._answer(entry.admission, entry.check, addr, now)
+
+    def _is_proven(self, addr: Address, now: float) -> bool:
+        expires = self._proven.get(addr)
+        return expires is not None and expires > now
+
+    def _answer(self, verdict: Admission, data: bytes, addr: Address, now: float) -> None:
+        """Answer a check from a proven address as the agent would, and remember it (a
+        nominating one wins) until a ClientHello from there shows the dialer took it."""
         self._sendto(
             binding_success(verdict, (str(addr[0]), int(addr[1]))), (str(addr[0]), int(addr[1]))
         )
@@ -296,6 +365,7 @@ class WebRTCListener:
         """Stop admitting peers and close every WebRTC connection."""
         self._closing = True
         self._answered.clear()
+        self._proven.clear()
         peers = list(self.peers.values())
         for peer in peers:
             with contextlib.suppress(Exception):
@@ -324,6 +394,11 @@ async def listen_webrtc(
 
     demux = await open_demux(host, port, lambda _data, _addr: None)
     return attach(demux, identity, on_connection, options=options), demux
+
+
+def _source_text(addr: Address) -> str:
+    """An address as the cookie and slot key: host and port (ICE pairs are per port)."""
+    return f"{addr[0]}|{addr[1]}"
 
 
 def attach(

@@ -41,6 +41,12 @@ class WebRTCSettings:
     stream_window: int = 1 << 20
     connection_window: int = 8 << 20
     max_streams: int = 100
+    #: listener: peers that have not finished DTLS, at most; a newcomer evicts one of them
+    max_pending: int = 64
+    #: listener: seconds a peer may take from its ClientHello to a finished DTLS handshake
+    pending_timeout: float = 5.0
+    #: listener: the part of ``max_peers`` one source (IPv4 address, IPv6 /64) may hold
+    source_share: float = 0.25
 
     def __post_init__(self) -> None:
         for name in (
@@ -49,11 +55,15 @@ class WebRTCSettings:
             "stream_window",
             "connection_window",
             "max_streams",
+            "max_pending",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"webrtc.{name} must be at least 1")
-        if self.stun_rate <= 0 or self.handshake_timeout <= 0:
-            raise ValueError("webrtc.stun_rate and webrtc.handshake_timeout must be positive")
+                raise ValueError(f"webrtc.{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("stun_rate", "handshake_timeout", "pending_timeout"):
+            if not getattr(self, name) > 0:  # (NaN too)
+                raise ValueError(f"webrtc.{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.source_share <= 1:
+            raise ValueError(f"webrtc.source_share must be in (0, 1], got {self.source_share!r}")
         if self.wire_version not in (1, 2):
             raise ValueError(f"webrtc.wire_version must be 1 or 2, got {self.wire_version}")
         if self.idle_timeout < 0:
@@ -65,11 +75,7 @@ class WebRTCSettings:
             return cls()
         values: dict[str, Any] = {}
         for name, value in read_settings(options, PREFIX, (f.name for f in fields(cls))).items():
-            default = getattr(cls(), name)
-            if isinstance(default, bool):
-                values[name] = value in (True, 1, "1", "true", "yes", "on")
-            else:
-                values[name] = type(default)(value)
+            values[name] = _coerce(name, getattr(cls(), name), value)
         return cls(**values)
 
     @property
@@ -84,4 +90,28 @@ class WebRTCSettings:
 
     @property
     def gate(self) -> GateSettings:
-        return GateSettings(max_peers=self.max_peers, rate=self.stun_rate, burst=self.stun_burst)
+        return GateSettings(
+            max_peers=self.max_peers,
+            rate=self.stun_rate,
+            burst=self.stun_burst,
+            max_pending=self.max_pending,
+            pending_timeout=self.pending_timeout,
+            source_share=self.source_share,
+        )
+
+
+def _coerce(name: str, default: object, value: object) -> object:
+    """A setting's value as its default's type; numbers may come as text (``--set``)."""
+    if isinstance(default, bool):
+        return value in (True, 1, "1", "true", "yes", "on")
+    target = float if isinstance(default, float) else int
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            number = target(value)
+        except ValueError:
+            pass
+        else:
+            if target is float or not isinstance(value, float) or value.is_integer():
+                return number
+    kind = "a number" if target is float else "a whole number"
+    raise ValueError(f"webrtc.{name} must be {kind}, got {value!r}")

@@ -36,6 +36,7 @@ from ..wire import (
 )
 from .bucket import DebtBucket, HourlyQuota
 from .config import RelayConfig
+from .state import Claim, MemoryState, Pin
 
 MAX_CONTROL = 4096
 MAX_FRAME = 16 * 1024 * 1024
@@ -103,14 +104,8 @@ class Link:
     usage_sent: float = -1e9
     closed_at: float | None = None
     close_reason: str = ""
-
-
-@dataclass
-class Registration:
-    key: str
-    last_ts: int
-    peer: Peer | None
-    forget_at: float | None = None
+    #: an upgrade request already showed this link's ticket (one exemption per link)
+    dialback_claimed: bool = False
 
 
 # -- actions the shell carries out -----------------------------------------------------------
@@ -151,19 +146,71 @@ class Counters:
 
 
 class RelayCore:
-    """Registrations, links and limits for one relay process."""
+    """Registrations, links and limits for one relay process.
 
-    def __init__(self, config: RelayConfig, start: float, wall_ms: int) -> None:
+    The directory of registered hosts, their register pins, per-IP windows and hourly quotas
+    live in ``state`` (a ``MemoryState``: the same store a cluster of in-process nodes shares);
+    sockets and links, which only this process can hold, live here."""
+
+    def __init__(
+        self, config: RelayConfig, start: float, wall_ms: int, state: MemoryState | None = None
+    ) -> None:
         self.config = config
         self.started = start
         self._wall_offset_ms = wall_ms - start * 1000
+        self.state = MemoryState() if state is None else state
         self.peers: dict[int, Peer] = {}
-        self.registrations: dict[str, Registration] = {}
         self.links: dict[str, Link] = {}
-        self.quotas: dict[str, HourlyQuota] = {}
         self.recently_closed: deque[dict[str, Any]] = deque(maxlen=32)
         self.counters = Counters()
-        self._ip_windows: dict[str, tuple[float, int]] = {}
+        #: dial-backs asked of registered hosts and not yet accepted, by the host's IP
+        self._owed: dict[str, int] = {}
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def quotas(self) -> dict[str, HourlyQuota]:
+        """Host address → its hourly allowance (kept in ``state``)."""
+        return self.state.quotas
+
+    def registered(self) -> dict[str, Peer]:
+        """Address → the control socket holding it, for every host registered here."""
+        return self.state.held()
+
+    def holder(self, address: str) -> Peer | None:
+        """The control socket holding ``address`` here, if any."""
+        held: Peer | None = self.state.holder(address)
+        return held
+
+    def pin(self, address: str, now: float) -> Pin | None:
+        return self.state.pin_at(address, now)
+
+    # -- dial-backs owed ----------------------------------------------------------------------
+    def dialbacks_owed(self, ip: str) -> int:
+        """Dial-backs the relay asked of hosts registered from ``ip`` that have not arrived:
+        the shell admits that many upgrades from ``ip`` past its anonymous per-IP share."""
+        return self._owed.get(ip, 0)
+
+    def dialback_credential(self, link_id: str, ticket: str) -> bool:
+        """A dial-back's upgrade request names its link and the ticket sent only to the host;
+        true once per link (a second upgrade with the same ticket is an ordinary one)."""
+        link = self.links.get(link_id)
+        if (
+            link is None
+            or link.state is not LinkState.PENDING
+            or link.dialback_claimed
+            or not secrets.compare_digest(ticket.encode(), link.ticket.encode())
+        ):
+            return False
+        link.dialback_claimed = True
+        return True
+
+    def _owe(self, link: Link, delta: int) -> None:
+        ip = link.control.ip
+        left = self._owed.get(ip, 0) + delta
+        if left > 0:
+            self._owed[ip] = left
+        else:
+            self._owed.pop(ip, None)
 
     # -- time ---------------------------------------------------------------------------------
     def wall_ms(self, now: float) -> int:
@@ -228,10 +275,7 @@ class RelayCore:
             return []
         actions: list[Action] = []
         if peer.role is Role.CONTROL and peer.address is not None:
-            reg = self.registrations.get(peer.address)
-            if reg is not None and reg.peer is peer:
-                reg.peer = None
-                reg.forget_at = now + PIN_MEMORY_SEC
+            self.state.release(peer.address, peer, now + PIN_MEMORY_SEC)
             for waiting in [
                 lk
                 for lk in self.links.values()
@@ -248,6 +292,8 @@ class RelayCore:
         return actions
 
     def _end_link(self, link: Link, now: float, reason: str, survivor: Peer | None) -> list[Action]:
+        if link.state is LinkState.PENDING:
+            self._owe(link, -1)
         link.state = LinkState.CLOSED
         link.closed_at = now
         link.close_reason = reason
@@ -260,14 +306,7 @@ class RelayCore:
     # -- limits -------------------------------------------------------------------------------
     def _ip_allowed(self, peer: Peer, now: float) -> bool:
         limit = self.config.ip_rate_per_min
-        if limit <= 0:
-            return True
-        start, count = self._ip_windows.get(peer.ip, (now, 0))
-        if now - start >= 60:
-            start, count = now, 0
-        count += 1
-        self._ip_windows[peer.ip] = (start, count)
-        return count <= limit
+        return limit <= 0 or self.state.hit_ip_at(peer.ip, limit, now)
 
     # -- register -----------------------------------------------------------------------------
     def _register(self, peer: Peer, msg: dict[str, Any], now: float) -> list[Action]:
@@ -285,18 +324,12 @@ class RelayCore:
         if self.config.allowlist_active and key not in self.config.allowed_register_keys:
             return [self._close(peer, CloseCode.NOT_ALLOWED, "register key is not allowed")]
         ts = msg["auth"]["ts"]
-        reg = self.registrations.get(address)
-        if reg is not None and reg.forget_at is not None and now >= reg.forget_at:
-            reg = None
-        if reg is not None:
-            if reg.key != key:
-                self.counters.reject("address_pinned")
-                return [Send(peer.id, {"type": "error", "error": "address_pinned"})]
-            if ts <= reg.last_ts:
-                self.counters.reject("register_stale")
-                return [Send(peer.id, {"type": "error", "error": "register_stale"})]
+        claim = self.state.claim_at(address, key, ts, now, PIN_MEMORY_SEC)
+        if claim is not Claim.OK:
+            self.counters.reject(claim.value)
+            return [Send(peer.id, {"type": "error", "error": claim.value})]
         actions: list[Action] = []
-        old = reg.peer if reg is not None else None
+        old = self.holder(address)
         if old is not None and old is not peer:
             old.role, old.address = Role.NEW, None
             actions.append(self._close(old, CloseCode.REPLACED, "replaced by a newer register"))
@@ -305,12 +338,14 @@ class RelayCore:
                 for lk in self.links.values()
                 if lk.control is old and lk.state is not LinkState.RELAYING
             ]:
+                if link.state is LinkState.PENDING:
+                    self._owe(link, -1)
                 link.control = peer
+                if link.state is LinkState.PENDING:
+                    self._owe(link, +1)
         if peer.role is Role.CONTROL and peer.address not in (None, address):
-            prev = self.registrations.get(peer.address or "")
-            if prev is not None and prev.peer is peer:
-                prev.peer, prev.forget_at = None, now + PIN_MEMORY_SEC
-        self.registrations[address] = Registration(key, ts, peer)
+            self.state.release(peer.address or "", peer, now + PIN_MEMORY_SEC)
+        self.state.hold(address, peer)
         peer.role, peer.address = Role.CONTROL, address
         self.counters.registrations_total += 1
         actions.append(Send(peer.id, {"type": "registered", "address": address}))
@@ -354,11 +389,10 @@ class RelayCore:
         address = msg.get("address")
         if not isinstance(address, str) or not 1 <= len(address) <= 128:
             return [self._close(peer, CloseCode.BAD_REQUEST, "address must be 1-128 characters")]
-        reg = self.registrations.get(address)
-        if reg is None or reg.peer is None:
+        control = self.holder(address)
+        if control is None:
             self.counters.reject("unknown_address")
             return [Send(peer.id, {"type": "error", "error": "unknown_address"})]
-        control = reg.peer
         waiting = [
             lk
             for lk in self.links.values()
@@ -432,6 +466,7 @@ class RelayCore:
         if link.control.id not in self.peers or link.control.role is not Role.CONTROL:
             return self._end_link(link, now, "host is not connected", survivor=peer)
         link.state = LinkState.PENDING
+        self._owe(link, +1)
         link.last_activity = now
         return [Send(link.control.id, {"type": "relay", "linkId": link.id, "ticket": link.ticket})]
 
@@ -457,6 +492,7 @@ class RelayCore:
                 )
             ]
         peer.role, peer.address, peer.link = Role.RELAY, link.address, link
+        self._owe(link, -1)
         link.host_end = peer
         link.state = LinkState.RELAYING
         link.relaying_since = now
@@ -547,12 +583,7 @@ class RelayCore:
             if peer.role is Role.NEW and now - peer.opened > self.config.handshake_sec:
                 peer.opened = now + 1e9  # close once
                 actions.append(self._close(peer, CloseCode.IDLE, "no register or resolve"))
-        for address, reg in list(self.registrations.items()):
-            if reg.forget_at is not None and now >= reg.forget_at:
-                del self.registrations[address]
-        for ip, (start, _count) in list(self._ip_windows.items()):
-            if now - start >= 60:
-                del self._ip_windows[ip]
+        self.state.sweep_at(now)
         for address, quota in list(self.quotas.items()):
             if now - quota.last_used > 3600 and not any(
                 lk.address == address for lk in self.links.values()
@@ -578,7 +609,7 @@ class RelayCore:
         live = list(self.links.values())
         out: dict[str, Any] = {
             "uptimeSec": round(now - self.started, 3),
-            "addressRegistrations": sum(1 for r in self.registrations.values() if r.peer),
+            "addressRegistrations": len(self.registered()),
             "links": {
                 "live": len(live),
                 "relaying": sum(1 for lk in live if lk.state is LinkState.RELAYING),

@@ -18,6 +18,7 @@ import resource
 import time
 from collections import OrderedDict, deque
 from typing import Any
+from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidMessage, InvalidState
@@ -71,7 +72,9 @@ class _Socket(asyncio.Protocol):
         "assembling",
         "blocked_since",
         "close_timer",
+        "credit",
         "id",
+        "in_share",
         "ip",
         "opened",
         "origin",
@@ -97,6 +100,11 @@ class _Socket(asyncio.Protocol):
         self.opened = 0.0
         self.request_bytes = 0
         self.admitted = False
+        #: counted in its IP's socket share (a host's verified dial-back is not)
+        self.in_share = False
+        #: admitted past its IP's share on a dial-back owed to a host there: the upgrade
+        #: request must carry the link's ticket
+        self.credit = False
         self.origin = ""
         self.paused = False
         self.write_blocked = False
@@ -247,6 +255,8 @@ class RelayServer:
         #: sockets whose HTTP request is not complete yet, oldest first
         self.upgrading: OrderedDict[int, _Socket] = OrderedDict()
         self._upgrading_per_ip: dict[str, int] = {}
+        #: connections admitted on dial-back credit, per IP, still before their upgrade
+        self._credit_per_ip: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self.admitted = 0
         budget, self.backlog = socket_budget()
@@ -283,19 +293,24 @@ class RelayServer:
     def admit(self, sock: _Socket) -> None:
         """A new TCP connection: within the caps, or dropped at once (its fd freed).
 
-        A source past its share is refused; when the relay as a whole is full, the oldest
+        A source past its share is refused, unless the relay owes dial-backs to hosts
+        registered from it: that many connections get in on credit and must show the link's
+        ticket in their upgrade request. When the relay as a whole is full, the oldest
         connection still before its upgrade makes room, so a flood of idle connections
         cannot keep out a newcomer (a real client upgrades at once and stops counting here).
         """
         ip = sock.tcp_ip
+        over = ""
         if self._per_ip.get(ip, 0) >= self.config.max_sockets_per_ip:
-            self.limit_hit("max_sockets_per_ip", ip)
-            sock.abort()
-            return
-        if self._upgrading_per_ip.get(ip, 0) >= self.config.max_upgrading_per_ip:
-            self.limit_hit("max_upgrading_per_ip", ip)
-            sock.abort()
-            return
+            over = "max_sockets_per_ip"
+        elif self._upgrading_per_ip.get(ip, 0) >= self.config.max_upgrading_per_ip:
+            over = "max_upgrading_per_ip"
+        if over:
+            if self._credit_per_ip.get(ip, 0) >= self.core.dialbacks_owed(ip):
+                self.limit_hit(over, ip)
+                sock.abort()
+                return
+            sock.credit = True
         while self.upgrading and (
             len(self.upgrading) >= self.config.max_upgrading or self.admitted >= self.max_sockets
         ):
@@ -311,8 +326,12 @@ class RelayServer:
             return
         sock.admitted = True
         self.admitted += 1
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self.upgrading[sock.id] = sock
+        if sock.credit:
+            self._credit_per_ip[ip] = self._credit_per_ip.get(ip, 0) + 1
+            return
+        sock.in_share = True
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._upgrading_per_ip[ip] = self._upgrading_per_ip.get(ip, 0) + 1
 
     def _eviction_candidate(self) -> _Socket:
@@ -320,11 +339,14 @@ class RelayServer:
         crowd makes room; a lone newcomer survives a burst), else the oldest of all."""
         oldest: _Socket | None = None
         for n, sock in enumerate(self.upgrading.values()):
+            if n >= EVICTION_SCAN:
+                break
+            if sock.credit:
+                continue  # owed to a host: anonymous connections go first
             oldest = oldest or sock
-            if self._upgrading_per_ip.get(sock.tcp_ip, 0) > 1 or n >= EVICTION_SCAN:
-                return sock if n < EVICTION_SCAN else oldest
-        assert oldest is not None
-        return oldest
+            if self._upgrading_per_ip.get(sock.tcp_ip, 0) > 1:
+                return sock
+        return oldest or next(iter(self.upgrading.values()))
 
     def upgraded(self, sock: _Socket) -> None:
         """Its HTTP request is complete (answered, or upgraded to WebSocket)."""
@@ -332,14 +354,36 @@ class RelayServer:
             self._forget_upgrading(sock)
 
     def _forget_upgrading(self, sock: _Socket) -> None:
-        _decrement(self._upgrading_per_ip, sock.tcp_ip)
+        if sock.credit:
+            _decrement(self._credit_per_ip, sock.tcp_ip)
+        else:
+            _decrement(self._upgrading_per_ip, sock.tcp_ip)
 
     def _release(self, sock: _Socket) -> None:
         """Its slot (in all and in its IP's share) is free again, at once."""
         if sock.admitted:
             sock.admitted = False
             self.admitted -= 1
+        self._leave_share(sock)
+
+    def _leave_share(self, sock: _Socket) -> None:
+        if sock.in_share:
+            sock.in_share = False
             _decrement(self._per_ip, sock.tcp_ip)
+
+    def _dialback(self, sock: _Socket, query: str) -> bool:
+        """Whether the upgrade request is a host's dial-back: ``?link=ID&ticket=T`` naming a
+        link waiting for its host (the ticket went only to the host's control socket). Such a
+        socket counts against the host's link, not its IP's anonymous share."""
+        try:
+            fields = parse_qs(query, max_num_fields=4)
+        except ValueError:  # more fields than a dial-back has
+            return False
+        link_id, ticket = fields.get("link", [""])[0], fields.get("ticket", [""])[0]
+        if not (link_id and ticket and self.core.dialback_credential(link_id, ticket)):
+            return False
+        self._leave_share(sock)
+        return True
 
     def limit_hit(self, reason: str, ip: str) -> None:
         """Count a refusal; log at most one line per reason every ``LIMIT_LOG_SEC``."""
@@ -388,11 +432,17 @@ class RelayServer:
 
     # -- HTTP ---------------------------------------------------------------------------------
     def request(self, sock: _Socket, request: Request) -> None:
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         headers = request.headers
         if self.config.trust_proxy and "X-Forwarded-For" in headers:
             sock.ip = headers["X-Forwarded-For"].split(",")[0].strip() or sock.ip
         upgrade = "websocket" in headers.get("Upgrade", "").lower()
+        if not (upgrade and self._dialback(sock, query)) and sock.credit:
+            self.limit_hit("dialback_credit", sock.tcp_ip)  # let in on credit, but no ticket
+            sock.ws.send_response(sock.ws.reject(429, "too many connections\n"))
+            sock.flush()
+            sock.abort()
+            return
         if upgrade:
             if path != PATH or self.stopping:
                 sock.ws.send_response(sock.ws.reject(404, "not found\n"))
@@ -447,7 +497,7 @@ class RelayServer:
             f"keywire_link_connections {len(core.peers)}",
             "# HELP keywire_link_registrations Hosts registered now.",
             "# TYPE keywire_link_registrations gauge",
-            f"keywire_link_registrations {sum(1 for r in core.registrations.values() if r.peer)}",
+            f"keywire_link_registrations {len(core.registered())}",
             "# HELP keywire_link_links Live links by state.",
             "# TYPE keywire_link_links gauge",
             *(f'keywire_link_links{{state="{s.value}"}} {n}' for s, n in states.items()),

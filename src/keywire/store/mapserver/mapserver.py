@@ -3,7 +3,9 @@
 Protocol (all values opaque, addresses 32 bytes as 64 lowercase or uppercase hex digits):
 
 * ``PUT /v1/<hex>`` with a body of 1..max-value bytes → 204; oversized → 413, bad address → 400,
-  store budget exhausted → 507.
+  store budget exhausted → 507. With ``signed`` (write capabilities, ``capability.py``) the
+  body is ``signature || value`` and must verify under the address (else 403), and a put at an
+  address holding other bytes is refused with 409 (write-once; the same bytes again → 204).
 * ``GET /v1/<hex>?wait=SECONDS`` → 200 with the value; if there is none, the request waits (long
   poll, at most ``max_wait``) for a put, then 404. Too many waiting gets → 503.
 * ``GET /v1`` → a JSON line with the limits, so clients can check their value size.
@@ -26,6 +28,7 @@ import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 
+from ..capability import CapabilityError, parse_signed_put
 from .http1 import HttpError, RequestHead, format_response, parse_request_head
 from .mapauth import TokenPolicy
 from .maptable import MapTable, TableError
@@ -105,14 +108,21 @@ class MapServer:
         tls: ssl.SSLContext | None = None,
         token: str | None = None,
         token_read: bool = False,
+        signed: bool = False,
     ) -> None:
         if token_read and token is None:
             raise ValueError("token_read needs a token")
         self.host = host
         self.port = port
         self.table = MapTable(
-            max_value=max_value, ttl=ttl, max_bytes=max_bytes, max_waiters=max_waiters
+            max_value=max_value,
+            ttl=ttl,
+            max_bytes=max_bytes,
+            max_waiters=max_waiters,
+            write_once=signed,
         )
+        #: puts must be signed by the address's key (capability.py) and are write-once
+        self.signed = signed
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
         self._per_ip: dict[str, int] = {}
@@ -188,7 +198,8 @@ class MapServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            # a short TTL is swept more often, so what the server holds stays about one TTL
+            await asyncio.sleep(min(SWEEP_INTERVAL, max(0.25, self.table.ttl / 4)))
             gone = self.table.expire(time.time())
             if gone and self._db is not None:
                 self._db.delete(gone)
@@ -313,6 +324,7 @@ class MapServer:
                 "max_value": self.table.max_value,
                 "ttl": self.table.ttl,
                 "max_wait": MAX_WAIT,
+                "signed": self.signed,
             }
             return 200, (json.dumps(info) + "\n").encode(), "application/json"
         if path == "/":
@@ -347,6 +359,11 @@ class MapServer:
                 f"not arrive in {BODY_TIMEOUT:g} s",
             )
             raise
+        if self.signed:
+            try:
+                parse_signed_put(address, value)
+            except CapabilityError as exc:
+                raise HttpError(403, str(exc)) from None
         now = time.time()
         try:
             woken = self.table.put(address, value, now)

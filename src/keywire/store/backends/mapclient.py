@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from urllib.parse import urlsplit
 
+from ..mapserver.http1 import HttpError, format_request, parse_response_head
+from ..mapserver.mapauth import check_token
+from ..tls import client_context, explain
 from .backend import (
     StoreBackend,
     StoreError,
@@ -20,9 +24,6 @@ from .backend import (
     ValueTooLarge,
     check_address,
 )
-from .http1 import HttpError, format_request, parse_response_head
-from .mapauth import check_token
-from .tls import client_context, explain
 
 DEFAULT_MAX_VALUE = 1 << 16
 
@@ -54,6 +55,7 @@ class HttpStore(StoreBackend):
         connect_timeout: float = 10.0,
         cafile: str | None = None,
         token: str | None = None,
+        signed: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -62,6 +64,11 @@ class HttpStore(StoreBackend):
         self.url = url
         self.description = f"map server {parts.scheme}://{hostport}"
         self.max_value = max_value
+        #: sign puts (a server started with --signed needs it; ``probe`` turns it on then)
+        self.signed = signed
+        #: puts refused because the address held other bytes (write-once): dropped like a
+        #: lost put, since what is there stays
+        self.conflicts = 0
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = client_context(cafile) if parts.scheme == "https" else None
@@ -135,6 +142,12 @@ class HttpStore(StoreBackend):
             raise ValueTooLarge(len(value), self.max_value)
         if status == 401:
             raise self._refused("write", body)
+        if status == 409:
+            self.conflicts += 1
+            return
+        if status == 403:
+            said = body[:200].decode("utf-8", "replace").strip()
+            raise StoreRefused(f"{self.description} refused the write: {said} (403)")
         if status == 507:
             raise StoreFull(
                 f"{self.description} is full: {body[:200].decode('utf-8', 'replace').strip()} (507)"
@@ -165,6 +178,10 @@ class HttpStore(StoreBackend):
         status, body = await self._request("GET", None, None)
         if status == 401:
             raise self._refused("read", body)
+        if status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(body).get("signed") is True:
+                    self.signed = True  # the server takes signed puts only
 
     def _refused(self, action: str, body: bytes) -> StoreRefused:
         said = body[:200].decode("utf-8", "replace").strip()

@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from .backend import ADDRESS_SIZE
+from ..schedule import ADDRESS_SIZE
 
 
 class TableError(Exception):
@@ -26,6 +26,8 @@ class MapTable:
     ttl: float = 3600.0
     max_bytes: int = 256 << 20
     max_waiters: int = 4096
+    #: write-once (signed mode): a put at an address holding other bytes is refused (409)
+    write_once: bool = False
     entries: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
     _expiry: list[tuple[float, bytes]] = field(default_factory=list)
     _waiters: dict[bytes, set[Hashable]] = field(default_factory=dict)
@@ -46,6 +48,10 @@ class MapTable:
         """Store (or overwrite) and return the waiters to wake."""
         self.check_put(address, len(value))
         old = self.entries.get(address)
+        if self.write_once and old is not None and old[1] > now:
+            if old[0] == value:  # a retransmission: already there, nothing to change
+                return []
+            raise TableError(409, "the address holds another value (write-once)")
         grow = len(value) - (len(old[0]) if old else 0)
         if grow > 0 and self.stored_bytes + grow > self.max_bytes:
             self.expire(now)

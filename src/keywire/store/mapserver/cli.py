@@ -10,9 +10,9 @@ import signal
 import sys
 from typing import Any
 
+from ..tls import server_context
 from .mapauth import TOKEN_ENV, load_token
 from .mapserver import MapServer
-from .tls import server_context
 
 HELP = "run a map server: the HTTP key-value store that carries store streams"
 DESCRIPTION = """\
@@ -100,6 +100,12 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="reads need the token too (default: anyone may read)",
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="write capabilities: every put must be signed by its address's blinded key, "
+        "and addresses are write-once (docs/store.md, Write capabilities)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -142,6 +148,7 @@ async def run(args: argparse.Namespace) -> int:
         tls=tls,
         token=token,
         token_read=args.token_read,
+        signed=args.signed,
     )
     try:
         await server.start()
@@ -182,7 +189,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m keywire.store.cli``) until the main CLI wires it."""
+    """Standalone entry (``python -m keywire.store.mapserver``) until the main CLI wires it."""
     parser = argparse.ArgumentParser(prog="keywire")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

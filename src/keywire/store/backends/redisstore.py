@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisError, ResponseError
 
+from ..tls import explain, verify_failure
 from .backend import (
     StoreBackend,
     StoreError,
@@ -32,7 +33,7 @@ from .backend import (
     ValueTooLarge,
     check_address,
 )
-from .tls import explain, verify_failure
+from .redis_writeonce import WRITE_ONCE_SCRIPT, PutOutcome, put_once
 
 _PUT_SCRIPT = """
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
@@ -63,8 +64,15 @@ class _Subscriber:
     Channels nobody waits on are unsubscribed in batches.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, sharded: bool = False) -> None:
         self._client = client
+        #: sharded pub/sub (SSUBSCRIBE/SPUBLISH, for one Redis Cluster node) or the classic
+        self._sharded = sharded
+        self._message = "smessage" if sharded else "message"
+        #: one (s)subscribe at a time: the first one opens the connection, and concurrent
+        #: ones could otherwise open others whose confirmations nobody reads
+        self._send_lock = asyncio.Lock()
+        self._confirmation = "ssubscribe" if sharded else "subscribe"
         self._pubsub: Any = None
         self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
         self._confirmed: set[bytes] = set()
@@ -102,9 +110,13 @@ class _Subscriber:
             pending = asyncio.get_running_loop().create_future()
             self._pending[channel] = pending
             try:
-                if self._pubsub is None:
-                    self._pubsub = self._client.pubsub()
-                await self._pubsub.subscribe(channel)
+                async with self._send_lock:
+                    if self._pubsub is None:
+                        self._pubsub = self._client.pubsub()
+                    if self._sharded:
+                        await self._pubsub.ssubscribe(channel)
+                    else:
+                        await self._pubsub.subscribe(channel)
             except (RedisError, OSError) as exc:
                 # never reuse a pub/sub connection that failed once: start over cleanly
                 broken = self._reset(f"subscribe failed: {exc}")
@@ -155,7 +167,11 @@ class _Subscriber:
                     idle = [ch for ch in self._confirmed if ch not in self._waiters]
                     if idle:
                         self._confirmed.difference_update(idle)
-                        await pubsub.unsubscribe(*idle)
+                        if self._sharded:  # one at a time: channels of other slots
+                            for ch in idle:
+                                await pubsub.sunsubscribe(ch)
+                        else:
+                            await pubsub.unsubscribe(*idle)
                 if not pubsub.subscribed:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
@@ -169,9 +185,9 @@ class _Subscriber:
                 if message is None:
                     continue
                 kind, channel = message.get("type"), message.get("channel")
-                if kind == "message":
+                if kind == self._message:
                     self._wake(channel)
-                elif kind == "subscribe":
+                elif kind == self._confirmation:
                     self._confirmed.add(channel)
                     pending = self._pending.pop(channel, None)
                     if pending is not None and not pending.done():
@@ -206,6 +222,7 @@ class RedisStore(StoreBackend):
         ttl: float = DEFAULT_TTL,
         prefix: str = "kw:",
         cafile: str | None = None,
+        signed: bool = False,
     ) -> None:
         parts = urlsplit(url)
         # never show a password from the URL
@@ -216,6 +233,11 @@ class RedisStore(StoreBackend):
         self.description = f"redis {shown}"
         self.max_value = max_value
         self.ttl = ttl
+        #: signed puts (capability.py), stored write-once by ``redis_writeonce``'s script
+        self.signed = signed
+        #: write-once puts refused because other bytes held the address (dropped like a
+        #: lost put: what is there stays)
+        self.conflicts = 0
         self._prefix = prefix.encode()
         # no silent retries inside redis-py: the stream retries with its own backoff, and a
         # pub/sub connection that reconnects by itself could miss a publish unnoticed
@@ -226,7 +248,7 @@ class RedisStore(StoreBackend):
         self._client = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, max_connections=512, retry=Retry(NoBackoff(), 0), **tls
         )
-        self._script = self._client.register_script(_PUT_SCRIPT)
+        self._script = self._client.register_script(WRITE_ONCE_SCRIPT if signed else _PUT_SCRIPT)
         self._subscriber = _Subscriber(self._client)
 
     def _key(self, address: bytes) -> bytes:
@@ -240,6 +262,18 @@ class RedisStore(StoreBackend):
         if len(value) > self.max_value:
             raise ValueTooLarge(len(value), self.max_value)
         try:
+            if self.signed:
+                outcome = await put_once(
+                    self._script,
+                    self._key(address),
+                    value,
+                    self.ttl,
+                    self.max_value,
+                    self._channel(address),
+                )
+                if outcome is PutOutcome.CONFLICT:
+                    self.conflicts += 1
+                return
             await self._script(
                 keys=[self._key(address)],
                 args=[value, int(self.ttl * 1000), self.max_value, self._channel(address)],

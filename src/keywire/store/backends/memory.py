@@ -19,8 +19,11 @@ from .backend import StoreBackend, ValueTooLarge, check_address
 class MemoryStore(StoreBackend):
     """A dict with blocking gets, a value-size limit and an optional per-entry TTL."""
 
-    def __init__(self, max_value: int = 1 << 20, ttl: float | None = None) -> None:
+    def __init__(
+        self, max_value: int = 1 << 20, ttl: float | None = None, *, signed: bool = False
+    ) -> None:
         self.max_value = max_value
+        self.signed = signed  # streams sign their puts (nothing here checks them)
         self.ttl = ttl
         self.description = "memory"
         self._data: dict[bytes, tuple[bytes, float]] = {}
@@ -91,6 +94,7 @@ class LossyStore(StoreBackend):
     ) -> None:
         self.inner = inner
         self.max_value = inner.max_value
+        self.signed = inner.signed
         self.description = f"lossy {inner.description}"
         self.put_loss = put_loss
         self.get_loss = get_loss

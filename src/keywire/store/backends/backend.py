@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..errors import Code, KeywireError
-
-ADDRESS_SIZE = 32
+from ...errors import Code, KeywireError
+from ..schedule import ADDRESS_SIZE
 
 
 class StoreError(KeywireError):
@@ -55,6 +54,9 @@ class StoreBackend(ABC):
     max_value: int = 1 << 20
     #: text for error messages and logs
     description: str = "store"
+    #: puts are signed (docs/store.md "Write capabilities"): frame ``i`` lives at its
+    #: direction's blinded Ed25519 key and its value is ``signature || frame``
+    signed: bool = False
 
     @abstractmethod
     async def put(self, address: bytes, value: bytes) -> None:

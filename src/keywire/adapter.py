@@ -1,0 +1,126 @@
+"""What a transport supplies to the shell: the ``Adapter`` protocol, and defaults for it.
+
+An adapter owns one sans-IO core and its I/O (a pipe's reader and writer tasks, a UDP socket's
+``send_many``, data-channel actions, store operations). It does three things only:
+
+* feeds the core what its I/O delivered and then calls ``shell.update()``;
+* hands the core's events to the shell in the ``keywire.events`` vocabulary (``next_event``),
+  and the core's output to its I/O (``transmit``);
+* forwards the shell's stream verbs to the core and says when output was delivered.
+
+Everything else (waiters, buffers, backpressure, the timer, close and abort, errors) is the
+shell's (``keywire.shell.CoreConnection``). The contract in full: docs/shell.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol
+
+from .events import ConnectionTerminated, Event
+from .stream import finished_future
+
+if TYPE_CHECKING:
+    from .shell import CoreConnection
+
+
+class Adapter(Protocol):
+    """The shell's view of one transport. Every verb acts at once and never blocks."""
+
+    #: datagrams the shell queues before dropping the oldest; 0: the transport has none
+    datagram_queue: int
+
+    def attach(self, shell: CoreConnection) -> None:
+        """Called once by the shell's constructor: start the I/O. From then on, call
+        ``shell.update()`` after every input fed to the core (and after anything that may
+        have produced events, e.g. output drained)."""
+
+    def next_event(self) -> Event | None:
+        """The core's next event in ``keywire.events`` terms; None when none is pending.
+        Transport-only events (a QUIC connection id) are handled here and not returned."""
+
+    def transmit(self) -> None:
+        """Hand whatever the core queued to the I/O (write it, send the datagrams)."""
+
+    def get_timer(self) -> float | None:
+        """The core's next deadline (loop time); the shell keeps one ``call_at`` on it."""
+
+    def handle_timer(self, now: float) -> None:
+        """The deadline passed: run the core's timer. The shell calls ``update`` after."""
+
+    def can_open_stream(self) -> bool:
+        """Whether ``open_stream`` may be called now (the shell re-asks after every update)."""
+
+    def open_stream(self) -> int:
+        """Open an outgoing stream in the core; its id."""
+
+    def accepted(self, stream_id: int) -> None:
+        """The application took a peer stream from ``accept_stream`` (a backlog may free)."""
+
+    def send(self, stream_id: int, data: memoryview, end: bool) -> int:
+        """Queue up to ``len(data)`` bytes (read-only, may be kept without a copy); returns
+        how many were taken, 0 when none may be queued now (then emit ``CreditAvailable``
+        when they may). ``end`` (only ever with empty data) sends FIN and must not wait for
+        credit. Raise ``StreamError`` when the stream can no longer send."""
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """Abandon the sending half with ``code`` (``ValueError`` for a code it cannot carry)."""
+
+    def stop_sending(self, stream_id: int, code: int) -> None:
+        """Ask the peer to stop sending with ``code``."""
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The application read (or dropped) ``n`` bytes of the stream: credit may advance
+        (call ``shell.update_soon()`` if that queued output; the shell does not, reads are
+        frequent and most grant nothing)."""
+
+    def delivered(self) -> bool:
+        """True when nothing written is still on its way to the peer. A graceful close waits
+        (bounded) for it before ``close``; return True if the transport's own shutdown
+        (``terminated``) delivers the rest after the close frame."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the core gracefully with ``code``; it must report ``ConnectionTerminated``."""
+
+    def abort(self, code: int, reason: str) -> None:
+        """End the core now (queued data dropped); it must report ``ConnectionTerminated``."""
+
+    def terminated(self, event: ConnectionTerminated, *, aborting: bool) -> Awaitable[None]:
+        """The core ended (either side): release the I/O, after flushing the close frame
+        unless ``aborting``. The result is what ``close``/``abort`` await."""
+
+    def abort_io(self) -> None:
+        """Drop the I/O now (a graceful shutdown was cut short, or was never started)."""
+
+    @property
+    def max_datagram_size(self) -> int | None:
+        """Largest datagram payload sendable now; None without datagrams."""
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue one datagram (``DatagramTooLarge`` if it does not fit)."""
+
+
+class BaseAdapter:
+    """Defaults for the parts of ``Adapter`` most transports share (no datagrams, no
+    backlog, nothing to wait for on close, nothing to release)."""
+
+    datagram_queue = 0
+
+    def accepted(self, stream_id: int) -> None:
+        return None
+
+    def delivered(self) -> bool:
+        return True
+
+    def terminated(self, event: ConnectionTerminated, *, aborting: bool) -> Awaitable[None]:
+        return finished_future()
+
+    def abort_io(self) -> None:
+        return None
+
+    @property
+    def max_datagram_size(self) -> int | None:
+        return None
+
+    def send_datagram(self, data: bytes) -> None:
+        raise NotImplementedError("this transport has no datagrams")

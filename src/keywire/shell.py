@@ -1,0 +1,325 @@
+"""The one asyncio shell: ``CoreConnection``/``CoreStream`` around any sans-IO core.
+
+Waiters, receive buffers, write backpressure, the timer, concurrent ``accept_stream``, graceful
+close and abort, datagrams and the mapping of endings to errors live here once. A transport
+supplies an ``Adapter`` (``keywire.adapter``): it moves the core's bytes or datagrams to its
+I/O and hands the core's events over in the ``keywire.events`` vocabulary. The shell drives it
+the way aioquic's asyncio protocol drives ``QuicConnection``: after every input or local verb,
+``update()`` drains events, transmits, and re-arms one ``loop.call_at`` timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable
+
+from . import events as ev
+from .adapter import Adapter
+from .corestream import CoreStream
+from .errors import Code, ConnectionClosed, StreamError
+from .stream import (
+    Connection,
+    DatagramQueue,
+    RemoteIdentity,
+    finished_future,
+    fresh,
+)
+
+__all__ = ["CoreConnection", "CoreStream"]
+
+
+class CoreConnection(Connection):
+    """A ``Connection`` driving one adapter; transports subclass it only to name it and to keep
+    their constructor."""
+
+    stream_class: type[CoreStream] = CoreStream
+
+    def __init__(
+        self, adapter: Adapter, *, address: str = "", remote: RemoteIdentity | None = None
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._adapter = adapter
+        self.address = address
+        self.remote = remote if remote is not None else RemoteIdentity()
+        self._table: dict[int, CoreStream] = {}
+        self._incoming: deque[CoreStream] = deque()
+        self._acceptors: deque[asyncio.Future[None]] = deque()
+        self._open_waiters: list[asyncio.Future[None]] = []
+        self._blocked: set[CoreStream] = set()
+        self._datagrams = DatagramQueue(max(1, adapter.datagram_queue))
+        self._error: ConnectionClosed | None = None
+        self._done = asyncio.Event()
+        self._delivered = asyncio.Event()
+        self._lingering = False
+        self._aborting = False
+        self._released: Awaitable[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._kicked = False
+        #: resolves when the handshake completes; fails with the ending if it never does
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
+        adapter.attach(self)
+
+    # -- driving --------------------------------------------------------------------------------
+    def update(self) -> None:
+        """Deliver the core's events, transmit its output, re-arm the timer, wake waiters.
+
+        Adapters call it after feeding the core input; the shell after every local verb."""
+        adapter = self._adapter
+        dispatch = self._dispatch
+        while (event := adapter.next_event()) is not None:
+            dispatch(event)
+        adapter.transmit()
+        while (event := adapter.next_event()) is not None:
+            dispatch(event)
+        deadline = adapter.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+        if self._open_waiters and (self._error is not None or adapter.can_open_stream()):
+            self._wake_all(self._open_waiters)
+        if self._lingering and adapter.delivered():
+            self._delivered.set()
+
+    def update_soon(self) -> None:
+        """Update soon: verbs in the same loop iteration share one transmit."""
+        if not self._kicked:
+            self._kicked = True
+            self._loop.call_soon(self._soon_update)
+
+    def _soon_update(self) -> None:
+        self._kicked = False
+        self.update()
+
+    def forget(self) -> None:
+        """The adapter released the transport after the ending: no timer any more, and no
+        stream table (no event comes, and dropping it breaks the cycle with the streams so a
+        finished connection is freed as soon as the application drops it). Streams not yet
+        accepted stay for ``accept_stream``: their bytes are still readable."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        self._table = {}
+        self._blocked.clear()
+
+    def _consumed(self, stream_id: int, n: int) -> None:
+        if self._error is None:
+            self._adapter.consumed(stream_id, n)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._adapter.handle_timer(self._loop.time())
+        self.update()
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StreamData):
+            stream = self._table.get(event.stream_id)
+            if stream is not None:
+                stream._recv.feed(event.data)
+                if event.fin:
+                    stream._recv.feed_eof()
+        elif isinstance(event, ev.CreditAvailable):
+            if event.stream_id is None:
+                for blocked in list(self._blocked):
+                    blocked._wake_writer()
+            elif (stream := self._table.get(event.stream_id)) is not None:
+                stream._wake_writer()
+        elif isinstance(event, ev.StreamOpened):
+            stream = self.stream_class(self, event.stream_id)
+            self._table[event.stream_id] = stream
+            self._incoming.append(stream)
+            self._wake_acceptor()
+        elif isinstance(event, ev.StreamReset):
+            stream = self._table.get(event.stream_id)
+            if stream is not None:
+                stream._recv.fail(StreamError(event.code, "peer reset the stream", remote=True))
+        elif isinstance(event, ev.StopSendingReceived):
+            stream = self._table.get(event.stream_id)
+            if stream is not None:
+                text = "the peer ended our sending half (stop-sending or reset)"
+                stream._fail_writes(StreamError(event.code, text, remote=True))
+        elif isinstance(event, ev.StreamClosed):
+            self._table.pop(event.stream_id, None)
+        elif isinstance(event, ev.DatagramReceived):
+            self._datagrams.push(event.data)
+        elif isinstance(event, ev.HandshakeCompleted):
+            if not self.handshake.done():
+                self.handshake.set_result(None)
+        elif isinstance(event, ev.ConnectionTerminated):
+            self._terminated(event)
+
+    def _terminated(self, event: ev.ConnectionTerminated) -> None:
+        if self._error is not None:
+            return
+        self._error = error = event.error()
+        self._done.set()
+        if not self.handshake.done():
+            self.handshake.set_exception(fresh(error))
+            self.handshake.exception()  # retrieved: a failed dial reports it elsewhere
+        stream_error = self._stream_error()
+        for stream in [*self._table.values(), *self._incoming]:
+            stream._connection_ended(stream_error)
+        self._table.clear()
+        self._blocked.clear()
+        self._datagrams.fail(error)
+        self._wake_all(self._acceptors)
+        self._wake_all(self._open_waiters)
+        self._delivered.set()
+        self._released = self._adapter.terminated(event, aborting=self._aborting)
+
+    def _stream_error(self) -> StreamError:
+        """What a stream's pending read or write fails with once the connection ended:
+        ``closed`` for a clean ending, else the connection's code."""
+        error = self._error
+        assert error is not None
+        if not error.remote and error.code in (Code.NONE, Code.CLOSED):
+            return StreamError(Code.CLOSED, "connection closed locally")
+        code = Code.CLOSED if error.wire_code == Code.NONE else error.wire_code
+        return StreamError(code, f"connection ended: {error}", remote=error.remote)
+
+    @staticmethod
+    def _wake_all(waiters: deque[asyncio.Future[None]] | list[asyncio.Future[None]]) -> None:
+        pending = list(waiters)
+        waiters.clear()
+        for waiter in pending:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_acceptor(self) -> None:
+        """A stream arrived: the longest-waiting ``accept_stream`` takes it."""
+        while self._acceptors:
+            waiter = self._acceptors.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- streams --------------------------------------------------------------------------------
+    async def open_stream(self) -> CoreStream:
+        """A new stream; waits while the stream limit is reached."""
+        while True:
+            if self._error is not None:
+                raise fresh(self._error)
+            if self._adapter.can_open_stream():
+                stream_id = self._adapter.open_stream()
+                stream = self.stream_class(self, stream_id)
+                self._table[stream_id] = stream
+                self.update_soon()
+                return stream
+            waiter = self._loop.create_future()
+            self._open_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._open_waiters.remove(waiter)
+
+    async def accept_stream(self) -> CoreStream:
+        """The next stream the peer opened; concurrent callers are served first come first
+        served, and all raise ``ConnectionClosed`` once the connection ended with none left."""
+        while not self._incoming:
+            if self._error is not None:
+                raise fresh(self._error)
+            waiter = self._loop.create_future()
+            self._acceptors.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and self._incoming:
+                    self._wake_acceptor()  # woken for a stream, then cancelled: pass it on
+                raise
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._acceptors.remove(waiter)
+        stream = self._incoming.popleft()
+        if self._error is None:
+            self._adapter.accepted(stream.id)
+            self.update_soon()
+        return stream
+
+    # -- closing --------------------------------------------------------------------------------
+    async def close(self, code: int = Code.NONE, reason: str = "") -> None:
+        """Graceful: FIN every stream still open for writing (with code 0; a write in progress
+        resets its stream), wait until the adapter says everything written was delivered, then
+        end the core and wait for the adapter to release its I/O; bounded by ``close_timeout``,
+        aborted if cancelled. Returns at once when nothing is queued."""
+        deadline = self._loop.time() + self.close_timeout
+        try:
+            if self._error is None:
+                for stream in list(self._table.values()):
+                    stream._end_for_close(finish=code == Code.NONE)
+                self.update()
+                if not self._adapter.delivered():
+                    self._delivered.clear()
+                    self._lingering = True
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout_at(deadline):
+                                await self._delivered.wait()
+                    finally:
+                        self._lingering = False
+                if self._error is None:
+                    self._adapter.close(code, reason)
+                    self.update()
+            if self._released is not None:
+                await asyncio.shield(self._released)
+        except asyncio.CancelledError:
+            self.abort(Code.CANCELLED, "close cancelled")
+            raise
+
+    def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        """Now: queued data is dropped, the core's close frame is given a moment, the I/O goes."""
+        if self._error is None:
+            self._aborting = True
+            self._adapter.abort(code, reason or "aborted locally")
+            self.update()
+        elif not self._aborting:  # a graceful close in progress is cut short
+            self._aborting = True
+            self._adapter.abort_io()
+        if self._released is None:
+            self._adapter.abort_io()
+            return finished_future()
+        return asyncio.shield(self._released)
+
+    @property
+    def closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def close_error(self) -> ConnectionClosed | None:
+        return self._error
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._done.wait()
+        assert self._error is not None
+        return self._error
+
+    # -- datagrams ------------------------------------------------------------------------------
+    @property
+    def max_datagram_size(self) -> int | None:
+        return self._adapter.max_datagram_size
+
+    def send_datagram(self, data: bytes) -> None:
+        if self._adapter.datagram_queue <= 0:
+            super().send_datagram(data)
+        if self._error is not None:
+            raise fresh(self._error)
+        self._adapter.send_datagram(bytes(data))
+        self.update_soon()
+
+    async def receive_datagram(self) -> bytes:
+        if self._adapter.datagram_queue <= 0:
+            return await super().receive_datagram()
+        return await self._datagrams.get()
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams dropped because the receive queue was full (oldest first)."""
+        return self._datagrams.dropped
