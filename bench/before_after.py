@@ -34,6 +34,8 @@ BENCHES: dict[str, list[str]] = {
     "store": ["bench_store.py", "--size", "500000", "--windows", "1,8", "--losses", "0"],
     "webrtc": ["bench_webrtc.py", "--size-mb", "16", "--rounds", "1", "--dials", "10"],
 }
+#: untracked npm installs the browser benchmarks need in both trees
+NODE_MODULES = ("web/node_modules", "tests/interop/npm/node_modules")
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 #: a label must hold a letter, so table rules and bare numbers are not figures
 LABEL = re.compile(r"[A-Za-z]")
@@ -48,7 +50,11 @@ def figures(output: str) -> dict[str, str]:
             continue
         label = " ".join(line[: match.start()].split())
         if LABEL.search(label):
-            found.setdefault(label, " ".join(NUMBER.findall(line[match.start() :])))
+            key, seen = label, 1
+            while key in found:  # a table's rows may share a label (one per window, say)
+                seen += 1
+                key = f"{label} #{seen}"
+            found[key] = " ".join(NUMBER.findall(line[match.start() :]))
     return found
 
 
@@ -101,6 +107,9 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        for installed in NODE_MODULES:  # npm's installs are not in git: share this tree's
+            if (ROOT / installed).is_dir():
+                (old_tree / installed).symlink_to(ROOT / installed)
         try:
             print(f"old = {args.ref} | new = the working tree")
             for name in names:

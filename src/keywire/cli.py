@@ -438,15 +438,7 @@ async def serve_streams(
             report.error(f"stream from {conn.address} failed: {exc}")
             stream.reset(Code.INTERNAL_ERROR)
         t.ended = time.monotonic()
-        report.event(
-            "stream_closed",
-            stream=stream.id,
-            sent=t.sent,
-            received=t.received,
-            ok=not reason,
-            reason=reason or "done",
-            seconds=round(t.seconds, 3),
-        )
+        report.stream_closed(stream.id, t, reason, seconds=round(t.seconds, 3))
 
     try:
         async for stream in conn:
@@ -681,14 +673,7 @@ async def run_stdio_session(
         shutdown.acknowledge()
         reason = "terminated (SIGTERM)"
     t.ended = t.ended or time.monotonic()
-    report.event(
-        "stream_closed",
-        stream=stream_id,
-        sent=t.sent,
-        received=t.received,
-        ok=not reason,
-        reason=reason or "done",
-    )
+    report.stream_closed(stream_id, t, reason)
     if reason:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(Code.CANCELLED, reason[:100]), 2.0)
@@ -794,15 +779,7 @@ async def forward_local(
             await splice_tcp(stream, reader, writer, t)
         except (SpliceError, StreamError, ConnectionClosed, OSError) as exc:
             reason = failure_reason(exc)
-        report.event(
-            "stream_closed",
-            stream=stream.id,
-            sent=t.sent,
-            received=t.received,
-            ok=not reason,
-            reason=reason or "done",
-            seconds=round(t.seconds, 3),
-        )
+        report.stream_closed(stream.id, t, reason, seconds=round(t.seconds, 3))
 
     try:
         server = await asyncio.start_server(accepted, host, int(port_text))

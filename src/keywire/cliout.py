@@ -107,6 +107,19 @@ class Reporter:
             record = {"event": name, "time": round(time.time(), 3), **fields}
             self._emit(json.dumps(record, separators=(",", ":"), default=str))
 
+    def stream_closed(self, stream_id: int | None, t: Transfer, reason: str, **fields: Any) -> None:
+        """The ``stream_closed`` event of one stream's transfer (``reason`` empty: it ended
+        well)."""
+        self.event(
+            "stream_closed",
+            stream=stream_id,
+            sent=t.sent,
+            received=t.received,
+            ok=not reason,
+            reason=reason or "done",
+            **fields,
+        )
+
     def summary(self, t: Transfer, conn: Connection | None, *, ok: bool, reason: str = "") -> None:
         """The one line at the end of a transfer (and the ``closed`` event)."""
         path = ""

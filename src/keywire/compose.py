@@ -13,7 +13,8 @@ from enum import Enum
 from .address import Alternative, redacted
 from .errors import KeywireError
 from .options import Options
-from .pipe import Pipe, SingleStreamConnection
+from .pipe import Pipe
+from .pipeconn import SingleStreamConnection
 from .registry import registry
 from .stream import Connection
 

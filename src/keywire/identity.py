@@ -89,38 +89,44 @@ def config_dir() -> Path:
 def make_certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
     """A KPS certificate: empty subject, random serial, 200-year validity, no SAN."""
     not_before = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    both = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    return build_certificate(
+        key, not_before, not_before + CERT_VALIDITY, (usage, True), (both, False)
+    )
+
+
+def build_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    *extensions: tuple[x509.ExtensionType, bool],
+) -> bytes:
+    """A self-signed DER certificate with empty names and a random serial; KPS and WebTransport
+    certificates differ only in validity and ``(extension, critical)`` pairs."""
     empty = x509.Name([])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(empty)
         .issuer_name(empty)
         .public_key(key.public_key())
         .serial_number(secrets.randbits(127) | 1)
         .not_valid_before(not_before)
-        .not_valid_after(not_before + CERT_VALIDITY)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+        .not_valid_after(not_after)
     )
-    return cert.public_bytes(serialization.Encoding.DER)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def _derive_seed(key: ec.EllipticCurvePrivateKey) -> bytes:

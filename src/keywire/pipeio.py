@@ -60,6 +60,11 @@ class PipeAdapter(BaseAdapter):
     """Moves a core's bytes over a ``Pipe``. Subclasses add the core's verbs and translate
     its events; they put their own shared-vocabulary events on ``self.events``."""
 
+    #: the writer task ends whenever nothing is queued and ``transmit`` starts it again (for
+    #: a core whose connection may be dropped with no task left to notice, e.g. a raw pipe
+    #: after its peer's FIN)
+    lazy_writer = False
+
     def __init__(self, pipe: Pipe, core: PipeCore) -> None:
         self.pipe = pipe
         self.core = core
@@ -79,8 +84,13 @@ class PipeAdapter(BaseAdapter):
 
     def transmit(self) -> None:
         if self.core.pending_output:
-            self._output_idle.clear()
-            self._output_ready.set()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        self._output_idle.clear()
+        self._output_ready.set()
+        if self.lazy_writer and self._writer.done() and not self._aborting:
+            self._writer = self.loop.create_task(self._write_loop())
 
     def output_full(self) -> bool:
         """True (and credit comes once the writer took the output) while too much is queued."""
@@ -97,6 +107,9 @@ class PipeAdapter(BaseAdapter):
     def abort_io(self) -> None:
         self._aborting = True
         self.pipe.abort()
+
+    async def output_flushed(self) -> None:
+        """The writer handed everything queued to the pipe (a raw pipe sends its FIN here)."""
 
     # -- tasks ----------------------------------------------------------------------------------
     def _wake_drained(self) -> None:
@@ -141,6 +154,8 @@ class PipeAdapter(BaseAdapter):
         core = self.core
         try:
             while True:
+                if self.lazy_writer and not self._output_ready.is_set():
+                    return  # nothing queued: no task is left behind (``transmit`` restarts it)
                 await self._output_ready.wait()
                 self._output_ready.clear()
                 data = core.data_to_send()
@@ -152,6 +167,7 @@ class PipeAdapter(BaseAdapter):
                 if data:
                     await self.pipe.write(data)
                 if not core.pending_output:
+                    await self.output_flushed()
                     self._output_idle.set()
         except (StreamError, OSError, EOFError) as exc:
             self._failed(exc)

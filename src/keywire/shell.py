@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from . import events as ev
 from .adapter import Adapter
 from .corestream import CoreStream
-from .errors import Code, ConnectionClosed, StreamError
+from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
 from .stream import (
     Connection,
     DatagramQueue,
@@ -27,7 +27,7 @@ from .stream import (
     fresh,
 )
 
-__all__ = ["CoreConnection", "CoreStream"]
+__all__ = ["CoreConnection", "CoreStream", "OneStreamConnection"]
 
 
 class CoreConnection(Connection):
@@ -323,3 +323,44 @@ class CoreConnection(Connection):
     def datagrams_dropped(self) -> int:
         """Datagrams dropped because the receive queue was full (oldest first)."""
         return self._datagrams.dropped
+
+
+class OneStreamConnection(CoreConnection):
+    """A connection that carries exactly one stream, id 0 (a chain without ``~mux``, a store
+    stream). The stream exists from the start: whichever of ``open_stream``/``accept_stream``
+    comes first gets it; a second ``open_stream`` is unsupported, and a second
+    ``accept_stream`` waits for the end, since no other stream will come. The adapter never
+    reports ``StreamOpened``; it ends the connection (``ConnectionTerminated``) once the
+    stream is over, with ``Code.NONE`` and "stream ended" when that was a clean end."""
+
+    #: how errors name a connection without an address, and what they advise
+    unnamed = "this chain"
+    advice = ""
+
+    def __init__(
+        self, adapter: Adapter, *, address: str = "", remote: RemoteIdentity | None = None
+    ) -> None:
+        super().__init__(adapter, address=address, remote=remote)
+        self._one = self.stream_class(self, 0)
+        self._table[0] = self._one
+        self._taken = False
+
+    def _take(self) -> CoreStream:
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._taken:
+            raise UnsupportedError(
+                f"{self.address or self.unnamed} carries one stream{self.advice}"
+            )
+        self._taken = True
+        return self._one
+
+    async def open_stream(self) -> CoreStream:
+        return self._take()
+
+    async def accept_stream(self) -> CoreStream:
+        if self._taken:
+            await self._done.wait()
+            assert self._error is not None
+            raise fresh(self._error)
+        return self._take()

@@ -44,6 +44,11 @@ CASES = {
     ],
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
+    "bench_link_cluster.py": [
+        *("--size-mb", "2", "--hosts", "50", "--intros", "20", "--rounds", "1", "--latency", "5")
+    ],
+    "bench_store_storage.py": ["--size", "2000000", "--ttl", "1", "--backends", "http,redis"],
+    "bench_webtransport.py": ["--size-mb", "2", "--runs", "1"],
     # the NAT lab: root, as tests/nat (one pair, one dial)
     "bench_nat.py": [
         "--dials",
@@ -71,4 +76,4 @@ def test_benchmark_runs(script: str) -> None:
     )
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode == 0, output[-3000:]
-    assert any(word in output.lower() for word in ("×", "ratio", "mb/s")), output[-3000:]
+    assert any(word in output.lower() for word in ("×", "ratio", "mb/s", "mib/s")), output[-3000:]

@@ -26,7 +26,7 @@ from keywire.identity import Identity, decode_certhash
 from keywire.kps import KpsConnection, KpsSettings
 from keywire.kps.quic import client_configuration
 from keywire.mux.connection import MuxConnection
-from keywire.pipe import SingleStreamConnection
+from keywire.pipeconn import SingleStreamConnection
 from keywire.stream import Connection, Stream
 
 from .churn_util import (

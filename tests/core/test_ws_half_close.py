@@ -16,7 +16,8 @@ import keywire
 from keywire.errors import Code, StreamError
 from keywire.identity import Identity
 from keywire.options import Options
-from keywire.pipe import Pipe, SingleStreamConnection
+from keywire.pipe import Pipe
+from keywire.pipeconn import SingleStreamConnection
 from keywire.stream import Connection, Stream
 from keywire.testing import memory_pipe_pair
 

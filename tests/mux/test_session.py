@@ -5,20 +5,18 @@ from __future__ import annotations
 import pytest
 
 from keywire.errors import Code, ConnectionClosed, StreamError
-from keywire.mux.frame import INITIAL_WINDOW, Flag, FrameType, decode_header, encode_header
-from keywire.mux.session import (
+from keywire.events import (
     ConnectionTerminated,
-    DataReceived,
+    CreditAvailable,
     Event,
-    MuxConfig,
-    MuxSession,
-    SendingStopped,
-    SendWindowIncreased,
+    StopSendingReceived,
     StreamClosed,
-    StreamFinished,
+    StreamData,
     StreamOpened,
     StreamReset,
 )
+from keywire.mux.frame import INITIAL_WINDOW, Flag, FrameType, decode_header, encode_header
+from keywire.mux.session import MuxConfig, MuxSession
 
 WINDOW = INITIAL_WINDOW  # the smallest window keeps the numbers readable
 CONFIG = MuxConfig(window=WINDOW, max_window=WINDOW, keepalive_interval=None)
@@ -63,7 +61,7 @@ class Link:
 
 
 def data_of(events: list[Event], sid: int) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, DataReceived) and e.stream_id == sid)
+    return b"".join(e.data for e in events if isinstance(e, StreamData) and e.stream_id == sid)
 
 
 # -- opening and the exact bytes ------------------------------------------------------------------
@@ -88,7 +86,7 @@ def test_larger_window_is_announced_in_syn_and_ack() -> None:
     assert syn == frame(W, Flag.SYN, 1, 768 * 1024)
     server = MuxSession(client=False, config=big)
     server.receive_data(syn, 0)
-    assert server.events() == [StreamOpened(1), SendWindowIncreased(1)]
+    assert server.events() == [StreamOpened(1), CreditAvailable(1)]
     assert server.data_to_send() == frame(W, Flag.ACK, 1, 768 * 1024)
     assert server.send_window(1) == 1024 * 1024  # 256 KiB initial + the SYN's delta
 
@@ -100,11 +98,15 @@ def test_open_send_fin_round_trip() -> None:
     link.client.close_write(sid)
     link.flush()
     events = link.take("server")
-    assert events == [StreamOpened(1), DataReceived(1, b"hello"), StreamFinished(1)]
+    assert events == [StreamOpened(1), StreamData(1, b"hello"), StreamData(1, b"", True)]
     link.server.send(1, b"world")
     link.server.close_write(1)
     link.flush()
-    assert link.take("client") == [DataReceived(1, b"world"), StreamFinished(1), StreamClosed(1)]
+    assert link.take("client") == [
+        StreamData(1, b"world"),
+        StreamData(1, b"", True),
+        StreamClosed(1),
+    ]
     assert link.take("server") == [StreamClosed(1)]
     assert link.client.stream_count == link.server.stream_count == 0
 
@@ -129,7 +131,7 @@ def test_payload_split_at_every_byte_boundary() -> None:
         server.receive_data(wire[i : i + 1], 0)
     events = server.events()
     assert data_of(events, 1) == b"0123456789abcdef"
-    assert events[-1] == StreamFinished(1)
+    assert events[-1] == StreamData(1, b"", True)
     assert not server.closed
 
 
@@ -161,7 +163,7 @@ def test_send_stops_at_the_window_and_grants_follow_consumption() -> None:
     update = link.server.data_to_send()
     assert update == frame(W, 0, sid, WINDOW // 2)
     link.client.receive_data(update, 0)
-    assert link.client.events() == [SendWindowIncreased(sid)]
+    assert link.client.events() == [CreditAvailable(sid)]
     assert link.client.send_window(sid) == WINDOW // 2
 
 
@@ -200,7 +202,7 @@ def test_window_update_overflow_is_a_protocol_error() -> None:
 def test_fin_carries_after_the_payload_of_its_frame() -> None:
     server = MuxSession(client=False, config=CONFIG)
     server.receive_data(frame(D, Flag.SYN | Flag.FIN, 1, 3, b"abc"), 0)
-    assert server.events() == [StreamOpened(1), DataReceived(1, b"abc"), StreamFinished(1)]
+    assert server.events() == [StreamOpened(1), StreamData(1, b"abc"), StreamData(1, b"", True)]
 
 
 # -- FIN / RST / STOP_SENDING codes ---------------------------------------------------------------
@@ -215,7 +217,7 @@ def test_reset_carries_its_code_and_ends_only_one_half(code: int) -> None:
     link.client.reset(sid, code)  # a second reset sends nothing
     assert link.client.data_to_send() == b""
     link.server.receive_data(frame(W, Flag.RST, sid, 0x100 + code), 0)
-    assert link.server.events() == [StreamReset(sid, code, whole=False)]
+    assert link.server.events() == [StreamReset(sid, code)]
     # the server's half is still open: it can send, the client receives
     assert link.server.send(sid, b"still here") == 10
     link.flush()
@@ -227,7 +229,11 @@ def test_plain_yamux_rst_kills_both_halves_with_code_reset() -> None:
     sid = client.open_stream()
     client.receive_data(frame(W, Flag.ACK, sid, 0), 0)
     client.receive_data(frame(W, Flag.RST, sid, 0), 0)
-    assert client.events() == [StreamReset(sid, Code.RESET, whole=True), StreamClosed(sid)]
+    assert client.events() == [
+        StreamReset(sid, Code.RESET),
+        StopSendingReceived(sid, Code.RESET),
+        StreamClosed(sid),
+    ]
     with pytest.raises(StreamError) as info:
         client.send(sid, b"x")
     assert info.value.code == Code.CLOSED
@@ -237,8 +243,9 @@ def test_rst_on_a_data_frame_is_plain() -> None:
     server = MuxSession(client=False, config=CONFIG)
     server.receive_data(frame(D, Flag.SYN, 1, 2, b"hi") + frame(D, Flag.RST, 1, 1, b"!"), 0)
     events = server.events()
-    assert events[:2] == [StreamOpened(1), DataReceived(1, b"hi")]
-    assert StreamReset(1, Code.RESET, whole=True) in events
+    assert events[:2] == [StreamOpened(1), StreamData(1, b"hi")]
+    assert StreamReset(1, Code.RESET) in events
+    assert StopSendingReceived(1, Code.RESET) in events
 
 
 def test_stop_sending_makes_the_peer_reset_with_the_same_code() -> None:
@@ -250,12 +257,12 @@ def test_stop_sending_makes_the_peer_reset_with_the_same_code() -> None:
     link.server.stop_sending(sid, Code.PERMISSION_DENIED)
     assert link.server.data_to_send() == frame(W, Flag.STOP_SENDING, sid, 0x10A)
     link.client.receive_data(frame(W, Flag.STOP_SENDING, sid, 0x10A), 0)
-    assert link.client.events() == [SendingStopped(sid, Code.PERMISSION_DENIED)]
+    assert link.client.events() == [StopSendingReceived(sid, Code.PERMISSION_DENIED)]
     assert link.client.data_to_send() == frame(W, Flag.RST, sid, 0x10A)
     with pytest.raises(StreamError):
         link.client.send(sid, b"more")
     link.server.receive_data(frame(W, Flag.RST, sid, 0x10A), 0)
-    assert link.server.events() == [StreamReset(sid, Code.PERMISSION_DENIED, whole=False)]
+    assert link.server.events() == [StreamReset(sid, Code.PERMISSION_DENIED)]
 
 
 def test_data_after_stop_sending_is_dropped_and_not_granted() -> None:
@@ -265,7 +272,7 @@ def test_data_after_stop_sending_is_dropped_and_not_granted() -> None:
     link.server.stop_sending(sid, 1)
     link.server.data_to_send()  # lost in flight: the client keeps sending
     link.server.receive_data(frame(D, 0, sid, 1000) + bytes(1000), 0)
-    assert not any(isinstance(e, DataReceived) for e in link.server.events())
+    assert not any(isinstance(e, StreamData) for e in link.server.events())
     link.server.consumed(sid, WINDOW)
     assert link.server.data_to_send() == b""
     assert not link.server.closed
@@ -315,7 +322,8 @@ def test_excess_streams_are_refused_with_queue_full() -> None:
     opened = [e for e in link.take("server") if isinstance(e, StreamOpened)]
     assert [e.stream_id for e in opened] == sids[:2]
     client_events = link.take("client")
-    assert StreamReset(sids[2], Code.QUEUE_FULL, whole=True) in client_events
+    assert StreamReset(sids[2], Code.QUEUE_FULL) in client_events
+    assert StopSendingReceived(sids[2], Code.QUEUE_FULL) in client_events
     assert StreamClosed(sids[2]) in client_events
     # once a stream ends on both sides, a new one fits
     link.client.close_write(sids[0])
@@ -347,7 +355,7 @@ def test_close_sends_queued_frames_before_the_go_away_and_abort_drops_them() -> 
     assert closing.client.data_to_send() == frame(D, 0, 1, 4, b"tail") + frame(G, 0, 0, 0x101)
     assert aborting.client.data_to_send() == frame(G, 0, 0, 0x101)
     assert aborting.client.events()[-1] == ConnectionTerminated(
-        Code.CANCELLED, False, "aborted locally"
+        Code.CANCELLED, "aborted locally", False
     )
 
 
@@ -359,7 +367,7 @@ def test_close_sends_go_away_with_the_code(code: int, field: int) -> None:
     link.client.close(code, "bye")
     wire = link.client.data_to_send()
     assert wire == frame(G, 0, 0, field)
-    assert link.client.events()[-1] == ConnectionTerminated(code, False, "bye")
+    assert link.client.events()[-1] == ConnectionTerminated(code, "bye", False)
     link.server.receive_data(wire, 0)
     terminated = link.server.events()[-1]
     assert isinstance(terminated, ConnectionTerminated)
@@ -475,13 +483,13 @@ def test_late_frames_for_ended_streams_are_ignored() -> None:
     assert link.client.stream_count == 0
     link.client.receive_data(frame(W, 0, sid, 100) + frame(D, 0, sid, 3, b"old"), 0)
     assert not link.client.closed
-    assert [e for e in link.client.events() if isinstance(e, DataReceived)] == []
+    assert [e for e in link.client.events() if isinstance(e, StreamData)] == []
 
 
 def test_unknown_flags_are_ignored() -> None:
     server = MuxSession(client=False, config=CONFIG)
     server.receive_data(frame(D, Flag.SYN | 0x4000, 1, 2, b"ok"), 0)
-    assert server.events() == [StreamOpened(1), DataReceived(1, b"ok")]
+    assert server.events() == [StreamOpened(1), StreamData(1, b"ok")]
 
 
 def test_ping_from_peer_is_answered_with_the_same_value() -> None:

@@ -7,18 +7,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keywire.errors import Code, ConnectionClosed, StreamError
-from keywire.mux.frame import INITIAL_WINDOW, encode_header
-from keywire.mux.session import (
+from keywire.events import (
     ConnectionTerminated,
-    DataReceived,
-    MuxConfig,
-    MuxSession,
-    SendingStopped,
+    StopSendingReceived,
     StreamClosed,
-    StreamFinished,
+    StreamData,
     StreamOpened,
     StreamReset,
 )
+from keywire.mux.frame import INITIAL_WINDOW, encode_header
+from keywire.mux.session import MuxConfig, MuxSession
 
 CONFIG = MuxConfig(
     window=INITIAL_WINDOW, max_streams=8, keepalive_interval=1.0, keepalive_timeout=1.0
@@ -140,18 +138,18 @@ class Side:
         for event in self.session.events():
             if isinstance(event, StreamOpened):
                 self.known.append(event.stream_id)
-            elif isinstance(event, DataReceived):
+            elif isinstance(event, StreamData):
+                if event.fin:
+                    self.finished.add(event.stream_id)
                 self.received.setdefault(event.stream_id, bytearray()).extend(event.data)
                 self.unconsumed[event.stream_id] = self.unconsumed.get(event.stream_id, 0) + len(
                     event.data
                 )
-            elif isinstance(event, StreamFinished):
-                self.finished.add(event.stream_id)
             elif isinstance(event, StreamReset):
                 self.reset_by_peer.add(event.stream_id)
             elif isinstance(event, ConnectionTerminated):
                 raise AssertionError(f"honest peers ended: {event}")
-            elif isinstance(event, SendingStopped):
+            elif isinstance(event, StopSendingReceived):
                 self.stopped.add(event.stream_id)
             elif isinstance(event, StreamClosed):
                 self.closed.add(event.stream_id)

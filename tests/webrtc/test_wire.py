@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keywire import events as ev
 from keywire.errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
 from keywire.kps.webrtc import frames as f
 from keywire.kps.webrtc import wire as w
@@ -23,7 +24,7 @@ class Link:
 
     def __init__(self, a: w.WireEngine, b: w.WireEngine) -> None:
         self.a, self.b = a, b
-        self.events: dict[int, list[w.Event]] = {id(a): [], id(b): []}
+        self.events: dict[int, list[ev.Event]] = {id(a): [], id(b): []}
         self.closed_channels: list[int] = []
         self.torn_down: list[w.WireEngine] = []
 
@@ -58,7 +59,7 @@ class Link:
             case w.CloseTransport():
                 self.torn_down.append(src)
 
-    def of(self, eng: w.WireEngine, kind: type) -> list[w.Event]:
+    def of(self, eng: w.WireEngine, kind: type) -> list[ev.Event]:
         return [e for e in self.events[id(eng)] if isinstance(e, kind)]
 
 
@@ -75,7 +76,7 @@ def pair(settings: w.WireSettings | None = None) -> tuple[w.WireEngine, w.WireEn
 def test_hello_exchange_completes_both() -> None:
     client, server, link = pair()
     assert client.handshake_complete and server.handshake_complete
-    assert link.of(client, w.HandshakeComplete) and link.of(server, w.HandshakeComplete)
+    assert link.of(client, ev.HandshakeCompleted) and link.of(server, ev.HandshakeCompleted)
     assert client.get_timer() == 30.0  # the HELLO deadline is gone; the idle check remains
 
 
@@ -95,18 +96,23 @@ def test_stream_echo_and_fin_retires() -> None:
     assert client.send(cs, b"hello") == 5
     client.close_write(cs)
     link.pump()
-    assert link.of(server, w.StreamOpened) == [w.StreamOpened(2)]
-    assert link.of(server, w.StreamData) == [w.StreamData(2, b"hello")]
-    assert link.of(server, w.StreamFinished) == [w.StreamFinished(2)]
+    assert link.of(server, ev.StreamOpened) == [ev.StreamOpened(2)]
+    assert link.of(server, ev.StreamData) == [
+        ev.StreamData(2, b"hello"),
+        ev.StreamData(2, b"", True),
+    ]
     ss = server.streams[2]
     server.consumed(ss, 5)
     server.send(ss, b"HELLO")
     server.close_write(ss)
     link.pump()
-    assert link.of(client, w.StreamData) == [w.StreamData(2, b"HELLO")]
+    assert link.of(client, ev.StreamData) == [
+        ev.StreamData(2, b"HELLO"),
+        ev.StreamData(2, b"", True),
+    ]
     # server is wire-complete and drained: it closes the channel and grants a stream
     assert 2 in link.closed_channels
-    assert link.of(server, w.StreamRetired) == [w.StreamRetired(2)]
+    assert link.of(server, ev.StreamClosed) == [ev.StreamClosed(2)]
     assert 2 not in server.streams and 2 not in client.streams
 
 
@@ -115,7 +121,7 @@ def test_server_streams_are_odd() -> None:
     ss = server.open_stream()
     assert ss is not None and ss.id == 3
     link.pump()
-    assert link.of(client, w.StreamOpened) == [w.StreamOpened(3)]
+    assert link.of(client, ev.StreamOpened) == [ev.StreamOpened(3)]
 
 
 def test_stream_credit_blocks_and_partial_grant() -> None:
@@ -131,7 +137,7 @@ def test_stream_credit_blocks_and_partial_grant() -> None:
     assert client.credit(cs) == 0  # below half a window: no re-advertisement yet
     server.consumed(ss, 1)
     link.pump()
-    assert link.of(client, w.CreditAvailable)
+    assert link.of(client, ev.CreditAvailable)
     assert client.credit(cs) == 500
     assert client.send(cs, bytes(600)) == 500
 
@@ -168,7 +174,7 @@ def test_max_streams_blocks_until_retired() -> None:
     sa = server.streams[a.id]
     server.close_write(sa)
     link.pump()  # server wire-complete and drained → closes channel, MAX_STREAMS 3
-    assert link.of(client, w.StreamsAvailable)
+    assert ev.CreditAvailable(None) in link.of(client, ev.CreditAvailable)
     c = client.open_stream()
     assert c is not None and c.id == a.id  # the retired id is reused
 
@@ -183,14 +189,14 @@ def test_retirement_waits_for_unread_data() -> None:
     ss = server.streams[cs.id]
     server.close_write(ss)
     link.pump()
-    assert not link.of(server, w.StreamRetired)
+    assert not link.of(server, ev.StreamClosed)
     # the client is wire-complete and drained, so it closes the channel; the server still
     # withholds the MAX_STREAMS grant until its application has read the bytes
     assert cs.id in link.closed_channels
     assert cs.id not in server.streams
     server.consumed(ss, 6)
     link.pump()
-    assert link.of(server, w.StreamRetired) == [w.StreamRetired(cs.id)]
+    assert link.of(server, ev.StreamClosed) == [ev.StreamClosed(cs.id)]
 
 
 def test_stop_sending_gets_reset_with_same_code() -> None:
@@ -203,8 +209,8 @@ def test_stop_sending_gets_reset_with_same_code() -> None:
     server.stop_sending(ss, 9)
     server.stop_sending(ss, 9)  # once only
     link.pump()
-    assert link.of(client, w.StopSendingReceived) == [w.StopSendingReceived(cs.id, 9)]
-    assert link.of(server, w.StreamReset) == [w.StreamReset(cs.id, 9)]
+    assert link.of(client, ev.StopSendingReceived) == [ev.StopSendingReceived(cs.id, 9)]
+    assert link.of(server, ev.StreamReset) == [ev.StreamReset(cs.id, 9)]
     with pytest.raises(StreamError) as err:
         client.send(cs, b"more")
     assert err.value.code == 9 and err.value.remote
@@ -236,7 +242,7 @@ def test_datagrams_and_too_large() -> None:
     client, server, link = pair()
     client.send_datagram(b"ping")
     link.pump()
-    assert link.of(server, w.DatagramReceived) == [w.DatagramReceived(b"ping")]
+    assert link.of(server, ev.DatagramReceived) == [ev.DatagramReceived(b"ping")]
     client.send_datagram(bytes(1200))
     with pytest.raises(DatagramTooLarge) as err:
         client.send_datagram(bytes(1201))
@@ -247,8 +253,8 @@ def test_close_code_reaches_peer() -> None:
     client, server, link = pair()
     client.close(6)
     link.pump()
-    (term,) = link.of(server, w.Terminated)
-    assert term.error.code == 6 and term.error.remote
+    (term,) = link.of(server, ev.ConnectionTerminated)
+    assert term.code == 6 and term.remote and term.error().remote
     assert server.closed and client.closed
 
 
@@ -271,7 +277,7 @@ def test_staged_streams_before_hello() -> None:
     server.channel_opened(2)
     server.channel_message(2, f.encode_data(b"early"))
     events = server.pop_events()
-    assert w.StreamOpened(2) in events and w.StreamData(2, b"early") in events
+    assert ev.StreamOpened(2) in events and ev.StreamData(2, b"early") in events
     assert server.streams[2].send_max == 0
     server.control_received(f.encode_hello(f.Hello(1, 777, 10_000, 5)))
     assert server.handshake_complete and server.streams[2].send_max == 777
@@ -506,9 +512,9 @@ def test_two_correct_engines_never_violate(ops: list[tuple[str, bool, int, int]]
         link.pump()
         for e in (client, server):
             for event in link.events[id(e)]:
-                if isinstance(event, w.StreamData):
+                if isinstance(event, ev.StreamData):
                     other = server if e is client else client
-                    got.setdefault((id(other), event.stream), bytearray()).extend(event.data)
+                    got.setdefault((id(other), event.stream_id), bytearray()).extend(event.data)
             link.events[id(e)].clear()
         assert not client.closed, client.error
         assert not server.closed, server.error

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Callable
 
 from ..errors import HandshakeError, IdentityError, PinMismatch
 from ..identity import decode_certhash, encode_certhash
@@ -56,6 +57,44 @@ async def dial(
     except IdentityError as exc:
         raise HandshakeError(f"kps: {exc}") from None
     ip, port = await resolve(host, port)
+    quic = GatedQuicConnection(
+        configuration=client_configuration(pin, settings), max_streams=settings.max_streams, pin=pin
+    )
+    session = KpsSession(
+        quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
+    )
+
+    def mismatch() -> Exception | None:
+        presented = quic.peer_certificate_digest()
+        if presented is not None and presented != pin:
+            return PinMismatch(certhash, encode_certhash(presented))
+        return None
+
+    remote = RemoteIdentity(certhash=certhash)
+    return await connect_client(
+        session, settings, (ip, port), address=address, remote=remote, sock=sock, failure=mismatch
+    )
+
+
+async def connect_client(
+    session: KpsSession,
+    settings: KpsSettings,
+    peer: tuple[str, int],
+    *,
+    address: str,
+    remote: RemoteIdentity,
+    sock: socket.socket | None = None,
+    failure: Callable[[], Exception | None] = lambda: None,
+    name: str = "kps",
+) -> KpsConnection:
+    """Run ``session``'s client handshake over its own UDP socket (``sock`` or a fresh one) and
+    return the connection; KPS and WebTransport dial through this.
+
+    On failure the socket is released first, then ``failure()`` (a pin mismatch, a refusal)
+    is raised if it names one, else ``HandshakeError``; ``TimeoutError`` after
+    ``handshake_timeout``.
+    """
+    ip, port = peer
     if sock is None:
         sock = bind_socket("::" if ":" in ip else "0.0.0.0", 0, dual_stack=False)
     conn: KpsConnection | None = None
@@ -65,42 +104,36 @@ async def dial(
             conn.datagrams_received(datagrams, addr)
 
     demux = await start_demux(sock, deliver)
-    quic = GatedQuicConnection(
-        configuration=client_configuration(pin, settings), max_streams=settings.max_streams, pin=pin
-    )
-    session = KpsSession(
-        quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
-    )
     conn = KpsConnection(
         session,
         demux.sendto_many,
         settings,
         address=address,
-        remote=RemoteIdentity(certhash=certhash),
+        remote=remote,
         on_finished=lambda _conn: demux.close(),
         released=demux.closed,
     )
     try:
-        conn.start_client((ip, port))
+        conn.start_client(peer)
         async with asyncio.timeout(settings.handshake_timeout):
             await asyncio.shield(conn.handshake)
     except TimeoutError:
         conn.abort(4, "handshake timeout")
         await _release(demux)
         raise TimeoutError(
-            f"kps handshake with {ip}:{port} timed out after {settings.handshake_timeout:g} s"
+            f"{name} handshake with {ip}:{port} timed out after {settings.handshake_timeout:g} s"
         ) from None
     except BaseException as exc:
-        presented = quic.peer_certificate_digest()
         if isinstance(exc, asyncio.CancelledError):
             with contextlib.suppress(Exception):
                 conn.abort(1, "dial cancelled")
             demux.close()
             raise
         await _release(demux)
-        if presented is not None and presented != pin:
-            raise PinMismatch(certhash, encode_certhash(presented)) from None
-        raise HandshakeError(f"kps handshake with {ip}:{port} failed: {exc}") from None
+        reason = failure()
+        if reason is not None:
+            raise reason from None
+        raise HandshakeError(f"{name} handshake with {ip}:{port} failed: {exc}") from None
     return conn
 
 

@@ -25,19 +25,20 @@ if TYPE_CHECKING:
     from .webrtc.server import WebRTCListener
 
 
-def _host(parts: tuple[str, ...]) -> str:
+def host_of(parts: tuple[str, ...]) -> str:
+    """The host of an address whose IPv6 literal was split at its colons (WebTransport too)."""
     host = ":".join(parts)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return "::" if host == ":" else host
 
 
-def _port(section: Section, text: str, *, allow_zero: bool) -> int:
+def port_of(section: Section, text: str, *, allow_zero: bool, at: int | None = None) -> int:
+    """``text`` as a port, else an ``AddressError`` pointing at ``at`` (default: ``text``)."""
     low = 0 if allow_zero else 1
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= 65535:
-        raise AddressError(
-            str(section), len(str(section)) - len(text), f"a decimal port from {low} to 65535"
-        )
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not low <= int(text) <= 65535:
+        where = len(str(section)) - len(text) if at is None else at
+        raise AddressError(str(section), where, f"a decimal port from {low} to 65535")
     return int(text)
 
 
@@ -46,8 +47,8 @@ def dial_target(section: Section) -> tuple[str, int, str]:
     if len(section.args) < 3:
         raise AddressError(str(section), len(section.name), "':HOST:PORT:CERTHASH' after 'kps'")
     return (
-        _host(section.args[:-2]),
-        _port(section, section.args[-2], allow_zero=False),
+        host_of(section.args[:-2]),
+        port_of(section, section.args[-2], allow_zero=False),
         section.args[-1],
     )
 
@@ -56,10 +57,10 @@ def listen_target(section: Section) -> tuple[str, int, str | None]:
     """``(host, port, certhash or None)`` of a listen spec (port 0 picks one)."""
     args = section.args
     if len(args) >= 3 and args[-1].startswith("u") and len(args[-1]) == 47:
-        return _host(args[:-2]), _port(section, args[-2], allow_zero=True), args[-1]
+        return host_of(args[:-2]), port_of(section, args[-2], allow_zero=True), args[-1]
     if len(args) < 2:
         raise AddressError(str(section), len(section.name), "':HOST:PORT' after 'kps'")
-    return _host(args[:-1]), _port(section, args[-1], allow_zero=True), None
+    return host_of(args[:-1]), port_of(section, args[-1], allow_zero=True), None
 
 
 def kps_section(host: str, port: int, certhash: str) -> Section:

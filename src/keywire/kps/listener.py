@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from qh3.quic.configuration import QuicConfiguration
 
@@ -32,7 +33,7 @@ from ..stream import RemoteIdentity
 from .budget import ReceiveBudget
 from .connection import KpsConnection
 from .probe import ProbeAnsweringQuicConnection
-from .quic import CID_LENGTH, server_configuration
+from .quic import CID_LENGTH, GatedQuicConnection, server_configuration
 from .reclaim import Reclaimer
 from .retry import RetryTokens
 from .router import Action, Decision, QuicRouter
@@ -58,6 +59,9 @@ RECLAIM_TRACKED = 256 << 10
 
 class KpsListener:
     """Serves KPS over QUIC on one UDP port; ``start`` binds, ``close`` stops everything."""
+
+    #: the session core each connection gets (WebTransport's adds its HTTP/3 layer)
+    session_class: type[KpsSession] = KpsSession
 
     def __init__(
         self, identity: Identity, settings: KpsSettings, on_connection: OnConnection
@@ -166,15 +170,19 @@ class KpsListener:
         return config
 
     def _new_session(self, decision: Decision, settings: KpsSettings) -> KpsSession:
-        quic = ProbeAnsweringQuicConnection(
+        quic = self._new_quic(
             configuration=self._config_for(settings),
             original_destination_connection_id=decision.original_dcid or decision.dcid,
             retry_source_connection_id=decision.retry_scid,
             max_streams=settings.max_streams,
         )
-        return KpsSession(
+        return self.session_class(
             quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
         )
+
+    def _new_quic(self, **options: Any) -> GatedQuicConnection:
+        """The server-side QUIC core of a new connection (a subclass adds its own options)."""
+        return ProbeAnsweringQuicConnection(**options)
 
     def _accept(self, data: bytes, addr: Address, decision: Decision) -> None:
         dcid = decision.dcid

@@ -75,7 +75,7 @@ class KpsSettings:
         }
         known = {f.name: f for f in fields(cls)}
         values.update(read_settings(options, PREFIX, known))
-        return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+        return cls(**{k: coerce_number(k, known[k].type, v) for k, v in values.items()})
 
     def __post_init__(self) -> None:
         positive = (
@@ -104,18 +104,19 @@ class KpsSettings:
             raise ValueError("kps.max_streams is above QUIC's limit of 2^60")
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
-    """Accept numbers given as text (CLI ``--set kps.idle_timeout=5``); reject anything else."""
+def coerce_number(name: str, kind: Any, value: Any, prefix: str = PREFIX) -> Any:
+    """Accept numbers given as text (CLI ``--set kps.idle_timeout=5``) for a field of type
+    ``kind``; reject anything else naming ``prefix + name`` (WebTransport shares this)."""
     target = float if kind in (float, "float") else int
     if isinstance(value, bool):
-        raise ValueError(f"kps.{name} must be a number, got {value!r}")
+        raise ValueError(f"{prefix}{name} must be a number, got {value!r}")
     if isinstance(value, (int, float)):
         if target is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"kps.{name} must be a whole number, got {value!r}")
+            raise ValueError(f"{prefix}{name} must be a whole number, got {value!r}")
         return target(value)
     if isinstance(value, str):
         try:
             return target(value)
         except ValueError:
             pass
-    raise ValueError(f"kps.{name} must be a number, got {value!r}")
+    raise ValueError(f"{prefix}{name} must be a number, got {value!r}")

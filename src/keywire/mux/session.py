@@ -27,12 +27,11 @@ Keywire's meaning of the yamux frames (see docs/mux.md for the wire details):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import events as ev
-from ..errors import Code, ConnectionClosed, StreamError
+from ..errors import Code, StreamError
 
 if TYPE_CHECKING:
     from ..core import ByteCore
@@ -113,102 +112,6 @@ class MuxConfig:
         return self.max_window > self.window
 
 
-# -- events -------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StreamOpened:
-    """The peer opened a stream (already acknowledged; hand it to ``accept``)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    stream_id: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFinished:
-    """The peer sent FIN: after the data already delivered, the read side is at EOF."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReset:
-    """The peer reset its sending half with ``code``; ``whole``: our sending half died too."""
-
-    stream_id: int
-    code: int
-    whole: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SendingStopped:
-    """The peer asked us to stop sending; the session already reset our half with ``code``."""
-
-    stream_id: int
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendWindowIncreased:
-    """The peer granted credit: a writer waiting on this stream can go on."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamClosed:
-    """Both halves ended; the session forgot the stream (a slot for a new one is free)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionTerminated:
-    """The session is over: GoAway sent or received, a protocol error, a dead pipe, a timeout."""
-
-    code: int
-    remote: bool
-    reason: str
-
-    def error(self) -> ConnectionClosed:
-        return ConnectionClosed(self.code, self.reason, remote=self.remote)
-
-
-Event = (
-    StreamOpened
-    | DataReceived
-    | StreamFinished
-    | StreamReset
-    | SendingStopped
-    | SendWindowIncreased
-    | StreamClosed
-    | ConnectionTerminated
-)
-
-
-def _reset(e: StreamReset) -> tuple[ev.Event, ...]:
-    """A plain RST ends both halves: the shared vocabulary says so with two events."""
-    if e.whole:
-        return ev.StreamReset(e.stream_id, e.code), ev.StopSendingReceived(e.stream_id, e.code)
-    return (ev.StreamReset(e.stream_id, e.code),)
-
-
-#: each session event in the shared vocabulary (``next_event``)
-_SHARED: dict[type, Callable[[Any], tuple[ev.Event, ...]]] = {
-    DataReceived: lambda e: (ev.StreamData(e.stream_id, e.data),),
-    SendWindowIncreased: lambda e: (ev.CreditAvailable(e.stream_id),),
-    StreamFinished: lambda e: (ev.StreamData(e.stream_id, b"", True),),
-    StreamReset: _reset,
-    SendingStopped: lambda e: (ev.StopSendingReceived(e.stream_id, e.code),),
-    StreamOpened: lambda e: (ev.StreamOpened(e.stream_id),),
-    StreamClosed: lambda e: (ev.StreamClosed(e.stream_id),),
-    ConnectionTerminated: lambda e: (ev.ConnectionTerminated(e.code, e.reason, e.remote),),
-}
-
-
 class _StreamState:
     """Per-stream accounting. ``recv_window`` is the credit the peer still holds."""
 
@@ -266,9 +169,8 @@ class MuxSession:
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._control = 0
-        self._events: list[Event] = []
-        self._shared: deque[ev.Event] = deque()
-        self._terminated: ConnectionTerminated | None = None
+        self._events: deque[ev.Event] = deque()
+        self._terminated: ev.ConnectionTerminated | None = None
         self._now = now
         # keep-alive
         interval = self.config.keepalive_interval
@@ -286,7 +188,7 @@ class MuxSession:
         return self._terminated is not None
 
     @property
-    def terminated(self) -> ConnectionTerminated | None:
+    def terminated(self) -> ev.ConnectionTerminated | None:
         return self._terminated
 
     def can_open_stream(self) -> bool:
@@ -335,21 +237,15 @@ class MuxSession:
         self._control = 0
         return data
 
-    def events(self) -> list[Event]:
-        """Every event since the last call, in this module's own classes."""
-        events, self._events = self._events, []
+    def events(self) -> list[ev.Event]:
+        """Every event since the last call (``next_event`` one at a time; use one of them)."""
+        events = list(self._events)
+        self._events.clear()
         return events
 
     def next_event(self) -> ev.Event | None:
-        """The next event in the shared vocabulary (``keywire.events``); use this or
-        ``events()``, not both."""
-        shared = self._shared
-        if not shared:
-            if not self._events:
-                return None
-            for event in self.events():
-                shared.extend(_SHARED[type(event)](event))
-        return shared.popleft()
+        """The oldest unreported event (``keywire.events``), None when there is none."""
+        return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
         """``next_deadline`` under the name every core uses (``keywire.core.Core``)."""
@@ -565,7 +461,7 @@ class MuxSession:
                 st = self._payload_stream
                 if st is not None and self._payload_deliver:
                     chunk = data if n == end else bytes(view[pos : pos + n])
-                    self._events.append(DataReceived(st.id, chunk))
+                    self._events.append(ev.StreamData(st.id, chunk))
                 pos += n
                 self._payload_left = left - n
                 if self._payload_left == 0 and st is not None:
@@ -607,7 +503,7 @@ class MuxSession:
             opened = _StreamState(stream_id, local=False, window=self.config.window, now=self._now)
             self._add_stream(opened)
             self._answer(_WINDOW, _ACK, stream_id, self.config.window - INITIAL_WINDOW)
-            self._events.append(StreamOpened(stream_id))
+            self._events.append(ev.StreamOpened(stream_id))
             return opened
         st = self._streams.get(stream_id)
         if st is None:
@@ -661,7 +557,7 @@ class MuxSession:
                 raise MuxProtocolError(f"stream {stream_id}: window update overflows to {window}")
             st.send_window = window
             if not st.send_closed:
-                self._events.append(SendWindowIncreased(stream_id))
+                self._events.append(ev.CreditAvailable(stream_id))
         if flags & _FIN:
             self._end_flags(st, _FIN, None)
         else:
@@ -672,7 +568,7 @@ class MuxSession:
             return
         st.send_closed = True
         self._answer(_WINDOW, _RST, st.id, field)
-        self._events.append(SendingStopped(st.id, code))
+        self._events.append(ev.StopSendingReceived(st.id, code))
 
     def _end_flags(self, st: _StreamState, flags: int, rst_field: int | None) -> None:
         """FIN and RST, after any payload of the frame that carried them."""
@@ -680,14 +576,17 @@ class MuxSession:
             if st.recv_closed:
                 raise MuxProtocolError(f"stream {st.id}: FIN after the peer's half had ended")
             st.recv_closed = True
-            self._events.append(StreamFinished(st.id))
+            self._events.append(ev.StreamData(st.id, b"", True))
         if flags & _RST:
             coded = None if rst_field is None else decode_code(rst_field)
             whole = coded is None or not st.acked
             st.recv_closed = True
             if whole:
                 st.send_closed = True
-            self._events.append(StreamReset(st.id, Code.RESET if coded is None else coded, whole))
+            code = Code.RESET if coded is None else coded
+            self._events.append(ev.StreamReset(st.id, code))
+            if whole:  # a plain RST (or a refused stream) ends our sending half too
+                self._events.append(ev.StopSendingReceived(st.id, code))
         self._forget_if_done(st)
 
     def _add_stream(self, st: _StreamState) -> None:
@@ -705,7 +604,7 @@ class MuxSession:
                 self._outbound -= 1
             else:
                 self._inbound -= 1
-            self._events.append(StreamClosed(st.id))
+            self._events.append(ev.StreamClosed(st.id))
 
     def _on_ping(self, flags: int, stream_id: int, value: int) -> None:
         if stream_id != 0:
@@ -732,7 +631,7 @@ class MuxSession:
             return
         if go_away:
             self._frame(_GO_AWAY, 0, 0, encode_go_away(code))
-        self._terminated = ConnectionTerminated(code, remote, reason)
+        self._terminated = ev.ConnectionTerminated(code, reason, remote)
         self._streams.clear()
         self._inbound = self._outbound = self._windows_total = 0
         self._payload_left = 0

@@ -45,6 +45,13 @@ def _check_section(section: Section) -> None:
         raise KeywireError(f"the mux section takes no arguments, got {str(section)!r}")
 
 
+def _connection(
+    pipe: Pipe, section: Section, options: Options, address: str, *, client: bool
+) -> MuxConnection:
+    _check_section(section)
+    return MuxConnection(pipe, client=client, config=config_from_options(options), address=address)
+
+
 class MuxTransform(Transform):
     """Wraps a pipe into a ``MuxConnection``; the dialer is the yamux client."""
 
@@ -53,18 +60,12 @@ class MuxTransform(Transform):
     async def client(
         self, pipe: Pipe, section: Section, options: Options, address: str
     ) -> Pipe | Connection:
-        _check_section(section)
-        return MuxConnection(
-            pipe, client=True, config=config_from_options(options), address=address
-        )
+        return _connection(pipe, section, options, address, client=True)
 
     async def server(
         self, pipe: Pipe, section: Section, options: Options, address: str
     ) -> Pipe | Connection:
-        _check_section(section)
-        return MuxConnection(
-            pipe, client=False, config=config_from_options(options), address=address
-        )
+        return _connection(pipe, section, options, address, client=False)
 
     def announce(self, section: Section, options: Options) -> Section:
         return Section("mux")

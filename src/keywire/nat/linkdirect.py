@@ -238,6 +238,25 @@ def _watch_down(
 # -- the client ---------------------------------------------------------------------------------
 
 
+def _either_side(
+    op: str, n: int, body: dict[str, Any], stream: EnvelopeStream | None, conn: PathConnection
+) -> bool:
+    """The envelopes both ends handle alike: punch bytes for the running exchange, and the
+    peer's word that the direct path is gone. True if ``op`` was one of them."""
+    if op == "punch":
+        if stream is not None and stream.n == n:
+            try:
+                stream.feed(_unb64(body.get("d")))
+            except PunchError as exc:
+                stream.buffer.fail(exc)
+        return True
+    if op == "down":
+        if conn.direct is not None:
+            conn.direct.abort(Code.CANCELLED, "the peer lost the direct path")
+        return True
+    return False
+
+
 class _ClientSide:
     def __init__(self, pipe: LinkPipe, conn: PathConnection, s: DirectSettings) -> None:
         self.pipe, self.conn, self.s = pipe, conn, s
@@ -250,16 +269,9 @@ class _ClientSide:
         if body is None:
             return
         op, n = body["op"], body["n"]
-        if op == "punch" and self.stream is not None and self.stream.n == n:
-            try:
-                self.stream.feed(_unb64(body.get("d")))
-            except PunchError as exc:
-                self.stream.buffer.fail(exc)
-        elif op == "down":
-            direct = self.conn.direct
-            if direct is not None:
-                direct.abort(Code.CANCELLED, "the peer lost the direct path")
-        elif op in ("ready", "no") and not self.inbox.full():
+        if _either_side(op, n, body, self.stream, self.conn):
+            return
+        if op in ("ready", "no") and not self.inbox.full():
             self.inbox.put_nowait(body)
 
     async def run(self) -> None:
@@ -361,16 +373,9 @@ class _HostSession:
         if body is None:
             return
         op, n = body["op"], body["n"]
-        if op == "punch" and self.stream is not None and self.stream.n == n:
-            try:
-                self.stream.feed(_unb64(body.get("d")))
-            except PunchError as exc:
-                self.stream.buffer.fail(exc)
-        elif op == "down":
-            direct = self.conn.direct
-            if direct is not None:
-                direct.abort(Code.CANCELLED, "the peer lost the direct path")
-        elif op == "hello" and (self.task is None or self.task.done()):
+        if _either_side(op, n, body, self.stream, self.conn):
+            return
+        if op == "hello" and (self.task is None or self.task.done()):
             self.task = asyncio.get_running_loop().create_task(self._exchange(n))
             self.task.add_done_callback(_quiet)
 

@@ -13,9 +13,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 
-from ..errors import Code, ConnectionClosed, StreamError
-from ..pipe import OneStreamConnection
-from ..stream import ReceiveBuffer, RemoteIdentity, Stream, task_future
+from ..errors import Code, ConnectionClosed, StreamError, UnsupportedError
+from ..stream import Connection, ReceiveBuffer, RemoteIdentity, Stream, task_future
 from .backends import StoreBackend, StoreFull, StoreRefused, ValueTooLarge
 from .capability import SIGNATURE_SIZE, CapabilityError, FrameSigner
 from .core import StoreCore
@@ -406,6 +405,66 @@ class StoreStream(Stream):
             else:
                 self._core.get_failed(op, reason, loop.time())
         self._wake.set()
+
+
+class OneStreamConnection(Connection):
+    """A connection that carries exactly one stream (moved here from ``keywire.pipe``: the
+    store is its last user until it runs on ``keywire.shell.OneStreamConnection``).
+
+    Whichever of ``open_stream`` / ``accept_stream`` is called first gets the stream; a second
+    ``open_stream`` is unsupported and a second ``accept_stream`` waits for the end, since no
+    other stream will come. ``ended`` is set when the stream (and so the connection) is over.
+    """
+
+    #: how errors name a connection without an address, what they advise, how a wait ends
+    _unnamed = "this chain"
+    _advice = ""
+    _ended_text = "stream ended"
+
+    def __init__(self, stream: Stream, ended: asyncio.Event, address: str) -> None:
+        self._one = stream
+        self._ended = ended
+        self.address = address
+        self._taken = False
+        self._closed: ConnectionClosed | None = None
+
+    def _take(self) -> Stream:
+        ended = self.close_error  # a local close, or the stream (so the connection) is over
+        if ended is not None:
+            raise ended
+        if self._taken:
+            raise UnsupportedError(
+                f"{self.address or self._unnamed} carries one stream{self._advice}"
+            )
+        self._taken = True
+        return self._one
+
+    async def open_stream(self) -> Stream:
+        return self._take()
+
+    async def accept_stream(self) -> Stream:
+        if self._taken:
+            await self._ended.wait()
+            raise self._closed or ConnectionClosed(Code.NONE, self._ended_text)
+        return self._take()
+
+    def _natural_end(self) -> ConnectionClosed:
+        """How the connection ended when nobody closed it: its stream finished."""
+        return ConnectionClosed(Code.NONE, "stream ended")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None or self._ended.is_set()
+
+    @property
+    def close_error(self) -> ConnectionClosed | None:
+        if self._closed is None and self._ended.is_set():
+            return self._natural_end()
+        return self._closed
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await self._ended.wait()
+        return self.close_error or ConnectionClosed(Code.NONE)
 
 
 class StoreConnection(OneStreamConnection):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..address import Section
 from ..errors import AddressError, IdentityError
 from ..identity import decode_certhash
+from ..kps.handler import host_of, port_of
 
 NAME = "webtransport"
 MAX_HASHES = 4
@@ -46,20 +47,6 @@ class WtTarget:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}/keywire"
-
-
-def _host(parts: tuple[str, ...]) -> str:
-    host = ":".join(parts)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return "::" if host == ":" else host
-
-
-def _port(section: Section, text: str, *, allow_zero: bool) -> int:
-    low = 0 if allow_zero else 1
-    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not low <= int(text) <= 65535:
-        raise AddressError(str(section), len(NAME) + 1, f"a decimal port from {low} to 65535")
-    return int(text)
 
 
 def decode_key(section: Section, text: str) -> bytes:
@@ -89,14 +76,16 @@ def dial_target(section: Section) -> WtTarget:
         except IdentityError as exc:
             raise AddressError(str(section), len(NAME) + 1, str(exc)) from None
     key = decode_key(section, args[-1])
-    port = _port(section, args[-2], allow_zero=False)
-    return WtTarget(_host(args[:-2]), port, key, tuple(hashes))
+    port = port_of(section, args[-2], allow_zero=False, at=len(NAME) + 1)
+    return WtTarget(host_of(args[:-2]), port, key, tuple(hashes))
 
 
 def listen_target(section: Section) -> tuple[str, int]:
     if len(section.args) < 2:
         raise AddressError(str(section), len(NAME), "':HOST:PORT' after 'webtransport'")
-    return _host(section.args[:-1]), _port(section, section.args[-1], allow_zero=True)
+    return host_of(section.args[:-1]), port_of(
+        section, section.args[-1], allow_zero=True, at=len(NAME) + 1
+    )
 
 
 def wt_section(host: str, port: int, public_key: bytes, certhashes: tuple[str, ...]) -> Section:

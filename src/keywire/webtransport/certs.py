@@ -22,17 +22,16 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import IdentityError
-from ..identity import Identity, encode_certhash
+from ..identity import Identity, build_certificate, encode_certhash
 from .binding import CertBinding, sign_binding
 
 log = logging.getLogger("keywire.webtransport")
@@ -87,22 +86,8 @@ def make_wt_certificate(identity: Identity, now: dt.datetime) -> WtCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
     not_before = now.replace(microsecond=0) - BACKDATE
     not_after = not_before + LIFETIME
-    empty = x509.Name([])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(empty)
-        .issuer_name(empty)
-        .public_key(key.public_key())
-        .serial_number(secrets.randbits(127) | 1)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
+    server = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    der = build_certificate(key, not_before, not_after, (server, False))
     binding = sign_binding(
         identity.ed25519_key,
         hashlib.sha256(der).digest(),

@@ -3,8 +3,6 @@ an HTTP/3 extended CONNECT, and the identity binding checked before any stream i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import ssl
@@ -14,13 +12,12 @@ from typing import Any
 from qh3 import tls
 from qh3.quic.configuration import QuicConfiguration
 
-from ..errors import HandshakeError, PinMismatch
+from ..errors import PinMismatch
 from ..identity import encode_certhash
 from ..kps.connection import KpsConnection
-from ..kps.dialer import resolve
+from ..kps.dialer import connect_client, resolve
 from ..kps.quic import _common
 from ..kps.settings import KpsSettings
-from ..kps.udp import DatagramDemux, bind_socket, start_demux
 from ..stream import RemoteIdentity
 from .adapter import CLOSE_LINGER, WebTransportQuic, WebTransportSession
 from .address import WtTarget
@@ -66,14 +63,6 @@ async def dial_webtransport(
     (certificate not vouched for by the address's identity key), ``TimeoutError`` or
     ``HandshakeError``."""
     ip, port = await resolve(target.host, target.port)
-    sock = bind_socket("::" if ":" in ip else "0.0.0.0", 0, dual_stack=False)
-    conn: KpsConnection | None = None
-
-    def deliver(datagrams: list[bytes], addr: tuple[object, ...]) -> None:
-        if conn is not None:
-            conn.datagrams_received(datagrams, addr)
-
-    demux = await start_demux(sock, deliver)
     quic: _PinnedQuic | None = None
 
     def verify(record: bytes) -> None:
@@ -102,43 +91,23 @@ async def dial_webtransport(
     session = WebTransportSession(
         quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
     )
-    conn = KpsConnection(
-        session,
-        demux.sendto_many,
-        settings,
-        address=address,
-        remote=RemoteIdentity(public_key=target.public_key, certhash=target.certhashes[0]),
-        on_finished=lambda _conn: demux.close(),
-        released=demux.closed,
-    )
-    try:
-        conn.start_client((ip, port))
-        async with asyncio.timeout(settings.handshake_timeout):
-            await asyncio.shield(conn.handshake)
-    except TimeoutError:
-        conn.abort(4, "handshake timeout")
-        await _release(demux)
-        raise TimeoutError(
-            f"webtransport handshake with {ip}:{port} timed out after "
-            f"{settings.handshake_timeout:g} s"
-        ) from None
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            with contextlib.suppress(Exception):
-                conn.abort(1, "dial cancelled")
-            demux.close()
-            raise
-        await _release(demux)
+
+    def failure() -> Exception | None:
+        assert quic is not None
         presented = quic.presented_digest
         if presented is not None and presented not in target.digests:
-            raise PinMismatch(target.certhashes[0], encode_certhash(presented)) from None
+            return PinMismatch(target.certhashes[0], encode_certhash(presented))
         if quic.refusal is not None:
-            raise type(quic.refusal)(str(quic.refusal)) from None
-        raise HandshakeError(f"webtransport handshake with {ip}:{port} failed: {exc}") from None
-    return conn
+            return type(quic.refusal)(str(quic.refusal))
+        return None
 
-
-async def _release(demux: DatagramDemux) -> None:
-    demux.close()
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(demux.closed), 1.0)
+    remote = RemoteIdentity(public_key=target.public_key, certhash=target.certhashes[0])
+    return await connect_client(
+        session,
+        settings,
+        (ip, port),
+        address=address,
+        remote=remote,
+        failure=failure,
+        name="webtransport",
+    )

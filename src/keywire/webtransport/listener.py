@@ -9,6 +9,7 @@ without a restart).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from qh3 import tls
 from qh3._hazmat import Certificate
@@ -17,9 +18,7 @@ from qh3.quic.configuration import QuicConfiguration
 from ..identity import Identity
 from ..kps.connection import KpsConnection
 from ..kps.listener import KpsListener, OnConnection
-from ..kps.quic import server_configuration
-from ..kps.router import Decision
-from ..kps.session import KpsSession
+from ..kps.quic import GatedQuicConnection, server_configuration
 from ..kps.settings import KpsSettings
 from .adapter import CLOSE_LINGER, WebTransportQuic, WebTransportSession
 from .binding import encode_record
@@ -28,6 +27,8 @@ from .certs import CertStore
 
 class WebTransportListener(KpsListener):
     """Serves one WebTransport session per QUIC connection on its own UDP port."""
+
+    session_class = WebTransportSession
 
     def __init__(
         self,
@@ -56,18 +57,9 @@ class WebTransportListener(KpsListener):
             self._wt_configs[key] = config
         return config
 
-    def _new_session(self, decision: Decision, settings: KpsSettings) -> KpsSession:
-        quic = WebTransportQuic(
-            configuration=self._config_for(settings),
-            original_destination_connection_id=decision.original_dcid or decision.dcid,
-            retry_source_connection_id=decision.retry_scid,
-            max_streams=settings.max_streams,
-            record=encode_record(self.certs.bindings()),
-            close_linger=self.close_linger,
-        )
-        return WebTransportSession(
-            quic, connection_window=settings.connection_window, max_backlog=settings.max_streams
-        )
+    def _new_quic(self, **options: Any) -> GatedQuicConnection:
+        record = encode_record(self.certs.bindings())
+        return WebTransportQuic(record=record, close_linger=self.close_linger, **options)
 
     def _on_finished(self, conn: KpsConnection) -> None:
         super()._on_finished(conn)

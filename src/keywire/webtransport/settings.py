@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..kps.settings import KpsSettings
+from ..kps.settings import KpsSettings, coerce_number
 from ..options import Options, read_settings
 
 PREFIX = "webtransport."
@@ -43,36 +43,22 @@ class WtSettings:
     def from_options(cls, options: Options) -> WtSettings:
         """Defaults, then the shared ``Options`` fields, then ``webtransport.*`` in ``extra``."""
         given = read_settings(options, PREFIX, KNOWN)
-        linger = _number("close_linger", float, given.pop("close_linger", CLOSE_LINGER))
+        linger = coerce_number(
+            "close_linger", float, given.pop("close_linger", CLOSE_LINGER), PREFIX
+        )
         kinds = {f.name: f.type for f in fields(KpsSettings)}
         values: dict[str, Any] = {
             "handshake_timeout": options.handshake_timeout,
             "max_connections": options.max_connections,
         }
         for name, value in given.items():
-            values[name] = _number(name, float if kinds[name] in (float, "float") else int, value)
+            values[name] = coerce_number(name, kinds[name], value, PREFIX)
         try:
             quic = KpsSettings(**values)
         except ValueError as exc:
             # KpsSettings names its own prefix; the key the user wrote is ours
             raise ValueError(str(exc).replace("kps.", PREFIX)) from None
         return cls(quic, linger)
-
-
-def _number(name: str, target: type, value: Any) -> Any:
-    """Numbers, or numbers written as text (``--set webtransport.idle_timeout=5``)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{PREFIX}{name} must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        if target is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{PREFIX}{name} must be a whole number, got {value!r}")
-        return target(value)
-    if isinstance(value, str):
-        try:
-            return target(value)
-        except ValueError:
-            pass
-    raise ValueError(f"{PREFIX}{name} must be a number, got {value!r}")
 
 
 __all__ = ["CLOSE_LINGER", "KNOWN", "NAME", "PREFIX", "WtSettings"]

@@ -1,8 +1,9 @@
 """The WebRTC adapter: ``WireEngine`` over data channels (``PeerLink``), driven by the shared shell.
 
 All protocol decisions are the engine's and all waiting, buffering and closing the shell's
-(``keywire.shell``); this file feeds the channel layer's events to the engine, carries out the
-engine's actions on the channels, and translates its events. The server and the dialer share it.
+(``keywire.shell``); this file feeds the channel layer's events to the engine and carries out the
+engine's actions on the channels (the engine speaks ``keywire.events`` itself). The server and
+the dialer share it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ... import events as ev
 from ...adapter import BaseAdapter
-from ...errors import Code, ConnectionClosed, StreamError
+from ...errors import Code, StreamError
 from ...shell import CoreConnection, CoreStream
 from ...stream import RemoteIdentity
 from . import wire as w
@@ -70,35 +71,10 @@ class WebRTCAdapter(BaseAdapter):
 
     # -- the engine's output -----------------------------------------------------------------
     def next_event(self) -> ev.Event | None:
-        if not self.events:
-            self.transmit()  # actions first, as the engine queued them (a flushing teardown)
-            for event in self.engine.pop_events():
-                self._translate(event)
-        return self.events.popleft() if self.events else None
-
-    def _translate(self, event: w.Event) -> None:
-        add = self.events.append
-        match event:
-            case w.StreamOpened(channel):
-                add(ev.StreamOpened(channel))
-            case w.StreamData(channel, data):
-                add(ev.StreamData(channel, data))
-            case w.StreamFinished(channel):
-                add(ev.StreamData(channel, b"", True))
-            case w.StreamReset(channel, code):
-                add(ev.StreamReset(channel, code))
-            case w.StopSendingReceived(channel, code):
-                add(ev.StopSendingReceived(channel, code))
-            case w.CreditAvailable(channel):
-                add(ev.CreditAvailable(channel))
-            case w.StreamRetired(channel):
-                add(ev.StreamClosed(channel))
-            case w.DatagramReceived(data):
-                add(ev.DatagramReceived(data))
-            case w.HandshakeComplete():
-                add(ev.HandshakeCompleted())
-            case w.Terminated(error):
-                add(ev.ConnectionTerminated(error.wire_code, _reason(error), error.remote))
+        if self.events:
+            return self.events.popleft()
+        self.transmit()  # actions first, as the engine queued them (a flushing teardown)
+        return self.engine.next_event()
 
     def transmit(self) -> None:
         link = self.link
@@ -219,12 +195,6 @@ def _u32(code: int) -> int:
     if not 0 <= code <= 0xFFFFFFFF:
         raise ValueError(f"error code {code} is outside 0..{0xFFFFFFFF}")
     return code
-
-
-def _reason(error: ConnectionClosed) -> str:
-    """The message of ``error`` without the code label its text starts with."""
-    text, sep, reason = str(error).partition("): ")
-    return reason if sep and text.endswith(("local", "peer")) else ""
 
 
 async def _quietly(teardown: asyncio.Task[None]) -> None:

@@ -14,8 +14,10 @@ SPEC §6 requires: there is no "ignore and hope" path for a misbehaving peer.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
+from ... import events as ev
 from ...errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
 from . import frames as f
 
@@ -92,90 +94,14 @@ class CloseTransport:
 Action = SendMessage | OpenChannel | CloseChannel | SendDatagram | CloseTransport
 
 
-# -- outputs for the application shell ---------------------------------------------------------
+# -- outputs for the application shell: the shared vocabulary (``keywire.events``) ----------
 
 
-@dataclass(frozen=True)
-class HandshakeComplete:
-    pass
-
-
-@dataclass(frozen=True)
-class StreamOpened:
-    """The peer opened stream ``stream``."""
-
-    stream: int
-
-
-@dataclass(frozen=True)
-class StreamData:
-    stream: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StreamFinished:
-    """The peer sent FIN: reads reach EOF after the data already delivered."""
-
-    stream: int
-
-
-@dataclass(frozen=True)
-class StreamReset:
-    stream: int
-    code: int
-
-
-@dataclass(frozen=True)
-class StopSendingReceived:
-    """The peer asked us to stop; our writes fail with ``code``."""
-
-    stream: int
-    code: int
-
-
-@dataclass(frozen=True)
-class CreditAvailable:
-    """Stream ``stream`` (or every stream, if None) may be able to send again."""
-
-    stream: int | None
-
-
-@dataclass(frozen=True)
-class StreamsAvailable:
-    """The peer raised MAX_STREAMS: a blocked ``open_stream`` may retry."""
-
-
-@dataclass(frozen=True)
-class StreamRetired:
-    stream: int
-
-
-@dataclass(frozen=True)
-class DatagramReceived:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Terminated:
-    """The connection ended; ``error`` says who ended it and why."""
-
-    error: ConnectionClosed
-
-
-Event = (
-    HandshakeComplete
-    | StreamOpened
-    | StreamData
-    | StreamFinished
-    | StreamReset
-    | StopSendingReceived
-    | CreditAvailable
-    | StreamsAvailable
-    | StreamRetired
-    | DatagramReceived
-    | Terminated
-)
+def _terminated(error: ConnectionClosed) -> ev.ConnectionTerminated:
+    """``error`` as the shared event (its text without the code label it starts with)."""
+    text, sep, reason = str(error).partition("): ")
+    reason = reason if sep and text.endswith(("local", "peer")) else ""
+    return ev.ConnectionTerminated(error.wire_code, reason, error.remote)
 
 
 @dataclass
@@ -219,7 +145,7 @@ class WireEngine:
         self.is_client = is_client
         self.settings = settings or WireSettings()
         self._actions: list[Action] = []
-        self._events: list[Event] = []
+        self._events: deque[ev.Event] = deque()
         self.streams: dict[int, WireStream] = {}
         self.hello_sent = False
         self.hello_received = False
@@ -250,8 +176,14 @@ class WireEngine:
         out, self._actions = self._actions, []
         return out
 
-    def pop_events(self) -> list[Event]:
-        out, self._events = self._events, []
+    def next_event(self) -> ev.Event | None:
+        """The oldest unreported event (``keywire.events``), None when there is none."""
+        return self._events.popleft() if self._events else None
+
+    def pop_events(self) -> list[ev.Event]:
+        """Every unreported event at once (``next_event`` one at a time; use one of them)."""
+        out = list(self._events)
+        self._events.clear()
         return out
 
     def get_timer(self) -> float | None:
@@ -306,10 +238,10 @@ class WireEngine:
         if isinstance(msg, f.MaxData):
             if msg.maximum > self._send_max:
                 self._send_max = msg.maximum
-                self._events.append(CreditAvailable(None))
+                self._events.append(ev.CreditAvailable(None))
         elif msg.maximum > self._peer_max_streams:
             self._peer_max_streams = msg.maximum
-            self._events.append(StreamsAvailable())
+            self._events.append(ev.CreditAvailable(None))  # openers may retry
 
     def _on_hello(self, hello: f.Hello) -> None:
         if self.hello_received:
@@ -335,11 +267,11 @@ class WireEngine:
         if self.hello_sent and self.hello_received and not self.handshake_complete:
             self.handshake_complete = True
             self._deadline = None
-            self._events.append(HandshakeComplete())
+            self._events.append(ev.HandshakeCompleted())
 
     def datagram_received(self, data: bytes) -> None:
         if not self.closed and data:
-            self._events.append(DatagramReceived(data))
+            self._events.append(ev.DatagramReceived(data))
 
     def channel_opened(self, channel: int) -> None:
         """The peer opened a DCEP channel: a new stream (staged if HELLO has not arrived)."""
@@ -367,7 +299,7 @@ class WireEngine:
             recv_max=self.settings.initial_max_stream_data,
         )
         self.streams[channel] = stream
-        self._events.append(StreamOpened(channel))
+        self._events.append(ev.StreamOpened(channel))
 
     def channel_message(self, channel: int, message: bytes) -> None:
         if self.closed:
@@ -386,18 +318,18 @@ class WireEngine:
                 self._on_data(stream, payload)
             case f.Fin():
                 if self._end_receiving(stream, "fin"):
-                    self._events.append(StreamFinished(channel))
+                    self._events.append(ev.StreamData(channel, b"", True))
                     self._maybe_retire(stream)
             case f.Reset(code):
                 if self._end_receiving(stream, "reset"):
-                    self._events.append(StreamReset(channel, code))
+                    self._events.append(ev.StreamReset(channel, code))
                     self._maybe_retire(stream)
             case f.StopSending(code):
                 self._on_stop_sending(stream, code)
             case f.MaxStreamData(offset):
                 if offset > stream.send_max:
                     stream.send_max = offset
-                    self._events.append(CreditAvailable(channel))
+                    self._events.append(ev.CreditAvailable(channel))
 
     def _on_data(self, stream: WireStream, payload: bytes) -> None:
         n = len(payload)
@@ -420,7 +352,7 @@ class WireEngine:
         if stream.read_stopped:
             self.consumed(stream, n)  # discarded bytes count as consumed
         else:
-            self._events.append(StreamData(stream.id, payload))
+            self._events.append(ev.StreamData(stream.id, payload))
 
     def _end_receiving(self, stream: WireStream, how: str) -> bool:
         if stream.recv_end is not None:
@@ -435,7 +367,7 @@ class WireEngine:
         if stream.stop_code is not None:
             return  # a duplicate STOP_SENDING is ignored
         stream.stop_code = code
-        self._events.append(StopSendingReceived(stream.id, code))
+        self._events.append(ev.StopSendingReceived(stream.id, code))
         if stream.send_end is None:
             stream.send_end = "reset"
             self._actions.append(SendMessage(stream.id, f.encode_reset(code)))
@@ -633,7 +565,7 @@ class WireEngine:
         if stream.retired:
             return
         stream.retired = True
-        self._events.append(StreamRetired(stream.id))
+        self._events.append(ev.StreamClosed(stream.id))
         if not stream.local:
             self._retired_peer += 1
             self._max_peer_streams = self.settings.initial_max_streams + self._retired_peer
@@ -651,5 +583,5 @@ class WireEngine:
         self.error = error
         self._deadline = None
         self._idle_check = None
-        self._events.append(Terminated(error))
+        self._events.append(_terminated(error))
         self._actions.append(CloseTransport(error.wire_code, flush=send and self.hello_sent))
