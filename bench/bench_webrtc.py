@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "webrtc"))
 from wrtc_browser import WEB, Browser, CommandApp, pattern  # noqa: E402
 
 from keywire.identity import Identity  # noqa: E402
-from keywire.kps.listener import KpsListener  # noqa: E402
+from keywire.kps.quic.listener import KpsListener  # noqa: E402
 from keywire.kps.settings import KpsSettings  # noqa: E402
 from keywire.kps.webrtc.demo import serve_demo  # noqa: E402
 from keywire.kps.webrtc.server import attach  # noqa: E402

@@ -86,7 +86,7 @@ async def bench_browser(kind: str, size: int, runs: int) -> None:
     sys.path.insert(0, str(root / "tests" / "webrtc"))
     from wrtc_browser import WEB, Browser, CommandApp  # type: ignore[import-not-found]
 
-    from keywire.kps.listener import KpsListener
+    from keywire.kps.quic.listener import KpsListener
     from keywire.kps.settings import KpsSettings
     from keywire.kps.webrtc.demo import serve_demo
     from keywire.kps.webrtc.server import attach

@@ -19,8 +19,8 @@ from keywire.identity import Identity
 from keywire.kps import KpsSettings, dial
 from keywire.kps.handler import dial_target, listen_target
 from keywire.kps.quic import GatedQuicConnection, client_configuration
-from keywire.kps.router import Action, QuicRouter
-from keywire.kps.session import KpsSession
+from keywire.kps.quic.router import Action, QuicRouter
+from keywire.kps.quic.session import KpsSession
 from keywire.kps.udp import looks_like_stun, normalize_address
 from keywire.options import Options
 

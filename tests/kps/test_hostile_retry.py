@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from keywire.kps import KpsSettings, dial
-from keywire.kps.retry import RetryTokens, TokenError
-from keywire.kps.router import Action, QuicRouter
+from keywire.kps.quic.retry import RetryTokens, TokenError
+from keywire.kps.quic.router import Action, QuicRouter
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,7 +8,7 @@ from keywire.errors import Code, DatagramTooLarge, StreamError
 from keywire.identity import Identity
 from keywire.kps import KpsSettings
 from keywire.kps.quic import GatedQuicConnection, client_configuration, server_configuration
-from keywire.kps.session import (
+from keywire.kps.quic.session import (
     Closed,
     DatagramReceived,
     HandshakeDone,

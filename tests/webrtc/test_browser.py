@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 
 from keywire.identity import Identity, encode_certhash
-from keywire.kps.dialer import dial as dial_quic
-from keywire.kps.listener import KpsListener
+from keywire.kps.quic.dialer import dial as dial_quic
+from keywire.kps.quic.listener import KpsListener
 from keywire.kps.settings import KpsSettings
 from keywire.kps.webrtc.demo import DemoServer, serve_demo
 from keywire.kps.webrtc.server import WebRTCListener, attach

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from keywire.identity import Identity
-from keywire.kps.dialer import dial as dial_quic
-from keywire.kps.listener import KpsListener
+from keywire.kps.quic.dialer import dial as dial_quic
+from keywire.kps.quic.listener import KpsListener
 from keywire.kps.settings import KpsSettings
 from keywire.kps.webrtc.dialer import dial_webrtc
 from keywire.kps.webrtc.server import attach

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from keywire.identity import Identity
-from keywire.kps.listener import KpsListener
+from keywire.kps.quic.listener import KpsListener
 from keywire.kps.settings import KpsSettings
 from keywire.kps.webrtc.demo import DemoServer, serve_demo
 from keywire.kps.webrtc.server import attach

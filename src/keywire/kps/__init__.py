@@ -5,11 +5,12 @@ certificate must hash to CERTHASH; a listener serves QUIC on one UDP socket that
 can share (``KpsListener.demux.webrtc``). Layout:
 
 * ``settings`` — the ``kps.*`` limits and timers;
-* ``quic`` — qh3 configurations, the pin, receive-credit gating;
-* ``session`` — the sans-IO connection core (stream lifecycle, close codes, datagram sizing);
-* ``router`` — sans-IO routing and admission of datagrams on a listener;
-* ``udp`` — the socket owner and the QUIC/WebRTC demultiplexer;
-* ``connection``, ``listener``, ``dialer`` — the asyncio shells; ``handler`` — the plugin.
+* ``udp`` — the socket owner, the QUIC/WebRTC demultiplexer and name resolution;
+* ``budget`` — the listener-wide receive budget (sans-IO);
+* ``handler`` — the plugin, dialing and listening on either side;
+* ``quic`` — the native QUIC side on qh3 (configurations and the pin, the sans-IO session and
+  router, the ``connection``/``listener``/``dialer`` shells);
+* ``webrtc`` — the browser WebRTC side on the same port.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from .connection import KpsConnection, KpsStream
-from .dialer import dial
 from .handler import KpsHandler, KpsListening
-from .listener import KpsListener
+from .quic.connection import KpsConnection, KpsStream
+from .quic.dialer import dial
+from .quic.listener import KpsListener
 from .settings import KpsSettings
 from .webrtc.settings import WebRTCSettings
 

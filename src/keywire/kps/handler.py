@@ -15,9 +15,9 @@ from ..netinfo import addresses_for_scope
 from ..options import Options
 from ..plugin import ChainHandler, ConnectionHandler, Listening
 from ..stream import Connection
-from .connection import KpsConnection
-from .dialer import dial
-from .listener import KpsListener
+from .quic.connection import KpsConnection
+from .quic.dialer import dial
+from .quic.listener import KpsListener
 from .settings import KpsSettings
 from .webrtc.settings import WebRTCSettings
 

@@ -28,6 +28,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import HandshakeError
+
 try:  # qh3's batched UDP transport (recvmmsg/GRO in, GSO out); plain asyncio otherwise
     from qh3.asyncio._transport import create_optimized_datagram_transport
 except ImportError:  # pragma: no cover - an older or newer qh3 layout
@@ -42,6 +44,25 @@ STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
 SOCKET_BUFFER = 4 << 20
 #: largest datagram read (UDP's maximum payload)
 READ_SIZE = 65535
+
+
+async def resolve(host: str, port: int) -> tuple[str, int]:
+    """An IP literal as is; a name (``localhost``) through the resolver, IPv4 first.
+
+    Here, not in a dialer, because the QUIC and the WebRTC dialer both resolve the same way.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise HandshakeError(f"kps: cannot resolve {host!r}: {exc}") from None
+    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
+    return str(infos[0][4][0]), port
 
 
 class WebRTCHook(Protocol):

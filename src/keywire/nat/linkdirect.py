@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 from ..errors import Code, KeywireError, StreamError
 from ..identity import Identity
-from ..kps.connection import KpsConnection
-from ..kps.listener import KpsListener
+from ..kps.quic.connection import KpsConnection
+from ..kps.quic.listener import KpsListener
 from ..kps.settings import KpsSettings
 from ..stream import Connection, ReceiveBuffer, Stream
 from .holepunch import PunchError, format_addr

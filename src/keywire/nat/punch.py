@@ -32,9 +32,9 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from ..identity import Identity
-from ..kps.connection import KpsConnection
-from ..kps.dialer import dial
-from ..kps.listener import KpsListener
+from ..kps.quic.connection import KpsConnection
+from ..kps.quic.dialer import dial
+from ..kps.quic.listener import KpsListener
 from ..kps.settings import KpsSettings
 from ..kps.udp import bind_socket
 from ..netinfo import addresses_for_scope

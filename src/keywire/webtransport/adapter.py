@@ -35,8 +35,8 @@ from qh3.quic.crypto import derive_key_iv_hp
 from qh3.tls import CipherSuite, cipher_suite_hash, hkdf_expand_label
 
 from ..errors import Code, HandshakeError
-from ..kps.quic import GatedQuicConnection
-from ..kps.session import KpsSession
+from ..kps.quic.configuration import GatedQuicConnection
+from ..kps.quic.session import KpsSession
 from .binding import MAX_RECORD, BindingError
 from .wire import (
     BIDI_SIGNAL,

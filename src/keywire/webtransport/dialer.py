@@ -14,10 +14,11 @@ from qh3.quic.configuration import QuicConfiguration
 
 from ..errors import PinMismatch
 from ..identity import encode_certhash
-from ..kps.connection import KpsConnection
-from ..kps.dialer import connect_client, resolve
-from ..kps.quic import _common
+from ..kps.quic.configuration import _common
+from ..kps.quic.connection import KpsConnection
+from ..kps.quic.dialer import connect_client
 from ..kps.settings import KpsSettings
+from ..kps.udp import resolve
 from ..stream import RemoteIdentity
 from .adapter import CLOSE_LINGER, WebTransportQuic, WebTransportSession
 from .address import WtTarget

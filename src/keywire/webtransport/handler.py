@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..address import Alternative, Scope, format_alternative
-from ..kps.connection import KpsConnection
+from ..kps.quic.connection import KpsConnection
 from ..netinfo import addresses_for_scope
 from ..options import Options
 from ..plugin import ChainHandler, ConnectionHandler, Listening

@@ -16,9 +16,9 @@ from qh3._hazmat import Certificate
 from qh3.quic.configuration import QuicConfiguration
 
 from ..identity import Identity
-from ..kps.connection import KpsConnection
-from ..kps.listener import KpsListener, OnConnection
-from ..kps.quic import GatedQuicConnection, server_configuration
+from ..kps.quic.configuration import GatedQuicConnection, server_configuration
+from ..kps.quic.connection import KpsConnection
+from ..kps.quic.listener import KpsListener, OnConnection
 from ..kps.settings import KpsSettings
 from .adapter import CLOSE_LINGER, WebTransportQuic, WebTransportSession
 from .binding import encode_record

@@ -21,7 +21,7 @@ from ...errors import ConnectionClosed, HandshakeError, IdentityError, PinMismat
 from ...identity import decode_certhash, encode_certhash
 from ...options import Options
 from ...stream import RemoteIdentity
-from ..dialer import resolve
+from ..udp import resolve
 from .aiortc_engine import AiortcLink, DialerIce, EngineError, PinnedDtls, RemoteDescription
 from .connection import WebRTCConnection
 from .ice import derive_ice_password, derive_ice_password_v2, seal_server_ufrag

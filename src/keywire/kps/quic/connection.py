@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from itertools import groupby
 from operator import itemgetter
 
-from .. import events as ev
-from ..adapter import BaseAdapter
-from ..errors import Code
-from ..shell import CoreConnection, CoreStream
-from ..stream import RemoteIdentity, finished_future, fresh
+from ... import events as ev
+from ...adapter import BaseAdapter
+from ...errors import Code
+from ...shell import CoreConnection, CoreStream
+from ...stream import RemoteIdentity, finished_future, fresh
+from ..settings import KpsSettings
 from .session import Address, KpsSession
-from .settings import KpsSettings
 
 __all__ = ["KpsAdapter", "KpsConnection", "KpsStream", "SendMany", "fresh"]
 

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 from collections.abc import Callable
 
-from ..errors import HandshakeError, IdentityError, PinMismatch
-from ..identity import decode_certhash, encode_certhash
-from ..stream import RemoteIdentity
+from ...errors import HandshakeError, IdentityError, PinMismatch
+from ...identity import decode_certhash, encode_certhash
+from ...stream import RemoteIdentity
+from ..settings import KpsSettings
+from ..udp import DatagramDemux, bind_socket, resolve, start_demux
+from .configuration import GatedQuicConnection, client_configuration
 from .connection import KpsConnection
-from .quic import GatedQuicConnection, client_configuration
 from .session import KpsSession
-from .settings import KpsSettings
-from .udp import DatagramDemux, bind_socket, start_demux
-
-
-async def resolve(host: str, port: int) -> tuple[str, int]:
-    """An IP literal as is; a name (``localhost``) through the resolver, IPv4 first."""
-    try:
-        ipaddress.ip_address(host)
-        return host, port
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise HandshakeError(f"kps: cannot resolve {host!r}: {exc}") from None
-    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
-    return str(infos[0][4][0]), port
 
 
 async def dial(

@@ -28,18 +28,18 @@ from typing import Any
 
 from qh3.quic.configuration import QuicConfiguration
 
-from ..identity import Identity
-from ..stream import RemoteIdentity
-from .budget import ReceiveBudget
+from ...identity import Identity
+from ...stream import RemoteIdentity
+from ..budget import ReceiveBudget
+from ..settings import KpsSettings
+from ..udp import DatagramDemux, open_demux
+from .configuration import CID_LENGTH, GatedQuicConnection, server_configuration
 from .connection import KpsConnection
 from .probe import ProbeAnsweringQuicConnection
-from .quic import CID_LENGTH, GatedQuicConnection, server_configuration
 from .reclaim import Reclaimer
 from .retry import RetryTokens
 from .router import Action, Decision, QuicRouter
 from .session import Address, KpsSession
-from .settings import KpsSettings
-from .udp import DatagramDemux, open_demux
 
 log = logging.getLogger("keywire.kps")
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from qh3.quic import events as qe
 from qh3.quic.connection import QuicConnectionError
 
-from ..errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
-from ..events import (
+from ...errors import Code, ConnectionClosed, DatagramTooLarge, StreamError
+from ...events import (
     ConnectionTerminated,
     DatagramReceived,
     Event,
@@ -36,10 +36,10 @@ from ..events import (
     StreamOpened,
     StreamReset,
 )
-from .quic import GatedQuicConnection
+from .configuration import GatedQuicConnection
 
 if TYPE_CHECKING:
-    from ..core import DatagramCore
+    from ...core import DatagramCore
 
 Address = tuple[Any, ...]
 

@@ -31,7 +31,7 @@ from qh3.h3.connection import H3Connection, ProtocolError
 from qh3.h3.events import HeadersReceived
 from qh3.quic import events as qe
 
-from .quic import GatedQuicConnection
+from .configuration import GatedQuicConnection
 
 log = logging.getLogger("keywire.kps")
 

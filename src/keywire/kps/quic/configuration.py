@@ -32,8 +32,8 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
-from ..identity import Identity
-from .settings import KpsSettings
+from ...identity import Identity
+from ..settings import KpsSettings
 
 #: KPS's ALPN: looks like HTTP/3 on the wire, names no product
 ALPN = "h3"
