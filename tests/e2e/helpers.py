@@ -87,6 +87,10 @@ KEYED = frozenset({"shs", "link", "stream"})
 _PORT_ZERO = re.compile(r":0(?=[~/;]|$)")
 
 
+#: one-section alternatives that name their peer → the arguments they need to do so
+SELF_NAMING = {"kps": 3, "webtransport": 5}
+
+
 def dialable(text: str) -> bool:
     """A complete address someone could dial: it parses, has no port 0 or wildcard host, and
     every alternative ends in a section that names the peer (or says ``noauth``)."""
@@ -101,8 +105,9 @@ def dialable(text: str) -> bool:
         return False
     for alt in alts:
         first, rest = alt.sections[0], alt.sections[1:]
-        if first.name == "kps":
-            if len(first.args) < 3:
+        # these name the peer inside their one section (certhash; key and certhashes)
+        if first.name in SELF_NAMING:
+            if len(first.args) < SELF_NAMING[first.name]:
                 return False
             continue
         if not (first.is_url or first.name in TRANSPORT_NAMES) or not rest:

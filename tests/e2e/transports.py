@@ -18,6 +18,7 @@ from .helpers import MB, side_env
 #: (bytes/s) the time bound allows it
 TRANSPORTS: dict[str, float] = {
     "kps": 4 * MB,
+    "webtransport": 4 * MB,
     "net_shs": 4 * MB,
     "net_shs_mux": 4 * MB,
     "ws_shs_mux": 4 * MB,
@@ -52,8 +53,8 @@ def setup_for(name: str, request: pytest.FixtureRequest, case_dir: Path) -> Setu
     lkey, dkey = ["--key", str(lhome / "id.pem")], ["--key", str(dhome / "id.pem")]
     lenv, denv = side_env(lhome), side_env(dhome)
     specs: list[str]
-    if name == "kps":
-        specs = ["kps:127.0.0.1:0"]
+    if name in ("kps", "webtransport"):
+        specs = [f"{name}:127.0.0.1:0"]
     elif name.startswith("net_"):
         specs = ["net:127.0.0.1:0~" + name.removeprefix("net_").replace("_", "~")]
     elif name.startswith("ws_"):
