@@ -9,7 +9,21 @@ Every figure is measured in the same run as its reference:
   ``serve``/``connect`` (what an application using qh3 directly gets); and raw TCP;
 * handshake p50/p99 over ``--connects`` sequential dials, keywire vs bare qh3;
 * ``--streams`` concurrent request/response streams (100 B each way) on one connection;
-* datagrams per second at 1,000 bytes (``--datagrams`` sent as fast as the sender can).
+* datagrams per second at 1,000 bytes (``--datagrams`` sent as fast as the sender can);
+* against iroh (``--iroh``; issue 17), the QUIC dial-by-key a Python user would pick instead:
+  one-stream throughput, connect p50/p99 (dial until the first stream is usable), ``close()``
+  time with the default arguments, aggregate throughput of 1, 4 and 16 concurrent streams on
+  one connection, and the listener's RSS per idle connection, each for keywire and iroh.
+
+iroh is optional: ``.venv/bin/pip install -r bench/requirements-iroh.txt``. Its uniffi binding
+(``iroh_ffi._UniffiRustBufferBuilder.write``) copies every byte of a ``write`` into the Rust
+buffer in a Python ``for`` loop (~6 MB/s, CPU-bound in the interpreter, whatever iroh does);
+the bench replaces that one method at run time with a single ``ctypes.memmove`` of the whole
+value into the same buffer (same reserve, same length bookkeeping), which is what the loop
+computes. Nothing else of iroh is touched, so the figure is iroh's own QUIC (quinn) plus the
+binding's remaining per-call costs: the fair anchor. ``KEYWIRE_LOOP=uvloop`` (or ``--uvloop``)
+runs every process of the bench on uvloop (``pip install uvloop``; not a keywire extra, see
+docs/performance.md "QUIC at native speed").
 
 Servers run in a child process (``--serve MODE``) so client and server do not share one
 event loop. Sizes are modest by default; the issue's sizes are
@@ -42,6 +56,82 @@ from keywire.kps.quic import client_configuration, server_configuration
 
 CHUNK = 64 << 10
 SETTINGS = KpsSettings()
+IROH_ALPN = b"keywire-bench"
+
+
+# -- iroh (optional reference) --------------------------------------------------------------------
+def load_iroh() -> Any:
+    """Import iroh and replace its byte-by-byte copy into Rust buffers with one memmove.
+
+    uniffi's generated ``_UniffiRustBufferBuilder.write(value)`` reserves ``len(value)`` bytes
+    and then assigns them one at a time (``for i, byte in enumerate(value): data[len + i] =
+    byte``), so every ``SendStream.write_all`` costs a Python loop iteration per byte. The
+    replacement reserves the same way and copies the same bytes to the same place with
+    ``ctypes.memmove``; the buffer, its length and everything the Rust side sees are identical.
+    """
+    import ctypes
+
+    import iroh
+    from iroh import iroh_ffi
+
+    builder = iroh_ffi._UniffiRustBufferBuilder
+
+    def write(self: Any, value: bytes) -> None:
+        size = len(value)
+        with self._reserve(size):
+            base = ctypes.cast(self.rbuf.data, ctypes.c_void_p).value
+            assert base is not None
+            ctypes.memmove(base + self.rbuf.len, bytes(value), size)
+
+    setattr(builder, "write", write)  # noqa: B010 (a method replaced on the class)
+    return iroh
+
+
+async def iroh_endpoint(iroh: Any) -> Any:
+    """A loopback-only iroh endpoint: no relays, no discovery (the ``minimal`` preset)."""
+    options = iroh.EndpointOptions(
+        preset=iroh.preset_minimal(),
+        bind_addr="127.0.0.1:0",
+        alpns=[IROH_ALPN],
+        relay_mode=iroh.RelayMode.disabled(),
+    )
+    return await iroh.Endpoint.bind(options)
+
+
+async def run_iroh_server() -> None:
+    """Counts each stream's bytes and answers the total on FIN, like ``_kps_sink``."""
+    iroh = load_iroh()
+    endpoint = await iroh_endpoint(iroh)
+    tasks: set[asyncio.Future[None]] = set()
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def one(bi: Any) -> None:
+        with contextlib.suppress(Exception):
+            recv, send = bi.recv(), bi.send()
+            total = 0
+            while chunk := await recv.read(1 << 20):
+                total += len(chunk)
+            await send.write_all(str(total).encode())
+            await send.finish()
+
+    async def serve(conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                spawn(one(await conn.accept_bi()))
+
+    async def accept() -> None:
+        while (incoming := await endpoint.accept_next()) is not None:
+            with contextlib.suppress(Exception):
+                spawn(serve(await (await incoming.accept()).connect()))
+
+    spawn(accept())
+    port = endpoint.addr().direct_addresses()[0].rsplit(":", 1)[1]
+    print(port, str(endpoint.id()), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
 # -- servers (child process) ----------------------------------------------------------------------
@@ -179,6 +269,9 @@ def _udp_socket() -> socket.socket:
 
 
 async def run_server(mode: str, key: str) -> None:
+    if mode == "iroh":
+        await run_iroh_server()
+        return
     identity = Identity.load(key)
     if mode == "kps":
         listener = KpsListener(identity, SETTINGS, _kps_sink)
@@ -215,8 +308,29 @@ async def run_server(mode: str, key: str) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
+class Child:
+    """A running server process: its UDP/TCP port, iroh's endpoint id, its pid."""
+
+    def __init__(self, line: str, pid: int) -> None:
+        fields = line.split()
+        self.port = int(fields[0])
+        self.node = fields[1] if len(fields) > 1 else ""
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process (all its threads) so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
 @contextlib.asynccontextmanager
-async def child_server(mode: str, key: str):  # type: ignore[no-untyped-def]
+async def child(mode: str, key: str):  # type: ignore[no-untyped-def]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -228,9 +342,9 @@ async def child_server(mode: str, key: str):  # type: ignore[no-untyped-def]
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stdin is not None
-    port = int((await proc.stdout.readline()).decode())
+    server = Child((await proc.stdout.readline()).decode(), proc.pid)
     try:
-        yield port
+        yield server
     finally:
         proc.stdin.close()
         with contextlib.suppress(Exception):
@@ -371,7 +485,7 @@ async def handshakes_kps(port: int, identity: Identity, count: int) -> list[floa
         started = time.perf_counter()
         conn = await dial("127.0.0.1", port, identity.certhash, SETTINGS)
         times.append(time.perf_counter() - started)
-        await conn.close(1)
+        await conn.close()  # the default close (issue 17)
     return times
 
 
@@ -419,6 +533,208 @@ async def datagram_rate(port: int, identity: Identity, count: int) -> tuple[floa
     return count / elapsed, received / count
 
 
+# -- keywire vs iroh (issue 17) ------------------------------------------------------------------
+async def send_kps_streams(conn: KpsConnection, payload: bytes, count: int) -> float:
+    """``count`` concurrent streams each carry ``len(payload) // count`` bytes; MB/s overall."""
+    share = len(payload) // count
+    view = memoryview(payload)[:share]
+
+    async def one() -> None:
+        stream = await conn.open_stream()
+        for offset in range(0, share, CHUNK):
+            await stream.write(view[offset : offset + CHUNK])
+        await stream.close_write()
+        assert int(await stream.read_all()) == share
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return share * count / (time.perf_counter() - started) / 1e6
+
+
+async def send_iroh_streams(conn: Any, payload: bytes, count: int) -> float:
+    share = len(payload) // count
+    view = memoryview(payload)[:share]
+
+    async def one() -> None:
+        bi = await conn.open_bi()
+        send = bi.send()
+        for offset in range(0, share, CHUNK):
+            await send.write_all(view[offset : offset + CHUNK])
+        await send.finish()
+        assert int(await bi.recv().read_to_end(64)) == share
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return share * count / (time.perf_counter() - started) / 1e6
+
+
+class KpsSide:
+    """keywire ``kps:`` as the comparison drives it."""
+
+    name = "kps"
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    async def dial(self, server: Child) -> KpsConnection:
+        return await dial("127.0.0.1", server.port, self.identity.certhash, SETTINGS)
+
+    async def first_stream(self, conn: KpsConnection) -> None:
+        await conn.open_stream()
+
+    async def close(self, conn: KpsConnection) -> None:
+        await conn.close()
+
+    async def streams(self, conn: KpsConnection, payload: bytes, count: int) -> float:
+        return await send_kps_streams(conn, payload, count)
+
+    async def stop(self) -> None:
+        pass
+
+
+class IrohSide:
+    """iroh 1.2 (patched copy): one client endpoint, a connection per dial."""
+
+    name = "iroh"
+
+    def __init__(self, iroh: Any) -> None:
+        self.iroh = iroh
+        self.endpoint: Any = None
+
+    async def dial(self, server: Child) -> Any:
+        if self.endpoint is None:
+            self.endpoint = await iroh_endpoint(self.iroh)
+        node = self.iroh.EndpointId.from_string(server.node)
+        addr = self.iroh.EndpointAddr(node, None, [f"127.0.0.1:{server.port}"])
+        return await self.endpoint.connect(addr, IROH_ALPN)
+
+    async def first_stream(self, conn: Any) -> None:
+        await conn.open_bi()
+
+    async def close(self, conn: Any) -> None:
+        conn.close(0, b"")
+
+    async def streams(self, conn: Any, payload: bytes, count: int) -> float:
+        return await send_iroh_streams(conn, payload, count)
+
+    async def stop(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.close()
+            self.endpoint = None
+
+
+async def compare(side: Any, key: str, payload: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """Every issue-17 figure for one side, each against a fresh server process."""
+    out: dict[str, Any] = {}
+    mode = "kps" if side.name == "kps" else "iroh"
+    async with child(mode, key) as server:
+        connects, closes = [], []
+        for _ in range(args.connects):
+            started = time.perf_counter()
+            conn = await side.dial(server)
+            await side.first_stream(conn)
+            opened = time.perf_counter()
+            await side.close(conn)
+            closes.append(time.perf_counter() - opened)
+            connects.append(opened - started)
+        out["connect"], out["close"] = connects, closes
+    for count in (1, 4, 16):
+        rates, cpu = [], []
+        for _ in range(args.rounds):
+            async with child(mode, key) as server:
+                conn = await side.dial(server)
+                started = server.cpu_seconds() + time.process_time()
+                rates.append(await side.streams(conn, payload, count))
+                used = server.cpu_seconds() + time.process_time() - started
+                cpu.append(used / (len(payload) // count * count) * 1e9)
+                await side.close(conn)
+        out[f"streams{count}"] = statistics.median(rates)
+        out[f"cpu{count}"] = statistics.median(cpu)
+    out["idle_kb"] = await idle_kb(side, key, args)
+    await side.stop()
+    return out
+
+
+async def idle_kb(side: Any, key: str, args: argparse.Namespace) -> float:
+    """The listener's RSS growth per idle connection (each with one stream opened).
+
+    ``--idle-warmup`` connections are opened and closed first, so the figure leaves out what
+    the first connections allocate once per process (UDP receive buffers, crypto tables)."""
+    mode = "kps" if side.name == "kps" else "iroh"
+    async with child(mode, key) as server:
+        for _ in range(args.idle_warmup):
+            conn = await side.dial(server)
+            await side.first_stream(conn)
+            await side.close(conn)
+        await asyncio.sleep(0.3)
+        before = server.rss_kb()
+        idle = [await side.dial(server) for _ in range(args.idle)]
+        for conn in idle:
+            await side.first_stream(conn)
+        await asyncio.sleep(1.0)
+        grown = (server.rss_kb() - before) / args.idle
+        for conn in idle:
+            await side.close(conn)
+    return float(grown)
+
+
+async def main_idle(identity: Identity, key: str, args: argparse.Namespace) -> None:
+    """Only the idle-connection row (issue 17), ``--rounds`` times each, kps then iroh."""
+    sides: list[Any] = [KpsSide(identity)]
+    with contextlib.suppress(ImportError):
+        sides.append(IrohSide(load_iroh()))
+    for side in sides:
+        figures = [await idle_kb(side, key, args) for _ in range(args.rounds)]
+        await side.stop()
+        shown = ", ".join(f"{f:.1f}" for f in figures)
+        print(f"{side.name}: idle connection, listener RSS KB each of {args.idle}: {shown}")
+
+
+async def main_iroh(identity: Identity, key: str, payload: bytes, args: argparse.Namespace) -> None:
+    try:
+        iroh = load_iroh()
+    except ImportError:
+        print("iroh: not installed (pip install -r bench/requirements-iroh.txt)")
+        return
+    ours = await compare(KpsSide(identity), key, payload, args)
+    theirs = await compare(IrohSide(iroh), key, payload, args)
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(
+        f"keywire kps vs iroh 1.2 (patched copy), {args.size_mb} MB, median of {args.rounds}, "
+        f"{args.connects} connects, {args.idle} idle connections, loop {loop}:"
+    )
+    print(f"  {'metric':<34}{'kps':>12}{'iroh':>12}{'kps/iroh':>10}")
+
+    def row(name: str, a: float, b: float, unit: str) -> None:
+        print(f"  {name:<34}{a:>9.2f} {unit:<2}{b:>9.2f} {unit:<2}{a / b:>9.2f}x")
+
+    for count in (1, 4, 16):
+        row(
+            f"{count} stream(s), aggregate MB/s",
+            ours[f"streams{count}"],
+            theirs[f"streams{count}"],
+            "",
+        )
+    for count in (1, 4, 16):
+        row(
+            f"{count} stream(s), CPU-s/GB both ends", ours[f"cpu{count}"], theirs[f"cpu{count}"], ""
+        )
+    for q in (0.5, 0.99):
+        row(
+            f"connect p{int(q * 100)} ms (dial + 1st stream)",
+            pct(ours["connect"], q) * 1e3,
+            pct(theirs["connect"], q) * 1e3,
+            "",
+        )
+        row(
+            f"close() p{int(q * 100)} ms",
+            pct(ours["close"], q) * 1e3,
+            pct(theirs["close"], q) * 1e3,
+            "",
+        )
+    row("idle connection, listener RSS KB", ours["idle_kb"], theirs["idle_kb"], "")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -429,12 +745,19 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         key = str(Path(tmp) / "bench.pem")
         identity.save(key)
+        if args.only_idle:
+            await main_idle(identity, key, args)
+            return
         payload = os.urandom(args.size_mb << 20)
+        if args.only_iroh:
+            await main_iroh(identity, key, payload, args)
+            return
         modes = ("minimal", "qh3", "kps", "tcp")
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
             for mode in modes:
-                async with child_server(mode, key) as port:
+                async with child(mode, key) as server:
+                    port = server.port
                     if mode == "kps":
                         rates[mode].append(await throughput_kps(port, identity, payload))
                     elif mode == "qh3":
@@ -456,9 +779,10 @@ async def main(args: argparse.Namespace) -> None:
             f"   kps / TCP = {kps / tcp:.4f}"
         )
 
-        async with child_server("qh3", key) as port:
-            bare = await handshakes_qh3(port, identity, args.connects)
-        async with child_server("kps", key) as port:
+        async with child("qh3", key) as server:
+            bare = await handshakes_qh3(server.port, identity, args.connects)
+        async with child("kps", key) as server:
+            port = server.port
             ours = await handshakes_kps(port, identity, args.connects)
             streams_s = await many_streams(port, identity, args.streams)
             sent_rate, delivered = await datagram_rate(port, identity, args.datagrams)
@@ -473,6 +797,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{streams_s * 1e3:.0f} ms ({args.streams / streams_s:.0f} streams/s)"
         )
         print(f"datagrams of 1000 B: {sent_rate:.0f} sent/s, {delivered:.1%} delivered")
+        if args.iroh:
+            await main_iroh(identity, key, payload, args)
 
 
 if __name__ == "__main__":
@@ -482,10 +808,23 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--datagrams", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--serve", choices=("kps", "qh3", "minimal", "tcp"))
+    parser.add_argument("--iroh", action="store_true", help="compare with iroh (issue 17)")
+    parser.add_argument("--only-iroh", action="store_true", help="just the iroh comparison")
+    parser.add_argument("--idle", type=int, default=100, help="idle connections for RSS")
+    parser.add_argument("--only-idle", action="store_true", help="just the idle-RSS row")
+    parser.add_argument("--idle-warmup", type=int, default=0, help="connections before --idle")
+    parser.add_argument("--uvloop", action="store_true", help="run every process on uvloop")
+    parser.add_argument("--serve", choices=("kps", "qh3", "minimal", "tcp", "iroh"))
     parser.add_argument("--key")
     arguments = parser.parse_args()
+    if arguments.uvloop:
+        os.environ["KEYWIRE_LOOP"] = "uvloop"
+    runner: Any = asyncio.run
+    if os.environ.get("KEYWIRE_LOOP") == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
     if arguments.serve:
-        asyncio.run(run_server(arguments.serve, arguments.key))
+        runner(run_server(arguments.serve, arguments.key))
     else:
-        asyncio.run(main(arguments))
+        runner(main(arguments))

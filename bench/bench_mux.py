@@ -1,19 +1,35 @@
-"""``~mux`` throughput and many-stream request/response, as ratios to raw TCP in the same run.
+"""``~mux`` against what a user would pick instead, measured the same way in the same run.
 
-    .venv/bin/python bench/bench_mux.py [--size-mb 64] [--requests 1000] [--rounds 3] [--shs]
+    .venv/bin/python bench/bench_mux.py [--size-mb 64] [--requests 1000] [--pool 100] [--shs]
 
-A receiver runs in a child process (so each side gets a core) and serves both a raw asyncio
-TCP listener and a ``MuxConnection`` over TCP (``StreamPipe``, no security layer), speaking the
-same tiny protocol on each connection or stream:
+A receiver runs in a child process (so each side gets a core) and serves a raw asyncio TCP
+listener and a ``MuxConnection`` over TCP (``StreamPipe``, no security layer); a second child,
+``bench/yamux_go/yamux_sink.go`` built with Debian's ``golang-go`` and
+``golang-github-hashicorp-yamux-dev``, serves the same protocol on hashicorp/yamux. Each
+connection or stream speaks:
 
 * ``B`` + u64 size + size bytes → the receiver answers ``ok`` after the last byte (bulk, one way).
 * ``R`` + 63 bytes → the receiver answers 64 bytes and FIN (one request/response).
+* ``K``, then any number of 64-byte requests, each answered with 64 bytes (keep-alive TCP).
 
-Bulk: one TCP connection vs one mux stream. Request/response: ``--requests`` at once, as that
-many mux streams on one connection vs that many raw TCP connections (the per-connection way).
-With ``--delay-ms D`` (default 20) the sender also delays everything it writes by D ms, so the
-link's round trip is D: one stream to a receiver with a fixed 256 KiB window (yamux's: at most
-256 KiB per round trip) against one with the auto-tuned window, ``--delay-size-mb`` each.
+Bulk: one TCP connection vs one mux stream (into keywire's and into hashicorp's receiver).
+
+Request/response, ``--requests`` at once. The reference is a keep-alive pool: ``--pool``
+persistent TCP connections (100 is aiohttp's and httpx's default connection limit), opened
+before the clock starts just as the mux connection is, each carrying one request at a time;
+a request waits for a free connection, as a mux request waits at the 256-stream limit, and its
+latency includes that wait. Both sides move the same 64 bytes each way per request, with no
+framing beyond what each needs (a mux stream's FIN ends the request; a pooled connection's
+requests are fixed-size). A new TCP connection per request is shown for context only.
+
+Receive window (``--delay-ms D``, default 20): the sender delays everything it writes by D ms,
+so the link's round trip is D, and sends ``--delay-size-mb`` on one mux stream to three
+receivers: hashicorp/yamux with its default 256 KiB MaxStreamWindowSize (plain yamux: at most
+one window per round trip), hashicorp/yamux with a fixed 16 MiB window (what its users can
+configure, committing 16 MiB per stream), and keywire's auto-tuned window (256 KiB growing to
+16 MiB only while the reader keeps up). The sender (keywire's mux with its delayed pipe) and
+payload are the same for all three; only the receiver, which sets the window, differs.
+
 With ``--shs`` it also compares ``net~shs`` (one stream, no mux) with ``net~shs~mux``.
 The best of ``--rounds`` runs is reported for every figure.
 """
@@ -24,10 +40,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,8 +64,10 @@ WINDOW_KIB = (
     int(sys.argv[sys.argv.index("--window-kib") + 1]) if "--window-kib" in sys.argv else 256
 )
 CONFIG = MuxConfig(window=WINDOW_KIB * 1024)
-FIXED = MuxConfig(window=WINDOW_KIB * 1024, max_window=WINDOW_KIB * 1024)
 REQUEST = b"R" + os.urandom(63)
+GO_SOURCE = Path(__file__).resolve().parent / "yamux_go" / "yamux_sink.go"
+GOPATH = Path("/usr/share/gocode")
+GO_WINDOWS = (256 << 10, 16 << 20)  # hashicorp's default MaxStreamWindowSize, and a large one
 
 
 # -- the receiver (child process) ---------------------------------------------------------------
@@ -63,8 +83,8 @@ class Reader:
     ) -> None:
         self.read, self.exact, self.write, self.finish = read, exact, write, finish
 
-    async def serve(self) -> None:
-        kind = await self.exact(1)
+    async def serve(self, kind: bytes = b"") -> None:
+        kind = kind or await self.exact(1)
         if kind == b"B":
             left = struct.unpack(">Q", await self.exact(8))[0]
             while left > 0:
@@ -91,9 +111,20 @@ async def child() -> None:
             writer.close()
 
         try:
-            await Reader(reader.read, reader.readexactly, write, finish).serve()
+            kind = await reader.readexactly(1)
+            if kind == b"K":
+                await keep_alive(reader, writer)
+                return
+            await Reader(reader.read, reader.readexactly, write, finish).serve(kind)
         except (ConnectionError, asyncio.IncompleteReadError):
             writer.close()
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while request := await reader.read(64):
+            if len(request) < 64:
+                request += await reader.readexactly(64 - len(request))
+            writer.write(b"A" + request[1:])
+        writer.close()
 
     async def serve_stream(stream: Stream) -> None:
         try:
@@ -112,17 +143,11 @@ async def child() -> None:
         conn = MuxConnection(StreamPipe(reader, writer), client=False, config=CONFIG)
         await serve_mux(conn)
 
-    async def on_mux_fixed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = MuxConnection(StreamPipe(reader, writer), client=False, config=FIXED)
-        await serve_mux(conn)
-
     raw = await asyncio.start_server(on_raw, "127.0.0.1", 0, backlog=4096)
     mux = await asyncio.start_server(on_mux, "127.0.0.1", 0)
-    mux_fixed = await asyncio.start_server(on_mux_fixed, "127.0.0.1", 0)
     where: dict[str, int | str] = {
         "raw": raw.sockets[0].getsockname()[1],
         "mux": mux.sockets[0].getsockname()[1],
-        "mux_fixed": mux_fixed.sockets[0].getsockname()[1],
     }
     if "--shs" in sys.argv:
         import keywire
@@ -224,6 +249,72 @@ async def request_raw(port: int) -> float:
     return time.perf_counter() - start
 
 
+async def open_pool(
+    port: int, size: int
+) -> asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``size`` keep-alive connections, opened (and announced with ``K``) before timing."""
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(size):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"K")
+        pool.put_nowait((reader, writer))
+    return pool
+
+
+async def request_pooled(
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+) -> float:
+    """One request on a free pooled connection; the wait for one counts, as in a real pool."""
+    start = time.perf_counter()
+    reader, writer = await pool.get()
+    try:
+        writer.write(REQUEST)
+        answer = await reader.readexactly(64)
+    finally:
+        pool.put_nowait((reader, writer))
+    assert answer == b"A" + REQUEST[1:]
+    return time.perf_counter() - start
+
+
+async def close_pool(
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+) -> None:
+    while not pool.empty():
+        _, writer = pool.get_nowait()
+        writer.close()
+        await writer.wait_closed()
+
+
+def start_go_sink() -> tuple[subprocess.Popen[str] | None, dict[int, int], str]:
+    """Build and start the hashicorp/yamux receiver; ports by window, or why it is missing."""
+    go = shutil.which("go")
+    if go is None or not (GOPATH / "src/github.com/hashicorp/yamux").is_dir():
+        return None, {}, "needs Debian's golang-go and golang-github-hashicorp-yamux-dev"
+    folder = Path(tempfile.gettempdir()) / "keywire-bench-yamux-go"  # reused: go build caches
+    folder.mkdir(exist_ok=True)
+    binary = folder / "yamux_sink"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": ""}
+    env["GOCACHE"] = str(folder / "cache")
+    built = subprocess.run(
+        [go, "build", "-o", str(binary), str(GO_SOURCE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if built.returncode != 0:
+        return None, {}, f"go build failed: {built.stderr.strip()[-300:]}"
+    proc = subprocess.Popen(
+        [str(binary), *map(str, GO_WINDOWS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ports = {int(window): port for window, port in json.loads(proc.stdout.readline()).items()}
+    return proc, ports, ""
+
+
 async def many(n: int, one: Callable[[], Awaitable[float]]) -> tuple[float, list[float]]:
     start = time.perf_counter()
     latencies = await asyncio.gather(*(one() for _ in range(n)))
@@ -238,6 +329,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=64, help="bulk transfer size")
     parser.add_argument("--requests", type=int, default=1000, help="concurrent requests")
+    parser.add_argument(
+        "--pool", type=int, default=100, help="keep-alive TCP connections in the reference pool"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (best counts)")
     parser.add_argument("--shs", action="store_true", help="also net~shs vs net~shs~mux")
     parser.add_argument(
@@ -259,6 +353,7 @@ async def main() -> None:
     cmd = [sys.executable, __file__, "--child", "--window-kib", str(args.window_kib)]
     cmd += ["--shs"] if args.shs else []
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    go_proc, go_ports, go_missing = start_go_sink()
     try:
         assert proc.stdout is not None
         ports = json.loads(proc.stdout.readline())
@@ -269,42 +364,62 @@ async def main() -> None:
         print(
             f"bulk, {args.size_mb} MB one way, {args.window_kib} KiB window (best of {args.rounds})"
         )
-        print(f"  raw TCP              {raw_best:8.1f} MB/s   1.000")
-        print(f"  mux stream over TCP  {mux_best:8.1f} MB/s   {mux_best / raw_best:.3f}")
+        print(f"  raw TCP                          {raw_best:8.1f} MB/s   1.000")
+        print(
+            f"  mux stream, keywire receiver     {mux_best:8.1f} MB/s   {mux_best / raw_best:.3f}"
+        )
+        if go_ports:
+            go_conn = await mux_connect(go_ports[GO_WINDOWS[0]])
+            go_best = max([await bulk_stream(go_conn, size) for _ in range(args.rounds)])
+            await go_conn.close()
+            print(
+                f"  mux stream, hashicorp receiver   {go_best:8.1f} MB/s   {go_best / raw_best:.3f}"
+            )
 
-        raw_rr = [
-            await many(args.requests, lambda: request_raw(ports["raw"])) for _ in range(args.rounds)
+        pool = await open_pool(ports["raw"], args.pool)
+        pool_rr = [
+            await many(args.requests, lambda: request_pooled(pool)) for _ in range(args.rounds)
         ]
+        await close_pool(pool)
         mux_rr = [
             await many(args.requests, lambda: request_stream(conn)) for _ in range(args.rounds)
         ]
+        raw_rr = [
+            await many(args.requests, lambda: request_raw(ports["raw"])) for _ in range(args.rounds)
+        ]
+        (pool_rate, pool_lat), (mux_rate, mux_lat) = max(pool_rr), max(mux_rr)
         raw_rate, raw_lat = max(raw_rr)
-        mux_rate, mux_lat = max(mux_rr)
         print(f"request/response, {args.requests} at once (best of {args.rounds})")
-        print(f"  {'':31}{'per s':>8} {'p50 ms':>8} {'p99 ms':>8}   ratio")
-        print(
-            f"  raw TCP, a connection each    {raw_rate:8.0f} {pct(raw_lat, 0.5):8.1f} "
-            f"{pct(raw_lat, 0.99):8.1f}   1.000"
+        print(f"  {'':37}{'per s':>8} {'p50 ms':>8} {'p99 ms':>8}   ratio")
+        rows = (
+            (f"keep-alive pool, {args.pool} TCP conns", pool_rate, pool_lat),
+            ("mux, a stream each, 1 conn", mux_rate, mux_lat),
+            ("(context) a new TCP conn each", raw_rate, raw_lat),
         )
-        print(
-            f"  mux, a stream each, 1 conn    {mux_rate:8.0f} {pct(mux_lat, 0.5):8.1f} "
-            f"{pct(mux_lat, 0.99):8.1f}   {mux_rate / raw_rate:.3f}"
-        )
+        for label, rate, latencies in rows:
+            print(
+                f"  {label:36} {rate:8.0f} {pct(latencies, 0.5):8.1f} "
+                f"{pct(latencies, 0.99):8.1f}   {rate / pool_rate:.3f}"
+            )
         await conn.close()
 
         if args.delay_ms:
             delay, size_d = args.delay_ms / 1000, args.delay_size_mb << 20
+            receivers = [
+                (f"hashicorp/yamux, {w >> 10} KiB window", go_ports[w]) for w in sorted(go_ports)
+            ]
+            receivers.append(("keywire, auto-tuned window", ports["mux"]))
             rates = {}
-            for name, port in (("fixed", ports["mux_fixed"]), ("tuned", ports["mux"])):
+            for name, port in receivers:
                 slow = await mux_connect(port, CONFIG, delay)
                 rates[name] = await bulk_stream(slow, size_d)
                 await slow.close()
             print(f"bulk, {args.delay_size_mb} MB one way over a {args.delay_ms:g} ms round trip")
-            print(f"  fixed {CONFIG.window >> 10} KiB window {rates['fixed']:8.1f} MB/s   1.000")
-            print(
-                f"  auto-tuned window     {rates['tuned']:8.1f} MB/s   "
-                f"{rates['tuned'] / rates['fixed']:.3f}"
-            )
+            if go_missing:
+                print(f"  hashicorp/yamux: not measured ({go_missing})")
+            first = next(iter(rates.values()))
+            for name, rate in rates.items():
+                print(f"  {name:36} {rate:8.1f} MB/s   {rate / first:.3f}")
 
         if args.shs:
             import keywire
@@ -336,9 +451,10 @@ async def main() -> None:
                 f"(mean of {args.rounds})"
             )
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
+        for child_proc in (proc, go_proc):
+            if child_proc is not None and child_proc.stdin is not None:
+                child_proc.stdin.close()
+                child_proc.wait(10)
 
 
 if __name__ == "__main__":

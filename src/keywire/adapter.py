@@ -14,9 +14,13 @@ shell's (``keywire.shell.CoreConnection``). The contract in full: docs/shell.md.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .core import Core
+from .errors import UnsupportedError
 from .events import ConnectionTerminated, Event
 from .stream import finished_future
 
@@ -101,10 +105,33 @@ class Adapter(Protocol):
 
 
 class BaseAdapter:
-    """Defaults for the parts of ``Adapter`` most transports share (no datagrams, no
-    backlog, nothing to wait for on close, nothing to release)."""
+    """Defaults for the parts of ``Adapter`` most transports share (the shell and the loop
+    kept by ``attach``, no datagrams, no backlog, nothing to wait for on close, nothing to
+    release)."""
 
     datagram_queue = 0
+    #: hold the shell by weak reference: for a transport whose ended connections must be
+    #: freed by reference counting alone (KPS under churn), with no shell-adapter cycle
+    weak_shell = False
+    #: the running loop, from ``attach``
+    loop: asyncio.AbstractEventLoop
+    _shell_ref: Callable[[], CoreConnection | None]
+
+    def attach(self, shell: CoreConnection) -> None:
+        """Keep the shell and the loop; a subclass starts its I/O after calling this."""
+        self.loop = asyncio.get_running_loop()
+        self.shell = shell
+
+    @property
+    def shell(self) -> CoreConnection:
+        """The connection this adapter drives (set by ``attach``)."""
+        shell = self._shell_ref()
+        assert shell is not None, "the connection is gone"
+        return shell
+
+    @shell.setter
+    def shell(self, shell: CoreConnection) -> None:
+        self._shell_ref = weakref.ref(shell) if self.weak_shell else (lambda: shell)
 
     def accepted(self, stream_id: int) -> None:
         return None
@@ -124,3 +151,56 @@ class BaseAdapter:
 
     def send_datagram(self, data: bytes) -> None:
         raise NotImplementedError("this transport has no datagrams")
+
+
+class OneStreamVerbs:
+    """The stream verbs of an adapter under ``OneStreamConnection``: its one stream (id 0)
+    exists from the start, so none is ever opened through the adapter."""
+
+    def can_open_stream(self) -> bool:
+        return False
+
+    def open_stream(self) -> int:
+        raise UnsupportedError("this connection carries one stream")
+
+
+class CoreAdapter(BaseAdapter):
+    """An adapter for a core with the ``keywire.core.Core`` verbs: every shell verb that maps
+    to a core verb one to one is forwarded, so a subclass writes only its I/O and whatever
+    its transport does differently (an abort that is not a close, credit of its own)."""
+
+    core: Core
+
+    def next_event(self) -> Event | None:
+        return self.core.next_event()
+
+    def get_timer(self) -> float | None:
+        return self.core.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
+
+    def can_open_stream(self) -> bool:
+        return self.core.can_open_stream()
+
+    def open_stream(self) -> int:
+        return self.core.open_stream()
+
+    def send(self, stream_id: int, data: memoryview, end: bool) -> int:
+        return self.core.send(stream_id, data, end)
+
+    def reset(self, stream_id: int, code: int) -> None:
+        self.core.reset(stream_id, code)
+
+    def stop_sending(self, stream_id: int, code: int) -> None:
+        self.core.stop_sending(stream_id, code)
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        self.core.consumed(stream_id, n)
+        self.shell.update_soon()  # a window update may be queued
+
+    def close(self, code: int, reason: str) -> None:
+        self.core.close(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        self.core.close(code, reason)  # the core's close frame is still given a moment

@@ -370,6 +370,11 @@ def _redact_section(section: Section) -> Section:
     return section.with_args(*section.args[:first], *(REDACTED for _ in section.args[first:]))
 
 
+def redact(alt: Alternative) -> Alternative:
+    """``alt`` with its secrets replaced by ``…`` (what a connection keeps as its address)."""
+    return Alternative(tuple(_redact_section(s) for s in alt.sections))
+
+
 def redacted(addr: MultiAddress | Alternative) -> str:
     """The address as text with its secrets shown as ``…``: for errors, logs and status lines.
 
@@ -377,9 +382,7 @@ def redacted(addr: MultiAddress | Alternative) -> str:
     the address, and error messages end up in logs and bug reports.
     """
     alts = addr.alternatives if isinstance(addr, MultiAddress) else (addr,)
-    return ";".join(
-        format_alternative(Alternative(tuple(_redact_section(s) for s in a.sections))) for a in alts
-    )
+    return ";".join(format_alternative(redact(a)) for a in alts)
 
 
 def join(alternatives: Sequence[Alternative | str]) -> MultiAddress:

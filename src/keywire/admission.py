@@ -17,6 +17,7 @@ import os
 import resource
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 #: seconds between two log lines for the same limit
 LOG_EVERY = 10.0
@@ -29,10 +30,13 @@ def per_ip_share(max_connections: int) -> int:
 
 
 def source_ip(peer: str) -> str | None:
-    """The IP of a pipe's peer text (``net:IP:PORT``, ``ws:IP:PORT``, ``net:::1:PORT``); None
-    for local kinds (unix sockets, onion), which share no address to count by."""
+    """The IP of a pipe's peer text (``net:IP:PORT``, ``net:::1:PORT``, ``ws://IP:PORT``,
+    ``ws://[::1]:PORT``); None for local kinds (unix sockets, onion), which share no address
+    to count by."""
     scheme, _, rest = peer.partition(":")
-    if scheme not in ("net", "ws", "wss") or ":" not in rest:
+    if scheme in ("ws", "wss"):
+        return urlsplit(peer).hostname
+    if scheme != "net" or ":" not in rest:
         return None
     return rest.rsplit(":", 1)[0]
 

@@ -164,6 +164,20 @@ async def splice(
     return t
 
 
+def asyncio_io(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[Reader, Writer]:
+    """``splice``'s read and write over an asyncio reader and writer (a TCP connection, a
+    child's stdout and stdin); a write waits until the writer drained."""
+
+    async def read() -> bytes:
+        return await reader.read(CHUNK)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    return read, write
+
+
 async def splice_tcp(
     stream: Stream,
     reader: asyncio.StreamReader,
@@ -173,12 +187,7 @@ async def splice_tcp(
     """Stream ↔ a TCP connection (``--forward`` / ``--forward-local``); TCP half-closes, so
     both directions end on their own."""
 
-    async def read() -> bytes:
-        return await reader.read(CHUNK)
-
-    async def write(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
+    read, write = asyncio_io(reader, writer)
 
     async def close() -> None:
         if writer.can_write_eof():
@@ -291,12 +300,7 @@ async def splice_process(
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
 
-    async def read() -> bytes:
-        return await stdout.read(CHUNK)
-
-    async def write(data: bytes) -> None:
-        stdin.write(data)
-        await stdin.drain()
+    read, write = asyncio_io(stdout, stdin)
 
     async def close() -> None:
         stdin.close()

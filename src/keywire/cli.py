@@ -39,6 +39,7 @@ from .bridge import (
 from .cliout import (
     Progress,
     Reporter,
+    address_text,
     chain_name,
     peer_fields,
     print_qr,
@@ -332,7 +333,7 @@ class Gate:
             )
         else:
             why = "its key is not in --allow"
-        self.refused(str(conn.remote), why, address=conn.address)
+        self.refused(str(conn.remote), why, address=address_text(conn.address))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(Code.PERMISSION_DENIED, "not allowed"), 2.0)
         return False
@@ -379,7 +380,7 @@ def exec_env(conn: Connection) -> dict[str, str]:
     return {
         "KEYWIRE_PEER": "" if str(remote) == "anonymous" else str(remote),
         "KEYWIRE_TRANSPORT": chain_name(conn.address),
-        "KEYWIRE_ADDRESS": conn.address,
+        "KEYWIRE_ADDRESS": address_text(conn.address) or "",
     }
 
 
@@ -425,7 +426,7 @@ async def serve_streams(
 
     async def one(stream: Stream) -> None:
         t = Transfer()
-        report.event("stream_opened", stream=stream.id, address=conn.address)
+        report.event("stream_opened", stream=stream.id, address=address_text(conn.address))
         reason = ""
         try:
             await handle(conn, stream, t)
@@ -548,7 +549,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             reason = conn.close_error
             report.event(
                 "disconnected",
-                address=conn.address,
+                address=address_text(conn.address),
                 reason=str(reason) if reason is not None else "done",
             )
 
@@ -634,7 +635,7 @@ async def listen_stdio(
             stream = await conn.accept_stream()
         except ConnectionClosed as exc:
             report.info(f"that connection ended before opening a stream ({exc}); still listening")
-            report.event("disconnected", address=conn.address, reason=str(exc))
+            report.event("disconnected", address=address_text(conn.address), reason=str(exc))
             continue
         break
     # one session: later dialers are refused at once rather than left waiting
@@ -662,7 +663,7 @@ async def run_stdio_session(
     try:
         stream = await get_stream()
         stream_id = stream.id
-        report.event("stream_opened", stream=stream_id, address=conn.address)
+        report.event("stream_opened", stream=stream_id, address=address_text(conn.address))
         with start_progress(t, report):
             await splice_stdio(stream, t, ended=connection_end(conn))
     except (SpliceError, StreamError, ConnectionClosed) as exc:
@@ -773,7 +774,7 @@ async def forward_local(
             writer.close()
             return
         t = Transfer()
-        report.event("stream_opened", stream=stream.id, address=current.address)
+        report.event("stream_opened", stream=stream.id, address=address_text(current.address))
         reason = ""
         try:
             await splice_tcp(stream, reader, writer, t)
@@ -788,7 +789,9 @@ async def forward_local(
         return EXIT_USAGE
     sock = server.sockets[0].getsockname()
     print(f"{sock[0]}:{sock[1]}", flush=True)
-    report.event("listening", address=f"{sock[0]}:{sock[1]}", forwarding_to=conn.address)
+    report.event(
+        "listening", address=f"{sock[0]}:{sock[1]}", forwarding_to=address_text(conn.address)
+    )
     report.info(f"forwarding {sock[0]}:{sock[1]} to {conn.address}")
     async with server:
         while True:
@@ -847,7 +850,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         await close_gracefully(conn, args.timeout)
     elapsed = time.perf_counter() - connected
     result = {
-        "address": conn.address,
+        "address": address_text(conn.address),
         "bytes": received,
         "connect_ms": round((connected - start) * 1000, 2),
         "seconds": round(elapsed, 3),

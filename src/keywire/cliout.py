@@ -16,19 +16,24 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
+from .address import Alternative
 from .bridge import Transfer
 from .stream import Connection
 
 
-def is_relayed(address: str) -> bool:
+def is_relayed(address: Alternative | None) -> bool:
     """A Link address goes through a relay; everything else is a direct path."""
-    return "~link" in address
+    return address is not None and "link" in address.names
 
 
-def chain_name(address: str) -> str:
+def chain_name(address: Alternative | None) -> str:
     """The section names of an address, e.g. ``net~shs~mux`` or ``kps``."""
-    parts = address.split("~") if address else ["?"]
-    return "~".join(part.split(":", 1)[0] for part in parts)
+    return "~".join(address.names) if address is not None else "?"
+
+
+def address_text(address: Alternative | None) -> str | None:
+    """An address as JSON-able text (None stays None)."""
+    return None if address is None else str(address)
 
 
 def peer_fields(conn: Connection) -> dict[str, Any]:
@@ -43,7 +48,7 @@ def peer_fields(conn: Connection) -> dict[str, Any]:
         "certhash": remote.certhash,
         "host_key": host_key,
         "transport": chain_name(conn.address),
-        "address": conn.address,
+        "address": address_text(conn.address),
         "relayed": is_relayed(conn.address),
     }
 
@@ -57,7 +62,7 @@ def watch_path(conn: Connection, report: Reporter) -> None:
 
     def say(kind: str, remote: str | None) -> None:
         report.info(f"path: {kind} {remote}" if remote else f"path: {kind}")
-        report.event("path", path=kind, remote=remote, address=conn.address)
+        report.event("path", path=kind, remote=remote, address=address_text(conn.address))
 
     kind, _, remote = str(getattr(conn, "path", "relay")).partition(" ")
     say(kind, remote or None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .address import Alternative, redacted
+from .address import Alternative, redact
 from .errors import KeywireError
 from .options import Options
 from .pipe import Pipe
@@ -46,7 +46,7 @@ async def compose(alt: Alternative, pipe: Pipe, options: Options, side: Side) ->
             address = f"{address}~{transform.peer_section(section, result, options)}"
         previous = section
     if isinstance(result, Pipe):
-        return SingleStreamConnection(result, redacted(alt) if side is Side.CLIENT else address)
+        return SingleStreamConnection(result, redact(alt) if side is Side.CLIENT else address)
     return result
 
 

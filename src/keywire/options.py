@@ -66,6 +66,47 @@ def unknown_setting(key: str, prefix: str, names: Iterable[str]) -> ValueError:
     return ValueError(f"unknown setting {key!r} (known: {listed})")
 
 
+def as_number(raw: object) -> float | None:
+    """``raw`` as a number if it is one or is text of one (``--set link.x=5``), else None;
+    True and False are not numbers here. Callers check the range and name the key."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return float(raw)
+        except ValueError:
+            return None
+    return None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def setting_value(key: str, kind: object, raw: object) -> bool | int | float:
+    """``raw`` as the setting ``key`` of type ``kind`` (``bool``, ``int`` or ``float``, or its
+    name, as dataclass fields give it); text is accepted as ``--set key=value`` gives it. The
+    one coercion every plugin's settings use, so a bad value fails the same way everywhere:
+    ``ValueError`` naming ``key``."""
+    if kind in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower() if isinstance(raw, (str, int)) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{key} must be true or false, got {raw!r}")
+    value = as_number(raw)
+    if kind in (float, "float"):
+        if value is None:
+            raise ValueError(f"{key} must be a number, got {raw!r}")
+        return float(value)
+    if value is None or not float(value).is_integer():
+        raise ValueError(f"{key} must be a whole number, got {raw!r}")
+    return int(value)
+
+
 def read_settings(options: Options, prefix: str, known: Iterable[str]) -> dict[str, Any]:
     """The ``options.extra`` entries under ``prefix`` (``"kps."``), keyed by bare name.
 
@@ -90,8 +131,10 @@ __all__ = [
     "SSB_APP_KEY",
     "Authorize",
     "Options",
+    "as_number",
     "make_options",
     "prefixed_extra",
     "read_settings",
+    "setting_value",
     "unknown_setting",
 ]

@@ -16,7 +16,7 @@ import termios
 from abc import ABC, abstractmethod
 
 from .errors import Code, StreamError
-from .stream import RemoteIdentity
+from .stream import RemoteIdentity, read_exactly
 
 #: how often a closing stream checks whether the peer has acknowledged its last bytes (the
 #: first checks come sooner: on a LAN the answer takes a millisecond)
@@ -94,15 +94,7 @@ class Pipe(ABC):
         self.abort()
 
     async def readexactly(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            chunk = await self.read(n - got)
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"".join(parts), n)
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        return await read_exactly(self.read, n)
 
 
 class StreamPipe(Pipe):
@@ -120,13 +112,13 @@ class StreamPipe(Pipe):
         try:
             return await self._reader.read(max_bytes)
         except (ConnectionError, OSError) as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+            raise self._lost(exc) from None
 
     async def readexactly(self, n: int) -> bytes:
         try:
             return await self._reader.readexactly(n)
         except (ConnectionError, OSError) as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+            raise self._lost(exc) from None
 
     async def write(self, data: bytes) -> None:
         if self._write_closed:
@@ -135,7 +127,7 @@ class StreamPipe(Pipe):
             self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+            raise self._lost(exc) from None
 
     async def close_write(self) -> None:
         if self._write_closed:
@@ -146,7 +138,11 @@ class StreamPipe(Pipe):
                 self._writer.write_eof()
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}") from None
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: Exception) -> StreamError:
+        """The error every method raises when the socket fails, naming the peer."""
+        return StreamError(Code.NETWORK_ERROR, f"{self.peer or 'socket'}: {exc}")
 
     def abort(self) -> None:
         transport = self._writer.transport

@@ -15,11 +15,12 @@ from collections import deque
 from collections.abc import Awaitable
 
 from . import events as ev
-from .errors import Code, StreamError, UnsupportedError
+from .adapter import OneStreamVerbs
+from .errors import Code, StreamError
 from .pipe import ACK_POLL, LINGER_AFTER_ACK, Pipe, unacknowledged
 from .pipeio import CONTROL_HIGH_WATER, OUTPUT_HIGH_WATER, PipeAdapter
 from .shell import CoreStream, OneStreamConnection
-from .stream import RemoteIdentity, finished_future
+from .stream import AddressLike, RemoteIdentity, finished_future
 
 __all__ = ["PipeStream", "RawPipeCore", "SinglePipeAdapter", "SingleStreamConnection"]
 
@@ -81,7 +82,7 @@ class RawPipeCore:
         self.end(code, reason or "closed locally", remote=False)
 
 
-class SinglePipeAdapter(PipeAdapter):
+class SinglePipeAdapter(OneStreamVerbs, PipeAdapter):
     """The shell's verbs on a ``RawPipeCore``; FIN is ``pipe.close_write()``."""
 
     core: RawPipeCore
@@ -106,12 +107,6 @@ class SinglePipeAdapter(PipeAdapter):
 
     def handle_timer(self, now: float) -> None:
         return None
-
-    def can_open_stream(self) -> bool:
-        return False
-
-    def open_stream(self) -> int:
-        raise UnsupportedError("a pipe carries one stream")
 
     def send(self, stream_id: int, data: memoryview, end: bool) -> int:
         if end:
@@ -253,7 +248,9 @@ class SingleStreamConnection(OneStreamConnection):
     stream_class = PipeStream
     advice = "; add ~mux for more"
 
-    def __init__(self, pipe: Pipe, address: str, remote: RemoteIdentity | None = None) -> None:
+    def __init__(
+        self, pipe: Pipe, address: AddressLike, remote: RemoteIdentity | None = None
+    ) -> None:
         self._pipe = pipe
         super().__init__(
             SinglePipeAdapter(pipe),
@@ -266,4 +263,5 @@ class SingleStreamConnection(OneStreamConnection):
 
     @property
     def transport_name(self) -> str:
-        return self.address.split("~", 1)[0].split(":", 1)[0] or "pipe"
+        address = self.address
+        return address.transport.name if address is not None else "pipe"

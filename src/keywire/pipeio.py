@@ -22,6 +22,7 @@ from . import events as ev
 from .adapter import BaseAdapter
 from .errors import Code, StreamError
 from .pipe import ACK_POLL, Pipe, unacknowledged
+from .stream import wake_all
 
 if TYPE_CHECKING:
     from .shell import CoreConnection
@@ -114,9 +115,7 @@ class PipeAdapter(BaseAdapter):
     # -- tasks ----------------------------------------------------------------------------------
     def _wake_drained(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
 
     def _failed(self, exc: BaseException) -> None:
         """The pipe broke under the reader or the writer: the core ends with its code."""

@@ -32,7 +32,7 @@ from .options import Options, make_options
 from .pipe import Pipe
 from .plugin import Listening
 from .registry import registry
-from .stream import Connection
+from .stream import Connection, until_closed
 from .timeouts import with_timeout
 
 log = logging.getLogger("keywire.server")
@@ -383,14 +383,7 @@ class Server:
         raise ConnectionClosed(Code.CLOSED, "server closed")
 
     def __aiter__(self) -> AsyncIterator[Connection]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Connection]:
-        while True:
-            try:
-                yield await self.accept()
-            except ConnectionClosed:
-                return
+        return until_closed(self.accept)
 
     async def serve(self, handler: Handler | None = None) -> None:
         """Run ``handler`` for every connection until the server is closed (or cancelled)."""

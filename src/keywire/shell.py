@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Awaitable
 
 from . import events as ev
@@ -20,6 +19,7 @@ from .adapter import Adapter
 from .corestream import CoreStream
 from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
 from .stream import (
+    AddressLike,
     Connection,
     DatagramQueue,
     RemoteIdentity,
@@ -35,32 +35,47 @@ class CoreConnection(Connection):
     their constructor."""
 
     stream_class: type[CoreStream] = CoreStream
+    #: the transport's name in errors and logs (None: the address's transport)
+    transport_label: str | None = None
 
     def __init__(
-        self, adapter: Adapter, *, address: str = "", remote: RemoteIdentity | None = None
+        self, adapter: Adapter, *, address: AddressLike = None, remote: RemoteIdentity | None = None
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._adapter = adapter
         self.address = address
         self.remote = remote if remote is not None else RemoteIdentity()
         self._table: dict[int, CoreStream] = {}
-        self._incoming: deque[CoreStream] = deque()
-        self._acceptors: deque[asyncio.Future[None]] = deque()
+        # short queues as lists, the datagram queue and the linger event made when first
+        # needed, the ending a future: an idle connection holds no 760-byte empty deque
+        # (asyncio.Event and DatagramQueue each have one; issue 17)
+        self._incoming: list[CoreStream] = []
+        self._acceptors: list[asyncio.Future[None]] = []
         self._open_waiters: list[asyncio.Future[None]] = []
         self._blocked: set[CoreStream] = set()
-        self._datagrams = DatagramQueue(max(1, adapter.datagram_queue))
+        self._datagrams: DatagramQueue | None = None
         self._error: ConnectionClosed | None = None
-        self._done = asyncio.Event()
-        self._delivered = asyncio.Event()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._delivered: asyncio.Event | None = None
         self._lingering = False
         self._aborting = False
         self._released: Awaitable[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._kicked = False
+        #: True once the adapter released the transport (``forget``): no timer, no table
+        self.finished = False
         #: resolves when the handshake completes; fails with the ending if it never does
         self.handshake: asyncio.Future[None] = self._loop.create_future()
         adapter.attach(self)
+
+    def __repr__(self) -> str:
+        state = "open" if self._error is None else f"closed ({self._error})"
+        return f"<{type(self).__name__} {self.address or '?'} {state}>"
+
+    @property
+    def transport_name(self) -> str:
+        return self.transport_label or super().transport_name
 
     # -- driving --------------------------------------------------------------------------------
     def update(self) -> None:
@@ -74,7 +89,7 @@ class CoreConnection(Connection):
         adapter.transmit()
         while (event := adapter.next_event()) is not None:
             dispatch(event)
-        deadline = adapter.get_timer()
+        deadline = None if self.finished else adapter.get_timer()
         if deadline != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -82,7 +97,7 @@ class CoreConnection(Connection):
             self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
         if self._open_waiters and (self._error is not None or adapter.can_open_stream()):
             self._wake_all(self._open_waiters)
-        if self._lingering and adapter.delivered():
+        if self._lingering and adapter.delivered() and self._delivered is not None:
             self._delivered.set()
 
     def update_soon(self) -> None:
@@ -100,6 +115,7 @@ class CoreConnection(Connection):
         stream table (no event comes, and dropping it breaks the cycle with the streams so a
         finished connection is freed as soon as the application drops it). Streams not yet
         accepted stay for ``accept_stream``: their bytes are still readable."""
+        self.finished = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -147,7 +163,7 @@ class CoreConnection(Connection):
         elif isinstance(event, ev.StreamClosed):
             self._table.pop(event.stream_id, None)
         elif isinstance(event, ev.DatagramReceived):
-            self._datagrams.push(event.data)
+            self._datagram_queue().push(event.data)
         elif isinstance(event, ev.HandshakeCompleted):
             if not self.handshake.done():
                 self.handshake.set_result(None)
@@ -158,7 +174,7 @@ class CoreConnection(Connection):
         if self._error is not None:
             return
         self._error = error = event.error()
-        self._done.set()
+        self._done.set_result(None)
         if not self.handshake.done():
             self.handshake.set_exception(fresh(error))
             self.handshake.exception()  # retrieved: a failed dial reports it elsewhere
@@ -167,10 +183,12 @@ class CoreConnection(Connection):
             stream._connection_ended(stream_error)
         self._table.clear()
         self._blocked.clear()
-        self._datagrams.fail(error)
+        if self._datagrams is not None:
+            self._datagrams.fail(error)
         self._wake_all(self._acceptors)
         self._wake_all(self._open_waiters)
-        self._delivered.set()
+        if self._delivered is not None:
+            self._delivered.set()
         self._released = self._adapter.terminated(event, aborting=self._aborting)
 
     def _stream_error(self) -> StreamError:
@@ -184,7 +202,7 @@ class CoreConnection(Connection):
         return StreamError(code, f"connection ended: {error}", remote=error.remote)
 
     @staticmethod
-    def _wake_all(waiters: deque[asyncio.Future[None]] | list[asyncio.Future[None]]) -> None:
+    def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
         pending = list(waiters)
         waiters.clear()
         for waiter in pending:
@@ -194,7 +212,7 @@ class CoreConnection(Connection):
     def _wake_acceptor(self) -> None:
         """A stream arrived: the longest-waiting ``accept_stream`` takes it."""
         while self._acceptors:
-            waiter = self._acceptors.popleft()
+            waiter = self._acceptors.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -238,7 +256,7 @@ class CoreConnection(Connection):
                     waiter.cancel()
                     with contextlib.suppress(ValueError):
                         self._acceptors.remove(waiter)
-        stream = self._incoming.popleft()
+        stream = self._incoming.pop(0)
         if self._error is None:
             self._adapter.accepted(stream.id)
             self.update_soon()
@@ -257,12 +275,12 @@ class CoreConnection(Connection):
                     stream._end_for_close(finish=code == Code.NONE)
                 self.update()
                 if not self._adapter.delivered():
-                    self._delivered.clear()
+                    self._delivered = delivered = asyncio.Event()
                     self._lingering = True
                     try:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout_at(deadline):
-                                await self._delivered.wait()
+                                await delivered.wait()
                     finally:
                         self._lingering = False
                 if self._error is None:
@@ -297,7 +315,7 @@ class CoreConnection(Connection):
         return self._error
 
     async def wait_closed(self) -> ConnectionClosed:
-        await self._done.wait()
+        await asyncio.shield(self._done)
         assert self._error is not None
         return self._error
 
@@ -317,12 +335,21 @@ class CoreConnection(Connection):
     async def receive_datagram(self) -> bytes:
         if self._adapter.datagram_queue <= 0:
             return await super().receive_datagram()
-        return await self._datagrams.get()
+        return await self._datagram_queue().get()
 
     @property
     def datagrams_dropped(self) -> int:
         """Datagrams dropped because the receive queue was full (oldest first)."""
-        return self._datagrams.dropped
+        return 0 if self._datagrams is None else self._datagrams.dropped
+
+    def _datagram_queue(self) -> DatagramQueue:
+        """The receive queue, made on the first datagram or ``receive_datagram``."""
+        queue = self._datagrams
+        if queue is None:
+            self._datagrams = queue = DatagramQueue(max(1, self._adapter.datagram_queue))
+            if self._error is not None:
+                queue.fail(self._error)
+        return queue
 
 
 class OneStreamConnection(CoreConnection):
@@ -338,7 +365,7 @@ class OneStreamConnection(CoreConnection):
     advice = ""
 
     def __init__(
-        self, adapter: Adapter, *, address: str = "", remote: RemoteIdentity | None = None
+        self, adapter: Adapter, *, address: AddressLike = None, remote: RemoteIdentity | None = None
     ) -> None:
         super().__init__(adapter, address=address, remote=remote)
         self._one = self.stream_class(self, 0)
@@ -360,7 +387,7 @@ class OneStreamConnection(CoreConnection):
 
     async def accept_stream(self) -> CoreStream:
         if self._taken:
-            await self._done.wait()
+            await asyncio.shield(self._done)
             assert self._error is not None
             raise fresh(self._error)
         return self._take()

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+from .address import Alternative, parse_alternative
 from .errors import Code, ConnectionClosed, StreamError, UnsupportedError
 
 DEFAULT_READ_SIZE = 65536
@@ -88,6 +89,30 @@ class RemoteIdentity:
 
             return "link host " + base64.urlsafe_b64encode(self.host_key).decode().rstrip("=")
         return "anonymous"
+
+
+def wake_all(waiters: Iterable[asyncio.Future[None]]) -> None:
+    """Resolve every waiter that still waits (one cancelled meanwhile is skipped)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def read_exactly(read: Callable[[int], Awaitable[bytes]], n: int) -> bytes:
+    """Exactly ``n`` bytes from ``read``; ``asyncio.IncompleteReadError`` if EOF comes first.
+
+    The one loop behind every ``readexactly`` (receive buffers, streams, pipes)."""
+    if n < 0:
+        raise ValueError("readexactly needs n >= 0")
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = await read(n - got)
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"".join(parts), n)
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 class ReceiveBuffer:
@@ -194,17 +219,7 @@ class ReceiveBuffer:
         return self._take(self._size if n < 0 else min(n, self._size))
 
     async def readexactly(self, n: int) -> bytes:
-        if n < 0:
-            raise ValueError("readexactly needs n >= 0")
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            chunk = await self.read(n - got)
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"".join(parts), n)
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        return await read_exactly(self.read, n)
 
 
 class Stream(ABC):
@@ -219,15 +234,7 @@ class Stream(ABC):
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` if FIN comes first."""
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            chunk = await self.read(n - got)
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"".join(parts), n)
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        return await read_exactly(self.read, n)
 
     async def read_all(self, limit: int = 1 << 30) -> bytes:
         """Everything until FIN (at most ``limit`` bytes, else ``StreamError(too-large)``)."""
@@ -285,12 +292,43 @@ class Stream(ABC):
             yield chunk
 
 
+async def until_closed[T](accept: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
+    """What ``accept()`` gives, one after another, until it raises ``ConnectionClosed``: the
+    ``async for`` of a connection's streams and of a server's connections."""
+    while True:
+        try:
+            yield await accept()
+        except ConnectionClosed:
+            return
+
+
+#: what a connection's address may be set from: parsed, canonical text (parsed when first read),
+#: or None for none
+AddressLike = Alternative | str | None
+
+
 class Connection(ABC):
     """A secure connection to one peer, carrying streams (and datagrams where it can)."""
 
-    #: the multiaddress alternative this connection was reached on (dialer) or accepted on
-    address: str = ""
     remote: RemoteIdentity = RemoteIdentity()
+    #: what ``address`` was set to; text is parsed on first read (most connections are never
+    #: asked, and a dial should not pay for a parse it does not need)
+    _address: Alternative | str | None = None
+
+    @property
+    def address(self) -> Alternative | None:
+        """The alternative this connection was reached on, parsed: a dialer's is the one it
+        dialed (secrets redacted), a server's names the peer's transport address and what each
+        transform proved (``net:203.0.113.5:41234~shs:KEY``). ``str()`` gives the canonical
+        text. None for a connection made without an address (a memory pair)."""
+        value = self._address
+        if isinstance(value, str):
+            value = self._address = parse_alternative(value) if value else None
+        return value
+
+    @address.setter
+    def address(self, value: AddressLike) -> None:
+        self._address = value
 
     @abstractmethod
     async def open_stream(self) -> Stream:
@@ -352,7 +390,8 @@ class Connection(ABC):
 
     @property
     def transport_name(self) -> str:
-        return self.address.split(":", 1)[0] if self.address else type(self).__name__
+        address = self.address
+        return address.transport.name if address is not None else type(self).__name__
 
     async def __aenter__(self) -> Connection:
         return self
@@ -363,14 +402,7 @@ class Connection(ABC):
         await self.close(Code.NONE if et is None else Code.CANCELLED)
 
     def __aiter__(self) -> AsyncIterator[Stream]:
-        return self._streams()
-
-    async def _streams(self) -> AsyncIterator[Stream]:
-        while True:
-            try:
-                yield await self.accept_stream()
-            except ConnectionClosed:
-                return
+        return until_closed(self.accept_stream)
 
 
 class DatagramQueue:

@@ -45,7 +45,8 @@ CASES = {
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
     "bench_link_cluster.py": [
-        *("--size-mb", "2", "--hosts", "50", "--intros", "20", "--rounds", "1", "--latency", "5")
+        *("--size-mb", "2", "--hosts", "50", "--intros", "20", "--rounds", "1", "--latency", "5"),
+        *("--intro-hosts", "20", "--intro-rounds", "1", "--pinned-rounds", "1"),
     ],
     "bench_store_storage.py": ["--size", "2000000", "--ttl", "1", "--backends", "http,redis"],
     "bench_webtransport.py": ["--size-mb", "2", "--runs", "1"],

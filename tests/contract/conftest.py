@@ -24,7 +24,7 @@ from keywire.errors import Code
 from keywire.identity import Identity
 from keywire.mux.connection import MuxConnection
 from keywire.options import Options
-from keywire.store import MemoryStore, Role, StoreConnection, StoreParams, StoreStream
+from keywire.store import MemoryStore, Role, StoreParams, StoreStream
 from keywire.stream import Connection
 from keywire.testing import Capabilities, DatagramSupport, MakePair, memory_pipe_pair
 
@@ -169,14 +169,10 @@ async def store_memory() -> AsyncIterator[MakePair]:
     @contextlib.asynccontextmanager
     async def make_pair() -> AsyncIterator[Pair]:
         secret = os.urandom(32)
-        server = StoreConnection(
-            StoreStream.open(store, secret, Role.LISTENER, params=params),
-            "memory~stream",
-            linger=5.0,
-        )
-        client = StoreConnection(
-            StoreStream.open(store, secret, Role.DIALER, params=params), "memory~stream", linger=5.0
-        )
+        server = StoreStream.open(store, secret, Role.LISTENER, params=params).connection
+        client = StoreStream.open(store, secret, Role.DIALER, params=params).connection
+        server.named("memory~stream", linger=5.0)
+        client.named("memory~stream", linger=5.0)
         try:
             yield client, server
         finally:

@@ -22,7 +22,7 @@ import pytest
 
 import keywire
 from keywire import events as ev
-from keywire.adapter import BaseAdapter
+from keywire.adapter import CoreAdapter
 from keywire.address import Alternative, Scope, Section
 from keywire.errors import Code, StreamError
 from keywire.identity import Identity
@@ -158,6 +158,15 @@ class ToyCore:
         out, self._out = self._out, []
         return out
 
+    def get_timer(self) -> float | None:
+        return None  # frames are never lost in memory: nothing to retransmit
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def can_open_stream(self) -> bool:
+        return not self.ended
+
     def _maybe_closed(self, sid: int, half: _Half) -> None:
         if half.send_done and half.recv_done and not half.closed:
             half.closed = True
@@ -170,16 +179,16 @@ class ToyCore:
             self._events.append(ev.ConnectionTerminated(code, reason, remote))
 
 
-class ToyAdapter(BaseAdapter):
-    """The whole transport-specific shell: frames cross to the peer on the next loop turn."""
+class ToyAdapter(CoreAdapter):
+    """The whole transport-specific shell: frames cross to the peer on the next loop turn
+    (``CoreAdapter`` forwards every other verb to the core)."""
+
+    core: ToyCore
 
     def __init__(self, core: ToyCore) -> None:
         self.core = core
         self.peer: ToyAdapter | None = None
         self._in_flight = 0
-
-    def attach(self, shell: CoreConnection) -> None:
-        self.shell = shell
 
     def _arrive(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -191,45 +200,14 @@ class ToyAdapter(BaseAdapter):
         peer._arrive(frames)
         self.shell.update()
 
-    def next_event(self) -> ev.Event | None:
-        return self.core.next_event()
-
     def transmit(self) -> None:
         frames = self.core.frames_to_send()
         if frames and self.peer is not None:
             self._in_flight += 1
             asyncio.get_running_loop().call_soon(self._delivered_one, self.peer, frames)
 
-    def get_timer(self) -> float | None:
-        return None
-
-    def handle_timer(self, now: float) -> None:
-        return None
-
-    def can_open_stream(self) -> bool:
-        return not self.core.ended
-
-    def open_stream(self) -> int:
-        return self.core.open_stream()
-
-    def send(self, stream_id: int, data: memoryview, end: bool) -> int:
-        return self.core.send(stream_id, data, end)
-
-    def reset(self, stream_id: int, code: int) -> None:
-        self.core.reset(stream_id, code)
-
-    def stop_sending(self, stream_id: int, code: int) -> None:
-        self.core.stop_sending(stream_id, code)
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        self.core.consumed(stream_id, n)
-        self.shell.update_soon()
-
     def delivered(self) -> bool:
         return self._in_flight == 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.core.close(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
         self.core.close(code, reason, drop_queued=True)

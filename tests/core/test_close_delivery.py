@@ -24,7 +24,7 @@ from keywire.errors import ConnectionClosed, StreamError
 from keywire.mux.connection import PEER_END_GRACE, MuxConnection
 from keywire.options import Options
 from keywire.pipe import StreamPipe
-from keywire.store import MemoryStore, Role, StoreConnection, StoreParams, StoreStream
+from keywire.store import MemoryStore, Role, StoreParams, StoreStream
 from keywire.store.mapserver import MapServer
 from keywire.stream import Connection
 
@@ -104,8 +104,8 @@ async def store_memory_pair(tmp: Path) -> AsyncIterator[Pair]:
     store = MemoryStore()
     secret = random.Random(7).randbytes(32)
     params = StoreParams(window=16, rto_min=0.05, rto_initial=0.2)
-    listener = StoreConnection(StoreStream.open(store, secret, Role.LISTENER, params=params))
-    dialer = StoreConnection(StoreStream.open(store, secret, Role.DIALER, params=params))
+    listener = StoreStream.open(store, secret, Role.LISTENER, params=params).connection
+    dialer = StoreStream.open(store, secret, Role.DIALER, params=params).connection
     try:
         yield Pair(dialer, listener)
     finally:

@@ -39,7 +39,7 @@ async def test_the_chain_gives_mux_connections_with_the_shs_identity(
     assert address.startswith("net:127.0.0.1:") and address.endswith("~mux")
     client, accepted = await connect(server)
     assert isinstance(client, MuxConnection) and isinstance(accepted, MuxConnection)
-    assert client.address == address
+    assert str(client.address) == address
     assert client.remote.public_key is not None
     assert f"shs:{client.remote.shs_id}" in address
     await client.close()

@@ -15,17 +15,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from keywire import events as ev
 from keywire.errors import StreamError
-from keywire.store.core import (
-    DataReceived,
-    EndReceived,
-    FrameRejected,
-    GetOp,
-    PutOp,
-    ReadFailed,
-    StoreCore,
-    WriteFailed,
-)
+from keywire.store.core import FrameRejected, GetOp, PutOp, ReadFailed, StoreCore
+
+
+@dataclass(frozen=True)
+class WriteFailed:
+    """Our writes failed: the peer's StopSending (the error ``write`` raises), or a fatal error."""
+
+    error: StreamError
 
 
 @dataclass
@@ -81,21 +80,31 @@ class Endpoint:
                 return  # blocked in write: reads nothing more meanwhile
 
     def take_events(self) -> None:
+        """The core's events, as the shell would see them: reads and writes that fail are
+        recorded with the error ``read``/``write`` would raise."""
         for event in self.core.events():
-            if isinstance(event, DataReceived):
+            if isinstance(event, ev.StreamData):
                 self.received += event.data
                 if self.echo:
                     self.inbox += event.data
                 else:
                     self.core.consumed(len(event.data))
-            elif isinstance(event, EndReceived):
-                self.eof = True
+                self.eof = self.eof or event.fin
+            elif isinstance(event, ev.StreamReset):
+                error = StreamError(event.code, "peer reset the stream", remote=True)
+                self.errors.append(ReadFailed(error, discard=True))
             elif isinstance(event, ReadFailed):
                 self.errors.append(event)
             elif isinstance(event, FrameRejected):
                 self.rejected.append(event)
-            elif isinstance(event, WriteFailed):
-                self.write_failures.append(event)
+            elif isinstance(event, ev.StopSendingReceived):
+                error = self.core.sender.write_error
+                assert error is not None and error.wire_code == event.code
+                self.write_failures.append(WriteFailed(error))
+            elif isinstance(event, ev.ConnectionTerminated):
+                assert self.core.failed is not None
+                self.errors.append(ReadFailed(self.core.failed))
+                self.write_failures.append(WriteFailed(self.core.failed))
 
 
 class SimStore:

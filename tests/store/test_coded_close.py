@@ -17,10 +17,10 @@ import pytest
 
 from keywire.errors import ConnectionClosed, StreamError
 from keywire.store import MemoryStore, RedisStore, StoreConnection, StoreStream
+from keywire.store.adapter import LAST_WORDS_TIMEOUT
 from keywire.store.core import Mode, StoreCore, StoreParams
 from keywire.store.frame import Frame, FrameType, open_frame
 from keywire.store.schedule import KeySchedule, Role
-from keywire.store.stream import LAST_WORDS_TIMEOUT
 
 from .conftest import RedisProcess
 from .sim import Endpoint, SimStore
@@ -136,11 +136,8 @@ async def _pair(
     for role in (Role.DIALER, Role.LISTENER):
         backend = RedisStore(store) if isinstance(store, str) else store
         stream = StoreStream.open(backend, secret, role, params=FAST)  # type: ignore[arg-type]
-        conns.append(
-            StoreConnection(
-                stream, "test~stream", linger=linger, owns_backend=backend if own else None
-            )
-        )  # type: ignore[arg-type]
+        owned = backend if own else None
+        conns.append(stream.connection.named("test~stream", linger=linger, owns_backend=owned))  # type: ignore[arg-type]
     return conns[0], conns[1]
 
 
@@ -256,7 +253,7 @@ async def test_abort_returns_promptly_when_the_store_is_stopped(redis_server: Re
 async def test_abort_of_a_session_nobody_joined_leaves_the_store_empty() -> None:
     store = MemoryStore()
     stream = StoreStream.open(store, os.urandom(32), Role.LISTENER, params=FAST)
-    conn = StoreConnection(stream, "test~stream")
+    conn = stream.connection.named("test~stream")
     await asyncio.sleep(0.05)
     await conn.abort(CODE)
     assert len(store) == 0

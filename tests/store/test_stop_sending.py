@@ -390,7 +390,7 @@ async def test_stop_sending_through_dial_and_server() -> None:
                 await stream.wait_finished()  # the server's Reset(7) arrived
                 await serving
             assert write_error and write_error[0].wire_code == 7 and write_error[0].remote
-            assert "peer asked to stop sending (code 7)" in str(write_error[0])
+            assert "(7, peer): the peer ended our sending half" in str(write_error[0])
             assert stream.core.failed is None
             await asyncio.wait_for(conn.close(), 10)
         finally:

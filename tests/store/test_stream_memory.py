@@ -6,13 +6,14 @@ import asyncio
 
 import pytest
 
+from keywire.corestream import CoreStream
 from keywire.errors import Code, StreamError, UnsupportedError
+from keywire.shell import OneStreamConnection
 from keywire.store import (
     LossyStore,
     MemoryStore,
     Role,
     StateError,
-    StoreConnection,
     StoreParams,
     StoreStream,
     new_state_key,
@@ -111,8 +112,8 @@ async def test_reset_fails_the_peer_with_the_code() -> None:
 
 async def test_connection_has_exactly_one_stream() -> None:
     store = MemoryStore()
-    a = StoreConnection(StoreStream.open(store, SECRET, Role.LISTENER), "mem~stream")
-    b = StoreConnection(StoreStream.open(store, SECRET, Role.DIALER), "mem~stream")
+    a = StoreStream.open(store, SECRET, Role.LISTENER).connection.named("mem~stream")
+    b = StoreStream.open(store, SECRET, Role.DIALER).connection.named("mem~stream")
     sa = await a.accept_stream()
     sb = await b.open_stream()
     with pytest.raises(UnsupportedError):
@@ -123,6 +124,36 @@ async def test_connection_has_exactly_one_stream() -> None:
     await sa.close_write()
     await asyncio.wait_for(asyncio.gather(a.close(), b.close()), 10)
     assert a.closed and b.closed
+
+
+async def test_a_store_stream_runs_on_the_shared_shell() -> None:
+    """One stream object, born with its connection: ``stream.connection.named`` names that
+    connection (the shell's ``OneStreamConnection``); the stream ends the connection once both
+    directions are done, as every single-stream transport does."""
+    store = MemoryStore()
+    stream = StoreStream.open(store, SECRET, Role.DIALER, params=StoreParams(**FAST))
+    peer = StoreStream.open(store, SECRET, Role.LISTENER, params=StoreParams(**FAST))
+    conn = stream.connection.named("mem~stream", linger=3.0)
+    try:
+        assert conn is stream.connection and isinstance(conn, OneStreamConnection)
+        assert isinstance(stream, CoreStream) and conn.close_timeout == 3.0
+        assert await conn.open_stream() is stream
+        with pytest.raises(UnsupportedError, match="mem~stream carries one stream"):
+            await conn.open_stream()
+        await stream.write(b"hello")
+        await stream.close_write()
+        async with asyncio.timeout(5):
+            assert await peer.read_all() == b"hello"
+            await peer.close_write()
+            assert await stream.read_all() == b""
+            ending = await conn.wait_closed()
+        assert ending.code == Code.NONE and "store stream ended" in str(ending)
+        assert stream.finished and peer.finished
+        with pytest.raises(StreamError):
+            await stream.write(b"late")
+    finally:
+        await conn.abort()
+        await peer.abort()
 
 
 async def test_write_waits_for_credit() -> None:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 async def test_echo(served: Served) -> None:
     client = await dial_webrtc("127.0.0.1", served.port, served.certhash)
     server = await served.next_connection()
-    assert client.address == f"kps:127.0.0.1:{served.port}:{served.certhash}"
+    assert str(client.address) == f"kps:127.0.0.1:{served.port}:{served.certhash}"
     assert client.remote.certhash == served.certhash
     stream = await client.open_stream()
     await stream.write(b"hello")
@@ -268,7 +268,7 @@ async def test_ipv6_loopback() -> None:
         port = demux.local_address[1]
         assert listener.address == f"kps:[::1]:{port}:{identity.certhash}"
         client = await dial_webrtc("::1", port, identity.certhash)
-        assert client.address == f"kps:[::1]:{port}:{identity.certhash}"
+        assert str(client.address) == f"kps:[::1]:{port}:{identity.certhash}"
         server = await asyncio.wait_for(accepted.get(), 5)
         stream = await client.open_stream()
         await stream.write(b"v6")

@@ -60,7 +60,7 @@ async def test_quic_and_webrtc_clients_at_once() -> None:
     try:
         quic_conn = await dial_quic("127.0.0.1", port, identity.certhash, settings)
         web_conn = await dial_webrtc("127.0.0.1", port, identity.certhash)
-        assert web_conn.address == f"kps:127.0.0.1:{port}:{identity.certhash}"
+        assert str(web_conn.address) == f"kps:127.0.0.1:{port}:{identity.certhash}"
         results = await asyncio.gather(
             _round_trip(quic_conn, 4 << 20), _round_trip(web_conn, 4 << 20)
         )

@@ -54,7 +54,7 @@ async def test_listen_announces_key_and_two_hashes_and_echoes() -> None:
             await incoming.write(payload[::-1])
             await incoming.close_write()
             assert await stream.read_all() == payload[::-1]
-            assert accepted.address.startswith("webtransport:127.0.0.1:")
+            assert str(accepted.address).startswith("webtransport:127.0.0.1:")
             await client.close()
             closed = await accepted.wait_closed()
             assert closed.code == 0 and closed.remote

@@ -130,8 +130,8 @@ class KpsHandler(ChainHandler):
         settings = KpsSettings.from_options(options)
 
         async def accepted(conn: KpsConnection) -> None:
-            conn.address = format_alternative(
-                Alternative((kps_section(_announced_host(host), listener.port, identity.certhash),))
+            conn.address = Alternative(
+                (kps_section(_announced_host(host), listener.port, identity.certhash),)
             )
             await on_connection(conn)
 

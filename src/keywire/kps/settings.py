@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..options import Options, read_settings
+from ..options import Options, read_settings, setting_value
 
 PREFIX = "kps."
 
@@ -105,18 +105,5 @@ class KpsSettings:
 
 
 def coerce_number(name: str, kind: Any, value: Any, prefix: str = PREFIX) -> Any:
-    """Accept numbers given as text (CLI ``--set kps.idle_timeout=5``) for a field of type
-    ``kind``; reject anything else naming ``prefix + name`` (WebTransport shares this)."""
-    target = float if kind in (float, "float") else int
-    if isinstance(value, bool):
-        raise ValueError(f"{prefix}{name} must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        if target is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{prefix}{name} must be a whole number, got {value!r}")
-        return target(value)
-    if isinstance(value, str):
-        try:
-            return target(value)
-        except ValueError:
-            pass
-    raise ValueError(f"{prefix}{name} must be a number, got {value!r}")
+    """``value`` as a ``prefix + name`` setting of type ``kind`` (WebTransport shares this)."""
+    return setting_value(prefix + name, kind, value)

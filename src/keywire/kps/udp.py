@@ -209,15 +209,26 @@ def bind_socket(host: str, port: int, *, dual_stack: bool = True) -> socket.sock
                 return sock
         host = "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET and _is_ipv4(host):
+        where: Address = (host, port)  # every dial binds 0.0.0.0: no resolver round (~0.1 ms)
+    else:
+        where = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.bind(info[0][4])
+        sock.bind(where)
     except OSError:
         sock.close()
         raise
     _tune(sock)
     return sock
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _tune(sock: socket.socket) -> None:

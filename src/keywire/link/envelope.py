@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .session import LinkPipe
-from .wire import LinkProtocolError
+from .wire import LinkProtocolError, json_object
 
 FRAMED = 0x01
 MAX_META = 1 << 20
@@ -45,11 +45,8 @@ def decode(plaintext: bytes) -> tuple[dict[str, Any], bytes | None]:
         meta_bytes, payload = plaintext[5 : 5 + size], plaintext[5 + size :]
     else:
         raise LinkProtocolError("an envelope starts with '{' or 0x01")
-    try:
-        meta = json.loads(meta_bytes)
-    except ValueError:
-        raise LinkProtocolError("envelope meta is not JSON") from None
-    if not isinstance(meta, dict):
+    meta = json_object(meta_bytes)
+    if meta is None:
         raise LinkProtocolError("envelope meta is not a JSON object")
     return meta, payload
 

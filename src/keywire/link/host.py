@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed as WsClosed
 
 from ..errors import HandshakeError
 from ..identity import Identity
+from ..options import as_number
 from ..stream import RemoteIdentity
 from . import codes
 from .handshake import (
@@ -64,13 +65,8 @@ PipeHandler = Callable[[LinkPipe], Awaitable[None]]
 
 def dialback_timeout_setting(raw: object) -> float:
     """``link.dialback_timeout``: a number of seconds > 0 (text accepted from the CLI)."""
-    value: object = raw
-    if isinstance(raw, str):
-        try:
-            value = float(raw)
-        except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    value = as_number(raw)
+    if value is None or not value > 0:
         raise ValueError(f"link.dialback_timeout is a number of seconds > 0, got {raw!r}")
     return float(value)
 

@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from ..errors import HandshakeError
 from .session import describe_close
-from .wire import b64u, origin_of, register_signing_message
+from .wire import b64u, json_object, origin_of, register_signing_message
 
 MAX_MESSAGE = 1 << 20
 
@@ -59,12 +59,9 @@ async def recv_json(ws: ClientConnection) -> dict[str, Any]:
         raise RelayError(describe_close(exc)) from None
     if not isinstance(raw, str):
         raise RelayError("the relay sent a binary frame before relaying")
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        raise RelayError("the relay sent a control frame that is not JSON") from None
-    if not isinstance(message, dict):
-        raise RelayError("the relay sent a control frame that is not an object")
+    message = json_object(raw)
+    if message is None:
+        raise RelayError("the relay sent a control frame that is not a JSON object")
     return message
 
 

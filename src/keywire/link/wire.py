@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -57,6 +59,16 @@ class Refusal(IntEnum):
     CODE_UNAVAILABLE = 2
     NO_RECOVERY_KEY = 3
     RECOVER_BUSY = 4
+
+
+def json_object(raw: str | bytes) -> dict[str, Any] | None:
+    """``raw`` parsed as a JSON object; None for anything else (not JSON, not UTF-8, an array
+    or a bare value), which every Link reader refuses alike."""
+    try:
+        value = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def b64u(data: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from .. import events as ev
+from ..adapter import CoreAdapter
 from ..pipe import Pipe
 from ..pipeio import PEER_END_GRACE, PipeAdapter
 from ..shell import CoreConnection, CoreStream
@@ -28,9 +29,11 @@ class MuxStream(CoreStream):
         return self._recv
 
 
-class MuxAdapter(PipeAdapter):
-    """The shell's verbs on a ``MuxSession``; its bytes go over the pipe."""
+class MuxAdapter(PipeAdapter, CoreAdapter):
+    """The shell's verbs on a ``MuxSession`` (``CoreAdapter`` forwards those that map one to
+    one); its bytes go over the pipe (``PipeAdapter``)."""
 
+    core: MuxSession
     session: MuxSession
 
     def __init__(self, pipe: Pipe, session: MuxSession) -> None:
@@ -39,18 +42,6 @@ class MuxAdapter(PipeAdapter):
 
     def next_event(self) -> ev.Event | None:
         return self.events.popleft() if self.events else self.session.next_event()
-
-    def get_timer(self) -> float | None:
-        return self.session.next_deadline()
-
-    def handle_timer(self, now: float) -> None:
-        self.session.handle_timer(now)
-
-    def can_open_stream(self) -> bool:
-        return self.session.can_open_stream()
-
-    def open_stream(self) -> int:
-        return self.session.open_stream()
 
     def send(self, stream_id: int, data: memoryview, end: bool) -> int:
         if end:
@@ -69,9 +60,6 @@ class MuxAdapter(PipeAdapter):
     def consumed(self, stream_id: int, n: int) -> None:
         self.session.consumed(stream_id, n, self.loop.time())
         self.transmit()  # a window update, if any, goes with the next write
-
-    def close(self, code: int, reason: str) -> None:
-        self.session.close(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
         self.session.abort(code, reason)

@@ -321,23 +321,21 @@ class MuxSession:
     def close_write(self, stream_id: int) -> None:
         """FIN: our half ends after the bytes already queued."""
         self._check_open()
-        st = self._streams.get(stream_id)
-        if st is None or st.send_closed:
-            return
-        st.send_closed = True
-        self._frame(_WINDOW, _FIN, stream_id, 0)
-        self._forget_if_done(st)
+        self._end_sending(stream_id, _FIN, 0)
 
     def reset(self, stream_id: int, code: int = Code.RESET) -> None:
         """Abandon our half with ``code`` (a coded RST; the peer's reads fail with it)."""
         field = encode_code(code)
-        if self._terminated is not None:
-            return
+        if self._terminated is None:
+            self._end_sending(stream_id, _RST, field)
+
+    def _end_sending(self, stream_id: int, flag: int, field: int) -> None:
+        """End our half with ``flag`` (FIN or RST) unless it already ended."""
         st = self._streams.get(stream_id)
         if st is None or st.send_closed:
             return
         st.send_closed = True
-        self._frame(_WINDOW, _RST, stream_id, field)
+        self._frame(_WINDOW, flag, stream_id, field)
         self._forget_if_done(st)
 
     def stop_sending(self, stream_id: int, code: int = Code.CANCELLED) -> None:

@@ -36,6 +36,7 @@ from ..identity import Identity
 from ..kps.quic.connection import KpsConnection
 from ..kps.quic.listener import KpsListener
 from ..kps.settings import KpsSettings
+from ..options import as_number, setting_value
 from ..stream import Connection, ReceiveBuffer, Stream
 from .holepunch import PunchError, format_addr
 from .linkconn import PathConnection
@@ -89,24 +90,9 @@ class DirectSettings:
     punch: PunchSettings = dataclasses.field(default_factory=PunchSettings)
 
 
-def _flag(raw: object, name: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} is true or false, got {raw!r}")
-
-
 def _number(raw: object, name: str, *, minimum: float, whole: bool = False) -> float:
-    value: object = raw
-    if isinstance(raw, str):
-        try:
-            value = float(raw)
-        except ValueError:
-            value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+    value = as_number(raw)
+    if value is None or value < minimum:
         raise ValueError(f"{name} is a number >= {minimum:g}, got {raw!r}")
     if whole and float(value) != int(value):
         raise ValueError(f"{name} is a whole number, got {raw!r}")
@@ -117,7 +103,7 @@ def direct_settings(extra: dict[str, Any]) -> DirectSettings:
     """The ``link.direct``/``link.direct_*``/``link.stun`` values of ``Options.extra``,
     checked before anything opens (the registry already refused unknown ``link.*`` keys)."""
     s = DirectSettings()
-    enabled = _flag(extra.get("link.direct", True), "link.direct")
+    enabled = bool(setting_value("link.direct", bool, extra.get("link.direct", True)))
     stun = extra.get("link.stun")
     if stun is not None:
         if not isinstance(stun, str) or not stun:
@@ -238,39 +224,43 @@ def _watch_down(
 # -- the client ---------------------------------------------------------------------------------
 
 
-def _either_side(
-    op: str, n: int, body: dict[str, Any], stream: EnvelopeStream | None, conn: PathConnection
-) -> bool:
-    """The envelopes both ends handle alike: punch bytes for the running exchange, and the
-    peer's word that the direct path is gone. True if ``op`` was one of them."""
-    if op == "punch":
-        if stream is not None and stream.n == n:
-            try:
-                stream.feed(_unb64(body.get("d")))
-            except PunchError as exc:
-                stream.buffer.fail(exc)
-        return True
-    if op == "down":
-        if conn.direct is not None:
-            conn.direct.abort(Code.CANCELLED, "the peer lost the direct path")
-        return True
-    return False
+class _Side:
+    """What both ends do with an envelope: punch bytes go to the running exchange, and the
+    peer's word that the direct path is gone aborts it; the rest is ``_on_message``'s."""
 
-
-class _ClientSide:
-    def __init__(self, pipe: LinkPipe, conn: PathConnection, s: DirectSettings) -> None:
-        self.pipe, self.conn, self.s = pipe, conn, s
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
-        self.stream: EnvelopeStream | None = None
-        self.kps = KpsSettings(idle_timeout=s.idle, keepalive=s.idle / 3)
+    conn: PathConnection
+    stream: EnvelopeStream | None
 
     def on_envelope(self, plaintext: bytes) -> None:
         body = _decode(plaintext)
         if body is None:
             return
         op, n = body["op"], body["n"]
-        if _either_side(op, n, body, self.stream, self.conn):
-            return
+        if op == "punch":
+            stream = self.stream
+            if stream is not None and stream.n == n:
+                try:
+                    stream.feed(_unb64(body.get("d")))
+                except PunchError as exc:
+                    stream.buffer.fail(exc)
+        elif op == "down":
+            if self.conn.direct is not None:
+                self.conn.direct.abort(Code.CANCELLED, "the peer lost the direct path")
+        else:
+            self._on_message(op, n, body)
+
+    def _on_message(self, op: str, n: int, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class _ClientSide(_Side):
+    def __init__(self, pipe: LinkPipe, conn: PathConnection, s: DirectSettings) -> None:
+        self.pipe, self.conn, self.s = pipe, conn, s
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
+        self.stream: EnvelopeStream | None = None
+        self.kps = KpsSettings(idle_timeout=s.idle, keepalive=s.idle / 3)
+
+    def _on_message(self, op: str, n: int, body: dict[str, Any]) -> None:
         if op in ("ready", "no") and not self.inbox.full():
             self.inbox.put_nowait(body)
 
@@ -358,7 +348,7 @@ def _quiet(task: asyncio.Task[None]) -> None:
 # -- the host -----------------------------------------------------------------------------------
 
 
-class _HostSession:
+class _HostSession(_Side):
     def __init__(
         self, service: DirectHost, pipe: LinkPipe, conn: PathConnection, s: DirectSettings
     ) -> None:
@@ -368,13 +358,7 @@ class _HostSession:
         self.token: bytes | None = None
         self.task: asyncio.Task[None] | None = None
 
-    def on_envelope(self, plaintext: bytes) -> None:
-        body = _decode(plaintext)
-        if body is None:
-            return
-        op, n = body["op"], body["n"]
-        if _either_side(op, n, body, self.stream, self.conn):
-            return
+    def _on_message(self, op: str, n: int, body: dict[str, Any]) -> None:
         if op == "hello" and (self.task is None or self.task.done()):
             self.task = asyncio.get_running_loop().create_task(self._exchange(n))
             self.task.add_done_callback(_quiet)

@@ -186,15 +186,21 @@ class Transcript:
         assert self.local_hello is not None and self.secret2 is not None
         return bytes(crypto_secretbox_easy(self.local_hello, _ZERO_NONCE, self.secret2))
 
+    def _static_with_peer_ephemeral(self) -> bytes | None:
+        """Our long-term key (as curve25519) with the peer's ephemeral key: the client's ``Ab``
+        and the server's ``aB`` (the paper's names) are this same step; None for a bad point."""
+        assert self.remote_kx_public is not None
+        return _shared(
+            bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)), self.remote_kx_public
+        )
+
     def client_verify_accept(self, message: bytes) -> bool:
         """Message 4: the server's signature over our hello, boxed under H(K‖ab‖aB‖Ab)."""
         _expect_length(message, SERVER_ACCEPT_LENGTH, "the server accept")
         assert self.remote_kx_public is not None and self.remote_public is not None
         assert self.secret is not None and self.a_bob is not None and self.shash is not None
         assert self.local_hello is not None
-        b_alice = _shared(
-            bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)), self.remote_kx_public
-        )
+        b_alice = self._static_with_peer_ephemeral()
         if b_alice is None:
             return False
         self.b_alice = b_alice
@@ -212,9 +218,7 @@ class Transcript:
         _expect_length(message, CLIENT_AUTH_LENGTH, "the client auth")
         assert self.remote_kx_public is not None and self.secret is not None
         assert self.shash is not None
-        a_bob = _shared(
-            bytes(crypto_sign_ed25519_sk_to_curve25519(self.local_secret)), self.remote_kx_public
-        )
+        a_bob = self._static_with_peer_ephemeral()
         if a_bob is None:
             return False
         self.a_bob = a_bob

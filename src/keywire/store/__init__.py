@@ -6,6 +6,7 @@ an in-memory store, the HTTP map server (``keywire map-server``) or Redis. See d
 
 from __future__ import annotations
 
+from .adapter import StoreAdapter
 from .backends import (
     HttpStore,
     LossyStore,
@@ -41,6 +42,7 @@ __all__ = [
     "Role",
     "SecretError",
     "StateError",
+    "StoreAdapter",
     "StoreBackend",
     "StoreConnection",
     "StoreCore",

@@ -58,6 +58,12 @@ class StreamContext:
         delay: float = min(cap, base * float(2 ** min(attempt, 30)))
         return delay * self.rng.uniform(0.8, 1.2)
 
+    def retry_at(self, now: float, failures: int) -> float:
+        """When to retry a store operation that has failed ``failures`` times in a row (from
+        ``retry_min``, doubling, at most ``retry_max``)."""
+        p = self.params
+        return now + self.backoff(p.retry_min, failures - 1, p.retry_max)
+
 
 class SavedState:
     """Typed access to a snapshot dict; a wrong type raises ``TypeError`` and a missing key

@@ -43,22 +43,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import events as ev
 from ..errors import Code, StreamError
 from .context import SNAPSHOT_VERSION, SavedState, StreamContext
 from .frame import Frame, FrameError, FrameType, Geometry
-from .ops import (
-    DataReceived,
-    EndReceived,
-    Event,
-    FrameRejected,
-    GetOp,
-    Op,
-    Purpose,
-    PutOp,
-    ReadFailed,
-    StoreTrouble,
-    WriteFailed,
-)
+from .ops import Event, FrameRejected, GetOp, Op, Purpose, PutOp, ReadFailed, StoreTrouble
 from .params import DEFAULT_VALUE_SIZE, Mode, StoreParams
 from .receiver import StopState, StoreReceiver
 from .recovery import StoreRecovery
@@ -68,8 +57,6 @@ from .sender import StoreSender, WriteState
 __all__ = [
     "DEFAULT_VALUE_SIZE",
     "SNAPSHOT_VERSION",
-    "DataReceived",
-    "EndReceived",
     "Event",
     "FrameRejected",
     "GetOp",
@@ -81,7 +68,6 @@ __all__ = [
     "StoreCore",
     "StoreParams",
     "StoreTrouble",
-    "WriteFailed",
 ]
 
 
@@ -274,8 +260,7 @@ class StoreCore:
     def _fail(self, error: StreamError) -> None:
         if self._fatal is None:
             self._fatal = error
-            self._ctx.events.append(ReadFailed(error))
-            self._ctx.events.append(WriteFailed(error))
+            self._ctx.events.append(ev.ConnectionTerminated(error.wire_code, str(error), False))
 
     # ============================================================================ the engine
     def poll(self, now: float) -> list[Op]:

@@ -32,7 +32,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..address import Alternative, Scope, Section, redacted
+from ..address import Alternative, Scope, Section, redact
 from ..errors import AddressError
 from ..options import Options
 from ..plugin import ChainHandler, ConnectionHandler, Listening
@@ -206,9 +206,8 @@ class _StoreListening(Listening):
         stream = StoreStream.open(
             backend, session.secret, Role.LISTENER, params=store_params(options)
         )
-        conn = StoreConnection(
-            stream,
-            redacted(self._full),
+        conn = stream.connection.named(
+            redact(self._full),
             linger=float(_extra(options, "linger", 30.0)),
             owns_backend=backend,
         )
@@ -260,9 +259,8 @@ class StoreStreamHandler(ChainHandler):
             "announcing the session",
         )
         stream = StoreStream.open(backend, session.secret, Role.DIALER, params=params)
-        return StoreConnection(
-            stream,
-            redacted(alt),
+        return stream.connection.named(
+            redact(alt),
             linger=float(_extra(options, "linger", 30.0)),
             owns_backend=backend,
         )

@@ -1,10 +1,11 @@
-"""What the sans-IO core asks the shell to do (store operations) and tells it (events)."""
+"""What the sans-IO core asks the shell to do (store operations), and its store-only events."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from .. import events as ev
 from ..errors import StreamError
 
 
@@ -34,30 +35,24 @@ Op = PutOp | GetOp
 
 
 # -- events for the shell ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataReceived:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class EndReceived:
-    pass
+# The core reports in ``keywire.events`` terms (``StreamData``, ``StreamReset``,
+# ``StopSendingReceived``, ``ConnectionTerminated`` for a fatal error; stream id 0) wherever the
+# shared vocabulary has the meaning; these three are what it has no member for.
 
 
 @dataclass(frozen=True)
 class ReadFailed:
+    """Reads fail with ``error`` without a peer's bare Reset: our own StopSending (reported
+    after a restore or a recovery, ``discard``), or the peer's close(code) (a Reset after its
+    StopSending with the same code), after which the bytes before it stay readable."""
+
     error: StreamError
     discard: bool = False
 
 
 @dataclass(frozen=True)
-class WriteFailed:
-    error: StreamError
-
-
-@dataclass(frozen=True)
 class FrameRejected:
-    """A value read from the store was not a valid frame; the reason says why."""
+    """A value read from the store was not a valid frame; the reason says why (diagnostics)."""
 
     index: int
     reason: str
@@ -65,10 +60,10 @@ class FrameRejected:
 
 @dataclass(frozen=True)
 class StoreTrouble:
-    """A put or get failed at the store (it will be retried)."""
+    """A put or get failed at the store (it will be retried; diagnostics)."""
 
     what: str
     reason: str
 
 
-Event = DataReceived | EndReceived | ReadFailed | WriteFailed | FrameRejected | StoreTrouble
+Event = ev.Event | ReadFailed | FrameRejected | StoreTrouble

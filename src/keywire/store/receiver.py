@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import events as ev
 from ..errors import Code, StreamError
 from .context import SavedState, StreamContext
 from .frame import CONTROL_FRAMES, NO_ACK, Frame, FrameError, FrameType, open_frame
-from .ops import DataReceived, EndReceived, FrameRejected, GetOp, Op, Purpose, ReadFailed
+from .ops import FrameRejected, GetOp, Op, Purpose, ReadFailed
 
 
 class ReadState(enum.Enum):
@@ -85,7 +86,7 @@ class StoreReceiver:
         self.peer_reset_code: int | None = None
         if ctx.publisher:
             self.state = ReadState.ENDED  # nobody writes to a multicast publisher: EOF
-            ctx.events.append(EndReceived())
+            ctx.events.append(ev.StreamData(0, b"", fin=True))
 
     # ============================================================================== status
     @property
@@ -239,8 +240,7 @@ class StoreReceiver:
             self._ctx.events.append(FrameRejected(op.index, str(exc)))
             if slot.bad >= self._ctx.params.bad_frame_tries:
                 raise FrameError(f"{exc} ({slot.bad} times; giving up)") from None
-            p = self._ctx.params
-            slot.due = now + self._ctx.backoff(p.retry_min, slot.bad - 1, p.retry_max)
+            slot.due = self._ctx.retry_at(now, slot.bad)
             return None
         del self._slots[op.index]
         self.reorder[op.index] = frame
@@ -249,10 +249,9 @@ class StoreReceiver:
     def read_failed(self, op: GetOp, now: float) -> None:
         slot = self._slots.get(op.index)
         if slot is not None and slot.op is op:
-            p = self._ctx.params
             slot.op = None
             slot.failures += 1
-            slot.due = now + self._ctx.backoff(p.retry_min, slot.failures - 1, p.retry_max)
+            slot.due = self._ctx.retry_at(now, slot.failures)
 
     # ============================================================================ delivery
     def deliver_ready(self, now: float) -> Iterator[Frame]:
@@ -291,10 +290,10 @@ class StoreReceiver:
         if frame.payload and carries_data and not self._discard:
             self._unconsumed.append(frame.payload)
             self._unconsumed_size += len(frame.payload)
-            self._ctx.events.append(DataReceived(frame.payload))
+            self._ctx.events.append(ev.StreamData(0, frame.payload))
         if frame.type is FrameType.END:
             self.state = ReadState.ENDED
-            self._ctx.events.append(EndReceived())
+            self._ctx.events.append(ev.StreamData(0, b"", fin=True))
         elif frame.type is FrameType.RESET:
             if len(frame.payload) != 4:
                 raise FrameError(
@@ -307,12 +306,11 @@ class StoreReceiver:
             # after the peer's StopSending with the same code this Reset is its close(code) or
             # abort(code): the bytes before it stay readable, then the code (as QUIC's
             # RESET_STREAM_AT); a bare reset() drops what was not read yet
-            self._ctx.events.append(
-                ReadFailed(
-                    StreamError(code, "peer reset the stream", remote=True),
-                    discard=self.peer_stop_seen != code,
-                )
-            )
+            if self.peer_stop_seen != code:
+                self._ctx.events.append(ev.StreamReset(0, code))
+            else:
+                error = StreamError(code, "peer reset the stream", remote=True)
+                self._ctx.events.append(ReadFailed(error, discard=False))
         elif frame.type is FrameType.STOP_SENDING:
             self.peer_stop_seen = struct.unpack(">I", frame.payload)[0]
         self.read_idx = index + 1
@@ -380,13 +378,13 @@ class StoreReceiver:
         if unconsumed:
             self._unconsumed.append(unconsumed)
             self._unconsumed_size = len(unconsumed)
-            events.append(DataReceived(unconsumed))
+            events.append(ev.StreamData(0, unconsumed))
         if self.stop is not StopState.NONE:  # reading stays stopped (before any End: it fails)
             self._discard = True
             events.append(
                 ReadFailed(StreamError(self.stop_code, "reading was stopped locally"), discard=True)
             )
         if self.state is ReadState.ENDED and not self._ctx.publisher:
-            events.append(EndReceived())
+            events.append(ev.StreamData(0, b"", fin=True))
         elif self.state is ReadState.FAILED:
             events.append(ReadFailed(StreamError(Code.RESET, "peer reset the stream", remote=True)))

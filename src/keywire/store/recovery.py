@@ -96,8 +96,7 @@ class StoreRecovery:
         else:
             return
         self._failures += 1
-        p = self._ctx.params
-        self._due = now + self._ctx.backoff(p.retry_min, self._failures - 1, p.retry_max)
+        self._due = self._ctx.retry_at(now, self._failures)
 
     def _finish(self, now: float) -> None:
         self.active = False

@@ -81,7 +81,18 @@ class _Slots:
         await self._backend.put(address, value)
 
 
-class SessionDialer:
+class _Rendezvous:
+    """One secret's slots in one store: what the dialer's and the listener's side share."""
+
+    def __init__(self, backend: StoreBackend, secret: bytes, size: int = RECORD_SIZE) -> None:
+        self._backend = backend
+        self._secret = secret
+        self._size = size
+        self.keys = SessionKeys.derive(secret)
+        self._slots = _Slots(backend, self.keys, secret)
+
+
+class SessionDialer(_Rendezvous):
     """Announces one new session in the first slot with neither a dial nor a claim record.
 
     ``announce`` may be called again after it failed (a store error): it keeps the session it
@@ -90,11 +101,7 @@ class SessionDialer:
     """
 
     def __init__(self, backend: StoreBackend, secret: bytes, size: int = RECORD_SIZE) -> None:
-        self._backend = backend
-        self._secret = secret
-        self._size = size
-        self.keys = SessionKeys.derive(secret)
-        self._slots = _Slots(backend, self.keys, secret)
+        super().__init__(backend, secret, size)
         self._session: Session | None = None
         self._start = 0
 
@@ -137,15 +144,8 @@ async def dial_session(backend: StoreBackend, secret: bytes, size: int = RECORD_
     return await SessionDialer(backend, secret, size).announce()
 
 
-class SessionListener:
+class SessionListener(_Rendezvous):
     """The listener's side of the rendezvous, one slot after another."""
-
-    def __init__(self, backend: StoreBackend, secret: bytes, size: int = RECORD_SIZE) -> None:
-        self._backend = backend
-        self._secret = secret
-        self._size = size
-        self.keys = SessionKeys.derive(secret)
-        self._slots = _Slots(backend, self.keys, secret)
 
     async def first_epoch(self) -> int:
         """The first slot no listener has claimed: where this one starts waiting."""

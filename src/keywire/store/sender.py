@@ -16,10 +16,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import events as ev
 from ..errors import Code, StreamError
 from .context import SavedState, StreamContext, as_bytes
 from .frame import CONTROL_FRAMES, NO_ACK, Frame, FrameError, FrameType, seal_frame
-from .ops import GetOp, Op, Purpose, PutOp, StoreTrouble, WriteFailed
+from .ops import GetOp, Op, Purpose, PutOp, StoreTrouble
 from .schedule import Role
 
 
@@ -207,7 +208,7 @@ class StoreSender:
         self.state = WriteState.RESET_PENDING
         self.write_error = error
         self.peer_stop = code
-        self._ctx.events.append(WriteFailed(error))
+        self._ctx.events.append(ev.StopSendingReceived(0, code))
 
     def on_peer_ack(self, ack: int, now: float) -> None:
         if ack == NO_ACK or ack <= self.peer_ack:
@@ -377,7 +378,7 @@ class StoreSender:
             self._ctx.events.append(StoreTrouble(f"put of frame {op.index}", error))
             sent.failures += 1
             sent.state = SentState.WAIT_PUT
-            sent.due = now + self._ctx.backoff(p.retry_min, sent.failures - 1, p.retry_max)
+            sent.due = self._ctx.retry_at(now, sent.failures)
             return
         sent.failures = 0
         sent.transmissions += 1
@@ -403,11 +404,10 @@ class StoreSender:
     def verify_failed(self, op: GetOp, now: float) -> None:
         sent = self.sent.get(op.index)
         if sent is not None and sent.op is op:
-            p = self._ctx.params
             sent.op = None
             sent.failures += 1
             sent.state = SentState.STORED
-            sent.due = now + self._ctx.backoff(p.retry_min, sent.failures - 1, p.retry_max)
+            sent.due = self._ctx.retry_at(now, sent.failures)
 
     # -- head-of-line probe ------------------------------------------------------------------
     def _probe_delay(self) -> float:

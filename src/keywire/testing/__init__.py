@@ -24,6 +24,7 @@ from .lifecycle import (
     check_wait_closed,
 )
 from .memory import MemoryPipe, memory_pipe_pair
+from .naming import check_addresses
 from .streams import (
     check_backpressure,
     check_echo,
@@ -43,6 +44,7 @@ __all__ = [
     "MakePair",
     "MemoryPipe",
     "check_abort",
+    "check_addresses",
     "check_backpressure",
     "check_close_with_code",
     "check_concurrent_accept",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..errors import Code, ConnectionClosed, DatagramTooLarge, StreamError, UnsupportedError
@@ -46,23 +47,47 @@ async def _expect_closed(what: str, call: Any) -> None:
     raise ContractError(f"{what} returned {result!r}, wanted ConnectionClosed")
 
 
+async def _two_accepts(
+    server: Connection,
+    then: Callable[[Sequence[asyncio.Future[Stream]]], Awaitable[None]],
+    what: str,
+) -> list[Any]:
+    """Start two ``accept_stream`` calls on ``server``, let them wait, run ``then`` (given the
+    waiters), and return how each ended (a stream or an exception)."""
+    waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.1)
+        step(f"two accept_stream waiters, {what}")
+        await then(waiters)
+        return await asyncio.gather(*waiters, return_exceptions=True)
+    finally:
+        await finish(waiters)
+
+
+def _both_closed(results: list[Any], when: str) -> None:
+    expect(
+        all(isinstance(r, ConnectionClosed) for r in results),
+        f"two accept_stream waiters ended as {_outcomes(results)} when {when}, "
+        "wanted ConnectionClosed for both",
+    )
+
+
 @bounded
 async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilities) -> None:
     """Two ``accept_stream`` waiters at once: both get a stream, or both raise
     ``ConnectionClosed`` when the connection closes; none is lost or left hanging."""
     if not capabilities.multiplexed:
         async with make_pair() as (client, server):
-            step("two accept_stream waiters on a single-stream connection")
-            waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
-            try:
+
+            async def open_then_close(_: Sequence[asyncio.Future[Stream]]) -> None:
                 ours = await client.open_stream()
                 await ours.write(b"A")
                 await asyncio.sleep(0.1)
-                step("two accept_stream waiters, then close(): waiting for both to end")
                 await server.close()
-                results = await asyncio.gather(*waiters, return_exceptions=True)
-            finally:
-                await finish(waiters)
+
+            results = await _two_accepts(
+                server, open_then_close, "on a single-stream connection, one stream, close()"
+            )
             streams = [r for r in results if isinstance(r, Stream)]
             closed = [r for r in results if isinstance(r, ConnectionClosed)]
             expect(
@@ -73,9 +98,8 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
         return
 
     async with make_pair() as (client, server):
-        waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
-        try:
-            await asyncio.sleep(0.1)
+
+        async def open_two(waiters: Sequence[asyncio.Future[Stream]]) -> None:
             early = [w for w in waiters if w.done()]
             if early:
                 outcome = early[0].exception() or early[0].result()
@@ -86,10 +110,8 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
             for mark in (b"A", b"B"):
                 stream = await client.open_stream()
                 await stream.write(mark)
-            step("two accept_stream waiters, two streams opened: waiting for both waiters")
-            results = await asyncio.gather(*waiters, return_exceptions=True)
-        finally:
-            await finish(waiters)
+
+        results = await _two_accepts(server, open_two, "two streams opened")
         expect(
             all(isinstance(r, Stream) for r in results),
             f"two waiting accept_stream calls ended as {_outcomes(results)}, wanted two streams",
@@ -97,34 +119,18 @@ async def check_concurrent_accept(make_pair: MakePair, capabilities: Capabilitie
         marks = {await r.readexactly(1) for r in results if isinstance(r, Stream)}
         expect(marks == {b"A", b"B"}, f"the two waiters got streams carrying {marks}")
 
-        waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
-        try:
-            await asyncio.sleep(0.1)
+        async def peer_closes(_: Sequence[asyncio.Future[Stream]]) -> None:
             await client.close()
-            step("two accept_stream waiters, the peer closed: waiting for both to end")
-            results = await asyncio.gather(*waiters, return_exceptions=True)
-        finally:
-            await finish(waiters)
-        expect(
-            all(isinstance(r, ConnectionClosed) for r in results),
-            f"two accept_stream waiters ended as {_outcomes(results)} when the peer "
-            "closed, wanted ConnectionClosed for both",
-        )
+
+        _both_closed(await _two_accepts(server, peer_closes, "the peer closed"), "the peer closed")
 
     async with make_pair() as (client, server):
-        waiters = [asyncio.ensure_future(server.accept_stream()) for _ in range(2)]
-        try:
-            await asyncio.sleep(0.1)
+
+        async def we_close(_: Sequence[asyncio.Future[Stream]]) -> None:
             await server.close()
-            step("two accept_stream waiters, close(): waiting for both to end")
-            results = await asyncio.gather(*waiters, return_exceptions=True)
-        finally:
-            await finish(waiters)
-        expect(
-            all(isinstance(r, ConnectionClosed) for r in results),
-            f"two accept_stream waiters ended as {_outcomes(results)} when their own "
-            "connection closed, wanted ConnectionClosed for both",
-        )
+
+        results = await _two_accepts(server, we_close, "close()")
+        _both_closed(results, "their own connection closed")
 
 
 async def _check_ended_by(

@@ -11,6 +11,7 @@ import asyncio
 
 from ..errors import Code, StreamError
 from ..pipe import Pipe
+from ..stream import wake_all
 
 #: bytes one direction holds before its writer waits
 DEFAULT_CAPACITY = 64 * 1024
@@ -37,9 +38,7 @@ class _Direction:
 
     def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        wake_all(waiters)
 
     def fail(self, error: StreamError) -> None:
         if self.error is None:

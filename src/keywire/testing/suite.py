@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
+from . import lifecycle, naming, streams
 from ._util import Check, ContractError
 from .capabilities import Capabilities, MakePair
-from .lifecycle import (
-    check_abort,
-    check_close_with_code,
-    check_concurrent_accept,
-    check_datagrams,
-    check_graceful_close,
-    check_wait_closed,
-)
-from .streams import (
-    check_backpressure,
-    check_echo,
-    check_eof_iff_fin,
-    check_many_streams,
-    check_reset_codes,
-    check_stop_sending_codes,
-)
 
 #: every check by name, in the order ``check_connection`` runs them
 CHECKS: dict[str, Check] = {
-    "echo": check_echo,
-    "eof_iff_fin": check_eof_iff_fin,
-    "reset_codes": check_reset_codes,
-    "stop_sending_codes": check_stop_sending_codes,
-    "backpressure": check_backpressure,
-    "many_streams": check_many_streams,
-    "concurrent_accept": check_concurrent_accept,
-    "close_with_code": check_close_with_code,
-    "abort": check_abort,
-    "graceful_close": check_graceful_close,
-    "wait_closed": check_wait_closed,
-    "datagrams": check_datagrams,
+    "echo": streams.check_echo,
+    "eof_iff_fin": streams.check_eof_iff_fin,
+    "reset_codes": streams.check_reset_codes,
+    "stop_sending_codes": streams.check_stop_sending_codes,
+    "backpressure": streams.check_backpressure,
+    "many_streams": streams.check_many_streams,
+    "concurrent_accept": lifecycle.check_concurrent_accept,
+    "close_with_code": lifecycle.check_close_with_code,
+    "abort": lifecycle.check_abort,
+    "graceful_close": lifecycle.check_graceful_close,
+    "wait_closed": lifecycle.check_wait_closed,
+    "datagrams": lifecycle.check_datagrams,
+    "addresses": naming.check_addresses,
 }
 
 

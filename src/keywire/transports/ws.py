@@ -90,9 +90,7 @@ class WsPipe(Pipe):
                 self._eof = True
                 return b""
             except ConnectionClosed as exc:
-                raise StreamError(
-                    Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})"
-                ) from None
+                raise self._lost(exc) from None
             if isinstance(message, str):
                 await self._ws.close(1003, "binary messages only")
                 raise StreamError(Code.PROTOCOL_ERROR, f"{self.peer}: text message on a byte pipe")
@@ -113,7 +111,7 @@ class WsPipe(Pipe):
             for start in range(0, len(view), MAX_MESSAGE):
                 await self._ws.send(view[start : start + MAX_MESSAGE])
         except ConnectionClosed as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})") from None
+            raise self._lost(exc) from None
 
     async def close_write(self) -> None:
         """Send FIN (an empty message); the peer's direction stays open."""
@@ -123,8 +121,12 @@ class WsPipe(Pipe):
         try:
             await self._ws.send(b"")
         except ConnectionClosed as exc:
-            raise StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})") from None
+            raise self._lost(exc) from None
         self._end_if_done()
+
+    def _lost(self, exc: ConnectionClosed) -> StreamError:
+        """The error every method raises when the socket fails, naming the peer."""
+        return StreamError(Code.NETWORK_ERROR, f"{self.peer}: websocket lost ({exc})")
 
     def _end_if_done(self) -> None:
         """Both directions ended: start the closing handshake (1000)."""
@@ -258,7 +260,8 @@ class WsTransport(Transport):
         async def accepted(ws: ServerConnection) -> None:
             _forget(ws)  # upgraded: the Server's own per-IP share counts it from here
             remote = ws.remote_address
-            peer = f"{self.name}:{remote[0]}:{remote[1]}" if remote else self.name
+            # the peer as a URL of this scheme, so it parses as an address section
+            peer = f"{self.name}://{format_url_host(str(remote[0]))}:{remote[1]}" if remote else ""
             pipe = WsPipe(ws, peer)
             await run_pipe_handler(on_pipe, pipe)
             await ws.wait_closed()

@@ -30,23 +30,27 @@ export function codeName(code) {
   return CODE_NAMES[code] ?? "internal-error";
 }
 
-/** A stream ended other than by the peer's FIN. */
-export class StreamError extends Error {
-  constructor(code, message, remote = false) {
+/** An end with a code (see `Code`); `remote`: the peer chose it. */
+class CodedError extends Error {
+  constructor(name, code, message, remote) {
     super(`${codeName(code)} (${code}, ${remote ? "peer" : "local"}): ${message}`);
-    this.name = "StreamError";
+    this.name = name;
     this.code = code;
     this.remote = remote;
   }
 }
 
-/** The connection ended; `code` says why (0 is a clean close). */
-export class ConnectionClosedError extends Error {
+/** A stream ended other than by the peer's FIN. */
+export class StreamError extends CodedError {
   constructor(code, message, remote = false) {
-    super(`${codeName(code)} (${code}, ${remote ? "peer" : "local"}): ${message}`);
-    this.name = "ConnectionClosedError";
-    this.code = code;
-    this.remote = remote;
+    super("StreamError", code, message, remote);
+  }
+}
+
+/** The connection ended; `code` says why (0 is a clean close). */
+export class ConnectionClosedError extends CodedError {
+  constructor(code, message, remote = false) {
+    super("ConnectionClosedError", code, message, remote);
   }
 }
 
@@ -59,6 +63,37 @@ export class DialError extends Error {
   }
 }
 
+/** `data` as bytes, or a DatagramTooLargeError (`code` TOO_LARGE, `limit`) if it exceeds `limit`. */
+export function datagramBytes(data, limit) {
+  const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+  if (bytes.length > limit) {
+    const e = new Error(`datagram of ${bytes.length} bytes exceeds the limit of ${limit}`);
+    e.name = "DatagramTooLargeError";
+    e.code = Code.TOO_LARGE;
+    e.limit = limit;
+    throw e;
+  }
+  return bytes;
+}
+
+/**
+ * `{readable, writable}` (WHATWG streams) over a stream object with `_pull(controller)`,
+ * `write`, `closeWrite`, `reset(code)` and `stopSending(code)`: a cancelled reader is
+ * STOP_SENDING, an aborted writer a RESET, and bytes are pulled only when the application asks.
+ */
+export function webStreams(stream) {
+  const readable = new ReadableStream({
+    pull: (controller) => stream._pull(controller),
+    cancel: (reason) => stream.stopSending(reason?.code ?? Code.CANCELLED),
+  }, { highWaterMark: 0 });
+  const writable = new WritableStream({
+    write: (chunk) => stream.write(chunk),
+    close: () => stream.closeWrite(),
+    abort: (reason) => stream.reset(reason?.code ?? Code.RESET),
+  }, { highWaterMark: 1 });
+  return { readable, writable };
+}
+
 // -- constants of KPS wire v1 ------------------------------------------------------------------
 export const MAX_DATAGRAM_SIZE = 1200;
 const MAX_FRAME = 16384;
@@ -69,7 +104,7 @@ const BUFFER_LOW = 256 << 10;
 const DEFAULTS = { streamWindow: 1 << 20, connectionWindow: 8 << 20, maxStreams: 100 };
 
 // -- address, certhash, ICE password, SDP --------------------------------------------------------
-function b64urlDecode(text) {
+export function b64urlDecode(text) {
   const std = text.replace(/-/g, "+").replace(/_/g, "/");
   const bin = atob(std + "===".slice((std.length + 3) % 4));
   return Uint8Array.from(bin, (c) => c.charCodeAt(0));
@@ -313,15 +348,7 @@ export class KeywireStream {
     this._retired = false;
     this._closing = false;
     this._channelGone = false;
-    this.readable = new ReadableStream({
-      pull: (controller) => this._pull(controller),
-      cancel: (reason) => this.stopSending(reason?.code ?? Code.CANCELLED),
-    }, { highWaterMark: 0 });
-    this.writable = new WritableStream({
-      write: (chunk) => this.write(chunk),
-      close: () => this.closeWrite(),
-      abort: (reason) => this.reset(reason?.code ?? Code.RESET),
-    }, { highWaterMark: 1 });
+    Object.assign(this, webStreams(this));
   }
 
   // reading: a pull source, so bytes count as consumed only when the application asks
@@ -751,14 +778,7 @@ export class KeywireConnection {
   /** One unreliable datagram of at most `maxDatagramSize` bytes. */
   sendDatagram(data) {
     if (this._error) throw this._error;
-    const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
-    if (bytes.length > MAX_DATAGRAM_SIZE) {
-      const e = new Error(`datagram of ${bytes.length} bytes exceeds the limit of ${MAX_DATAGRAM_SIZE}`);
-      e.name = "DatagramTooLargeError";
-      e.code = Code.TOO_LARGE;
-      e.limit = MAX_DATAGRAM_SIZE;
-      throw e;
-    }
+    const bytes = datagramBytes(data, MAX_DATAGRAM_SIZE);
     if (this._dgc.readyState === "open") this._dgc.send(bytes);
   }
 

@@ -7,19 +7,15 @@
 // addresses name. Only then does dial() resolve. Streams and datagrams keep keywire.js's API
 // (`openStream`, `acceptStream`, `readable`/`writable`, `closeWrite`, `reset(code)`,
 // `stopSending(code)`, `sendDatagram`, `receiveDatagram`, `close(code)`, `closed`).
-import { Code, ConnectionClosedError, DialError, StreamError } from "./keywire.js";
+import {
+  b64urlDecode, Code, ConnectionClosedError, datagramBytes, DialError, StreamError, webStreams,
+} from "./keywire.js";
 
 const CONTEXT = new TextEncoder().encode("keywire webtransport certificate v1\0");
 const MAGIC = [0x4b, 0x57, 0x42, 0x31]; // "KWB1"
 const ENTRY = 112;
 const MAX_RECORD = 5 + 4 * ENTRY;
 const MAX_VALIDITY = 14 * 24 * 3600;
-
-function b64urlDecode(text) {
-  const std = text.replace(/-/g, "+").replace(/_/g, "/");
-  const bin = atob(std + "===".slice((std.length + 3) % 4));
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-}
 
 /** `{host, port, key, certhashes, digests}` of a `webtransport:` address (DialError if bad). */
 export function parseWebTransportAddress(address) {
@@ -111,24 +107,18 @@ export class WebTransportStream {
     this._writeClosed = false;
     this._writeError = null;
     this._readStopped = null;
-    this.readable = new ReadableStream({
-      pull: async (controller) => {
-        try {
-          if (this._readStopped) throw this._readStopped;
-          const { value, done } = await this._reader.read();
-          if (this._readStopped) throw this._readStopped;
-          if (done) controller.close(); else controller.enqueue(value);
-        } catch (e) {
-          controller.error(this._readFailure(e));
-        }
-      },
-      cancel: (reason) => this.stopSending(reason?.code ?? Code.CANCELLED),
-    }, { highWaterMark: 0 });
-    this.writable = new WritableStream({
-      write: (chunk) => this.write(chunk),
-      close: () => this.closeWrite(),
-      abort: (reason) => this.reset(reason?.code ?? Code.RESET),
-    }, { highWaterMark: 1 });
+    Object.assign(this, webStreams(this));
+  }
+
+  async _pull(controller) {
+    try {
+      if (this._readStopped) throw this._readStopped;
+      const { value, done } = await this._reader.read();
+      if (this._readStopped) throw this._readStopped;
+      if (done) controller.close(); else controller.enqueue(value);
+    } catch (e) {
+      controller.error(this._readFailure(e));
+    }
   }
 
   _readFailure(e) {
@@ -212,15 +202,7 @@ export class WebTransportConnection {
 
   sendDatagram(data) {
     if (this._error) throw this._error;
-    const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
-    const limit = this.maxDatagramSize;
-    if (bytes.length > limit) {
-      const e = new Error(`datagram of ${bytes.length} bytes exceeds the limit of ${limit}`);
-      e.name = "DatagramTooLargeError";
-      e.code = Code.TOO_LARGE;
-      e.limit = limit;
-      throw e;
-    }
+    const bytes = datagramBytes(data, this.maxDatagramSize);
     this._dgWriter.write(bytes).catch(() => {});
   }
 

@@ -69,7 +69,7 @@ class WebTransportHandler(ChainHandler):
                 section = wt_section(
                     hosts[0], listener.port, identity.public_key, listening.certhashes()
                 )
-                conn.address = format_alternative(Alternative((section,)))
+                conn.address = Alternative((section,))
             await on_connection(conn)
 
         listener = WebTransportListener(identity, wt.quic, accepted, close_linger=wt.close_linger)

@@ -1,6 +1,6 @@
 """qh3 adapted to KPS: configurations, the in-handshake certhash pin, and receive-credit gating.
 
-Three things qh3 2.1 does not offer through its public API, each done here in one place:
+What qh3 2.1 does not offer through its public API, each done here in one place:
 
 * **Receive windows tied to reading.** qh3's native core grants flow-control credit when a
   ``StreamDataReceived`` event is *popped* from the core (``poll_event`` consumes credit), and its
@@ -14,6 +14,16 @@ Three things qh3 2.1 does not offer through its public API, each done here in on
   TLS CertificateVerify step with an ``hmac.compare_digest`` check and records what the server
   presented, so a mismatch can name both hashes. Both run before the client's Finished, i.e.
   before any application data.
+* **A sender without per-packet logging hooks** (``datagrams_to_send``).
+* **No TLS state once established** (listener, ``release_tls``): qh3 keeps its TLS bridge
+  (key shares, the certificate chain, transcript, five queues: ~8 KB of Python objects) for the
+  connection's life; a server needs none of it after its handshake, so it is replaced by
+  ``_SpentTls`` (issue 17: an idle connection's memory).
+
+The dialer keeps qh3's X25519MLKEM768 + X25519 key shares: offering X25519 alone would save
+about 0.1 ms of CPU per side, but a listener answering a plain X25519 ClientHello hits qh3
+2.1's first-flight packing failure (see ``KpsSession.datagrams_to_send``) and its refusals
+reach the client without a CRYPTO frame, so the hybrid share is also the faster handshake.
 """
 
 from __future__ import annotations
@@ -29,8 +39,13 @@ import qh3.quic.connection as _qh3_connection
 from qh3 import tls
 from qh3._hazmat import Buffer, Certificate
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
-from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import (
+    QuicErrorCode,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
+from qh3.quic.tls_bridge import QuicTlsBridgeError
 
 from ...identity import Identity
 from ..settings import KpsSettings
@@ -82,7 +97,10 @@ def server_configuration(identity: Identity, settings: KpsSettings) -> QuicConfi
 
 
 def client_configuration(pin: bytes, settings: KpsSettings) -> QuicConfiguration:
-    """The dialer's configuration: no CA, no SNI, the server checked only by ``pin``."""
+    """The dialer's configuration: no CA, no SNI, the server checked only by ``pin``.
+
+    Built per dial (29 µs): a cached one would be shared and mutable (qh3's ``connect`` sets
+    ``server_name`` on what it is given), and hashing the settings costs half of that anyway."""
     return QuicConfiguration(
         is_client=True,
         verify_mode=ssl.CERT_NONE,
@@ -116,16 +134,71 @@ def _advertise_stream_limit(bridge: Any, limit: int) -> None:
     bridge.tls.handshake_extensions = [(tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, serialize())]
 
 
+class _SpentTls:
+    """What stands in for a server's TLS bridge after the handshake. Handshake keys are gone by
+    then (a server's handshake is confirmed when it completes), so CRYPTO can only arrive in
+    1-RTT packets, where a TLS 1.3 server accepts no message over QUIC: refused like qh3's own
+    context would (unexpected message)."""
+
+    __slots__ = ("version",)
+    handshake_complete = True
+    remote_transport_parameters = None
+    remote_initial_source_connection_id = None
+    peer_certificate = None
+    peer_certificate_chain: tuple[()] = ()
+    cipher_suite = None
+    ech_accepted = False
+    ech_retry_configs = None
+    tls = None
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def receive_crypto(self, *args: Any, **kwargs: Any) -> None:
+        raise QuicTlsBridgeError(QuicErrorCode.PROTOCOL_VIOLATION, "CRYPTO after the handshake")
+
+
+class _EventQueue(list[Any]):
+    """qh3's event queue (it calls ``append`` and ``popleft``) as a list: an empty deque is
+    760 bytes, an empty list 56, and the queue is emptied after every datagram burst."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class GatedQuicConnection(QuicConnection):
     """A qh3 connection whose events (and so its receive credit) can be held back."""
 
+    #: a server drops its TLS state once the handshake is complete (see ``_SpentTls``)
+    release_tls = False
+
     def __init__(self, *, max_streams: int = 100, pin: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._events = _EventQueue(self._events)  # type: ignore[assignment]
         self.hold_events = False
         self.max_streams = max_streams
         self.pin = pin
         #: SHA-256 of the certificate the server presented (client side, once seen)
         self.presented_digest: bytes | None = None
+
+    # -- TLS state ------------------------------------------------------------------------------
+    def _drain_tls(self) -> None:
+        super()._drain_tls()
+        bridge = self._tls
+        if (
+            self.release_tls
+            and not self._is_client
+            and self._handshake_complete
+            and self._transport_parameters_applied
+            and bridge is not None
+            and not isinstance(bridge, _SpentTls)
+        ):
+            # everything the bridge produced (secrets, CRYPTO, events) was drained just now,
+            # and the applied transport parameters were only kept to compare with its own
+            self._tls = _SpentTls(bridge.version)  # type: ignore[assignment]
+            self._applied_transport_parameters = None
 
     # -- receive credit -----------------------------------------------------------------------
     def _drain_core(self) -> None:
@@ -139,6 +212,22 @@ class GatedQuicConnection(QuicConnection):
         self.hold_events = False
         if self._core is not None:
             super()._drain_core()
+
+    # -- sending --------------------------------------------------------------------------------
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """qh3's loop without its per-packet logging hooks, which parse every packet's header
+        again even with no logger configured (a tenth of a busy sender's CPU)."""
+        core = self._core
+        if core is None or self._quic_logger is not None:
+            return super().datagrams_to_send(now)
+        out: list[tuple[bytes, Any]] = []
+        poll = core.poll_transmit
+        try:
+            while (transmit := poll(now)) is not None:
+                out.append((transmit[0], transmit[1]))
+        except RuntimeError as exc:
+            raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+        return out
 
     @property
     def established(self) -> bool:

@@ -117,16 +117,21 @@ class KpsListener:
         now = self._loop.time()
         batch: list[bytes] = []
         target: KpsConnection | None = None
+        router = self.router
         for data in datagrams:
-            decision = self.router.classify(data, addr, now)
-            if decision.action is Action.DELIVER and decision.target is target:
+            conn = router.short_header_target(data)
+            if conn is None:
+                decision = router.classify(data, addr, now)
+                if decision.action is Action.DELIVER:
+                    conn = decision.target
+            if conn is not None and conn is target:
                 batch.append(data)
                 continue
             if batch and target is not None:
                 target.datagrams_received(batch, addr)
             batch, target = [], None
-            if decision.action is Action.DELIVER:
-                batch, target = [data], decision.target
+            if conn is not None:
+                batch, target = [data], conn
             elif self._closing:
                 continue
             elif decision.action is Action.ACCEPT:
@@ -208,8 +213,7 @@ class KpsListener:
         self.router.add(conn, dcid, addr)
         self.router.add(conn, session.quic.host_cid)
         self.router.handshake_started(conn)
-        conn._process()
-        conn._transmit()
+        conn.update()
         task = asyncio.ensure_future(self._admit(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

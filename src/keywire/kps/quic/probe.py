@@ -44,6 +44,8 @@ H3_NO_ERROR = 0x100
 class ProbeAnsweringQuicConnection(GatedQuicConnection):
     """A listener's QUIC connection that opens HTTP/3's streams and answers HTTP/3 requests."""
 
+    release_tls = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.h3: H3Connection | None = None
@@ -80,6 +82,12 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
 
     def _absorb(self, event: qe.QuicEvent) -> bool:
         """True if ``event`` belongs to HTTP/3 (handled here), False to pass it to KPS."""
+        if type(event) is qe.StreamDataReceived and not event.stream_id & 3 and not self.is_http3:
+            # the per-packet case: data on a client-opened bidirectional stream from a KPS
+            # client (the general branch below, without its checks)
+            if event.stream_id > self._last_kps_stream:
+                self._last_kps_stream = event.stream_id
+            return False
         if isinstance(event, qe.HandshakeCompleted):
             self._start_h3()
             return False

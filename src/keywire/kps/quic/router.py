@@ -154,6 +154,14 @@ class QuicRouter:
         return self.tokens is not None and len(self._handshaking) >= self.retry_threshold
 
     # -- classification -------------------------------------------------------------------------
+    def short_header_target(self, data: bytes) -> Any | None:
+        """The connection a short-header packet with a known connection id belongs to, found
+        without parsing the packet or building a ``Decision`` (the per-packet fast path of a
+        busy listener); None means ``classify`` decides."""
+        if data and not data[0] & 0x80:
+            return self._by_cid.get(data[1 : 1 + self.cid_length])
+        return None
+
     def classify(self, data: bytes, addr: Address, now: float) -> Decision:
         try:
             header = pull_quic_header(data, 0, self.cid_length)

@@ -17,7 +17,6 @@ close(c)               CONNECTION_CLOSE, application code c
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,9 +100,10 @@ class KpsSession:
         self._max_backlog = max_backlog
         self.is_client = quic.configuration.is_client
         self._window = connection_window
-        self._events: deque[Event] = deque()
+        # lists, not deques: an empty deque is 760 bytes and these are short (issue 17)
+        self._events: list[Event] = []
         #: connection ids issued or retired, for the listener's router (not shell events)
-        self.cid_changes: deque[ConnectionIdChanged] = deque()
+        self.cid_changes: list[ConnectionIdChanged] = []
         self._streams: dict[int, _Halves] = {}
         self._unread = 0
         self._local_close: ConnectionClosed | None = None
@@ -120,6 +120,12 @@ class KpsSession:
         # (a peer may send on stream 8 before stream 4; QUIC opens 4 implicitly)
         self._next_peer = {False: 1 if self.is_client else 0, True: 3 if self.is_client else 2}
         self._skipped: set[int] = set()
+        #: stream data queued since everything was last known delivered may ride only in
+        #: 1-RTT packets numbered above this (None: nothing written since; see
+        #: ``all_acknowledged``)
+        self._written_after: int | None = None
+        #: qh3's count of lost packets when ``all_acknowledged`` last looked
+        self._losses = 0
 
     # -- inputs ---------------------------------------------------------------------------------
     def connect(self, addr: Address, now: float) -> None:
@@ -171,7 +177,7 @@ class KpsSession:
 
     # -- outputs --------------------------------------------------------------------------------
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         try:
@@ -210,11 +216,49 @@ class KpsSession:
             return 0
 
     def all_acknowledged(self) -> bool:
-        """Nothing queued and nothing in flight: a clean close loses no stream data."""
+        """Every byte and FIN written is acknowledged: a clean close loses no stream data.
+
+        Only packets sent after the first write since everything was last quiet can carry
+        unacknowledged stream data (a lost packet's data is resent in a new, higher-numbered
+        packet), so packets in flight from before it (the dialer's path-MTU probe, the
+        handshake's NEW_CONNECTION_IDs, a keep-alive PING) do not hold a close up for the
+        peer's delayed ACK. qh3 counts data waiting to be resent neither as buffered nor as in
+        flight, so a loss seen since the last look answers "not yet" while packets are in
+        flight, and the mark is cleared only when nothing is in flight and nothing was lost
+        since the last look (callers check after transmitting, when a resend is out).
+        """
         core = self.quic._core
         if core is None or self.closed is not None:
             return True
-        return self.send_buffered_total() == 0 and core.bytes_in_flight == 0
+        if self.send_buffered_total() != 0:
+            return False
+        floor = self._written_after
+        if floor is None:
+            return True
+        losses = getattr(core, "loss_total", 0)
+        lost = losses != self._losses
+        self._losses = losses
+        if core.bytes_in_flight == 0:
+            if not lost:
+                self._written_after = None
+            return True
+        if lost:
+            return False  # what was lost may be resent after this; in flight: we hear again
+        outstanding = getattr(core, "outstanding_application_packets", None)
+        if outstanding is None:  # a qh3 without it: wait for everything
+            return False
+        return not any(number > floor for number, *_ in outstanding)
+
+    def _last_packet_number(self) -> int:
+        """The highest 1-RTT packet number in flight (-1 if none): anything sent from now on
+        is numbered above it."""
+        core = self.quic._core
+        outstanding = (
+            None if core is None else getattr(core, "outstanding_application_packets", None)
+        )
+        if outstanding is None:
+            return -1
+        return max((number for number, *_ in outstanding), default=-1)
 
     def send_buffered_total(self) -> int:
         try:
@@ -257,6 +301,10 @@ class KpsSession:
         if halves is None or not halves.send_open:
             raise StreamError(Code.CLOSED, f"stream {stream_id} can no longer send")
         self._check_open()
+        if self._written_after is None:
+            self._written_after = self._last_packet_number()
+            core = self.quic._core
+            self._losses = getattr(core, "loss_total", 0) if core is not None else 0
         self._call(self.quic.send_stream_data, stream_id, data, fin)
         if fin:
             halves.send_open = False
@@ -265,8 +313,8 @@ class KpsSession:
 
     def reset(self, stream_id: int, code: int) -> bool:
         """RESET_STREAM(code) unless the sending half already ended; True if sent."""
-        halves = self._streams.get(stream_id)
-        if halves is None or not halves.send_open or self.closed is not None:
+        halves = self._live(stream_id)
+        if halves is None or not halves.send_open:
             return False
         halves.send_open = False
         self._call(self.quic.reset_stream, stream_id, code)
@@ -275,12 +323,16 @@ class KpsSession:
 
     def stop_sending(self, stream_id: int, code: int) -> bool:
         """STOP_SENDING(code) unless the receiving half already ended; True if sent."""
-        halves = self._streams.get(stream_id)
-        if halves is None or not halves.recv_open or self.closed is not None:
+        halves = self._live(stream_id)
+        if halves is None or not halves.recv_open:
             return False
         halves.discarding = True
         self._call(self.quic.stop_stream, stream_id, code)
         return True
+
+    def _live(self, stream_id: int) -> _Halves | None:
+        """The halves of a known stream while the connection is open (else None)."""
+        return self._streams.get(stream_id) if self.closed is None else None
 
     # -- commands: datagrams, ping, close -------------------------------------------------------
     def send_datagram(self, data: bytes) -> None:
@@ -407,15 +459,26 @@ class KpsSession:
         return False
 
     def _collect(self) -> None:
-        """Translate qh3 events into session events."""
+        """Translate qh3 events into session events.
+
+        Stream data is merged per stream over a run of data events: qh3 merges consecutive
+        frames of one stream itself, but frames of several streams interleave packet by packet,
+        so 16 busy streams otherwise cost one event (and one wake-up of a reader) per packet.
+        Any other event first flushes the run, so order within a stream and relative to resets
+        and the connection's end is kept.
+        """
         quic = self.quic
+        run: dict[int, list[qe.StreamDataReceived]] = {}
         while True:
             event = quic.next_event()
             if event is None:
                 break
             if isinstance(event, qe.StreamDataReceived):
-                self._on_data(event)
-            elif isinstance(event, qe.StreamReset):
+                run.setdefault(event.stream_id, []).append(event)
+                continue
+            if run:
+                self._flush_data(run)
+            if isinstance(event, qe.StreamReset):
                 halves = self._peer_stream(event.stream_id)
                 if halves is not None and halves.recv_open:
                     halves.recv_open = False
@@ -439,6 +502,8 @@ class KpsSession:
                 self.cid_changes.append(ConnectionIdChanged(event.connection_id, False))
             elif isinstance(event, qe.ConnectionTerminated):
                 self._on_terminated(event)
+        if run:
+            self._flush_data(run)
         if (
             self._tls_complete
             and not self.handshake_done
@@ -459,17 +524,26 @@ class KpsSession:
         if self.closed is None:
             self._regate()
 
-    def _on_data(self, event: qe.StreamDataReceived) -> None:
-        halves = self._peer_stream(event.stream_id)
+    def _flush_data(self, run: dict[int, list[qe.StreamDataReceived]]) -> None:
+        for stream_id, events in run.items():
+            if len(events) == 1:
+                self._on_data(stream_id, events[0].data, events[0].end_stream)
+            else:
+                data = b"".join([e.data for e in events])
+                self._on_data(stream_id, data, any(e.end_stream for e in events))
+        run.clear()
+
+    def _on_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        halves = self._peer_stream(stream_id)
         if halves is None or not halves.recv_open:
             return
-        if event.end_stream:
+        if end:
             halves.recv_open = False
         if not halves.discarding:
-            if event.data:
-                self._unread += len(event.data)
-            self._events.append(StreamData(event.stream_id, event.data, event.end_stream))
-        self._retire(event.stream_id, halves)
+            if data:
+                self._unread += len(data)
+            self._events.append(StreamData(stream_id, data, end))
+        self._retire(stream_id, halves)
 
     def _on_terminated(self, event: qe.ConnectionTerminated) -> None:
         if self._local_close is not None:

@@ -53,7 +53,7 @@ class WebRTCAdapter(BaseAdapter):
         self._all_delivered = False
 
     def attach(self, shell: CoreConnection) -> None:
-        self.shell, self.loop = shell, asyncio.get_running_loop()
+        super().attach(shell)
         self.link.events = self
 
     # -- ChannelEvents: each feeds the engine, then the shell updates ---------------------
@@ -206,6 +206,7 @@ class WebRTCConnection(CoreConnection):
     """A KPS connection over WebRTC data channels (either side)."""
 
     stream_class = WebRTCStream
+    transport_label = "kps-webrtc"
 
     def __init__(
         self,
@@ -225,10 +226,6 @@ class WebRTCConnection(CoreConnection):
     async def wait_ready(self) -> None:
         """Until HELLO has been both sent and received (raises ``ConnectionClosed`` if not)."""
         await asyncio.shield(self.handshake)
-
-    @property
-    def transport_name(self) -> str:
-        return "kps-webrtc"
 
     @property
     def remote_address(self) -> tuple[str, int] | None:

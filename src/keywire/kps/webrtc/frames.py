@@ -96,16 +96,15 @@ def encode_fin() -> bytes:
 
 
 def encode_reset(code: int) -> bytes:
-    return b"\x02" + _U32.pack(code)
+    return _coded(RESET, code)
 
 
 def encode_stop_sending(code: int) -> bytes:
-    return b"\x03" + _U32.pack(code)
+    return _coded(STOP_SENDING, code)
 
 
 def encode_max_stream_data(offset: int) -> bytes:
-    _check_credit(offset, "MAX_STREAM_DATA")
-    return b"\x04" + _U64.pack(offset)
+    return _credit(MAX_STREAM_DATA, offset, "MAX_STREAM_DATA")
 
 
 def encode_stream_frame(frame: StreamFrame) -> bytes:
@@ -181,7 +180,7 @@ ControlMessage = ConnectionClose | Hello | MaxData | MaxStreams
 
 
 def encode_connection_close(code: int) -> bytes:
-    return b"\x00" + _U32.pack(code)
+    return _coded(CONNECTION_CLOSE, code)
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -201,13 +200,11 @@ def encode_hello(hello: Hello) -> bytes:
 
 
 def encode_max_data(maximum: int) -> bytes:
-    _check_credit(maximum, "MAX_DATA")
-    return b"\x02" + _U64.pack(maximum)
+    return _credit(MAX_DATA, maximum, "MAX_DATA")
 
 
 def encode_max_streams(maximum: int) -> bytes:
-    _check_credit(maximum, "MAX_STREAMS")
-    return b"\x03" + _U64.pack(maximum)
+    return _credit(MAX_STREAMS, maximum, "MAX_STREAMS")
 
 
 def encode_control(message: ControlMessage) -> bytes:
@@ -268,3 +265,14 @@ def _need(size: int, expected: int, name: str) -> None:
 def _check_credit(value: int, what: str, error: type[Exception] = ValueError) -> None:
     if not 0 <= value <= MAX_OFFSET:
         raise error(f"{what} value {value} is above the maximum 2^62-1")
+
+
+def _coded(kind: int, code: int) -> bytes:
+    """A frame or control message that is its type byte and a 32-bit code."""
+    return bytes((kind,)) + _U32.pack(code)
+
+
+def _credit(kind: int, value: int, what: str) -> bytes:
+    """A frame or control message that is its type byte and a checked 62-bit credit."""
+    _check_credit(value, what)
+    return bytes((kind,)) + _U64.pack(value)

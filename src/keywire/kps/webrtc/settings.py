@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ...options import Options, read_settings
+from ...options import Options, read_settings, setting_value
 from .ice import GateSettings
 from .wire import WireSettings
 
@@ -74,8 +74,9 @@ class WebRTCSettings:
         if options is None:
             return cls()
         values: dict[str, Any] = {}
-        for name, value in read_settings(options, PREFIX, (f.name for f in fields(cls))).items():
-            values[name] = _coerce(name, getattr(cls(), name), value)
+        kinds = {f.name: f.type for f in fields(cls)}
+        for name, value in read_settings(options, PREFIX, kinds).items():
+            values[name] = setting_value(PREFIX + name, kinds[name], value)
         return cls(**values)
 
     @property
@@ -98,20 +99,3 @@ class WebRTCSettings:
             pending_timeout=self.pending_timeout,
             source_share=self.source_share,
         )
-
-
-def _coerce(name: str, default: object, value: object) -> object:
-    """A setting's value as its default's type; numbers may come as text (``--set``)."""
-    if isinstance(default, bool):
-        return value in (True, 1, "1", "true", "yes", "on")
-    target = float if isinstance(default, float) else int
-    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
-        try:
-            number = target(value)
-        except ValueError:
-            pass
-        else:
-            if target is float or not isinstance(value, float) or value.is_integer():
-                return number
-    kind = "a number" if target is float else "a whole number"
-    raise ValueError(f"webrtc.{name} must be {kind}, got {value!r}")

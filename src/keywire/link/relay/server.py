@@ -41,6 +41,7 @@ from .core import (
     Send,
     Splice,
 )
+from .wsout import flush_ws
 
 log = logging.getLogger("keywire.link.relay")
 
@@ -171,14 +172,8 @@ class _Socket(asyncio.Protocol):
 
     # -- helpers ------------------------------------------------------------------------------
     def flush(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
-            else:
-                self.transport.close()
-                return
+        if flush_ws(self.ws, self.transport) and self.transport is not None:
+            self.transport.close()
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None:

@@ -4,14 +4,7 @@
 from __future__ import annotations
 
 from ..schedule import ADDRESS_SIZE
-from .backend import (
-    StoreBackend,
-    StoreError,
-    StoreFull,
-    StoreRefused,
-    ValueTooLarge,
-    check_address,
-)
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
 from .mapclient import HttpStore
 from .memory import LossyStore, MemoryStore
 from .redisstore import RedisStore

@@ -16,14 +16,7 @@ from urllib.parse import urlsplit
 from ..mapserver.http1 import HttpError, format_request, parse_response_head
 from ..mapserver.mapauth import check_token
 from ..tls import client_context, explain
-from .backend import (
-    StoreBackend,
-    StoreError,
-    StoreFull,
-    StoreRefused,
-    ValueTooLarge,
-    check_address,
-)
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
 
 DEFAULT_MAX_VALUE = 1 << 16
 

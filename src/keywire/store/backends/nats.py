@@ -38,14 +38,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ...errors import Code
-from .backend import (
-    StoreBackend,
-    StoreError,
-    StoreFull,
-    StoreRefused,
-    ValueTooLarge,
-    check_address,
-)
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
 
 DEFAULT_TTL = 3600.0
 DEFAULT_MAX_VALUE = 1 << 16

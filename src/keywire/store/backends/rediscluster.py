@@ -26,11 +26,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from .backend import StoreBackend, StoreError, ValueTooLarge, check_address
-from .redis_writeonce import WRITE_ONCE_SCRIPT, PutOutcome, put_once
-from .redisstore import RECHECK, _Subscriber
+from .backend import StoreError, check_address
+from .redis_writeonce import WRITE_ONCE_SCRIPT
+from .redisstore import RedisKeyValue, _Subscriber
 
 _SET_SCRIPT = """
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
@@ -67,7 +67,7 @@ def parse_cluster_url(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-class RedisClusterStore(StoreBackend):
+class RedisClusterStore(RedisKeyValue):
     """``RedisClusterStore("redis-cluster://127.0.0.1:7000,127.0.0.1:7001")``."""
 
     def __init__(
@@ -126,7 +126,7 @@ class RedisClusterStore(StoreBackend):
     def _channel(address: bytes) -> bytes:
         return b"kw:{" + address.hex().encode() + b"}:w"
 
-    async def _subscriber(self, channel: bytes) -> _Subscriber:
+    async def _subscriber_for(self, channel: bytes) -> _Subscriber:
         """The sharded subscriber of the master that owns ``channel``'s slot."""
         await self._start()
         try:
@@ -145,67 +145,11 @@ class RedisClusterStore(StoreBackend):
             subscriber = self._subscribers[node.name] = _Subscriber(client, sharded=True)
         return subscriber
 
-    def _error(self, exc: BaseException) -> StoreError:
-        return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
-
-    async def put(self, address: bytes, value: bytes) -> None:
-        check_address(address)
-        if len(value) > self.max_value:
-            raise ValueTooLarge(len(value), self.max_value)
-        await self._start()
-        try:
-            if self.signed:
-                key, channel = self._key(address), self._channel(address)
-                outcome = await put_once(
-                    self._script, key, value, self.ttl, self.max_value, channel
-                )
-                if outcome is PutOutcome.CONFLICT:
-                    self.conflicts += 1
-                return
-            await self._script(
-                keys=[self._key(address)],
-                args=[value, max(1, int(self.ttl * 1000)), self.max_value, self._channel(address)],
-            )
-        except ResponseError as exc:
-            if str(exc).startswith("TOOLARGE"):
-                raise ValueTooLarge(len(value), self.max_value) from None
-            raise self._error(exc) from None
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
-
-    async def _read(self, address: bytes) -> bytes | None:
-        await self._start()
-        try:
-            value = await self._client.get(self._key(address))
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
-        if value is None:
-            return None
-        return value.encode() if isinstance(value, str) else bytes(value)
-
     async def get(self, address: bytes, wait: float) -> bytes | None:
-        check_address(address)
         if self.wakeups == "poll":
+            check_address(address)
             return await self._poll(address, wait)
-        value = await self._read(address)
-        if value is not None or wait <= 0:
-            return value
-        channel = self._channel(address)
-        subscriber = await self._subscriber(channel)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            fut = await subscriber.register(channel)
-            try:
-                value = await self._read(address)
-                remaining = deadline - loop.time()
-                if value is not None or remaining <= 0:
-                    return value
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, RECHECK)):
-                        await fut
-            finally:
-                subscriber.unregister(channel, fut)
+        return await super().get(address, wait)
 
     async def _poll(self, address: bytes, wait: float) -> bytes | None:
         loop = asyncio.get_running_loop()
@@ -219,12 +163,6 @@ class RedisClusterStore(StoreBackend):
             self.polls += 1
             await asyncio.sleep(min(interval, remaining))
             interval = min(interval * 2, POLL_MAX)
-
-    async def probe(self) -> None:
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
 
     async def stored_keys(self) -> int:
         """Keys held over all masters (for storage measurements)."""

@@ -25,14 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisError, ResponseError
 
 from ..tls import explain, verify_failure
-from .backend import (
-    StoreBackend,
-    StoreError,
-    StoreFull,
-    StoreRefused,
-    ValueTooLarge,
-    check_address,
-)
+from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
 from .redis_writeonce import WRITE_ONCE_SCRIPT, PutOutcome, put_once
 
 _PUT_SCRIPT = """
@@ -210,7 +203,105 @@ class _Subscriber:
                 await old.aclose()
 
 
-class RedisStore(StoreBackend):
+class RedisKeyValue(StoreBackend):
+    """What the single-server and cluster backends share: the put script call, the read, and
+    the long-poll get that subscribes before its second read. Subclasses set the attributes
+    below in ``__init__`` and say where a channel's subscriber is."""
+
+    description: str
+    max_value: int
+    ttl: float
+    #: signed puts (capability.py), stored write-once by ``redis_writeonce``'s script
+    signed: bool
+    #: write-once puts refused because other bytes held the address (dropped like a lost
+    #: put: what is there stays)
+    conflicts: int
+    _client: Any
+    _script: Any
+
+    def _key(self, address: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _channel(self, address: bytes) -> bytes:
+        raise NotImplementedError
+
+    async def _subscriber_for(self, channel: bytes) -> _Subscriber:
+        raise NotImplementedError
+
+    async def _start(self) -> None:
+        """Called before every command (a cluster learns its slot map here)."""
+
+    def _error(self, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
+
+    async def put(self, address: bytes, value: bytes) -> None:
+        check_address(address)
+        if len(value) > self.max_value:
+            raise ValueTooLarge(len(value), self.max_value)
+        await self._start()
+        key, channel = self._key(address), self._channel(address)
+        try:
+            if self.signed:
+                outcome = await put_once(
+                    self._script, key, value, self.ttl, self.max_value, channel
+                )
+                if outcome is PutOutcome.CONFLICT:
+                    self.conflicts += 1
+                return
+            await self._script(
+                keys=[key], args=[value, max(1, int(self.ttl * 1000)), self.max_value, channel]
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("TOOLARGE"):
+                raise ValueTooLarge(len(value), self.max_value) from None
+            raise self._error(exc) from None
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from None
+
+    async def _read(self, address: bytes) -> bytes | None:
+        await self._start()
+        try:
+            value = await self._client.get(self._key(address))
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from None
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    async def get(self, address: bytes, wait: float) -> bytes | None:
+        check_address(address)
+        value = await self._read(address)
+        if value is not None or wait <= 0:
+            return value
+        channel = self._channel(address)
+        subscriber = await self._subscriber_for(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            fut = await subscriber.register(channel)
+            try:
+                # subscribed before this read: a put after it publishes to us
+                value = await self._read(address)
+                remaining = deadline - loop.time()
+                if value is not None or remaining <= 0:
+                    return value
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, RECHECK)):
+                        await fut
+            finally:
+                subscriber.unregister(channel, fut)
+            # woken by a publish, or the safety-net interval passed: read and wait again
+
+    async def probe(self) -> None:
+        """``PING``: shows an untrusted certificate or a refused password before a stream."""
+        await self._start()
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from None
+
+
+class RedisStore(RedisKeyValue):
     """``RedisStore("redis://127.0.0.1:6379/0")``; ``rediss://`` for TLS, verified against the
     system trust store, or against ``cafile`` alone when given."""
 
@@ -233,10 +324,7 @@ class RedisStore(StoreBackend):
         self.description = f"redis {shown}"
         self.max_value = max_value
         self.ttl = ttl
-        #: signed puts (capability.py), stored write-once by ``redis_writeonce``'s script
         self.signed = signed
-        #: write-once puts refused because other bytes held the address (dropped like a
-        #: lost put: what is there stays)
         self.conflicts = 0
         self._prefix = prefix.encode()
         # no silent retries inside redis-py: the stream retries with its own backoff, and a
@@ -257,35 +345,7 @@ class RedisStore(StoreBackend):
     def _channel(self, address: bytes) -> bytes:
         return self._prefix + b"w:" + address.hex().encode()
 
-    async def put(self, address: bytes, value: bytes) -> None:
-        check_address(address)
-        if len(value) > self.max_value:
-            raise ValueTooLarge(len(value), self.max_value)
-        try:
-            if self.signed:
-                outcome = await put_once(
-                    self._script,
-                    self._key(address),
-                    value,
-                    self.ttl,
-                    self.max_value,
-                    self._channel(address),
-                )
-                if outcome is PutOutcome.CONFLICT:
-                    self.conflicts += 1
-                return
-            await self._script(
-                keys=[self._key(address)],
-                args=[value, int(self.ttl * 1000), self.max_value, self._channel(address)],
-            )
-        except ResponseError as exc:
-            if str(exc).startswith("TOOLARGE"):
-                raise ValueTooLarge(len(value), self.max_value) from None
-            raise self._error(exc) from None
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
-
-    def _error(self, exc: Exception) -> StoreError:
+    def _error(self, exc: BaseException) -> StoreError:
         """A ``StoreRefused`` for what retrying cannot fix, else a ``StoreError``."""
         bad_certificate = verify_failure(exc)
         if bad_certificate is not None:
@@ -298,47 +358,8 @@ class RedisStore(StoreBackend):
             return StoreFull(f"{self.description} is full (maxmemory): {exc}")
         return StoreError(f"{self.description}: {type(exc).__name__}: {exc}")
 
-    async def _read(self, address: bytes) -> bytes | None:
-        try:
-            value = await self._client.get(self._key(address))
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
-        if value is None:
-            return None
-        return value.encode() if isinstance(value, str) else bytes(value)
-
-    async def get(self, address: bytes, wait: float) -> bytes | None:
-        check_address(address)
-        value = await self._read(address)
-        if value is not None or wait <= 0:
-            return value
-        channel = self._channel(address)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            fut = await self._subscriber.register(channel)
-            try:
-                value = await self._read(address)
-                if value is not None:
-                    return value
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, RECHECK)):
-                        await fut
-            finally:
-                self._subscriber.unregister(channel, fut)
-            if loop.time() >= deadline:
-                return await self._read(address)
-            # woken by a publish, or the safety-net interval passed: read and wait again
-
-    async def probe(self) -> None:
-        """``PING``: shows an untrusted certificate or a refused password before a stream."""
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
-            raise self._error(exc) from None
+    async def _subscriber_for(self, channel: bytes) -> _Subscriber:
+        return self._subscriber
 
     async def close(self) -> None:
         await self._subscriber.close()

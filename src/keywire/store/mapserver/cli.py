@@ -27,6 +27,15 @@ with the store.cafile setting). With --token-file, or $KEYWIRE_MAP_TOKEN, every 
 --token-read makes reads need it too. The token is never printed or logged.
 """
 
+#: the server's limits: flag, type, default, metavar, help
+LIMITS: tuple[tuple[str, type, float, str, str], ...] = (
+    ("--ttl", float, 3600.0, "SECONDS", "lifetime of an entry after its last put (default 3600)"),
+    ("--max-value", int, 1 << 16, "BYTES", "largest value; larger puts get 413 (default 65536)"),
+    ("--max-bytes", int, 256 << 20, "BYTES", "bytes stored before puts get 507 (default 256 MiB)"),
+    ("--max-waiters", int, 4096, "N", "long-poll gets waiting at once before 503 (default 4096)"),
+    ("--max-connections-per-ip", int, 256, "N", "open connections one IP may hold (default 256)"),
+)
+
 
 def add_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -46,41 +55,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--db", metavar="PATH", default=None, help="SQLite file that keeps entries across restarts"
     )
-    parser.add_argument(
-        "--ttl",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="lifetime of an entry after its last put (default 3600)",
-    )
-    parser.add_argument(
-        "--max-value",
-        type=int,
-        default=1 << 16,
-        metavar="BYTES",
-        help="largest value accepted, larger puts get 413 (default 65536)",
-    )
-    parser.add_argument(
-        "--max-bytes",
-        type=int,
-        default=256 << 20,
-        metavar="BYTES",
-        help="total bytes stored before puts get 507 (default 256 MiB)",
-    )
-    parser.add_argument(
-        "--max-waiters",
-        type=int,
-        default=4096,
-        metavar="N",
-        help="long-poll gets waiting at once before 503 (default 4096)",
-    )
-    parser.add_argument(
-        "--max-connections-per-ip",
-        type=int,
-        default=256,
-        metavar="N",
-        help="open connections one source IP may hold; more are refused (default 256)",
-    )
+    for flag, kind, default, metavar, text in LIMITS:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument(
         "--cert",
         metavar="FILE",

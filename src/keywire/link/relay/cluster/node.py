@@ -35,8 +35,9 @@ from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from ...wire import json_object
 from ..config import RelayConfig
-from ..core import MAX_CONTROL, PIN_MEMORY_SEC, Action, Close, CloseCode, Role, Send
+from ..core import MAX_CONTROL, PIN_MEMORY_SEC, Action, Close, CloseCode, Peer, Role, Send
 from ..server import PATH, RelayServer, _Socket
 from .nodeauth import HEADER, check_token, make_token
 from .quota import restore, snapshot
@@ -108,6 +109,9 @@ class ClusterRelayServer(RelayServer):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat: asyncio.Task[None] | None = None
         self._published_at = -1e9
+        #: when the last heartbeat that reached the state began (a failure of a call begun
+        #: before it is old news, not an outage)
+        self._ok_at = -1e9
         self._quota_saved_at = -1e9
         self.remote_splices_total = 0
 
@@ -196,9 +200,14 @@ class ClusterRelayServer(RelayServer):
         if not self.state_ok:
             log.info("cluster state reachable", extra={"fields": {"node": self.node.id}})
         self.state_ok, self.state_error = True, ""
+        self._ok_at = now
 
-    def _unavailable(self, exc: StateUnavailable) -> None:
-        """Note the outage (one log line when it starts or its reason changes)."""
+    def _unavailable(self, exc: StateUnavailable, began: float | None = None) -> None:
+        """Note the outage (one log line when it starts or its reason changes). A call that
+        began before the last good heartbeat (one stuck on a dead master during a failover)
+        does not mark the state down again: the heartbeat since is the newer word."""
+        if began is not None and began < self._ok_at:
+            return
         if self.state_ok or self.state_error != str(exc):
             log.warning("cluster state unavailable", extra={"fields": {"error": str(exc)}})
         self.state_ok, self.state_error = False, str(exc)
@@ -235,12 +244,16 @@ class ClusterRelayServer(RelayServer):
         sock: _Socket,
         data: bytes,
         message: dict[str, Any],
-        check: Callable[[_Socket, dict[str, Any]], Awaitable[list[Action] | _Remote | None]],
+        check: Callable[[_Socket, Peer, dict[str, Any]], Awaitable[list[Action] | _Remote | None]],
     ) -> None:
+        """Run ``check`` (a cluster-wide register or resolve check) before the core sees the
+        message; the socket's later frames wait in ``_gated`` meanwhile."""
+        peer = self.core.peers.get(sock.id)
+        began = self.now()
         try:
-            verdict = await check(sock, message)
+            verdict = [] if peer is None else await check(sock, peer, message)
         except StateUnavailable as exc:
-            self._unavailable(exc)
+            self._unavailable(exc, began)
             self.core.counters.reject("cluster_unavailable")
             what = "register" if message.get("type") == "register" else "locate this host"
             verdict = [Close(sock.id, TRY_AGAIN, f"cluster state unavailable, cannot {what}")]
@@ -272,11 +285,8 @@ class ClusterRelayServer(RelayServer):
             raise
 
     async def _check_register(
-        self, sock: _Socket, message: dict[str, Any]
+        self, sock: _Socket, peer: Peer, message: dict[str, Any]
     ) -> list[Action] | _Remote | None:
-        peer = self.core.peers.get(sock.id)
-        if peer is None:
-            return []
         if not await self._ip_ok(sock, peer.ip, local=False):
             return self._refuse(peer.id, CloseCode.RATE_LIMITED, "rate limited")
         address, auth = message.get("address"), message.get("auth")
@@ -326,22 +336,21 @@ class ClusterRelayServer(RelayServer):
     async def _publish(self) -> None:
         """Publish new registrations, batched: a burst of registers is a few pipelines from
         one task, not a task (and a wait for a connection) per host."""
+        began = self.now()
         try:
             while self._unpublished:
                 batch, self._unpublished = self._unpublished, {}
+                began = self.now()
                 await self.state.publish(batch, self.node.id, DIR_TTL_SEC)
         except StateUnavailable as exc:
             self._unpublished.clear()
-            self._unavailable(exc)  # the heartbeat republishes every host held here
+            self._unavailable(exc, began)  # the heartbeat republishes every host held here
         finally:
             self._publishing = False
 
     async def _check_resolve(
-        self, sock: _Socket, message: dict[str, Any]
+        self, sock: _Socket, peer: Peer, message: dict[str, Any]
     ) -> list[Action] | _Remote | None:
-        peer = self.core.peers.get(sock.id)
-        if peer is None:
-            return []
         address = message.get("address")
         if peer.role is not Role.NEW or not isinstance(address, str):
             return None
@@ -489,8 +498,4 @@ def _control(data: bytes) -> dict[str, Any] | None:
     """The control message in ``data``, if it is one the core would read."""
     if len(data) > MAX_CONTROL:
         return None
-    try:
-        message = json.loads(data)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
+    return json_object(data)

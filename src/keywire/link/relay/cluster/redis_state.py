@@ -29,6 +29,13 @@ PREFIX = "keywire:link:"
 #: hundreds (each check is one round trip, so a few dozen keep Redis busy)
 MAX_CONNECTIONS = 32
 HEARTBEAT_CONNECTIONS = 4
+#: a heartbeat call's bound: a healthy Redis answers in milliseconds, and a hung one (or a
+#: master Sentinel is about to replace) must show on ``/health`` within a beat or two, not
+#: after the full ``op_timeout`` a register's check may wait out under load
+HEARTBEAT_TIMEOUT = 1.5
+#: how long the live nodes a heartbeat read stand in for their node keys in ``locate``: a
+#: node's heartbeat reads them every second, so one lookup per introduction is enough
+LIVE_NODES_FRESH_SEC = 2.0
 
 #: KEYS[1] pin; ARGV key, ts, ttl ms. Strictly newer ts of the same key wins (replay refused).
 _CLAIM = """
@@ -84,12 +91,18 @@ def connect_redis(url: str) -> Any:
 class RedisState:
     """Cluster state in Redis; keys under ``keywire:link:``."""
 
-    def __init__(self, client: Any, op_timeout: float = 3.0) -> None:
+    def __init__(
+        self, client: Any, op_timeout: float = 3.0, heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    ) -> None:
         self.redis = client
         self.op_timeout = op_timeout
+        self.heartbeat_timeout = min(heartbeat_timeout, op_timeout)
         self._claim = client.register_script(_CLAIM)
         self._hit = client.register_script(_HIT)
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS - HEARTBEAT_CONNECTIONS)
+        #: node id → URL as the last ``live_nodes`` read them, and when (loop time)
+        self._live: dict[str, str] = {}
+        self._live_at = -1e9
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
@@ -98,15 +111,15 @@ class RedisState:
     async def _do(self, call: Awaitable[T], heartbeat: bool = False) -> T:
         """Run one call within ``op_timeout``. Checks queue for a connection first (a burst
         of registers is load, not an outage); the heartbeat keeps connections of its own so
-        a burst cannot delay it past the node's TTL."""
+        a burst cannot delay it past the node's TTL, and waits ``heartbeat_timeout`` at most."""
         if heartbeat:
-            return await self._timed(call)
+            return await self._timed(call, self.heartbeat_timeout)
         async with self._slots:
-            return await self._timed(call)
+            return await self._timed(call, self.op_timeout)
 
-    async def _timed(self, call: Awaitable[T]) -> T:
+    async def _timed(self, call: Awaitable[T], timeout: float) -> T:
         try:
-            async with asyncio.timeout(self.op_timeout):
+            async with asyncio.timeout(timeout):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable(f"Redis unreachable: {exc or type(exc).__name__}") from None
@@ -133,6 +146,7 @@ class RedisState:
         return False
 
     async def retire(self, node: NodeInfo) -> None:
+        self._live.pop(node.id, None)
         await self._do(self.redis.delete(f"{PREFIX}node:{node.id}"), heartbeat=True)
         await self._do(self.redis.srem(f"{PREFIX}nodes", node.id), heartbeat=True)
 
@@ -150,11 +164,19 @@ class RedisState:
         await self._do(self.redis.hdel(f"{PREFIX}dir:{address}", node_id))
 
     async def locate(self, address: str) -> NodeInfo | None:
+        """One HGETALL: a node the last heartbeat saw live (within ``LIVE_NODES_FRESH_SEC``)
+        is taken as live; only a node it did not see costs a GET of its key. The saved GET
+        was half of a spliced introduction's Redis work (docs/performance.md)."""
         held: dict[bytes, bytes] = await self._do(self.redis.hgetall(f"{PREFIX}dir:{address}"))
-        for node_id, _since in sorted(held.items(), key=lambda kv: -int(kv[1])):
-            url = await self._do(self.redis.get(f"{PREFIX}node:{node_id.decode()}"))
+        fresh = asyncio.get_running_loop().time() - self._live_at < LIVE_NODES_FRESH_SEC
+        for raw_id, _since in sorted(held.items(), key=lambda kv: -int(kv[1])):
+            node_id = raw_id.decode()
+            known = self._live.get(node_id) if fresh else None
+            if known is not None:
+                return NodeInfo(node_id, known)
+            url = await self._do(self.redis.get(f"{PREFIX}node:{node_id}"))
             if url is not None:
-                return NodeInfo(node_id.decode(), url.decode())
+                return NodeInfo(node_id, url.decode())
         return None
 
     async def live_nodes(self) -> list[NodeInfo]:
@@ -170,6 +192,8 @@ class RedisState:
                 await self._do(self.redis.srem(f"{PREFIX}nodes", node_id), heartbeat=True)
             else:
                 live.append(NodeInfo(node_id, url.decode()))
+        self._live = {node.id: node.url for node in live}
+        self._live_at = asyncio.get_running_loop().time()
         return live
 
     async def node_secret(self, mine: bytes) -> bytes:

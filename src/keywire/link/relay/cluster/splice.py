@@ -24,6 +24,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from ..core import MAX_CONTROL
+from ..wsout import flush_ws
 from .nodeauth import HEADER
 
 if TYPE_CHECKING:
@@ -139,11 +140,7 @@ class RemoteSplice(asyncio.Protocol):
         self.client = client
 
     def _flush(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
+        flush_ws(self.ws, self.transport)
 
     def pause_writing(self) -> None:
         if self.client is not None:

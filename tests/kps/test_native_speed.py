@@ -1,0 +1,168 @@
+"""Issue 17: what makes ``kps:`` connect, close and carry many streams faster, checked on the
+sans-IO session pair (deterministic) and on a real listener."""
+
+from __future__ import annotations
+
+import asyncio
+
+from qh3.quic import events as qe
+
+from keywire.identity import Identity
+from keywire.kps import KpsSettings, dial
+from keywire.kps.quic import GatedQuicConnection, client_configuration
+from keywire.kps.quic.router import QuicRouter
+from keywire.kps.quic.session import KpsSession, StreamData
+
+from .test_session import CLIENT, SERVER, connected
+
+
+def test_a_close_does_not_wait_for_packets_sent_before_anything_was_written() -> None:
+    pair = connected()
+    client = pair.client
+    client.ping()  # an ack-eliciting packet, left unacknowledged
+    assert client.datagrams_to_send(pair.now)
+    core = client.quic._core
+    assert core is not None and core.bytes_in_flight > 0
+    assert client.all_acknowledged()  # nothing written: nothing a close could lose
+
+    sid = client.open_stream()
+    client.send(sid, b"x" * 3000, fin=True)
+    assert not client.all_acknowledged()  # queued
+    sent = client.datagrams_to_send(pair.now)
+    assert sent
+    assert not client.all_acknowledged()  # in flight, not acknowledged
+    pair.pump()
+    assert client.all_acknowledged()
+    data = [e for e in pair.events(pair.server) if isinstance(e, StreamData) and e.stream_id == sid]
+    assert b"".join(e.data for e in data) == b"x" * 3000 and data[-1].fin
+
+
+def test_written_data_that_is_lost_holds_the_close_until_resent_and_acknowledged() -> None:
+    pair = connected()
+    client, server = pair.client, pair.server
+    assert server is not None
+    lost_sid = client.open_stream()
+    client.send(lost_sid, b"A" * 2400)
+    assert client.datagrams_to_send(pair.now)  # dropped: the server never sees them
+    pair.now += 0.001
+    sid = client.open_stream()
+    client.send(sid, b"B" * 6000)
+    for data, _ in client.datagrams_to_send(pair.now):
+        server.receive_datagram(data, CLIENT, pair.now)
+    pair.now += 0.03
+    server.handle_timer(pair.now)
+    for data, _ in server.datagrams_to_send(pair.now):  # ACKs: the first packets are lost
+        client.receive_datagram(data, SERVER, pair.now)
+    core = client.quic._core
+    assert core is not None and core.loss_total > 0
+    client.all_acknowledged()  # asked before the resend is out: must not forget the data
+    # what a caller does after input: transmit (the resend), then ask
+    assert client.datagrams_to_send(pair.now)
+    assert not client.all_acknowledged()
+    pair.pump()
+    assert client.all_acknowledged()
+    events = [e for e in pair.events(server) if isinstance(e, StreamData)]
+    assert b"".join(e.data for e in events if e.stream_id == lost_sid) == b"A" * 2400
+    assert b"".join(e.data for e in events if e.stream_id == sid) == b"B" * 6000
+
+
+def test_data_of_many_streams_in_one_burst_is_one_event_per_stream() -> None:
+    pair = connected()
+    client, server = pair.client, pair.server
+    assert server is not None
+    pair.events(server)
+    streams = [client.open_stream() for _ in range(8)]
+    for sid in streams:
+        client.send(sid, bytes([sid % 251]) * 1500)
+    burst = [data for data, _ in client.datagrams_to_send(pair.now)]
+    assert len(burst) >= 8  # 12 KB in ~1,250-byte packets, the streams interleaved
+    server.receive_datagrams(burst, CLIENT, pair.now)
+    data = [e for e in pair.events(server) if isinstance(e, StreamData)]
+    assert sorted(e.stream_id for e in data) == streams  # one event per stream
+    for event in data:
+        assert event.data == bytes([event.stream_id % 251]) * 1500
+
+
+def test_merged_data_keeps_its_order_before_a_reset_of_the_same_stream() -> None:
+    pair = connected()
+    client, server = pair.client, pair.server
+    assert server is not None
+    pair.events(server)
+    sid = client.open_stream()
+    client.send(sid, b"a" * 1500)
+    client.send(sid, b"b" * 1500)
+    burst = [data for data, _ in client.datagrams_to_send(pair.now)]
+    client.reset(sid, 5)
+    burst += [data for data, _ in client.datagrams_to_send(pair.now)]
+    server.receive_datagrams(burst, CLIENT, pair.now)
+    events = [e for e in pair.events(server) if getattr(e, "stream_id", None) == sid]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[-1] == "StreamReset"
+    assert b"".join(e.data for e in events if isinstance(e, StreamData)) in (
+        b"a" * 1500 + b"b" * 1500,
+        b"",  # qh3 may discard data it has not delivered once the reset arrives
+    )
+
+
+def test_the_sender_without_logging_sends_what_qh3_would() -> None:
+    settings = KpsSettings()
+    identity = Identity.generate()
+    ours = GatedQuicConnection(configuration=client_configuration(identity.cert_digest, settings))
+    session = KpsSession(ours, connection_window=settings.connection_window)
+    session.connect(SERVER, 1.0)
+    sent = session.datagrams_to_send(1.0)
+    assert sent and all(addr == SERVER for _, addr in sent)
+    assert sum(len(d) for d, _ in sent) >= 1200  # a padded Initial
+    assert session.datagrams_to_send(1.0) == []  # nothing more until something happens
+
+
+def test_the_router_fast_path_finds_only_short_headers_of_known_ids() -> None:
+    router = QuicRouter(cid_length=8, max_connections=4, replies_per_second=1, tokens=None)
+    conn = object()
+    cid = b"\x01" * 8
+    router.add(conn, cid)
+    assert router.short_header_target(b"\x40" + cid + b"payload") is conn
+    assert router.short_header_target(b"\x40" + b"\x02" * 8 + b"payload") is None
+    assert router.short_header_target(b"\xc0" + cid + b"payload") is None  # long header
+    assert router.short_header_target(b"") is None
+
+
+async def test_close_right_after_a_dial_returns_without_waiting_for_acks() -> None:
+    from keywire.kps import KpsListener
+
+    identity = Identity.generate()
+    settings = KpsSettings()
+
+    async def handler(conn: object) -> None:
+        pass
+
+    listener = KpsListener(identity, settings, handler)  # type: ignore[arg-type]
+    await listener.start("127.0.0.1", 0)
+    try:
+        async with asyncio.timeout(20):
+            for _ in range(5):
+                conn = await dial("127.0.0.1", listener.port, identity.certhash, settings)
+                assert conn.session.all_acknowledged()
+                await conn.close()
+                assert conn.closed
+            # written data is still waited for and arrives whole
+            got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+            async def echo_len(conn: object) -> None:
+                stream = await conn.accept_stream()  # type: ignore[attr-defined]
+                got.set_result(await stream.read_all())
+
+            listener._on_connection = echo_len  # type: ignore[assignment]
+            conn = await dial("127.0.0.1", listener.port, identity.certhash, settings)
+            stream = await conn.open_stream()
+            await stream.write(b"z" * 200_000)
+            await stream.close_write()
+            await conn.close()
+            assert await got == b"z" * 200_000
+    finally:
+        await listener.close(abort_connections=True)
+
+
+def test_qh3_still_names_the_event_types_the_fast_paths_rely_on() -> None:
+    event = qe.StreamDataReceived(data=b"", end_stream=False, stream_id=0)
+    assert type(event) is qe.StreamDataReceived
