@@ -41,6 +41,20 @@ class StreamReset:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadsFailed:
+    """Our reads of the stream fail with ``code`` for a reason ``StreamReset`` does not cover:
+    with ``discard=False`` the bytes already received stay readable first (QUIC's
+    RESET_STREAM_AT; a store peer's close(code)), and ``remote=False`` reports a stop of our
+    own the core learned of by itself (a store stream restored after its StopSending)."""
+
+    stream_id: int
+    code: int
+    reason: str
+    remote: bool = True
+    discard: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class StopSendingReceived:
     """Our sending half is over because of the peer (STOP_SENDING, or a reset that kills both
     halves): writes fail with ``code``. The core has already answered on the wire."""
@@ -98,6 +112,7 @@ Event = (
     StreamOpened
     | StreamData
     | StreamReset
+    | ReadsFailed
     | StopSendingReceived
     | CreditAvailable
     | StreamClosed

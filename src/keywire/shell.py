@@ -155,6 +155,11 @@ class CoreConnection(Connection):
             stream = self._table.get(event.stream_id)
             if stream is not None:
                 stream._recv.fail(StreamError(event.code, "peer reset the stream", remote=True))
+        elif isinstance(event, ev.ReadsFailed):
+            stream = self._table.get(event.stream_id)
+            if stream is not None:
+                error = StreamError(event.code, event.reason, remote=event.remote)
+                stream._recv.fail(error, discard=event.discard)
         elif isinstance(event, ev.StopSendingReceived):
             stream = self._table.get(event.stream_id)
             if stream is not None:

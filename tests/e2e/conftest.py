@@ -117,6 +117,28 @@ def map_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="module")
+def signed_map_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``keywire map-server --signed``: every put signed by its address's blinded key, each
+    address written once (the listener's probe finds out and both sides sign)."""
+    server = ServerProcess(
+        [
+            *KEYWIRE,
+            "map-server",
+            "--port",
+            "0",
+            "--ttl",
+            "300",
+            "--max-bytes",
+            str(2_000 * MB),
+            "--signed",
+        ],
+        tmp_path_factory.mktemp("signed-map"),
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own on a free port (no persistence)."""
     if shutil.which("redis-server") is None:

@@ -26,6 +26,7 @@ TRANSPORTS: dict[str, float] = {
     "unix_shs": 4 * MB,
     "link": 4 * MB,
     "store_http": 1.5 * MB,
+    "store_http_signed": 1 * MB,
     "store_redis": 1.5 * MB,
 }
 #: startup of both processes, handshake, pairing-free reconnect through a relay
@@ -71,6 +72,9 @@ def setup_for(name: str, request: pytest.FixtureRequest, case_dir: Path) -> Setu
     elif name == "store_http":
         server: ServerProcess = request.getfixturevalue("map_server")
         specs = [f"{server.url}~stream"]
+    elif name == "store_http_signed":
+        signed: ServerProcess = request.getfixturevalue("signed_map_server")
+        specs = [f"{signed.url}~stream"]
     elif name == "store_redis":
         url: str = request.getfixturevalue("redis_url")
         specs = [f"{url}~stream"]

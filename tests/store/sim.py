@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 from keywire import events as ev
 from keywire.errors import StreamError
-from keywire.store.core import FrameRejected, GetOp, PutOp, ReadFailed, StoreCore
+from keywire.store.core import FrameRejected, GetOp, PutOp, StoreCore
+
+
+@dataclass(frozen=True)
+class ReadFailed:
+    """What ``read`` would raise (``discard``: the bytes not yet read are dropped)."""
+
+    error: StreamError
+    discard: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,9 @@ class Endpoint:
             elif isinstance(event, ev.StreamReset):
                 error = StreamError(event.code, "peer reset the stream", remote=True)
                 self.errors.append(ReadFailed(error, discard=True))
-            elif isinstance(event, ReadFailed):
-                self.errors.append(event)
+            elif isinstance(event, ev.ReadsFailed):
+                error = StreamError(event.code, event.reason, remote=event.remote)
+                self.errors.append(ReadFailed(error, discard=event.discard))
             elif isinstance(event, FrameRejected):
                 self.rejected.append(event)
             elif isinstance(event, ev.StopSendingReceived):

@@ -6,21 +6,16 @@ feeds its outcome back to the core and asks the shell for an update. Everything 
 the receive buffer, write backpressure, the one timer, close and abort) is the shell's
 (``keywire.shell.OneStreamConnection``, via ``keywire.store.stream.StoreConnection``).
 
-The core reports in ``keywire.events`` terms where they have the meaning (``StreamData`` with
-``fin`` for End, ``StreamReset`` for the peer's bare Reset, ``StopSendingReceived`` for its
-StopSending, ``ConnectionTerminated`` for a fatal error); ``next_event`` passes those on and adds
-the ending the shell needs when the stream is simply over (both directions done and confirmed:
-``Code.NONE`` or the code of the peer's close; or our own close or abort). The core's three
-store-only events (``keywire.store.ops``) are handled here, in their place in the order:
-
-* ``ReadFailed``: reads fail without a bare Reset of the peer: our own StopSending (the stream's
-  verb failed them already; after a restore, or in a graceful close, nobody had), or the peer's
-  close(code), which keeps the bytes before it readable like QUIC's
-  RESET_STREAM_AT (``StreamReset`` drops them). The shell has no event for either, so the adapter
-  fails the stream's reads itself (``StoreConnection._fail_reads``);
-* ``FrameRejected`` and ``StoreTrouble`` are diagnostics, not stream semantics: they are logged
-  and kept in the ``rejections``/``troubles`` rings (``StoreStream`` shows them), so the shared
-  vocabulary does not grow store-only members no other shell would handle.
+The core reports in ``keywire.events`` terms (``StreamData`` with ``fin`` for End,
+``StreamReset`` for the peer's bare Reset, ``ReadsFailed`` for reads that fail while keeping what
+was received (the peer's close(code), like QUIC's RESET_STREAM_AT) or for our own StopSending
+reported after a restore, ``StopSendingReceived`` for its StopSending, ``ConnectionTerminated``
+for a fatal error); ``next_event`` passes those on and adds the ending the shell needs when the
+stream is simply over (both directions done and confirmed: ``Code.NONE`` or the code of the
+peer's close; or our own close or abort). The core's two store-only events
+(``keywire.store.ops``), ``FrameRejected`` and ``StoreTrouble``, are diagnostics, not stream
+semantics: they are logged and kept in the ``rejections``/``troubles`` rings (``StoreStream``
+shows them), so the shared vocabulary does not grow members no other shell would handle.
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ from ..stream import task_future
 from .backends import StoreBackend, StoreFull, StoreRefused, ValueTooLarge
 from .capability import SIGNATURE_SIZE, CapabilityError, FrameSigner
 from .core import StoreCore
-from .ops import Event, FrameRejected, GetOp, Op, Purpose, PutOp, ReadFailed, StoreTrouble
+from .ops import Event, FrameRejected, GetOp, Op, Purpose, PutOp, StoreTrouble
 
 if TYPE_CHECKING:
     from ..shell import CoreConnection
@@ -112,9 +107,7 @@ class StoreAdapter(OneStreamVerbs, BaseAdapter):
         return out.popleft() if out else None
 
     def _translate(self, event: Event) -> None:
-        if isinstance(event, ReadFailed):  # a local stop, or the peer's close(code)
-            self._conn._fail_reads(event.error, discard=event.discard)
-        elif isinstance(event, FrameRejected):
+        if isinstance(event, FrameRejected):
             self.rejections.append(event)
             log.warning("store stream: rejected frame %d: %s", event.index, event.reason)
         elif isinstance(event, StoreTrouble):

@@ -47,7 +47,7 @@ from .. import events as ev
 from ..errors import Code, StreamError
 from .context import SNAPSHOT_VERSION, SavedState, StreamContext
 from .frame import Frame, FrameError, FrameType, Geometry
-from .ops import Event, FrameRejected, GetOp, Op, Purpose, PutOp, ReadFailed, StoreTrouble
+from .ops import Event, FrameRejected, GetOp, Op, Purpose, PutOp, StoreTrouble
 from .params import DEFAULT_VALUE_SIZE, Mode, StoreParams
 from .receiver import StopState, StoreReceiver
 from .recovery import StoreRecovery
@@ -64,7 +64,6 @@ __all__ = [
     "Op",
     "Purpose",
     "PutOp",
-    "ReadFailed",
     "StoreCore",
     "StoreParams",
     "StoreTrouble",

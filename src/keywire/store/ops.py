@@ -6,7 +6,6 @@ import enum
 from dataclasses import dataclass
 
 from .. import events as ev
-from ..errors import StreamError
 
 
 class Purpose(enum.Enum):
@@ -35,19 +34,9 @@ Op = PutOp | GetOp
 
 
 # -- events for the shell ------------------------------------------------------------------------
-# The core reports in ``keywire.events`` terms (``StreamData``, ``StreamReset``,
-# ``StopSendingReceived``, ``ConnectionTerminated`` for a fatal error; stream id 0) wherever the
-# shared vocabulary has the meaning; these three are what it has no member for.
-
-
-@dataclass(frozen=True)
-class ReadFailed:
-    """Reads fail with ``error`` without a peer's bare Reset: our own StopSending (reported
-    after a restore or a recovery, ``discard``), or the peer's close(code) (a Reset after its
-    StopSending with the same code), after which the bytes before it stay readable."""
-
-    error: StreamError
-    discard: bool = False
+# The core reports in ``keywire.events`` terms (``StreamData``, ``StreamReset``, ``ReadsFailed``,
+# ``StopSendingReceived``, ``ConnectionTerminated`` for a fatal error; stream id 0); these two
+# are diagnostics, not stream semantics, which no other shell would handle.
 
 
 @dataclass(frozen=True)
@@ -66,4 +55,4 @@ class StoreTrouble:
     reason: str
 
 
-Event = ev.Event | ReadFailed | FrameRejected | StoreTrouble
+Event = ev.Event | FrameRejected | StoreTrouble

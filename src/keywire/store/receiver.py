@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import events as ev
-from ..errors import Code, StreamError
+from ..errors import Code
 from .context import SavedState, StreamContext
 from .frame import CONTROL_FRAMES, NO_ACK, Frame, FrameError, FrameType, open_frame
-from .ops import FrameRejected, GetOp, Op, Purpose, ReadFailed
+from .ops import FrameRejected, GetOp, Op, Purpose
 
 
 class ReadState(enum.Enum):
@@ -53,6 +53,9 @@ class ReadSlot:
 
 #: the peer's frames the façade acts on once they are delivered
 SIGNALS = (FrameType.END, FrameType.RESET, FrameType.STOP_SENDING)
+#: why reads fail (``ReadsFailed``): our own StopSending, or the peer's Reset
+STOPPED_LOCALLY = "reading was stopped locally"
+PEER_RESET = "peer reset the stream"
 
 
 class StoreReceiver:
@@ -144,9 +147,7 @@ class StoreReceiver:
         self._discard = True
         self.stop_code = code & 0xFFFFFFFF
         # (after the peer's End the shell's buffer ignores this if everything was read)
-        self._ctx.events.append(
-            ReadFailed(StreamError(code, "reading was stopped locally"), discard=True)
-        )
+        self._ctx.events.append(ev.ReadsFailed(0, code, STOPPED_LOCALLY, remote=False))
         remote = remote and self.open and not self._ctx.multicast_reader
         self.stop = StopState.PENDING if remote else StopState.LOCAL
 
@@ -309,8 +310,7 @@ class StoreReceiver:
             if self.peer_stop_seen != code:
                 self._ctx.events.append(ev.StreamReset(0, code))
             else:
-                error = StreamError(code, "peer reset the stream", remote=True)
-                self._ctx.events.append(ReadFailed(error, discard=False))
+                self._ctx.events.append(ev.ReadsFailed(0, code, PEER_RESET, discard=False))
         elif frame.type is FrameType.STOP_SENDING:
             self.peer_stop_seen = struct.unpack(">I", frame.payload)[0]
         self.read_idx = index + 1
@@ -336,9 +336,7 @@ class StoreReceiver:
             self._discard = True
             if self.open:
                 self._ctx.events.append(
-                    ReadFailed(
-                        StreamError(self.stop_code, "reading was stopped locally"), discard=True
-                    )
+                    ev.ReadsFailed(0, self.stop_code, STOPPED_LOCALLY, remote=False)
                 )
         self.stop_built(frame.id)
 
@@ -381,10 +379,8 @@ class StoreReceiver:
             events.append(ev.StreamData(0, unconsumed))
         if self.stop is not StopState.NONE:  # reading stays stopped (before any End: it fails)
             self._discard = True
-            events.append(
-                ReadFailed(StreamError(self.stop_code, "reading was stopped locally"), discard=True)
-            )
+            events.append(ev.ReadsFailed(0, self.stop_code, STOPPED_LOCALLY, remote=False))
         if self.state is ReadState.ENDED and not self._ctx.publisher:
             events.append(ev.StreamData(0, b"", fin=True))
         elif self.state is ReadState.FAILED:
-            events.append(ReadFailed(StreamError(Code.RESET, "peer reset the stream", remote=True)))
+            events.append(ev.ReadsFailed(0, Code.RESET, PEER_RESET, discard=False))

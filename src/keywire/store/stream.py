@@ -213,10 +213,6 @@ class StoreConnection(OneStreamConnection):
     def stream(self) -> StoreStream:
         return cast(StoreStream, self._one)
 
-    def _fail_reads(self, error: StreamError, *, discard: bool) -> None:
-        """What ``keywire.events`` has no event for (see ``keywire.store.adapter``)."""
-        self._one._recv.fail(error, discard=discard)
-
     async def close(self, code: int = Code.NONE, reason: str = "") -> None:
         """Graceful: FIN and StopSending(closed), then wait (at most ``close_timeout``) until
         every frame we wrote and every ack we owe is confirmed, so nothing is lost. With a
