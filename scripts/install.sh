@@ -2,7 +2,8 @@
 # Installs keywire into ./.venv from the locked versions in requirements/.
 #   bash scripts/install.sh          runtime only (then: .venv/bin/keywire listen)
 #   bash scripts/install.sh --test   plus everything the tests use: Debian packages
-#                                    (redis-server, nats-server, chromium, firefox-esr), the npm peers
+#                                    (redis-server, nats-server, chromium, firefox-esr, gcc and
+#                                    libsodium-dev for the Redis module), the npm peers
 #                                    (web/: playwright-core and puppeteer-core, which drive
 #                                    those browsers and never download one), test tools
 # Works as root on a fresh Debian machine; needs Python >= 3.12 (python3.12/3.13 on PATH,
@@ -60,7 +61,10 @@ say "pip install -r $lock"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 if [ "$mode" = "--test" ]; then
-  apt_install redis-server nats-server chromium firefox-esr ca-certificates golang-go golang-github-hashicorp-yamux-dev socat iproute2 nftables
+  apt_install redis-server nats-server chromium firefox-esr ca-certificates golang-go golang-github-hashicorp-yamux-dev socat iproute2 nftables gcc libc6-dev libsodium-dev
+  # keywire's Redis module (KEYWIRE.PUT checks signed store puts); the tests build their own
+  # copy too, this one is for redis-server --loadmodule
+  say "Redis module: $(.venv/bin/python -m keywire.store.redismodule build)"
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   for dir in tests/interop/npm web; do
     if [ -f "$dir/package-lock.json" ]; then

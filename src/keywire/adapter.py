@@ -164,6 +164,28 @@ class OneStreamVerbs:
         raise UnsupportedError("this connection carries one stream")
 
 
+class DatagramSender(Protocol):
+    """A core that carries datagrams itself (QUIC's DATAGRAM frames)."""
+
+    @property
+    def max_datagram_size(self) -> int | None: ...
+    def send_datagram(self, data: bytes) -> None: ...
+
+
+class DatagramVerbs:
+    """The datagram verbs of an adapter whose core carries datagrams itself: forwarded as
+    they are (the core's own ``DatagramTooLarge`` reaches the application)."""
+
+    core: DatagramSender
+
+    @property
+    def max_datagram_size(self) -> int | None:
+        return self.core.max_datagram_size
+
+    def send_datagram(self, data: bytes) -> None:
+        self.core.send_datagram(data)
+
+
 class CoreAdapter(BaseAdapter):
     """An adapter for a core with the ``keywire.core.Core`` verbs: every shell verb that maps
     to a core verb one to one is forwarded, so a subclass writes only its I/O and whatever

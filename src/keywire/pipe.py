@@ -96,6 +96,21 @@ class Pipe(ABC):
     async def readexactly(self, n: int) -> bytes:
         return await read_exactly(self.read, n)
 
+    #: the write side ended (``_end_writes``)
+    _write_closed: bool = False
+
+    def _check_writable(self) -> None:
+        """For ``write``: a write after ``close_write`` is the caller's bug, said plainly."""
+        if self._write_closed:
+            raise StreamError(Code.CLOSED, "write after close_write")
+
+    def _end_writes(self) -> bool:
+        """For ``close_write``: mark the write side ended; False if it already was."""
+        if self._write_closed:
+            return False
+        self._write_closed = True
+        return True
+
 
 class StreamPipe(Pipe):
     """A pipe over asyncio's StreamReader/StreamWriter (TCP, Unix sockets, SOCKS)."""
@@ -106,7 +121,6 @@ class StreamPipe(Pipe):
         self._reader = reader
         self._writer = writer
         self.peer = peer
-        self._write_closed = False
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         try:
@@ -121,8 +135,7 @@ class StreamPipe(Pipe):
             raise self._lost(exc) from None
 
     async def write(self, data: bytes) -> None:
-        if self._write_closed:
-            raise StreamError(Code.CLOSED, "write after close_write")
+        self._check_writable()
         try:
             self._writer.write(data)
             await self._writer.drain()
@@ -130,9 +143,8 @@ class StreamPipe(Pipe):
             raise self._lost(exc) from None
 
     async def close_write(self) -> None:
-        if self._write_closed:
+        if not self._end_writes():
             return
-        self._write_closed = True
         try:
             if self._writer.can_write_eof():
                 self._writer.write_eof()

@@ -4,8 +4,9 @@ A QUIC core (qh3) queues every byte handed to it until it is acknowledged and ha
 its own, so an adapter must refuse writes past a per-stream and a per-connection bound. A
 writer refused once stays refused until its stream is down to half a buffer (and the
 connection below its own mark): it then gets ``CreditAvailable`` and resumes with a large
-chunk instead of waking for every packet sent. Sans-IO: the adapter asks ``grant`` in ``send``,
-calls ``drained`` after every transmit and serves ``next_event`` first in its own.
+chunk instead of waking for every packet sent. Sans-IO: the adapter's ``send`` verb is the
+budget's ``send`` (or asks ``grant`` itself), it calls ``drained`` after every transmit and
+serves ``next_event`` first in its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Protocol
 
 from .events import CreditAvailable
 
-__all__ = ["Buffered", "SendBudget"]
+__all__ = ["Budgeted", "Buffered", "SendBudget"]
 
 
 class Buffered(Protocol):
@@ -24,10 +25,16 @@ class Buffered(Protocol):
     def send_buffered_total(self) -> int: ...
 
 
-class SendBudget:
+class Budgeted(Buffered, Protocol):
+    """A core whose send verb the budget gates (``SendBudget.send``)."""
+
+    def send(self, stream_id: int, data: bytes | memoryview, fin: bool = False, /) -> int: ...
+
+
+class SendBudget[C: Buffered]:
     """Per-stream and per-connection send buffers with half-buffer hysteresis."""
 
-    def __init__(self, core: Buffered, per_stream: int, per_connection: int) -> None:
+    def __init__(self, core: C, per_stream: int, per_connection: int) -> None:
         if per_stream <= 0 or per_connection <= 0:
             raise ValueError("send buffers must be positive")
         self.core = core
@@ -55,6 +62,16 @@ class SendBudget:
             self.blocked.add(stream_id)
             return 0
         return min(room, want)
+
+    def send[B: Budgeted](self: SendBudget[B], stream_id: int, data: memoryview, end: bool) -> int:
+        """The adapter's ``send`` verb: FIN at once (it needs no credit), else as much of
+        ``data`` as ``grant`` allows; returns how many bytes the core took."""
+        if end:
+            self.core.send(stream_id, b"", True)
+            return 0
+        if taken := self.grant(stream_id, len(data)):
+            self.core.send(stream_id, data[:taken])
+        return taken
 
     def drained(self) -> None:
         """The core sent (or dropped) queued bytes: credit for refused streams now low enough."""

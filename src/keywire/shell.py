@@ -63,6 +63,7 @@ class CoreConnection(Connection):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._kicked = False
+        self._updated: list[asyncio.Future[None]] | None = None  # ``next_update`` waiters
         #: True once the adapter released the transport (``forget``): no timer, no table
         self.finished = False
         #: resolves when the handshake completes; fails with the ending if it never does
@@ -99,6 +100,17 @@ class CoreConnection(Connection):
             self._wake_all(self._open_waiters)
         if self._lingering and adapter.delivered() and self._delivered is not None:
             self._delivered.set()
+        if self._updated:
+            self._wake_all(self._updated)
+
+    async def next_update(self) -> None:
+        """Wait for the next ``update`` (an input fed, a deadline, a local verb): for callers
+        that wait on a state of the core rather than on a stream (a store stream's ``sync``)."""
+        waiter = self._loop.create_future()
+        if self._updated is None:
+            self._updated = []
+        self._updated.append(waiter)
+        await waiter
 
     def update_soon(self) -> None:
         """Update soon: verbs in the same loop iteration share one transmit."""

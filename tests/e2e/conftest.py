@@ -138,34 +138,16 @@ def signed_map_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of our own on a free port (no persistence)."""
+def _run_redis(directory: Path, modules: tuple[Path, ...] = ()) -> Iterator[str]:
+    """A redis-server of our own on a free port (no persistence), ``modules`` loaded."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (bash scripts/install.sh --test)")
-    directory = tmp_path_factory.mktemp("redis")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--logfile",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args += ["--save", "", "--appendonly", "no", "--protected-mode", "no", "--logfile", ""]
+    for module in modules:
+        args += ["--loadmodule", str(module)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + 10
@@ -190,6 +172,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain redis-server: signed puts fall back to keywire's write-once script."""
+    yield from _run_redis(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="module")
+def redis_module_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server with keywire's module: the CLI's probe turns signing on, and every
+    put is checked by the server (``KEYWIRE.PUT``)."""
+    from keywire.store.redismodule import build
+
+    module = build(tmp_path_factory.mktemp("redismodule"))
+    yield from _run_redis(tmp_path_factory.mktemp("redis-module"), (module,))
 
 
 @dataclass

@@ -54,7 +54,9 @@ def replayed(p: Proc, first: bytes) -> bool:
     return bool(data) and (first.startswith(data[:4096]) or first[:64] in data)
 
 
-@pytest.mark.parametrize("backend", ["store_http", "store_http_signed", "store_redis"])
+@pytest.mark.parametrize(
+    "backend", ["store_http", "store_http_signed", "store_redis", "store_redis_module"]
+)
 def test_lone_second_dial_gets_nothing_old(
     backend: str, payloads: Payloads, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -76,7 +78,9 @@ def test_lone_second_dial_gets_nothing_old(
     assert code != 0, f"a second dial with no listener exited 0 {again.describe()}"
 
 
-@pytest.mark.parametrize("backend", ["store_http", "store_http_signed", "store_redis"])
+@pytest.mark.parametrize(
+    "backend", ["store_http", "store_http_signed", "store_redis", "store_redis_module"]
+)
 def test_second_session_on_used_address_is_fresh(
     backend: str, payloads: Payloads, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

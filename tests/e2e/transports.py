@@ -28,6 +28,7 @@ TRANSPORTS: dict[str, float] = {
     "store_http": 1.5 * MB,
     "store_http_signed": 1 * MB,
     "store_redis": 1.5 * MB,
+    "store_redis_module": 1 * MB,
 }
 #: startup of both processes, handshake, pairing-free reconnect through a relay
 BASE_SECONDS = 30.0
@@ -78,6 +79,9 @@ def setup_for(name: str, request: pytest.FixtureRequest, case_dir: Path) -> Setu
     elif name == "store_redis":
         url: str = request.getfixturevalue("redis_url")
         specs = [f"{url}~stream"]
+    elif name == "store_redis_module":
+        signed_url: str = request.getfixturevalue("redis_module_url")
+        specs = [f"{signed_url}~stream"]
     else:
         raise ValueError(name)
     return Setup([*specs, *lkey], dkey, lenv, denv, rate)

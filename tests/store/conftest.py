@@ -32,8 +32,10 @@ class RedisProcess:
         persistent: bool,
         tls: ServerFiles | None = None,
         ca: Path | None = None,
+        modules: tuple[Path, ...] = (),
     ) -> None:
         self.directory = directory
+        self.modules = modules
         self.port = free_port()
         self.persistent = persistent
         self.tls = tls
@@ -84,6 +86,8 @@ class RedisProcess:
             "--logfile",
             "",
         ]
+        for module in self.modules:
+            args += ["--loadmodule", str(module)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -127,6 +131,24 @@ def _need_redis() -> None:
 def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
     _need_redis()
     server = RedisProcess(tmp_path, persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def keywire_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """keywire's Redis module, compiled once per test session."""
+    from keywire.store.redismodule import build
+
+    return build(tmp_path_factory.mktemp("redismodule"))
+
+
+@pytest.fixture
+def module_redis(tmp_path: Path, keywire_module: Path) -> Iterator[RedisProcess]:
+    """A redis-server with keywire's module loaded (``KEYWIRE.PUT`` checks signatures)."""
+    _need_redis()
+    server = RedisProcess(tmp_path, persistent=False, modules=(keywire_module,))
     server.start()
     yield server
     server.stop()

@@ -28,8 +28,10 @@ def cluster_port() -> int:
 
 
 class RedisClusterProcesses:
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(self, base: Path, size: int = 3, modules: tuple[Path, ...] = ()) -> None:
         self.base = base
+        #: loaded on every node (``--loadmodule``)
+        self.modules = modules
         self.ports = [cluster_port() for _ in range(size)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -46,6 +48,8 @@ class RedisClusterProcesses:
             "--cluster-node-timeout", "2000", "--dir", str(directory), "--save", "",
             "--appendonly", "no", "--protected-mode", "no", "--logfile", "",
         ]  # fmt: skip
+        for module in self.modules:
+            args += ["--loadmodule", str(module)]
         self.procs[port] = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

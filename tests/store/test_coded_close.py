@@ -17,7 +17,7 @@ import pytest
 
 from keywire.errors import ConnectionClosed, StreamError
 from keywire.store import MemoryStore, RedisStore, StoreConnection, StoreStream
-from keywire.store.adapter import LAST_WORDS_TIMEOUT
+from keywire.store.backendops import LAST_WORDS_TIMEOUT
 from keywire.store.core import Mode, StoreCore, StoreParams
 from keywire.store.frame import Frame, FrameType, open_frame
 from keywire.store.schedule import KeySchedule, Role

@@ -24,10 +24,10 @@ from keywire.store import (
     HttpStore,
     MapServer,
     StoreFull,
+    backendops,
     format_secret,
     generate_secret,
 )
-from keywire.store import adapter as store_adapter
 
 from .conftest import RedisProcess, free_port, random_bytes
 
@@ -131,7 +131,7 @@ async def test_dial_to_a_full_map_server_says_it_is_full() -> None:
 async def test_a_stream_whose_store_fills_up_fails_with_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(store_adapter, "FULL_GRACE", 1.0)
+    monkeypatch.setattr(backendops, "FULL_GRACE", 1.0)
     options = Options(timeout=5.0, extra={"store.linger": 2.0})
     async with MapServer(max_bytes=4 << 20) as server:
         spec = f"{server.url}~stream:{SECRET}"

@@ -37,12 +37,17 @@ def _hkdf64(ikm: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=2 * KEY_SIZE, salt=SALT, info=None).derive(ikm)
 
 
-def split_secret(secret: bytes) -> tuple[bytes, bytes]:
-    """(listener sub-secret, dialer sub-secret) from the shared secret."""
+def check_secret(secret: bytes) -> None:
+    """``SecretError`` for a stream secret too short to derive keys from."""
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretError(
             f"stream secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
         )
+
+
+def split_secret(secret: bytes) -> tuple[bytes, bytes]:
+    """(listener sub-secret, dialer sub-secret) from the shared secret."""
+    check_secret(secret)
     material = _hkdf64(secret)
     return material[:KEY_SIZE], material[KEY_SIZE:]
 
@@ -55,9 +60,13 @@ class DirectionKeys:
     id_base: bytes
 
     @classmethod
-    def from_subsecret(cls, subsecret: bytes) -> DirectionKeys:
-        material = _hkdf64(subsecret)
+    def from_material(cls, material: bytes) -> DirectionKeys:
+        """From 64 bytes of key material: the key base, then the id base."""
         return cls(material[:KEY_SIZE], material[KEY_SIZE:])
+
+    @classmethod
+    def from_subsecret(cls, subsecret: bytes) -> DirectionKeys:
+        return cls.from_material(_hkdf64(subsecret))
 
     def frame_id(self, index: int) -> bytes:
         """The 32-byte store address of frame ``index``."""

@@ -27,8 +27,7 @@ import nacl.secret
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .schedule import KEY_SIZE, NONCE_SIZE, DirectionKeys
-from .secret import MIN_SECRET_BYTES, SecretError
+from .schedule import KEY_SIZE, NONCE_SIZE, DirectionKeys, check_secret
 
 SESSION_SALT = b"keywire store sessions v1"
 MAGIC = b"KWS1"
@@ -60,15 +59,10 @@ class SessionKeys:
 
     @classmethod
     def derive(cls, secret: bytes) -> SessionKeys:
-        if len(secret) < MIN_SECRET_BYTES:
-            raise SecretError(
-                f"stream secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
-            )
-        dial = _hkdf(secret, b"dial", 2 * KEY_SIZE)
-        claim = _hkdf(secret, b"claim", 2 * KEY_SIZE)
+        check_secret(secret)
         return cls(
-            DirectionKeys(dial[:KEY_SIZE], dial[KEY_SIZE:]),
-            DirectionKeys(claim[:KEY_SIZE], claim[KEY_SIZE:]),
+            DirectionKeys.from_material(_hkdf(secret, b"dial", 2 * KEY_SIZE)),
+            DirectionKeys.from_material(_hkdf(secret, b"claim", 2 * KEY_SIZE)),
         )
 
 

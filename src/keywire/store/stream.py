@@ -64,7 +64,7 @@ class StoreStream(CoreStream):
         try:
             async with asyncio.timeout(timeout):
                 while core.recovering and core.failed is None:
-                    await stream._store.progress()
+                    await stream._conn.next_update()
         except TimeoutError:
             await stream.abort()
             raise TimeoutError(
@@ -95,12 +95,12 @@ class StoreStream(CoreStream):
     @property
     def rejections(self) -> deque[FrameRejected]:
         """The latest frames read from the store that were not valid (diagnostics)."""
-        return self._store.rejections
+        return self._store.life.rejections
 
     @property
     def troubles(self) -> deque[StoreTrouble]:
         """The latest puts and gets the store failed (retried; diagnostics)."""
-        return self._store.troubles
+        return self._store.life.troubles
 
     @property
     def bytes_written(self) -> int:
@@ -132,7 +132,7 @@ class StoreStream(CoreStream):
                 raise core.failed
             if self.finished:
                 raise StreamError(Code.CLOSED, "stream stopped before it was synced")
-            await self._store.progress()
+            await self._conn.next_update()
 
     async def wait_finished(self) -> None:
         """Both directions ended and everything is confirmed (the stream then stops)."""
@@ -148,7 +148,7 @@ class StoreStream(CoreStream):
                 raise core.failed
             if self.finished:
                 raise StreamError(Code.CLOSED, "stream stopped before the peer was heard")
-            await self._store.progress()
+            await self._conn.next_update()
 
     async def linger(self, timeout: float) -> bool:
         """Wait until nothing of ours is unconfirmed (our data and our acks); True if so."""
@@ -158,7 +158,7 @@ class StoreStream(CoreStream):
                 while not core.quiescent and not self.finished:
                     if core.failed is not None:
                         return False
-                    await self._store.progress()
+                    await self._conn.next_update()
         except TimeoutError:
             return False
         return core.quiescent
@@ -206,7 +206,7 @@ class StoreConnection(OneStreamConnection):
         """Set the address, the close bound and the owned backend; returns this connection."""
         self.address = address
         self.close_timeout = linger
-        self._store.owned = owns_backend
+        self._store.ops.owned = owns_backend
         return self
 
     @property
@@ -219,11 +219,11 @@ class StoreConnection(OneStreamConnection):
         code: what was written, then Reset(code), and StopSending(code), which tells the peer
         to finish without us; we wait (as long) until the peer acknowledged our frames. A
         write still in progress resets the stream (``closed``, or the code)."""
-        if self._error is None and self._store._closing is None:
+        if self._error is None and self._store.life.closing is None:
             writing = self._one._write_lock.locked()
             if writing and code != Code.NONE:
                 self._one.reset(code)  # the shell would reset it with ``closed``
-            self._store.begin_close(code, reason, writing=writing)
+            self._store.life.begin_close(code, reason, writing=writing)
         await super().close(code, reason)
 
     @property

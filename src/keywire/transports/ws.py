@@ -74,7 +74,6 @@ class WsPipe(Pipe):
         self.peer = peer
         self._pending: memoryview = memoryview(b"")
         self._eof = False
-        self._write_closed = False
         #: the closing handshake once both directions ended (not awaited by read/close_write:
         #: it needs the peer to process our close frame, which a paused reader may not do yet)
         self._closing: asyncio.Task[None] | None = None
@@ -104,8 +103,7 @@ class WsPipe(Pipe):
         return bytes(take)
 
     async def write(self, data: bytes) -> None:
-        if self._write_closed:
-            raise StreamError(Code.CLOSED, "write after close_write")
+        self._check_writable()
         view = memoryview(data)
         try:
             for start in range(0, len(view), MAX_MESSAGE):
@@ -115,9 +113,8 @@ class WsPipe(Pipe):
 
     async def close_write(self) -> None:
         """Send FIN (an empty message); the peer's direction stays open."""
-        if self._write_closed:
+        if not self._end_writes():
             return
-        self._write_closed = True
         try:
             await self._ws.send(b"")
         except ConnectionClosed as exc:

@@ -1,158 +1,26 @@
-"""The KPS adapter: ``KpsSession`` on a UDP socket's ``send_many``, driven by the shared shell.
+"""The KPS connection: one ``KpsSession`` on the event loop, driven by the shared shell.
 
-KPS-specific here: datagram bursts in and out, connection ids for the listener's router, and
-releasing the state as soon as nothing more will be sent (``finish_now``). The send buffers
-are a ``SendBudget``, the PING timer a ``KeepAlive`` (both shared, sans-IO).
+How the session is driven (datagram bursts, the send budget, keep-alive PINGs, releasing the
+state early) is the adapter's (``adapter.KpsAdapter``); here are the public classes and the
+hooks the listener and the dialer use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
-from itertools import groupby
-from operator import itemgetter
-from typing import cast
+from collections.abc import Callable
 
-from ... import events as ev
-from ...adapter import CoreAdapter
-from ...errors import Code
-from ...keepalive import KeepAlive
-from ...sendbudget import SendBudget
 from ...shell import CoreConnection, CoreStream
-from ...stream import RemoteIdentity, finished_future, fresh
+from ...stream import RemoteIdentity, fresh
 from ..settings import KpsSettings
+from .adapter import KpsAdapter, SendMany
 from .session import Address, KpsSession
 
 __all__ = ["KpsAdapter", "KpsConnection", "KpsStream", "SendMany", "fresh"]
 
-SendMany = Callable[[list[bytes], Address], None]
-
 
 class KpsStream(CoreStream):
     """One bidirectional QUIC stream with KPS's lifecycle (see ``session`` for the mapping)."""
-
-
-class KpsAdapter(CoreAdapter):
-    """The shell's verbs on a ``KpsSession``; its datagrams go out through ``send_many``."""
-
-    weak_shell = True  # a finished connection must be freed by reference counting alone
-    core: KpsSession
-
-    def __init__(
-        self,
-        session: KpsSession,
-        send_many: SendMany,
-        settings: KpsSettings,
-        released: asyncio.Future[None] | None,
-    ) -> None:
-        self.session = self.core = session
-        self.settings, self._send_many, self._released = settings, send_many, released
-        self.datagram_queue = settings.datagram_queue
-        self.budget = SendBudget(session, settings.send_buffer, settings.connection_send_buffer)
-        self.keepalive = KeepAlive(settings.ping_interval)
-        self._closing = self._release = False
-
-    @property
-    def conn(self) -> KpsConnection:
-        return cast(KpsConnection, self.shell)
-
-    def next_event(self) -> ev.Event | None:
-        if (credit := self.budget.next_event()) is not None:
-            return credit
-        while changes := self.session.cid_changes:
-            change = changes.pop(0)
-            if (on_cid := self.conn.on_cid) is not None:
-                on_cid(self.conn, change.cid, change.added)
-        event = self.session.next_event()
-        if isinstance(event, ev.HandshakeCompleted):
-            self.keepalive.start(self.loop.time())
-        return event
-
-    def transmit(self) -> None:
-        session = self.session
-        # consecutive datagrams to one address go out as one burst
-        for addr, burst in groupby(session.datagrams_to_send(self.loop.time()), itemgetter(1)):
-            self._send_many([data for data, _ in burst], addr)
-        self.budget.drained()
-        # a transport may keep a closed connection driven a while (webtransport: until its
-        # close capsule, which QUIC retransmits, is acknowledged)
-        if session.closed is not None and not getattr(session.quic, "close_lingering", False):
-            core = session.quic._core
-            if (
-                self._release
-                or core is None
-                or core.state == "terminated"
-                or session.deadline() is None
-            ):
-                self.finish_now()
-
-    def get_timer(self) -> float | None:
-        deadline = self.session.deadline()
-        return deadline if self.session.closed is not None else self.keepalive.merge(deadline)
-
-    def handle_timer(self, now: float) -> None:
-        if self.keepalive.due(now):
-            self.session.ping()
-        self.session.handle_timer(now)
-
-    def accepted(self, stream_id: int) -> None:
-        self.session.accepted()
-
-    def send(self, stream_id: int, data: memoryview, end: bool) -> int:
-        if end:
-            self.session.send(stream_id, b"", fin=True)
-            return 0
-        if taken := self.budget.grant(stream_id, len(data)):
-            self.session.send(stream_id, data[:taken])
-        return taken
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        was_gated = self.session.gated
-        self.session.consumed(stream_id, n)
-        if was_gated and not self.session.gated:
-            self.shell.update_soon()
-
-    def delivered(self) -> bool:
-        return self.session.all_acknowledged()
-
-    def close(self, code: int, reason: str) -> None:
-        self._closing = True
-        self.session.close(code, reason)
-
-    def terminated(self, event: ev.ConnectionTerminated, *, aborting: bool) -> Awaitable[None]:
-        self.keepalive.stop()
-        graceful = self._closing and not aborting
-        if event.remote or event.code == Code.TIMEOUT or graceful:
-            # draining (the peer closed), timed out, or everything was acknowledged before our
-            # CONNECTION_CLOSE: nothing more needs sending, so the state and a dialer's socket
-            # go once the close is sent (``transmit``), not after the closing/draining period
-            self._release = True
-        if graceful and self._released is not None:
-            return self.loop.create_task(self._wait_released(self._released))
-        return finished_future()
-
-    @staticmethod
-    async def _wait_released(released: asyncio.Future[None]) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(released), 1.0)
-
-    def finish_now(self) -> None:
-        """Release the connection's state: no timer, out of the listener's table."""
-        conn = self.conn
-        if conn.finished or self.session.closed is None:
-            return
-        self.budget.clear()
-        conn.forget()
-        if conn.on_finished is not None:
-            conn.on_finished(conn)
-
-    @property
-    def max_datagram_size(self) -> int | None:
-        return self.session.max_datagram_size
-
-    def send_datagram(self, data: bytes) -> None:
-        self.session.send_datagram(data)
 
 
 class KpsConnection(CoreConnection):
@@ -191,6 +59,16 @@ class KpsConnection(CoreConnection):
         self.remote_address = addr
         self.session.connect(addr, self._loop.time())
         self.update()
+
+    def cid_changed(self, cid: bytes, added: bool) -> None:
+        """The session added or retired a connection id: tell the listener's router."""
+        if self.on_cid is not None:
+            self.on_cid(self, cid, added)
+
+    def released(self) -> None:
+        """The adapter released the state (``forget``): tell the owner."""
+        if self.on_finished is not None:
+            self.on_finished(self)
 
     def _finish_now(self) -> None:
         self._kps.finish_now()

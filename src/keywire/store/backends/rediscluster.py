@@ -4,8 +4,9 @@
   ``kw:{<hex>}:w`` share a slot (the put script touches one slot, and a sharded publish goes
   to the shard that holds the key). Addresses are pseudorandom, so a stream's frames spread
   over all masters — the store interface names addresses, not streams.
-* **Put** is the write-once script of ``redis_writeonce`` (``SET NX PX``, compare) when
-  ``signed``, else ``SET PX``; the TTL applies either way.
+* **Put** is, when ``signed``, ``KEYWIRE.PUT`` if every master has keywire's module (it
+  verifies the signature, then ``SET NX PX``, compare, ``SPUBLISH``), else the write-once
+  script of ``redis_writeonce``; unsigned, ``SET PX``. The TTL applies either way.
 * **Get**, ``wakeups="pubsub"`` (default): on a miss, a sharded subscription (``SSUBSCRIBE``)
   to the key's channel on the master that owns its slot — one pub/sub connection per master,
   shared by every waiting get — then a second read once Redis confirmed it, then a wait for
@@ -29,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .backend import StoreError, check_address
-from .redis_writeonce import WRITE_ONCE_SCRIPT
+from .redis_writeonce import MODULE_COMMAND, WRITE_ONCE_SCRIPT
 from .redisstore import RedisKeyValue, _Subscriber
 
 _SET_SCRIPT = """
@@ -78,6 +79,7 @@ class RedisClusterStore(RedisKeyValue):
         ttl: float = DEFAULT_TTL,
         signed: bool = False,
         wakeups: str = "pubsub",
+        server_check: str = "auto",
     ) -> None:
         if wakeups not in ("pubsub", "poll"):
             raise ValueError(f"wakeups must be 'pubsub' or 'poll', got {wakeups!r}")
@@ -95,11 +97,12 @@ class RedisClusterStore(RedisKeyValue):
             socket_timeout=5.0,
         )
         publish = wakeups == "pubsub"
-        if signed:
-            script = _ONCE_SPUBLISH_SCRIPT if publish else _ONCE_SILENT_SCRIPT
-        else:
-            script = _SET_PUBLISH_SCRIPT if publish else _SET_SCRIPT
-        self._script = self._client.register_script(script)
+        self._once_script = self._client.register_script(
+            _ONCE_SPUBLISH_SCRIPT if publish else _ONCE_SILENT_SCRIPT
+        )
+        self._script = self._client.register_script(_SET_PUBLISH_SCRIPT if publish else _SET_SCRIPT)
+        self._publish = "SPUBLISH" if publish else None
+        self._init_checks(server_check)
         self._subscribers: dict[str, _Subscriber] = {}
         self._node_clients: list[aioredis.Redis] = []
         self._ready = False
@@ -117,6 +120,19 @@ class RedisClusterStore(RedisKeyValue):
                 except (RedisError, OSError) as exc:
                     raise self._error(exc) from None
                 self._ready = True
+
+    async def _servers_without_module(self) -> list[str]:
+        """Every master must have the module: a put goes to whichever owns its key's slot."""
+        missing = []
+        for node in self._client.get_primaries():  # one by one: redis-py's policies for
+            reply = await self._client.execute_command(  # COMMAND would merge the replies
+                "COMMAND INFO", MODULE_COMMAND, target_nodes=node
+            )
+            if not (reply and reply[0]):
+                missing.append(node.name)
+        if not missing:  # redis-py routes by the key positions in its cached COMMAND table
+            await self._client.commands_parser.initialize()
+        return missing
 
     @staticmethod
     def _key(address: bytes) -> bytes:

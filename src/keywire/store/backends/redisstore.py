@@ -2,6 +2,9 @@
 
 * **Put** is one Lua script, so it is atomic: it refuses a value over ``max_value`` (Redis would
   take 512 MB), ``SET``s it with a TTL (``PX``), and ``PUBLISH``es on the address's channel.
+  A signed put is write-once: ``KEYWIRE.PUT`` when the server has keywire's module (it also
+  verifies the signature; ``probe`` then turns signing on, as a ``--signed`` map server does),
+  else ``redis_writeonce``'s script.
 * **Get** reads the key; on a miss it subscribes to the key's channel, reads again (a put between
   the first read and the subscription is not missed), and waits for the publish or its timeout.
   One subscriber connection per backend carries every waiting get: no polling at all.
@@ -16,17 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from ..tls import explain, verify_failure
 from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
-from .redis_writeonce import WRITE_ONCE_SCRIPT, PutOutcome, put_once
+from .redis_writeonce import (
+    MODULE_COMMAND,
+    WRITE_ONCE_SCRIPT,
+    PutOutcome,
+    check_server_check,
+    module_put,
+    module_refusal,
+    put_once,
+)
+
+log = logging.getLogger("keywire.store")
+#: stores already warned that they fall back to the script (once per store per process)
+_WARNED: set[str] = set()
 
 _PUT_SCRIPT = """
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
@@ -211,13 +233,61 @@ class RedisKeyValue(StoreBackend):
     description: str
     max_value: int
     ttl: float
-    #: signed puts (capability.py), stored write-once by ``redis_writeonce``'s script
+    #: signed puts (capability.py), stored write-once by the module or the script
     signed: bool
     #: write-once puts refused because other bytes held the address (dropped like a lost
     #: put: what is there stays)
     conflicts: int
+    #: how the server checks signed puts (``redis_writeonce.SERVER_CHECKS``)
+    server_check: str
+    #: every server has keywire's module (None: not asked yet)
+    module: bool | None
     _client: Any
+    #: unsigned puts: ``SET PX`` (and the publish)
     _script: Any
+    #: signed puts without the module: ``SET NX PX``, compare (and the publish)
+    _once_script: Any
+    #: the module's wake-up: ``PUBLISH``, ``SPUBLISH``, or None (waiting gets poll)
+    _publish: str | None
+    _module_lock: asyncio.Lock
+
+    def _init_checks(self, server_check: str) -> None:
+        self.server_check = check_server_check(server_check)
+        self.module = None
+        self._module_lock = asyncio.Lock()
+
+    async def _servers_without_module(self) -> list[str]:
+        """The servers that do not know ``KEYWIRE.PUT``."""
+        raise NotImplementedError
+
+    async def _learn_module(self) -> None:
+        """Ask the servers once whether they have the module; with ``server_check="module"``
+        its absence is a ``StoreRefused``, with ``"auto"`` a warning and the script."""
+        async with self._module_lock:
+            if self.module is not None:
+                return
+            if self.server_check == "script":
+                self.module = False
+                return
+            try:
+                missing = await self._servers_without_module()
+            except (RedisError, RedisClusterException, OSError) as exc:
+                raise self._error(exc) from None
+            if missing and self.server_check == "module":
+                raise StoreRefused(
+                    f"{self.description}: keywire's Redis module is not loaded on "
+                    f"{', '.join(missing)} (python -m keywire.store.redismodule build, then "
+                    "redis-server --loadmodule PATH)"
+                )
+            self.module = not missing
+            if missing and self.signed and self.description not in _WARNED:
+                _WARNED.add(self.description)
+                log.warning(
+                    "%s: keywire's Redis module is not loaded on %s: signed puts are "
+                    "write-once but the server does not check their signatures (readers do)",
+                    self.description,
+                    ", ".join(missing),
+                )
 
     def _key(self, address: bytes) -> bytes:
         raise NotImplementedError
@@ -240,11 +310,19 @@ class RedisKeyValue(StoreBackend):
             raise ValueTooLarge(len(value), self.max_value)
         await self._start()
         key, channel = self._key(address), self._channel(address)
+        if self.signed and self.module is None:
+            await self._learn_module()
         try:
             if self.signed:
-                outcome = await put_once(
-                    self._script, key, value, self.ttl, self.max_value, channel
-                )
+                if self.module:
+                    outcome = await module_put(
+                        self._client, key, value, self.ttl, self.max_value,
+                        channel if self._publish else None, self._publish or "PUBLISH",
+                    )  # fmt: skip
+                else:
+                    outcome = await put_once(
+                        self._once_script, key, value, self.ttl, self.max_value, channel
+                    )
                 if outcome is PutOutcome.CONFLICT:
                     self.conflicts += 1
                 return
@@ -254,6 +332,9 @@ class RedisKeyValue(StoreBackend):
         except ResponseError as exc:
             if str(exc).startswith("TOOLARGE"):
                 raise ValueTooLarge(len(value), self.max_value) from None
+            refusal = module_refusal(exc)
+            if refusal is not None:  # our own put, not signed for its key: a bug, not weather
+                raise StoreRefused(f"{self.description} refused a put: {refusal}") from None
             raise self._error(exc) from None
         except (RedisError, OSError) as exc:
             raise self._error(exc) from None
@@ -293,12 +374,26 @@ class RedisKeyValue(StoreBackend):
             # woken by a publish, or the safety-net interval passed: read and wait again
 
     async def probe(self) -> None:
-        """``PING``: shows an untrusted certificate or a refused password before a stream."""
+        """``PING``: shows an untrusted certificate or a refused password before a stream.
+        Then, unless ``server_check="script"``, whether the servers have keywire's module:
+        if they do, signing turns on (both ends probe the same store, so they agree)."""
         await self._start()
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
             raise self._error(exc) from None
+        if self.server_check == "script":
+            return
+        try:
+            await self._learn_module()
+        except StoreError as exc:
+            if self.signed or self.server_check == "module":
+                raise
+            # an unsigned store stays unsigned (say, a user whose ACL forbids COMMAND INFO)
+            log.debug("%s: could not ask for keywire's module: %s", self.description, exc)
+            return
+        if self.module:
+            self.signed = True
 
 
 class RedisStore(RedisKeyValue):
@@ -314,6 +409,7 @@ class RedisStore(RedisKeyValue):
         prefix: str = "kw:",
         cafile: str | None = None,
         signed: bool = False,
+        server_check: str = "auto",
     ) -> None:
         parts = urlsplit(url)
         # never show a password from the URL
@@ -336,8 +432,15 @@ class RedisStore(RedisKeyValue):
         self._client = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, max_connections=512, retry=Retry(NoBackoff(), 0), **tls
         )
-        self._script = self._client.register_script(WRITE_ONCE_SCRIPT if signed else _PUT_SCRIPT)
+        self._script = self._client.register_script(_PUT_SCRIPT)
+        self._once_script = self._client.register_script(WRITE_ONCE_SCRIPT)
+        self._publish = "PUBLISH"
+        self._init_checks(server_check)
         self._subscriber = _Subscriber(self._client)
+
+    async def _servers_without_module(self) -> list[str]:
+        reply = await self._client.execute_command("COMMAND INFO", MODULE_COMMAND)
+        return [] if reply and reply[0] else [self.description]
 
     def _key(self, address: bytes) -> bytes:
         return self._prefix + b"v:" + address.hex().encode()
