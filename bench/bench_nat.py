@@ -5,7 +5,8 @@
    ``--dials`` dials), and how many of those dials got a direct path at all (the success table);
 2. throughput: one stream echoing ``--size-mb`` MiB over the direct path, as a ratio to plain
    ``kps:`` between the same two namespaces (through the same NAT routers) and to the relayed
-   path (``link.direct = false``), in the same run.
+   path (``link.direct = false``), and the direct path without resumable streams
+   (``link.direct_resume = false``), in the same run.
 
 One lab serves every pair: a relay (STUN on 3478/3479, shaping off) on the internet segment,
 four hosts (one per preset, each its own router) and four clients. No delay is added: the lab
@@ -306,9 +307,12 @@ async def _timed_echo(conn: Connection, size: int) -> float:
     return size / seconds / 1e6
 
 
-async def _direct_rate(client: Client, host: Host, size: int, rounds: int) -> list[float]:
+async def _direct_rate(
+    client: Client, host: Host, size: int, rounds: int, resume: bool = True
+) -> list[float]:
     alt = parse(host.address).alternatives[0]
-    conn = await LinkHandler().dial(alt, _link_options(client, host, {}))
+    extra: dict[str, object] = {} if resume else {"link.direct_resume": "false"}
+    conn = await LinkHandler().dial(alt, _link_options(client, host, extra))
     assert isinstance(conn, PathConnection)
     try:
         async with asyncio.timeout(20):
@@ -362,6 +366,9 @@ def throughput(client: Client, host: Host, size: int, rounds: int) -> dict[str, 
         rates = {
             "kps": client.loop.run(_kps_rate(kps, size, rounds), timeout=300),
             "direct": client.loop.run(_direct_rate(client, host, size, rounds), timeout=300),
+            "plain": client.loop.run(
+                _direct_rate(client, host, size, rounds, resume=False), timeout=300
+            ),
             "relay": client.loop.run(_relay_rate(client, host, size, rounds), timeout=300),
         }
     finally:
@@ -415,6 +422,10 @@ def report(
         )
         print(f"  plain kps:      {kps:7.1f} MB/s")
         print(f"  direct path:    {direct:7.1f} MB/s  ratio to kps: {direct / kps:.2f}×")
+        plain = rates["plain"]
+        print(
+            f"  direct, no resume: {plain:4.1f} MB/s  with resume / without: {direct / plain:.2f}×"
+        )
         print(f"  relayed path:   {relay:7.1f} MB/s  direct / relayed: {direct / relay:.2f}×")
 
 

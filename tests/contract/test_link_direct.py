@@ -49,7 +49,10 @@ async def _wait_direct(conn: Connection, timeout: float = 10.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def direct_link(relay: RelayProcess) -> AsyncIterator[MakePair]:
+async def direct_link(
+    relay: RelayProcess, client_extra: dict[str, object] | None = None
+) -> AsyncIterator[MakePair]:
+    """Host and client on loopback; ``client_extra``: more settings for the client's dials."""
     stun = StunServer("127.0.0.1", [0])
     (stun_port,) = await stun.start()
     extra: dict[str, object] = {"link.stun": f"127.0.0.1:{stun_port}"}
@@ -62,7 +65,7 @@ async def direct_link(relay: RelayProcess) -> AsyncIterator[MakePair]:
         @contextlib.asynccontextmanager
         async def make_pair() -> AsyncIterator[Pair]:
             nonlocal paired
-            client = await _dial(host, paired, extra)
+            client = await _dial(host, paired, {**extra, **(client_extra or {})})
             paired = True
             accepted = await asyncio.wait_for(host.queue.get(), 10)
             try:

@@ -95,13 +95,18 @@ class Setup:
 
 
 def _setup(
-    lab: Lab, tmp_path: Path, host_preset: str, client_preset: str, extra: dict[str, object]
+    lab: Lab,
+    tmp_path: Path,
+    host_preset: str,
+    client_preset: str,
+    extra: dict[str, object],
+    host_class: type[EchoHost] = EchoHost,
 ) -> Setup:
     url = lab.relay("--max-bps", "0", host="0.0.0.0", port=8080, stun_ports=(3478, 3479))
     h_peer = lab.add_peer("h", host_preset)
     c_peer = lab.add_peer("c", client_preset)
     h_loop, c_loop = lab.ns_loop(h_peer.ns), lab.ns_loop(c_peer.ns)
-    host = EchoHost([url], tmp_path / "host", extra=dict(extra))
+    host = host_class([url], tmp_path / "host", extra=dict(extra))
     h_loop.run(host.start())
     assert host.code is not None
     return Setup(
@@ -394,8 +399,10 @@ def test_direct_settings_are_checked() -> None:
     s = direct_settings({"link.direct": "off", "link.stun": "198.51.100.1:3478"})
     assert not s.enabled and s.stun == "198.51.100.1:3478"
     assert direct_settings({"link.direct_exchanges": "2"}).exchanges == 2
+    assert direct_settings({}).resume and not direct_settings({"link.direct_resume": "0"}).resume
     cases: list[tuple[dict[str, object], str]] = [
         ({"link.direct": "maybe"}, "true or false"),
+        ({"link.direct_resume": "perhaps"}, "true or false"),
         ({"link.direct_exchanges": 0}, ">= 1"),
         ({"link.direct_exchanges": "1.5"}, "whole"),
         ({"link.direct_idle": "soon"}, "number"),

@@ -18,7 +18,8 @@ printing), ``link.store_dir`` (a config directory instead of ``config_dir()``),
 ``link.direct`` (both: False turns the direct path off; docs/nat.md), ``link.stun`` (both:
 ``HOST[:PORT]`` of the STUN server the punch asks, default the relay's host on 3478),
 ``link.direct_exchanges`` (punch exchanges per session, default 3), ``link.direct_idle``
-(seconds of silence that end a direct path, default 6).
+(seconds of silence that end a direct path, default 6), ``link.direct_resume`` (both: False
+keeps direct streams from continuing over the relay after a cut).
 """
 
 from __future__ import annotations
@@ -316,6 +317,7 @@ SETTINGS = (
     "direct",
     "direct_exchanges",
     "direct_idle",
+    "direct_resume",
     "stun",
 )
 

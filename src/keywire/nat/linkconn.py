@@ -1,8 +1,13 @@
 """One ``Connection`` over two paths: the relayed Link session and, once punched, a direct KPS
 connection to the same peer (docs/nat.md, "Link with a direct path").
 
-Streams opened while the direct path is up go over it; otherwise over the relay. A stream
-stays on the path it was opened on. Streams the peer opens come from either path. The
+Streams opened while the direct path is up go over it; otherwise over the relay. Streams the
+peer opens come from either path. Without resume a stream stays on the path it was opened on;
+with resume negotiated (``resume``, set before the direct path is attached) a stream opened on
+the direct path continues over the relay when that path dies (``keywire.nat.resumeio``). The
+resume handshake needs a relayed stream the acceptor can tell from the application's: before
+opening it the opener sends an envelope naming its ordinal among the relayed streams it opened
+(``announce``), and both sides count relayed opens (one lock keeps the count in open order). The
 connection lives as long as the relayed session: that is the one both sides authenticated
 and the one that carries the control messages; the direct path is an add-on it may gain and
 lose any number of times.
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import Code, ConnectionClosed, StreamError
 from ..stream import Connection, Stream, fresh
+from .resumeio import ResumeLayer
 
 __all__ = ["PathConnection", "PathListener"]
 
@@ -38,6 +44,15 @@ class PathConnection(Connection):
         self._error: ConnectionClosed | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: both ends agreed on resumable streams (set by linkdirect before ``attach``)
+        self.resume = False
+        #: sends the "your relayed stream number K from me is a resume" envelope
+        self.announce: Callable[[int], Awaitable[None]] | None = None
+        self._relay_lock = asyncio.Lock()
+        self._relay_opened = 0
+        self._relay_accepted = 0
+        self._expected: set[int] = set()
+        self.layer = ResumeLayer(self._open_relay, self._spawn, self._deliver)
         self._pump(relay, relayed=True)
         #: called once the relayed session ends (the direct path goes with it)
         self.on_end: list[Callable[[], None]] = []
@@ -70,26 +85,65 @@ class PathConnection(Connection):
         self.direct, self.direct_remote = direct, remote
         if old is not None and old is not direct:
             old.abort(Code.CANCELLED, "replaced by a newer direct path")
+        if self.resume:
+            self.layer.attach(direct)
         self._pump(direct, relayed=False)
         self._tell()
 
     def _detach(self, direct: Connection) -> None:
+        if not self._closing and self._error is None:
+            self.layer.path_died(direct)
         if self.direct is direct:
             self.direct, self.direct_remote = None, None
             if self._error is None and not self._closing:
                 self._tell()
 
     def _pump(self, conn: Connection, *, relayed: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._accepting(conn, relayed))
+        self._spawn(self._accepting(conn, relayed))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _deliver(self, stream: Stream) -> None:
+        self._incoming.put_nowait(stream)
+        self._wake.set()
+
+    def expect_resume(self, ordinal: int) -> None:
+        """The peer's relayed stream number ``ordinal`` (from 1) carries a resume request."""
+        if ordinal > self._relay_accepted and len(self._expected) < 65536:
+            self._expected.add(ordinal)
+
+    async def _open_relay(self, resume: bool) -> Stream:
+        async with self._relay_lock:
+            ordinal = self._relay_opened + 1
+            if resume:
+                if self.announce is None:
+                    raise StreamError(Code.UNSUPPORTED, "no way to announce a resume")
+                await self.announce(ordinal)
+            # counted once announced: the mux queues the SYN at once, and an open that fails
+            # means the relayed session (and both counts with it) is over
+            self._relay_opened = ordinal
+            return await self.relay.open_stream()
 
     async def _accepting(self, conn: Connection, relayed: bool) -> None:
         try:
             while True:
                 stream = await conn.accept_stream()
-                self._incoming.put_nowait(stream)
-                self._wake.set()
+                if relayed:
+                    self._relay_accepted += 1
+                    if self._relay_accepted in self._expected:
+                        self._expected.discard(self._relay_accepted)
+                        self._spawn(self.layer.answer(stream))
+                        continue
+                elif self.resume:
+                    wrapped = await self.layer.accepted(conn, stream)
+                    if wrapped is None:
+                        continue
+                    stream = wrapped
+                self._deliver(stream)
         except (ConnectionClosed, StreamError) as exc:
             if relayed:
                 self._end(exc)
@@ -109,6 +163,7 @@ class PathConnection(Connection):
             else ConnectionClosed(exc.code, str(exc) or "the relayed session ended")
         )
         self._wake.set()
+        self.layer.end(StreamError(self._error.code, f"the relayed session ended: {self._error}"))
         direct, self.direct = self.direct, None
         if direct is not None and not direct.closed:
             direct.abort(Code.CANCELLED, "the relayed session ended")
@@ -121,10 +176,11 @@ class PathConnection(Connection):
         direct = self.direct
         if direct is not None and not direct.closed:
             try:
-                return await direct.open_stream()
+                inner = await direct.open_stream()
+                return await self.layer.opened(direct, inner) if self.resume else inner
             except (ConnectionClosed, StreamError):
                 self._detach(direct)  # it died under us: this stream takes the relay
-        return await self.relay.open_stream()
+        return await self._open_relay(False)
 
     async def accept_stream(self) -> Stream:
         while True:
@@ -139,6 +195,7 @@ class PathConnection(Connection):
         # the direct path first: its streams' bytes must arrive before the relayed session
         # ends, since the peer drops its direct path when that session does
         self._closing = True  # the direct path ending now is no change of path to report
+        self.layer.closing = True
         direct = self.direct
         if direct is not None:
             with contextlib.suppress(Exception):
@@ -146,6 +203,7 @@ class PathConnection(Connection):
         await self.relay.close(code, reason)
 
     def abort(self, code: int = Code.CANCELLED, reason: str = "") -> Awaitable[None]:
+        self.layer.closing = True
         waits: list[Awaitable[None]] = []
         if self.direct is not None:
             waits.append(self.direct.abort(code, reason))

@@ -9,7 +9,12 @@ application sees are untouched. Every message is one JSON envelope
 * host → ``ready`` with a 32-byte ``token`` (base64url), or ``no`` (disabled, or too many
   exchanges on this session);
 * both → ``punch`` with ``d`` (base64url bytes): the byte stream ``keywire.nat.punch`` runs on;
-* either → ``down``: the direct path this side used is gone.
+* either → ``down``: the direct path this side used is gone;
+* either → ``resume`` with ``k``: "the ``k``-th relayed stream I open (counting from 1)
+  carries a resume request" (``keywire.nat.linkconn``), sent just before opening it.
+
+``hello`` and ``ready`` carry ``"resume":1`` when that side offers resumable streams; both must,
+else streams stay on their path as before (``keywire.nat.resume``).
 
 Once ``punch_as_client`` has a direct KPS connection (pinned by the host's certhash, which came
 through the sealed channel), the client opens one stream on it and writes ``KWD1 ‖ token``: the
@@ -28,7 +33,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..errors import Code, KeywireError, StreamError
@@ -87,6 +92,8 @@ class DirectSettings:
     idle: float = 6.0
     #: seconds the client waits for the host's ``ready`` (an old host never answers)
     ready_timeout: float = 10.0
+    #: offer resumable streams (direct streams continue over the relay after a cut)
+    resume: bool = True
     punch: PunchSettings = dataclasses.field(default_factory=PunchSettings)
 
 
@@ -104,6 +111,7 @@ def direct_settings(extra: dict[str, Any]) -> DirectSettings:
     checked before anything opens (the registry already refused unknown ``link.*`` keys)."""
     s = DirectSettings()
     enabled = bool(setting_value("link.direct", bool, extra.get("link.direct", True)))
+    resume = bool(setting_value("link.direct_resume", bool, extra.get("link.direct_resume", True)))
     stun = extra.get("link.stun")
     if stun is not None:
         if not isinstance(stun, str) or not stun:
@@ -121,6 +129,7 @@ def direct_settings(extra: dict[str, Any]) -> DirectSettings:
     return dataclasses.replace(
         s,
         enabled=enabled,
+        resume=resume,
         stun=stun if isinstance(stun, str) else None,
         exchanges=exchanges,
         idle=idle,
@@ -246,6 +255,10 @@ class _Side:
         elif op == "down":
             if self.conn.direct is not None:
                 self.conn.direct.abort(Code.CANCELLED, "the peer lost the direct path")
+        elif op == "resume":
+            k = body.get("k")
+            if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+                self.conn.expect_resume(k)
         else:
             self._on_message(op, n, body)
 
@@ -253,9 +266,17 @@ class _Side:
         raise NotImplementedError
 
 
+def _announcer(pipe: LinkPipe) -> Callable[[int], Awaitable[None]]:
+    async def announce(k: int) -> None:
+        await _send(pipe, "resume", 0, k=k)
+
+    return announce
+
+
 class _ClientSide(_Side):
     def __init__(self, pipe: LinkPipe, conn: PathConnection, s: DirectSettings) -> None:
         self.pipe, self.conn, self.s = pipe, conn, s
+        conn.announce = _announcer(pipe)
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
         self.stream: EnvelopeStream | None = None
         self.kps = KpsSettings(idle_timeout=s.idle, keepalive=s.idle / 3)
@@ -272,7 +293,7 @@ class _ClientSide(_Side):
                 await asyncio.sleep(delay)
                 delay *= 2
             self.stream = EnvelopeStream(self.pipe, n)
-            await _send(self.pipe, "hello", n)
+            await _send(self.pipe, "hello", n, **({"resume": 1} if self.s.resume else {}))
             try:
                 async with asyncio.timeout(self.s.ready_timeout):
                     while (answer := await self.inbox.get())["n"] != n:
@@ -284,6 +305,7 @@ class _ClientSide(_Side):
                 log.info("direct path: the host declined; staying on the relay")
                 return
             token = _unb64(answer.get("token"))
+            self.conn.resume = self.s.resume and answer.get("resume") == 1
             started = asyncio.get_running_loop().time()
             try:
                 direct = await punch_as_client(self.stream, stun, self.s.punch, self.kps)
@@ -357,9 +379,11 @@ class _HostSession(_Side):
         self.stream: EnvelopeStream | None = None
         self.token: bytes | None = None
         self.task: asyncio.Task[None] | None = None
+        conn.announce = _announcer(pipe)
 
     def _on_message(self, op: str, n: int, body: dict[str, Any]) -> None:
         if op == "hello" and (self.task is None or self.task.done()):
+            self.conn.resume = self.s.resume and body.get("resume") == 1
             self.task = asyncio.get_running_loop().create_task(self._exchange(n))
             self.task.add_done_callback(_quiet)
 
@@ -374,7 +398,8 @@ class _HostSession(_Side):
         self.token = os.urandom(TOKEN_SIZE)
         self.service.tokens[self.token] = self
         self.stream = EnvelopeStream(self.pipe, n)
-        await _send(self.pipe, "ready", n, token=_b64(self.token))
+        offer = {"resume": 1} if self.conn.resume else {}
+        await _send(self.pipe, "ready", n, token=_b64(self.token), **offer)
         try:
             ok = await punch_as_host(
                 self.stream,
