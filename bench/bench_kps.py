@@ -13,7 +13,9 @@ Every figure is measured in the same run as its reference:
 * against iroh (``--iroh``; issue 17), the QUIC dial-by-key a Python user would pick instead:
   one-stream throughput, connect p50/p99 (dial until the first stream is usable), ``close()``
   time with the default arguments, aggregate throughput of 1, 4 and 16 concurrent streams on
-  one connection, and the listener's RSS per idle connection, each for keywire and iroh.
+  one connection, and the listener's RSS per idle connection, each for keywire and iroh;
+  ``--only-connect`` measures just connect p50 and CPU per dial, kps and iroh alternating round
+  by round against servers started together (the ratio is taken per round).
 
 iroh is optional: ``.venv/bin/pip install -r bench/requirements-iroh.txt``. Its uniffi binding
 (``iroh_ffi._UniffiRustBufferBuilder.write``) copies every byte of a ``write`` into the Rust
@@ -690,6 +692,54 @@ async def main_idle(identity: Identity, key: str, args: argparse.Namespace) -> N
         print(f"{side.name}: idle connection, listener RSS KB each of {args.idle}: {shown}")
 
 
+async def connect_times(side: Any, server: Child, count: int) -> list[float]:
+    """``count`` sequential dials until the first stream is usable, each closed by default."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn = await side.dial(server)
+        await side.first_stream(conn)
+        times.append(time.perf_counter() - started)
+        await side.close(conn)
+    return times
+
+
+async def main_connect(identity: Identity, key: str, args: argparse.Namespace) -> None:
+    """Only connect p50 (issue 17), kps and iroh alternating round by round against servers
+    started together, so both see the same machine load; the ratio is taken per round."""
+    sides: list[Any] = [KpsSide(identity)]
+    with contextlib.suppress(ImportError):
+        sides.append(IrohSide(load_iroh()))
+    async with child("kps", key) as kps_server, child("iroh", key) as iroh_server:
+        servers = {"kps": kps_server, "iroh": iroh_server}
+        for side in sides:  # one-time costs (imports, the iroh endpoint) out of the figures
+            await connect_times(side, servers[side.name], 5)
+        p50s: dict[str, list[float]] = {side.name: [] for side in sides}
+        cpus: dict[str, list[float]] = {side.name: [] for side in sides}
+        for _ in range(args.rounds):
+            for side in sides:
+                server = servers[side.name]
+                cpu = server.cpu_seconds() + time.process_time()
+                times = await connect_times(side, server, args.connects)
+                cpu = server.cpu_seconds() + time.process_time() - cpu
+                p50s[side.name].append(pct(times, 0.5) * 1e3)
+                cpus[side.name].append(cpu / args.connects * 1e3)
+        for side in sides:
+            await side.stop()
+    print(f"connect p50 ms (dial + 1st stream), {args.connects} dials per round:")
+    for name, values in p50s.items():
+        shown = " ".join(f"{v:.2f}" for v in values)
+        print(f"  {name:<5} median {statistics.median(values):.2f}   rounds: {shown}")
+    print("CPU ms per dial (dial, 1st stream, close; client + server processes):")
+    for name, values in cpus.items():
+        shown = " ".join(f"{v:.2f}" for v in values)
+        print(f"  {name:<5} median {statistics.median(values):.2f}   rounds: {shown}")
+    if len(p50s) == 2:
+        ratios = [a / b for a, b in zip(p50s["kps"], p50s["iroh"], strict=True)]
+        shown = " ".join(f"{r:.2f}" for r in ratios)
+        print(f"  kps/iroh median {statistics.median(ratios):.2f}x   rounds: {shown}")
+
+
 async def main_iroh(identity: Identity, key: str, payload: bytes, args: argparse.Namespace) -> None:
     try:
         iroh = load_iroh()
@@ -747,6 +797,9 @@ async def main(args: argparse.Namespace) -> None:
         identity.save(key)
         if args.only_idle:
             await main_idle(identity, key, args)
+            return
+        if args.only_connect:
+            await main_connect(identity, key, args)
             return
         payload = os.urandom(args.size_mb << 20)
         if args.only_iroh:
@@ -810,6 +863,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--iroh", action="store_true", help="compare with iroh (issue 17)")
     parser.add_argument("--only-iroh", action="store_true", help="just the iroh comparison")
+    parser.add_argument("--only-connect", action="store_true", help="just connect p50 vs iroh")
     parser.add_argument("--idle", type=int, default=100, help="idle connections for RSS")
     parser.add_argument("--only-idle", action="store_true", help="just the idle-RSS row")
     parser.add_argument("--idle-warmup", type=int, default=0, help="connections before --idle")

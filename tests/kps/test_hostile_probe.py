@@ -186,7 +186,9 @@ async def test_a_kps_client_ignores_the_servers_http3_streams() -> None:
 
             await asyncio.gather(*(one(i) for i in range(8)))
             server = listener.connections[0]
-            assert server.session.quic.h3 is not None  # type: ignore[attr-defined]
-            assert not server.session.quic.is_http3  # type: ignore[attr-defined]
+            quic = server.session.quic
+            assert quic.h3_streams is not None  # type: ignore[attr-defined]  (opened, SETTINGS sent)
+            assert quic.h3 is None  # type: ignore[attr-defined]  (no HTTP/3 state for a KPS client)
+            assert not quic.is_http3  # type: ignore[attr-defined]
         finally:
             await conn.close()

@@ -25,8 +25,9 @@ from .helpers import Collector, echo_handler, listening
 
 pytestmark = pytest.mark.timeout(60)
 
-#: Python bytes an idle listener-side connection may hold (measured 19.2 KB, of which 10.7 KB
-#: is qh3's native connection object; 33.6 KB before issue 17's changes)
+#: Python bytes an idle listener-side connection may hold (measured 19.0 KB, of which 10.7 KB
+#: is qh3's native connection object; 33.6 KB before issue 17's changes, 19.8 KB before the
+#: HTTP/3 state was made only for HTTP/3 peers)
 PYTHON_BYTES_PER_CONNECTION = 24 << 10
 
 #: a dialer process: ``count`` connections, each with one stream opened, held until stdin ends

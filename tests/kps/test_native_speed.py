@@ -166,3 +166,44 @@ async def test_close_right_after_a_dial_returns_without_waiting_for_acks() -> No
 def test_qh3_still_names_the_event_types_the_fast_paths_rely_on() -> None:
     event = qe.StreamDataReceived(data=b"", end_stream=False, stream_id=0)
     assert type(event) is qe.StreamDataReceived
+
+
+async def test_a_listener_answers_a_two_datagram_client_hello_with_one_flight() -> None:
+    """The ML-KEM ClientHello spans two Initial datagrams; sent back to back, the listener takes
+    both before answering, so its first datagram is the padded flight, not an ACK-only one."""
+    import socket
+
+    from keywire.kps import KpsListener
+
+    identity = Identity.generate()
+    settings = KpsSettings()
+
+    async def handler(conn: object) -> None:
+        pass
+
+    listener = KpsListener(identity, settings, handler)  # type: ignore[arg-type]
+    await listener.start("127.0.0.1", 0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    try:
+        quic = GatedQuicConnection(
+            configuration=client_configuration(identity.cert_digest, settings)
+        )
+        session = KpsSession(quic, connection_window=settings.connection_window)
+        server = ("127.0.0.1", listener.port)
+        session.connect(server, 1.0)
+        hello = [data for data, _ in session.datagrams_to_send(1.0)]
+        assert len(hello) == 2
+        for data in hello:  # no await in between: both are queued before the listener reads
+            sock.sendto(data, server)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(10):
+            first = await loop.sock_recv(sock, 65535)
+        assert len(first) >= 1200 and first[0] & 0xF0 == 0xC0  # a padded Initial: the flight
+        session.receive_datagram(first, server, 1.001)
+        assert session.quic._core is not None
+        assert session.quic._core.received_authenticated_packet
+    finally:
+        sock.close()
+        await listener.close(abort_connections=True)

@@ -49,6 +49,9 @@ from qh3.quic.tls_bridge import QuicTlsBridgeError
 
 from ...identity import Identity
 from ..settings import KpsSettings
+from . import keyschedule
+
+keyschedule.install()
 
 #: KPS's ALPN: looks like HTTP/3 on the wire, names no product
 ALPN = "h3"

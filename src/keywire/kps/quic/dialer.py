@@ -99,7 +99,9 @@ async def connect_client(
     try:
         conn.start_client(peer)
         async with asyncio.timeout(settings.handshake_timeout):
-            await asyncio.shield(conn.handshake)
+            # awaited directly, not through ``shield`` (one event-loop pass fewer): on a timeout
+            # or a cancellation the future is cancelled and the connection aborted below
+            await conn.handshake
     except TimeoutError:
         conn.abort(4, "handshake timeout")
         await _release(demux)

@@ -127,23 +127,32 @@ class KpsListener:
             if conn is not None and conn is target:
                 batch.append(data)
                 continue
-            if batch and target is not None:
-                target.datagrams_received(batch, addr)
+            if target is not None:
+                self._deliver(target, batch, addr)
             batch, target = [], None
             if conn is not None:
                 batch, target = [data], conn
             elif self._closing:
                 continue
             elif decision.action is Action.ACCEPT:
-                self._accept(data, addr, decision)
+                # the rest of a ClientHello split over datagrams usually comes in the same
+                # burst: take it before answering, so no ACK-only datagram goes out first
+                target = self._accept(data, addr, decision)
             elif decision.action is Action.REFUSE:
                 self._refuse(data, addr, decision)
             elif decision.action is Action.REPLY:
                 self._send(decision.reply, addr)
                 if decision.reason.endswith("(Retry)") and self.router.retry_threshold > 0:
                     self._note_load(now)  # (with the threshold at 0 every client is retried)
-        if batch and target is not None:
-            target.datagrams_received(batch, addr)
+        if target is not None:
+            self._deliver(target, batch, addr)
+
+    @staticmethod
+    def _deliver(conn: KpsConnection, batch: list[bytes], addr: Address) -> None:
+        if batch:
+            conn.datagrams_received(batch, addr)
+        else:  # just accepted, nothing more in the burst: answer its first datagram
+            conn.update()
 
     def _send(self, data: bytes, addr: Address) -> None:
         if self.demux is not None:
@@ -189,7 +198,9 @@ class KpsListener:
         """The server-side QUIC core of a new connection (a subclass adds its own options)."""
         return ProbeAnsweringQuicConnection(**options)
 
-    def _accept(self, data: bytes, addr: Address, decision: Decision) -> None:
+    def _accept(self, data: bytes, addr: Address, decision: Decision) -> KpsConnection | None:
+        """Make a connection for a new client's first datagram; the caller updates it (after
+        feeding it the rest of the burst). None if the datagram was not a decryptable Initial."""
         dcid = decision.dcid
         window = self.budget.grant()
         settings = self._settings_for(window)
@@ -208,15 +219,15 @@ class KpsListener:
         core = session.quic._core
         if core is None or not core.received_authenticated_packet:
             self.budget.release(window)
-            return  # not a decryptable Initial: keep no state for it
+            return None  # not a decryptable Initial: keep no state for it
         self._windows[id(conn)] = window
         self.router.add(conn, dcid, addr)
         self.router.add(conn, session.quic.host_cid)
         self.router.handshake_started(conn)
-        conn.update()
         task = asyncio.ensure_future(self._admit(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return conn
 
     def _refuse(self, data: bytes, addr: Address, decision: Decision) -> None:
         """Answer CONNECTION_REFUSED from a throwaway connection; nothing is kept."""

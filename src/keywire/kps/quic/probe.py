@@ -6,9 +6,12 @@ HTTP/3 must then see an ordinary HTTP/3 server, not a stream echo. The model (do
 
 * **Every** server connection opens its HTTP/3 control stream with SETTINGS (and the QPACK
   encoder and decoder streams) as soon as the handshake completes, as RFC 9114 §6.2.1 requires of
-  any HTTP/3 server. KPS streams are bidirectional only, so a KPS client ignores these three
-  unidirectional streams (keywire's dialer answers them with STOP_SENDING, quic-go and quinn
-  leave them unaccepted).
+  any HTTP/3 server. The bytes are the ones qh3's ``H3Connection`` sends (recorded once per
+  process); the ``H3Connection`` itself (its QPACK state and tables, ~1.4 KB a connection) is
+  only made for a peer that turns out to speak HTTP/3, and then adopts those three streams
+  (issue 17: idle memory). KPS streams are bidirectional only, so a KPS client ignores these
+  three unidirectional streams (keywire's dialer answers them with STOP_SENDING, quic-go and
+  quinn leave them unaccepted).
 * A connection is an **HTTP/3 client** once the peer opens a unidirectional stream: HTTP/3 clients
   must open a control stream, KPS clients never open one (KPS has no unidirectional streams).
   From then on every new bidirectional stream is an HTTP/3 request, answered by qh3's own HTTP/3
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from types import SimpleNamespace
 from typing import Any
 
 from qh3.h3.connection import H3Connection, ProtocolError
@@ -41,6 +45,58 @@ RESPONSE_HEADERS = [(b":status", b"404"), (b"content-length", b"0")]
 H3_NO_ERROR = 0x100
 
 
+class _Recorder:
+    """Stands in for a server's QUIC connection while an ``H3Connection`` opens its streams."""
+
+    _quic_logger = None
+
+    def __init__(self) -> None:
+        self.configuration = SimpleNamespace(is_client=False)
+        self.sent: list[tuple[int, bytes]] = []
+        self._next = 3  # the first server-initiated unidirectional stream
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
+        assert is_unidirectional
+        stream_id, self._next = self._next, self._next + 4
+        return stream_id
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        assert not end_stream
+        self.sent.append((stream_id, bytes(data)))
+
+
+_opening: list[bytes] | None = None
+
+
+def h3_opening() -> list[bytes]:
+    """What qh3's ``H3Connection`` writes on its control, QPACK encoder and decoder streams when
+    it is made on a server (stream type, then SETTINGS on the control stream), in that order."""
+    global _opening
+    if _opening is None:
+        recorder = _Recorder()
+        H3Connection(recorder)  # type: ignore[arg-type]
+        streams: dict[int, bytes] = {}
+        for stream_id, data in recorder.sent:
+            streams[stream_id] = streams.get(stream_id, b"") + data
+        _opening = [streams[stream_id] for stream_id in sorted(streams)]
+    return _opening
+
+
+class _AdoptingH3Connection(H3Connection):
+    """An ``H3Connection`` whose three streams were opened (and SETTINGS sent) already."""
+
+    def __init__(self, quic: Any, streams: tuple[int, int, int]) -> None:
+        self._adopted = streams
+        super().__init__(quic)
+
+    def _init_connection(self) -> None:
+        control, encoder, decoder = self._adopted
+        self._local_control_stream_id = control
+        self._sent_settings = self._get_local_settings()
+        self._local_encoder_stream_id = encoder
+        self._local_decoder_stream_id = decoder
+
+
 class ProbeAnsweringQuicConnection(GatedQuicConnection):
     """A listener's QUIC connection that opens HTTP/3's streams and answers HTTP/3 requests."""
 
@@ -49,6 +105,8 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.h3: H3Connection | None = None
+        #: our control, QPACK encoder and decoder streams, once opened
+        self.h3_streams: tuple[int, int, int] | None = None
         #: the peer opened a unidirectional stream: it is an HTTP/3 client, not a KPS client
         self.is_http3 = False
         #: HTTP/3 requests answered with 404
@@ -71,14 +129,25 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
             bridge._version_change_handler = None
 
     # -- internals ------------------------------------------------------------------------------
+    def _open_h3_streams(self) -> None:
+        """What an HTTP/3 server does at once (RFC 9114 §6.2.1), without HTTP/3 state."""
+        if self.h3_streams is not None or self._is_client:
+            return
+        try:
+            ids = []
+            for data in h3_opening():
+                stream_id = self.get_next_available_stream_id(is_unidirectional=True)
+                self.send_stream_data(stream_id, data)
+                ids.append(stream_id)
+            self.h3_streams = (ids[0], ids[1], ids[2])
+        except Exception as exc:  # the peer allows no unidirectional stream, or similar
+            log.debug("KPS: HTTP/3 control stream not opened: %s", exc)
+
     def _start_h3(self) -> None:
-        if self.h3 is None and not self._is_client:
-            try:
-                # a proxy, not a reference: no quic <-> h3 cycle keeps a closed connection's
-                # buffers alive until the cyclic collector happens to run
-                self.h3 = H3Connection(weakref.proxy(self))  # type: ignore[arg-type]
-            except Exception as exc:  # the peer allows no unidirectional stream, or similar
-                log.debug("KPS: HTTP/3 control stream not opened: %s", exc)
+        if self.h3 is None and self.h3_streams is not None:
+            # a proxy, not a reference: no quic <-> h3 cycle keeps a closed connection's
+            # buffers alive until the cyclic collector happens to run
+            self.h3 = _AdoptingH3Connection(weakref.proxy(self), self.h3_streams)
 
     def _absorb(self, event: qe.QuicEvent) -> bool:
         """True if ``event`` belongs to HTTP/3 (handled here), False to pass it to KPS."""
@@ -89,7 +158,7 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
                 self._last_kps_stream = event.stream_id
             return False
         if isinstance(event, qe.HandshakeCompleted):
-            self._start_h3()
+            self._open_h3_streams()
             return False
         if not isinstance(event, (qe.StreamDataReceived, qe.StreamReset, qe.StopSendingReceived)):
             return False

@@ -47,6 +47,12 @@ Address = tuple[Any, ...]
 DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 3
 #: QUIC transport error CONNECTION_REFUSED (RFC 9000 §20.1)
 CONNECTION_REFUSED = 0x2
+#: bytes of stream data and datagrams a dialer hands qh3 between TLS completion and the server's
+#: HANDSHAKE_DONE (more waits in ``KpsSession._held``): a quarter of qh3's initial congestion
+#: window (15,360 bytes), so a lost Finished's retransmission always has room (see ``_collect``)
+EARLY_BYTES = 4096
+#: ``_held`` entries with this stream id are datagrams
+_DATAGRAM = -1
 
 
 # -- events: the shared vocabulary (``keywire.events``), under the names this module had ----
@@ -126,6 +132,11 @@ class KpsSession:
         self._written_after: int | None = None
         #: qh3's count of lost packets when ``all_acknowledged`` last looked
         self._losses = 0
+        #: a dialer's writes past ``EARLY_BYTES`` before HANDSHAKE_DONE, in order:
+        #: (stream id or ``_DATAGRAM``, bytes, fin)
+        self._held: list[tuple[int, bytes, bool]] = []
+        self._early = 0
+        self._confirmed = not self.is_client
 
     # -- inputs ---------------------------------------------------------------------------------
     def connect(self, addr: Address, now: float) -> None:
@@ -210,10 +221,11 @@ class KpsSession:
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes of ``stream_id`` queued but not yet sent once."""
+        held = sum(len(d) for s, d, _ in self._held if s == stream_id) if self._held else 0
         try:
-            return self.quic.get_send_buffer_size(stream_id)
+            return self.quic.get_send_buffer_size(stream_id) + held
         except (QuicConnectionError, ValueError):
-            return 0
+            return held
 
     def all_acknowledged(self) -> bool:
         """Every byte and FIN written is acknowledged: a clean close loses no stream data.
@@ -261,10 +273,11 @@ class KpsSession:
         return max((number for number, *_ in outstanding), default=-1)
 
     def send_buffered_total(self) -> int:
+        held = sum(len(d) for _, d, _ in self._held) if self._held else 0
         try:
-            return self.quic.get_send_buffer_size()
+            return self.quic.get_send_buffer_size() + held
         except (QuicConnectionError, ValueError):
-            return 0
+            return held
 
     @property
     def max_datagram_size(self) -> int:
@@ -305,11 +318,39 @@ class KpsSession:
             self._written_after = self._last_packet_number()
             core = self.quic._core
             self._losses = getattr(core, "loss_total", 0) if core is not None else 0
-        self._call(self.quic.send_stream_data, stream_id, data, fin)
+        if self._confirmed or not self._hold(stream_id, data, fin):
+            self._call(self.quic.send_stream_data, stream_id, data, fin)
         if fin:
             halves.send_open = False
             self._retire(stream_id, halves)
         return len(data)
+
+    def _hold(self, stream_id: int, data: bytes | memoryview, fin: bool) -> bool:
+        """Before HANDSHAKE_DONE: count ``data`` as early, or keep it (True) once the early
+        bytes are spent, so order is kept until ``_release_held``."""
+        if not self._held and self._early + len(data) <= EARLY_BYTES:
+            self._early += len(data)
+            return False
+        self._held.append((stream_id, bytes(data), fin))
+        return True
+
+    def _release_held(self) -> None:
+        """HANDSHAKE_DONE arrived: what was held goes to qh3 in the order it was written."""
+        self._confirmed = True
+        held, self._held = self._held, []
+        if self.closed is not None or self._local_close is not None:
+            return
+        for stream_id, data, fin in held:
+            try:
+                if stream_id == _DATAGRAM:
+                    self.quic.send_datagram_frame(data)
+                else:
+                    self.quic.send_stream_data(stream_id, data, fin)
+            except QuicConnectionError as exc:
+                self._fail(Code.INTERNAL_ERROR, f"QUIC core: {exc}")
+                return
+            except ValueError:
+                continue  # the peer stopped that stream meanwhile (qh3 reset it)
 
     def reset(self, stream_id: int, code: int) -> bool:
         """RESET_STREAM(code) unless the sending half already ended; True if sent."""
@@ -317,6 +358,8 @@ class KpsSession:
         if halves is None or not halves.send_open:
             return False
         halves.send_open = False
+        if self._held:  # never sent: nothing of it reaches the peer after the reset
+            self._held = [entry for entry in self._held if entry[0] != stream_id]
         self._call(self.quic.reset_stream, stream_id, code)
         self._retire(stream_id, halves)
         return True
@@ -342,7 +385,8 @@ class KpsSession:
             # never hand qh3 a datagram it cannot fit: it would sit at the head of its queue
             # and stall the connection ("packet builder capacity exhausted")
             raise DatagramTooLarge(len(data), limit)
-        self._call(self.quic.send_datagram_frame, data)
+        if self._confirmed or not self._hold(_DATAGRAM, data, False):
+            self._call(self.quic.send_datagram_frame, data)
 
     def ping(self) -> None:
         if self.closed is None and self.quic.established:
@@ -504,17 +548,16 @@ class KpsSession:
                 self._on_terminated(event)
         if run:
             self._flush_data(run)
-        if (
-            self._tls_complete
-            and not self.handshake_done
-            and self.closed is None
-            and (not self.is_client or getattr(quic, "_handshake_confirmed", True))
-        ):
-            # a dialer waits for HANDSHAKE_DONE: qh3 2.1 does not send its Handshake-space
-            # probes while the congestion window is full, so 1-RTT data sent before the server
-            # has our Finished could starve a lost Finished's retransmission for good
+        if self._tls_complete and not self.handshake_done and self.closed is None:
+            # a dialer is handed the connection at TLS completion (its Finished is sent in the
+            # same transmit), like quinn's; until HANDSHAKE_DONE it gives qh3 at most
+            # EARLY_BYTES: qh3 2.1 sends no Handshake-space probe while the congestion window is
+            # full, and the server acknowledges no 1-RTT packet before it has our Finished, so
+            # the window cannot shrink meanwhile and a lost Finished always has room to go again
             self.handshake_done = True
             self._events.append(HandshakeCompleted(self._alpn))
+        if not self._confirmed and getattr(quic, "_handshake_confirmed", True):
+            self._release_held()
         if self.closed is None:
             # a peer's CONNECTION_CLOSE puts qh3 into draining at once but reports
             # ConnectionTerminated only when draining ends; the ending is known now
