@@ -76,6 +76,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keywire.nat.cli",
 )
 SCOPE_ORDER = (Scope.PUBLIC, Scope.PRIVATE, Scope.DEVICE)
+#: ``dial --direct-wait`` default: good NAT pairs go direct 110–291 ms after the dial (docs/nat.md)
+DIRECT_WAIT = 1.5
 
 #: the reporter of the running command (``status`` goes through it)
 _report = Reporter()
@@ -704,6 +706,39 @@ async def dial_for_cli(args: argparse.Namespace, opts: Options) -> Connection:
     return await dial_retrying(args.address, opts, retries=retry_rounds(args), on_retry=on_retry)
 
 
+async def wait_for_direct(conn: Connection, bound: float, report: Reporter) -> None:
+    """A Link connection that may punch a direct path: give it up to ``bound`` seconds, so the
+    one stream of ``keywire dial`` goes direct (and can resume over the relay at a cut) rather
+    than staying on the relay for its whole life. Ends early when the path goes direct, the
+    first punch exchange ends without one, or the connection ends."""
+    first = getattr(conn, "first_exchange_done", None)
+    settled = getattr(conn, "settled", None)
+    add = getattr(conn, "add_path_listener", None)
+    if bound <= 0 or add is None or first is None or settled is None:
+        return
+    if str(getattr(conn, "path", "relay")) != "relay" or first.is_set() or settled.is_set():
+        return
+    went = asyncio.Event()
+    add(lambda kind, _remote: went.set() if kind == "direct" else None)
+    report.info(f"path: waiting up to {bound:g} s for a direct path")
+    started = time.monotonic()
+    waits = [
+        asyncio.ensure_future(w)
+        for w in (went.wait(), first.wait(), settled.wait(), connection_end(conn))
+    ]
+    try:
+        await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    waited = time.monotonic() - started
+    path = str(getattr(conn, "path", "relay"))
+    if path == "relay":
+        why = "the punch found none" if first.is_set() or settled.is_set() else "none yet"
+        report.info(f"path: {why} after {waited:.2f} s; the stream opens over the relay")
+    report.event("path_wait", path=path.partition(" ")[0], seconds=round(waited, 3))
+
+
 def dial_exit_code(exc: DialError) -> int:
     """A malformed alternative or key is the user's to fix (2); else nothing answered (3)."""
     if any(isinstance(a.error, AddressError | IdentityError) for a in exc.attempts):
@@ -747,7 +782,13 @@ async def cmd_dial(args: argparse.Namespace) -> int:
             return EXIT_OK
         finally:
             await close_gracefully(conn, args.timeout)
-    return await run_stdio_session(conn, conn.open_stream, t, report, shutdown, args.timeout)
+
+    async def open_after_wait() -> Stream:
+        # stdin is not read before the stream is open, so waiting loses nothing
+        await wait_for_direct(conn, args.direct_wait, report)
+        return await conn.open_stream()
+
+    return await run_stdio_session(conn, open_after_wait, t, report, shutdown, args.timeout)
 
 
 async def forward_local(
@@ -983,7 +1024,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dial ADDRESS (alternatives in order, moving on when one "
         "fails) and splice one stream with stdin/stdout like netcat: stdin's EOF "
         "becomes the peer's EOF once delivered; exits 0 once both directions "
-        "completed, 1 if either was cut short.",
+        "completed, 1 if either was cut short. A Link address opens its stream once "
+        "a direct path is up, or over the relay after --direct-wait.",
     )
     p.add_argument("address", help="a multiaddress, e.g. 'net:host:8008~shs:KEY'")
     p.add_argument(
@@ -999,6 +1041,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="dial N more rounds with backoff (0.4 s doubling to 8 s) before "
         "giving up (default: 5 for Link addresses, else 0)",
+    )
+    p.add_argument(
+        "--direct-wait",
+        type=not_negative,
+        default=DIRECT_WAIT,
+        metavar="SECONDS",
+        help="link: before opening the stream, wait up to this long for a direct path "
+        "(ends early once direct or once the first punch exchange finds none); 0 opens "
+        f"over the relay at once (default {DIRECT_WAIT:g})",
     )
     add_session(p)
     add_common(p)

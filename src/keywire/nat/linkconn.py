@@ -58,6 +58,9 @@ class PathConnection(Connection):
         self.on_end: list[Callable[[], None]] = []
         #: set once no more punch exchanges will run on this connection
         self.settled = asyncio.Event()
+        #: set once the first punch exchange has ended, direct or not (``keywire dial`` waits
+        #: for it before opening its one stream)
+        self.first_exchange_done = asyncio.Event()
 
     # -- the path ---------------------------------------------------------------------------
     @property

@@ -290,6 +290,7 @@ class _ClientSide(_Side):
         delay = self.s.backoff
         for n in range(1, self.s.exchanges + 1):
             if n > 1:
+                self.conn.first_exchange_done.set()
                 await asyncio.sleep(delay)
                 delay *= 2
             self.stream = EnvelopeStream(self.pipe, n)
