@@ -35,7 +35,7 @@ from keywire.nat.resume import (
     encode_request,
 )
 from keywire.nat.resumeio import ResumableStream
-from keywire.stream import Stream
+from keywire.stream import Connection, Stream
 
 from ..contract.test_link_direct import direct_link
 from ..link.conftest import RelayProcess
@@ -228,15 +228,24 @@ async def test_a_stream_continues_when_the_host_aborts_the_direct_path(
     await _cut_under_transfer(relay, cut)
 
 
+async def greeted(
+    client: Connection, host: Connection, greeting: bytes
+) -> tuple[Stream, Stream, Connection]:
+    """A stream from ``client`` to ``host`` that carried ``greeting`` over the direct path, and
+    that direct connection (a test cuts it next)."""
+    stream = await client.open_stream()
+    await stream.write(greeting)
+    peer = await host.accept_stream()
+    assert await peer.readexactly(len(greeting)) == greeting
+    assert isinstance(client, PathConnection) and client.direct is not None
+    return stream, peer, client.direct
+
+
 async def test_a_reset_after_resume_delivers_its_code(relay: RelayProcess) -> None:
     async with asyncio.timeout(30), direct_link(relay) as make_pair, make_pair() as pair:
         client, host = pair
-        stream = await client.open_stream()
-        await stream.write(b"hello")
-        peer = await host.accept_stream()
-        assert await peer.readexactly(5) == b"hello"
-        assert isinstance(client, PathConnection) and client.direct is not None
-        client.direct.abort(Code.NETWORK_ERROR, "cut")
+        stream, peer, direct = await greeted(client, host, b"hello")
+        direct.abort(Code.NETWORK_ERROR, "cut")
         await stream.write(b" again")
         assert await peer.readexactly(6) == b" again"
         assert isinstance(stream, ResumableStream) and stream.relayed
@@ -266,13 +275,9 @@ async def test_a_reset_racing_the_cut_still_delivers_its_code(relay: RelayProces
     first (the reset itself, or the resume answer naming it), the opener sees that code."""
     async with asyncio.timeout(30), direct_link(relay) as make_pair, make_pair() as pair:
         client, host = pair
-        stream = await client.open_stream()
-        await stream.write(b"hello")
-        peer = await host.accept_stream()
-        assert await peer.readexactly(5) == b"hello"
-        assert isinstance(client, PathConnection) and client.direct is not None
+        stream, peer, direct = await greeted(client, host, b"hello")
         peer.reset(Code.PERMISSION_DENIED)
-        client.direct.abort(Code.NETWORK_ERROR, "cut")
+        direct.abort(Code.NETWORK_ERROR, "cut")
         with pytest.raises(StreamError) as caught:
             await stream.read()
         assert caught.value.code == Code.PERMISSION_DENIED
@@ -300,12 +305,8 @@ async def test_without_resume_a_cut_fails_the_stream_as_before(relay: RelayProce
     off: dict[str, object] = {"link.direct_resume": False}
     async with asyncio.timeout(30), direct_link(relay, off) as make_pair, make_pair() as pair:
         client, host = pair
-        stream = await client.open_stream()
-        await stream.write(b"plain")
-        peer = await host.accept_stream()
-        assert await peer.readexactly(5) == b"plain"
-        assert isinstance(client, PathConnection) and client.direct is not None
-        client.direct.abort(Code.NETWORK_ERROR, "cut")
+        stream, peer, direct = await greeted(client, host, b"plain")
+        direct.abort(Code.NETWORK_ERROR, "cut")
         with pytest.raises(StreamError):
             await stream.read()
         with pytest.raises(StreamError):
@@ -315,12 +316,9 @@ async def test_without_resume_a_cut_fails_the_stream_as_before(relay: RelayProce
 async def test_with_the_relay_gone_too_the_stream_fails_clearly(relay: RelayProcess) -> None:
     async with asyncio.timeout(30), direct_link(relay) as make_pair, make_pair() as pair:
         client, host = pair
-        stream = await client.open_stream()
-        await stream.write(b"doomed")
-        peer = await host.accept_stream()
-        assert await peer.readexactly(6) == b"doomed"
-        assert isinstance(client, PathConnection) and client.direct is not None
-        client.direct.abort(Code.NETWORK_ERROR, "cut")
+        stream, peer, direct = await greeted(client, host, b"doomed")
+        direct.abort(Code.NETWORK_ERROR, "cut")
+        assert isinstance(client, PathConnection)
         client.relay.abort(Code.NETWORK_ERROR, "relay gone")
         with pytest.raises(StreamError) as caught:
             await stream.read()

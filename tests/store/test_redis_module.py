@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, ResponseError
 
 from keywire.options import Options
-from keywire.store import LossyStore, RedisStore, Role, StoreParams, StoreStream
+from keywire.store import LossyStore, RedisStore, Role, StoreParams
 from keywire.store.backends import StoreFull, StoreRefused
 from keywire.store.backends.redis_writeonce import MODULE_COMMAND
 from keywire.store.backends.rediscluster import RedisClusterStore
@@ -30,7 +30,8 @@ from .conftest import RedisProcess, random_bytes
 from .redisclusterproc import RedisClusterProcesses
 from .roundtrip import echo_through_server
 from .test_capability_stores import every_address, hostile_bodies
-from .test_stream_memory import MB8, SECRET, exchange, send_all
+from .test_rediscluster import complete_despite_a_master_kill
+from .test_stream_memory import MB8, SECRET, exchange
 
 FAST: dict[str, float] = dict(rto_min=0.05, rto_initial=0.2)
 CAP = WriteCap.derive(SECRET, Role.LISTENER)
@@ -357,25 +358,5 @@ async def test_a_master_with_the_module_killed_and_restarted_mid_stream(
         RedisClusterStore(module_cluster.url, ttl=60, signed=True, server_check="module")
         for _ in range(2)
     ]
-    params = StoreParams(window=8, **FAST)
-    a = StoreStream.open(stores[0], SECRET, Role.LISTENER, params=params)
-    b = StoreStream.open(stores[1], SECRET, Role.DIALER, params=params)
-    data = random_bytes(4_000_000, 15)
-    try:
-        receiving = asyncio.ensure_future(b.read_all())
-        sending = asyncio.ensure_future(send_all(a, data, chunk=50_000))
-        async with asyncio.timeout(30):
-            while b.core.bytes_read < 1_000_000:
-                await asyncio.sleep(0.05)
-        module_cluster.kill(module_cluster.ports[0])
-        await asyncio.sleep(2)
-        assert not receiving.done()
-        await asyncio.to_thread(module_cluster.restart, module_cluster.ports[0])
-        async with asyncio.timeout(90):
-            await sending
-            assert await receiving == data
-        assert stores[0].module and stores[1].module
-    finally:
-        await a.abort()
-        await b.abort()
-        await asyncio.gather(*(s.close() for s in stores))
+    await complete_despite_a_master_kill(module_cluster, stores, 15)
+    assert stores[0].module and stores[1].module

@@ -76,16 +76,16 @@ async def test_storage_returns_to_zero_within_the_ttl(cluster: RedisClusterProce
         await store.close()
 
 
-async def test_a_master_killed_and_restarted_mid_stream(cluster: RedisClusterProcesses) -> None:
-    """One of three masters is killed (SIGKILL) after 1 MB and comes back 2 s later, empty:
-    requests to its slots fail meanwhile and are retried; the frames it lost that were not
-    acknowledged are put again; the stream completes byte-exact."""
-    store_a = RedisClusterStore(cluster.url, ttl=60, signed=True)
-    store_b = RedisClusterStore(cluster.url, ttl=60, signed=True)
+async def complete_despite_a_master_kill(
+    cluster: RedisClusterProcesses, stores: list[RedisClusterStore], seed: int
+) -> None:
+    """4 MB from ``stores[0]`` to ``stores[1]`` while the first master is SIGKILLed after 1 MB
+    and restarted empty 2 s later: the stream must complete byte-exact (the lost frames that
+    were not acknowledged are put again)."""
     params = StoreParams(window=8, **FAST)
-    a = StoreStream.open(store_a, SECRET, Role.LISTENER, params=params)
-    b = StoreStream.open(store_b, SECRET, Role.DIALER, params=params)
-    data = random_bytes(4_000_000, 12)
+    a = StoreStream.open(stores[0], SECRET, Role.LISTENER, params=params)
+    b = StoreStream.open(stores[1], SECRET, Role.DIALER, params=params)
+    data = random_bytes(4_000_000, seed)
     try:
         receiving = asyncio.ensure_future(b.read_all())
         sending = asyncio.ensure_future(send_all(a, data, chunk=50_000))
@@ -102,8 +102,14 @@ async def test_a_master_killed_and_restarted_mid_stream(cluster: RedisClusterPro
     finally:
         await a.abort()
         await b.abort()
-        await store_a.close()
-        await store_b.close()
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_master_killed_and_restarted_mid_stream(cluster: RedisClusterProcesses) -> None:
+    """One of three masters is killed (SIGKILL) after 1 MB and comes back 2 s later, empty:
+    requests to its slots fail meanwhile and are retried; the stream completes byte-exact."""
+    stores = [RedisClusterStore(cluster.url, ttl=60, signed=True) for _ in range(2)]
+    await complete_despite_a_master_kill(cluster, stores, 12)
 
 
 async def test_redis_cluster_address_serves_and_dials(cluster: RedisClusterProcesses) -> None:
