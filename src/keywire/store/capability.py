@@ -122,7 +122,9 @@ class WriteCap:
         return cls(ReadCap(public, blind_key), scalar, nonce_key)
 
     def address(self, index: int) -> bytes:
-        return self.read.address(index)
+        """``M_i = s_i · B``: the same point as ``f_i · A`` (``s_i = f_i · a``), from a
+        fixed-base multiplication, about five times cheaper than the reader's."""
+        return bytes(sodium.crypto_scalarmult_ed25519_base_noclamp(self.blinded_scalar(index)))
 
     def blinded_scalar(self, index: int) -> bytes:
         """``s_i = f_i · a mod L``, the private key of address ``index``."""
@@ -130,14 +132,16 @@ class WriteCap:
             sodium.crypto_core_ed25519_scalar_mul(self.read.blinding(index), self.root_scalar)
         )
 
-    def sign(self, index: int, payload: bytes) -> bytes:
+    def sign(self, index: int, payload: bytes, address: bytes | None = None) -> bytes:
         """The Ed25519 signature of frame ``index``'s put of ``payload``.
 
         Deterministic (the nonce is keyed by a secret and covers index and message), so a
-        retransmission carries byte-identical bytes, as the stream requires.
+        retransmission carries byte-identical bytes, as the stream requires. ``address``:
+        ``self.address(index)`` if the caller has it already (it saves a multiplication).
         """
         scalar = self.blinded_scalar(index)
-        address = self.read.address(index)
+        if address is None:
+            address = bytes(sodium.crypto_scalarmult_ed25519_base_noclamp(scalar))
         message = signed_message(address, payload)
         nonce = _reduce(_keyed(self.nonce_key, NONCE_PERSON, struct.pack(">Q", index) + message))
         r_point = bytes(sodium.crypto_scalarmult_ed25519_base_noclamp(nonce))
@@ -149,7 +153,7 @@ class WriteCap:
 
     def signed_put(self, index: int, payload: bytes) -> tuple[bytes, bytes]:
         """(address, body) of frame ``index``: the body is ``signature || payload``."""
-        return self.read.address(index), self.sign(index, payload) + payload
+        return self.address(index), self.sign(index, payload) + payload
 
 
 def stream_caps(secret: bytes, role: Role) -> tuple[WriteCap, ReadCap]:
@@ -170,6 +174,14 @@ def parse_signed_put(address: bytes, body: bytes) -> bytes:
         )
     if not sodium.crypto_core_ed25519_is_valid_point(address):
         raise CapabilityError("address is not a valid Ed25519 public key")
+    return _verified_payload(address, body)
+
+
+def _verified_payload(address: bytes, body: bytes) -> bytes:
+    """The payload of ``body`` if its signature verifies under ``address`` (a point known
+    to be valid: checked, or derived by the reader itself)."""
+    if len(body) < MIN_SIGNED_PUT:
+        raise CapabilityError(f"signed put of {len(body)} bytes is shorter than a signature")
     signature, payload = body[:SIGNATURE_SIZE], body[SIGNATURE_SIZE:]
     try:
         VerifyKey(address).verify(signed_message(address, payload), signature)
@@ -191,6 +203,10 @@ class FrameSigner:
 
     def __init__(self, secret: bytes, role: Role) -> None:
         self.write, self.peer = stream_caps(secret, role)
+        # both ends hold the secret, so the peer's addresses come from its blinded scalars
+        # too (a fixed-base multiplication instead of a variable-base one)
+        peer_role = Role.DIALER if role is Role.LISTENER else Role.LISTENER
+        self._peer_write = WriteCap.derive(secret, peer_role)
         self._addresses: dict[tuple[bool, int], bytes] = {}
 
     def _address(self, ours: bool, index: int) -> bytes:
@@ -199,13 +215,14 @@ class FrameSigner:
         if address is None:
             if len(self._addresses) >= 4096:  # a window's worth is plenty; keep it bounded
                 self._addresses.clear()
-            cap = self.write.read if ours else self.peer
+            cap = self.write if ours else self._peer_write
             address = self._addresses[key] = cap.address(index)
         return address
 
     def put(self, index: int, value: bytes) -> tuple[bytes, bytes]:
         """(address, body) of our frame ``index``."""
-        return self._address(True, index), self.write.sign(index, value) + value
+        address = self._address(True, index)
+        return address, self.write.sign(index, value, address) + value
 
     def get_address(self, index: int, peer: bool) -> bytes:
         """Where frame ``index`` of the peer's (``peer``) or our own direction lives."""
@@ -214,7 +231,7 @@ class FrameSigner:
     def open(self, index: int, peer: bool, body: bytes) -> bytes:
         """The sealed frame in ``body`` read for frame ``index``; ``CapabilityError`` if its
         signature does not verify under the address."""
-        return parse_signed_put(self._address(not peer, index), body)
+        return _verified_payload(self._address(not peer, index), body)
 
 
 #: HKDF info prefix of the session rendezvous records' capabilities (``rendezvous.py``)

@@ -12,8 +12,10 @@
   key's subject ``$KV.<bucket>.<key>`` — the subject a KV watch follows — reads again (the
   server handles the subscription first, so a put in between is not missed) and waits for a
   message there. A message is only a wake-up: the value is read from the bucket, since a
-  refused create is still delivered to core subscribers. As a safety net a waiting get reads
-  again every ``RECHECK`` seconds.
+  refused create is still delivered to core subscribers. A put whose publish passed just
+  before the subscription may not be stored yet at that read (no wake-up comes then), so a
+  waiting get reads once more after ``SETTLE_RECHECK``, and as a safety net every ``RECHECK``
+  seconds.
 * **Durability**: ``?replicas=N`` (1–5) makes the bucket replicated over a JetStream
   cluster; the client reconnects to any server of the URL list, so a stream survives the
   loss of one of three servers.
@@ -45,6 +47,10 @@ DEFAULT_MAX_VALUE = 1 << 16
 DEFAULT_BUCKET = "keywire"
 #: a waiting get reads the key again this often, in case a wake-up was missed (reconnect)
 RECHECK = 2.0
+#: how soon a get reads again after a wake-up that found nothing yet (then SETTLE_RECHECK)
+WOKEN_RECHECK = 0.002
+#: the first re-read of a get that found nothing and heard no wake-up (then every RECHECK)
+SETTLE_RECHECK = 0.02
 #: bound of one NATS request (a put, a get, a flush)
 REQUEST_TIMEOUT = 5.0
 #: room for a message's headers above ``max_value`` in the bucket's size limit
@@ -202,6 +208,7 @@ class NatsStore(StoreBackend):
         try:
             # no flush: the server handles our SUB before the read that follows on the same
             # connection (and a cancelled flush breaks nats-py's PONG bookkeeping)
+            pause = SETTLE_RECHECK
             while True:
                 value = await self._read(address)
                 remaining = deadline - loop.time()
@@ -209,8 +216,16 @@ class NatsStore(StoreBackend):
                     return value
                 woken.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, RECHECK)):
+                    async with asyncio.timeout(min(remaining, pause)):
                         await woken.wait()
+                # a put's publish reaches subscribers as JetStream stores it, so a wake-up can
+                # come before the bucket holds the value, and a put whose publish passed just
+                # before our SUB may still be unstored at our first read (no wake-up then):
+                # read again soon after a wake-up, and once early on, then every RECHECK
+                if woken.is_set():
+                    pause = WOKEN_RECHECK
+                else:
+                    pause = SETTLE_RECHECK if pause < SETTLE_RECHECK else RECHECK
         finally:
             with contextlib.suppress(*_ERRORS):
                 await sub.unsubscribe()

@@ -135,6 +135,8 @@ class MapServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._waiters: dict[Hashable, asyncio.Future[None]] = {}
         self._connections: set[asyncio.Task[None]] = set()
+        #: the first byte of a connection's next request, read while a long poll waited
+        self._early: dict[asyncio.StreamReader, bytes] = {}
         self.requests = 0
 
     @property
@@ -256,6 +258,7 @@ class MapServer:
                 )
         finally:
             self._connections.discard(task)
+            self._early.pop(reader, None)
             left = self._per_ip[ip] - 1
             if left:
                 self._per_ip[ip] = left
@@ -275,8 +278,10 @@ class MapServer:
                 async with asyncio.timeout(HEAD_TIMEOUT):
                     head_bytes = await reader.readuntil(b"\r\n\r\n")
             else:
-                async with asyncio.timeout(IDLE_TIMEOUT):
-                    opening = await reader.readexactly(1)
+                opening = self._early.pop(reader, b"")
+                if not opening:
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        opening = await reader.readexactly(1)
                 async with asyncio.timeout(HEAD_TIMEOUT):
                     head_bytes = opening + await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
@@ -337,7 +342,7 @@ class MapServer:
         if head.method == "GET":
             if head.content_length > 0:
                 raise HttpError(400, "GET with a body")
-            return await self._get(address, head)
+            return await self._get(address, head, reader)
         raise HttpError(405, f"method {head.method} is not allowed (PUT or GET)")
 
     async def _put(
@@ -377,7 +382,9 @@ class MapServer:
                 waiter.set_result(None)
         return 204, b"", _BINARY
 
-    async def _get(self, address: bytes, head: RequestHead) -> tuple[int, bytes, str]:
+    async def _get(
+        self, address: bytes, head: RequestHead, reader: asyncio.StreamReader
+    ) -> tuple[int, bytes, str]:
         wait_text = head.query.get("wait", "0")
         try:
             wait = float(wait_text)
@@ -395,14 +402,43 @@ class MapServer:
                 raise HttpError(exc.status, str(exc)) from None
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[token] = waiter
+            # a client that gives up (a cancelled get closes its connection) must not hold a
+            # waiter and a connection for the whole wait: watch for its EOF meanwhile
+            watch = asyncio.ensure_future(reader.read(1))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
             try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await waiter
+                await asyncio.wait(
+                    (waiter, watch), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if watch.done() and not watch.exception() and watch.result():
+                    # a pipelined next request, not a close: wait on for the value
+                    await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
             finally:
                 self._waiters.pop(token, None)
                 self.table.remove_waiter(address, token)
+                waiter.cancel()
+                watch.cancel()  # (no effect once it is done)
+            await _settled(watch)
+            if not watch.cancelled():
+                early = watch.result()  # an OSError here ends the connection like any other
+                if not early:
+                    raise ConnectionResetError("the client closed during a long poll")
+                self._early[reader] = early  # a pipelined next request: keep its first byte
             value = self.table.get(address, time.time())
         if value is None:
             return 404, b"", _BINARY
         return 200, value, _BINARY
+
+
+async def _settled(task: asyncio.Task[bytes]) -> None:
+    """Wait until ``task`` (cancelled by us, or done) has finished, so the stream it reads
+    has no reader left waiting; a cancellation of our own task still propagates."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # its outcome is read by the caller
+        pass
