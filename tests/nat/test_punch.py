@@ -38,6 +38,7 @@ class Host:
 
     store: Path
     extra_candidates: tuple[tuple[str, int], ...] = ()
+    settings: PunchSettings = FAST
     code: asyncio.Future[str] | None = None
     listening: object = None
     kps: KpsListener | None = None
@@ -83,7 +84,7 @@ class Host:
                         stream,
                         self.kps,
                         STUN,
-                        FAST,
+                        self.settings,
                         on_direct=self.on_direct,
                         extra_candidates=self.extra_candidates,
                     )
@@ -136,6 +137,7 @@ def run_pair(
     *,
     block_client_udp: bool = False,
     extra_candidates: tuple[tuple[str, int], ...] = (),
+    settings: PunchSettings = FAST,
 ) -> Outcome:
     url = lab.relay(host="0.0.0.0", port=8080, stun_ports=(3478, 3479))
     h_peer = lab.add_peer("h", host_preset)
@@ -143,7 +145,7 @@ def run_pair(
     if block_client_udp:
         lab.block_udp(c_peer)
     h_loop, c_loop = lab.ns_loop(h_peer.ns), lab.ns_loop(c_peer.ns)
-    host = Host(tmp_path / "host", extra_candidates)
+    host = Host(tmp_path / "host", extra_candidates, settings)
     address = h_loop.run(host.start(url))
     assert host.code is not None
     code = host.code.result()
@@ -155,7 +157,7 @@ def run_pair(
         )
         punch_stream = await conn.open_stream()
         started = time.monotonic()
-        direct = await punch_as_client(punch_stream, STUN, FAST)
+        direct = await punch_as_client(punch_stream, STUN, settings)
         seconds = time.monotonic() - started
         direct_echo = await _echo_over(direct, PAYLOAD) if direct is not None else None
         relayed = await _echo_over(conn, b"over the relay")  # the session carries on

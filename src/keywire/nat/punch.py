@@ -16,6 +16,12 @@ DCUtR's B; the **client** (which dialled the host through a relay) answers, like
    then sends ``bye``. Nothing is retried after that, so a host that never gets a direct path
    costs nothing more.
 
+Every round but the last bounds its handshake by the round trip it measured (``round_bound``):
+a round that cannot work fails in a few hundred milliseconds instead of the full
+``dial_timeout``, which the last round keeps. A host that learns from two STUN ports that its
+NAT maps endpoint-dependently starts with a reversed round (``probe_mapping``), the kind that
+can work for it.
+
 A third party cannot take the direct path over: the client accepts only a QUIC server that
 proves the certhash received inside the authenticated Link channel (``PinMismatch`` otherwise).
 """
@@ -36,16 +42,27 @@ from ..kps.quic.connection import KpsConnection
 from ..kps.quic.dialer import dial
 from ..kps.quic.listener import KpsListener
 from ..kps.settings import KpsSettings
-from ..kps.udp import bind_socket
+from ..kps.udp import DatagramDemux, bind_socket
 from ..netinfo import addresses_for_scope
 from ..stream import Stream
-from .holepunch import MAX_MESSAGE, PunchError, PunchMessage, decode_message, encode_message
-from .stun import Address
-from .stunio import StunClient, query_demux
+from .holepunch import (
+    MAX_MESSAGE,
+    PunchError,
+    PunchMessage,
+    decode_message,
+    encode_message,
+    format_addr,
+)
+from .stun import Address, BindingResult
+from .stunio import StunClient, query_demux, stun_on_demux
 
 log = logging.getLogger("keywire.nat")
 
 __all__ = ["OnDirect", "PunchSettings", "punch_as_client", "punch_as_host"]
+
+#: the smallest round trip a punch dial seeds QUIC's estimate with (a LAN's is below a
+#: millisecond; a PTO that short would only resend into the same race)
+MIN_RTT_SEED = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +74,36 @@ class PunchSettings:
     #: the host sprays for at most this long per round, every ``spray_interval`` seconds
     spray_for: float = 2.0
     spray_interval: float = 0.05
-    #: the client's QUIC handshake bound per round
+    #: the QUIC handshake bound of the last round (and of every round when ``quick_floor`` is 0)
     dial_timeout: float = 2.5
+    #: the bound of every round but the last: ``max(quick_rtts × rtt + quick_margin,
+    #: quick_floor)`` (at most ``dial_timeout``), ``rtt`` being the round's connect exchange
+    #: through the relay. The spray opens the host's mapping at rtt/2, so a handshake that
+    #: has not finished by then will not, and the next round (often the one that works) starts
+    #: early. The floor covers an Initial lost to the race with the spray (one retransmission
+    #: at ~3 rtt) and the CPU of a Python handshake on a loaded machine; the last round keeps
+    #: ``dial_timeout`` for a slower machine. Figures: docs/nat.md "Results in the lab".
+    quick_rtts: float = 4.0
+    quick_margin: float = 0.2
+    quick_floor: float = 0.3
     #: bound on each STUN query and on waiting for the peer's next message
     stun_timeout: float = 2.0
     message_timeout: float = 10.0
     #: offer private (interface) addresses too, for two peers behind one NAT
     host_candidates: bool = True
+    #: the host also asks the STUN server's second port (its OTHER-ADDRESS, else port + 1, as
+    #: in ``--stun-port 3478 --stun-port 3479``) at the same time; when the two mappings
+    #: differ its NAT maps endpoint-dependently, no client dial can reach it, and (with
+    #: ``on_direct``) it starts with the round it dials in. No answer: the usual order.
+    probe_mapping: bool = True
+
+    def round_bound(self, rtt: float, last: bool) -> float:
+        """The handshake bound of a round whose connect exchange took ``rtt`` seconds."""
+        if last or self.quick_floor <= 0:
+            return self.dial_timeout
+        return min(
+            self.dial_timeout, max(self.quick_rtts * rtt + self.quick_margin, self.quick_floor)
+        )
 
 
 async def _read(stream: Stream, timeout: float) -> PunchMessage:
@@ -109,7 +149,9 @@ async def punch_as_host(
     In a normal round the client dials ``listener``, so the connection reaches the listener's
     handler. With ``on_direct`` given, every second round is reversed (for hosts whose NAT maps
     endpoint-dependently): the client listens, the host dials it from a fresh socket and hands
-    the connection to ``on_direct``."""
+    the connection to ``on_direct``. A host that sees its NAT map endpoint-dependently (see
+    ``probe_mapping``) reverses the first round instead of the second, so no round is spent
+    on a client dial that cannot reach it."""
     s = settings or PunchSettings()
     kps = kps or KpsSettings()
     demux = listener.demux
@@ -117,20 +159,27 @@ async def punch_as_host(
         raise PunchError("the KPS listener is not started")
     candidates: list[Address] = list(extra_candidates)
     public_ip: str | None = None
-    try:
-        mapped = await query_demux(demux, stun, timeout=s.stun_timeout)
-        candidates.append(mapped.mapped)
-        public_ip = mapped.mapped[0]
-    except TimeoutError:
+    mapped, dependent = await _host_mapping(demux, stun, s)
+    if mapped is not None:
+        candidates.append(mapped)
+        public_ip = mapped[0]
+    else:
         log.info("hole punch: no STUN answer from %s; offering host addresses only", stun)
     candidates += _local_candidates(listener.port, s.host_candidates)
     loop = asyncio.get_running_loop()
+    best_rtt: float | None = None  # of the forward rounds, whose exchange is a bare round trip
+    # an endpoint-dependent host starts with the round it dials in (and ends with it, the last
+    # round's full bound going to the kind of round that can work for it)
+    first_reverse = 0 if dependent and on_direct is not None else 1
     for attempt in range(s.attempts):
         started = loop.time()
-        reverse = on_direct is not None and public_ip is not None and attempt % 2 == 1
+        reverse = on_direct is not None and public_ip is not None and attempt % 2 == first_reverse
         if reverse:
             assert on_direct is not None and public_ip is not None
-            ok = await _reverse_round(stream, listener, public_ip, s, kps, on_direct)
+            last = attempt == s.attempts - 1
+            ok = await _reverse_round(
+                stream, listener, public_ip, s, kps, on_direct, last, best_rtt
+            )
         else:
             await _send(
                 stream, PunchMessage("connect", tuple(candidates), listener.identity.certhash)
@@ -139,6 +188,7 @@ async def punch_as_host(
             if answer.kind != "connect":
                 raise PunchError(f"expected the client's connect, got {answer.kind!r}")
             rtt = loop.time() - started
+            best_rtt = rtt if best_rtt is None else min(best_rtt, rtt)
             await _send(stream, PunchMessage("sync"))
             spray = loop.create_task(_spray(demux.sendto, answer.addrs, rtt / 2, s))
             try:
@@ -159,6 +209,58 @@ async def punch_as_host(
     return False
 
 
+async def _host_mapping(
+    demux: DatagramDemux, stun: Address, s: PunchSettings
+) -> tuple[Address | None, bool]:
+    """The listener socket's public address, and whether a second STUN port saw another
+    (endpoint-dependent mapping). The second query goes out with the first; once the first
+    answers, the second gets as long again (at least 50 ms; twice that when the server named
+    another port and it is asked only now) before it counts as unanswered."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Future[tuple[BindingResult, Address]]] = []
+    with stun_on_demux(demux) as client:
+
+        def ask(server: Address, timeout: float) -> asyncio.Future[tuple[BindingResult, Address]]:
+            tasks.append(asyncio.ensure_future(client.binding(server, timeout=timeout)))
+            return tasks[-1]
+
+        started = loop.time()
+        first = ask(stun, s.stun_timeout)
+        second = ask((stun[0], stun[1] + 1), s.stun_timeout) if s.probe_mapping else None
+        try:
+            try:
+                result, _ = await first
+            except TimeoutError:
+                return None, False
+            if second is None:
+                return result.mapped, False
+            grace = max(loop.time() - started, 0.05)
+            other = result.other
+            if other is not None and other != (stun[0], stun[1] + 1):
+                grace *= 2  # the server named its other port: ask that one instead
+                second = ask(other, grace)
+            try:
+                async with asyncio.timeout(grace):
+                    seen, _ = await second
+            except Exception as exc:  # no answer (or no route): the mapping stays unknown
+                log.debug("hole punch: no answer from the second STUN port: %r", exc)
+                return result.mapped, False
+            dependent = seen.mapped != result.mapped
+            if dependent:
+                log.info(
+                    "hole punch: this host's NAT maps endpoint-dependently (%s, then %s)",
+                    format_addr(result.mapped),
+                    format_addr(seen.mapped),
+                )
+            return result.mapped, dependent
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:  # collected, so a query that failed meanwhile is not reported
+                with contextlib.suppress(BaseException):
+                    await task
+
+
 async def _read_result(stream: Stream, s: PunchSettings) -> bool:
     result = await _read(stream, s.message_timeout)
     if result.kind != "result":
@@ -173,10 +275,15 @@ async def _reverse_round(
     s: PunchSettings,
     kps: KpsSettings,
     on_direct: OnDirect,
+    last: bool,
+    known_rtt: float | None,
 ) -> bool:
     """The host dials: it offers the *predicted* address of a fresh socket (its public IP and
     the socket's port: the first mapping of a port-preserving NAT), the client sprays at it
-    from its own listener and the host dials that listener after half the round trip."""
+    from its own listener and the host dials that listener after half the round trip.
+
+    This round's exchange also spans the client's listener start and STUN query, so a round
+    trip measured in an earlier round (``known_rtt``), when smaller, is the one used."""
     loop = asyncio.get_running_loop()
     sock = bind_socket("0.0.0.0", 0, dual_stack=False)
     port = int(sock.getsockname()[1])
@@ -190,12 +297,15 @@ async def _reverse_round(
         if answer.kind != "connect" or answer.certhash is None:
             raise PunchError("expected the client's connect with its listener's certhash")
         rtt = loop.time() - started
+        if known_rtt is not None:
+            rtt = min(rtt, known_rtt)
         await _send(stream, PunchMessage("sync"))
         await asyncio.sleep(rtt / 2)
     except BaseException:
         sock.close()
         raise
-    conn = await _dial_first(answer.addrs, answer.certhash, sock, s, kps)  # owns the socket
+    bound = s.round_bound(rtt, last)  # the dial owns the socket from here
+    conn = await _dial_first(answer.addrs, answer.certhash, sock, bound, rtt, kps)
     ok = await _read_result(stream, s)
     if conn is None:
         return False
@@ -261,10 +371,19 @@ async def _stun_socket(stun: Address, timeout: float) -> tuple[socket.socket, Ad
 
 
 async def _listen_round(
-    stream: Stream, offer: PunchMessage, stun: Address, s: PunchSettings, kps: KpsSettings
+    stream: Stream,
+    offer: PunchMessage,
+    stun: Address,
+    s: PunchSettings,
+    kps: KpsSettings,
+    last: bool,
 ) -> KpsConnection | None:
     """A reversed round: listen on a fresh socket (its own certhash, its STUN mapping), spray
-    at the host's predicted address when ``sync`` comes, and take the host's connection."""
+    at the host's predicted address when ``sync`` comes, and take the host's connection.
+
+    The host dials when ``sync`` arrives here and gives up after its round bound, which it
+    may have taken from a round trip up to twice ours (its exchange also spans our listener
+    start and STUN query); the wait allows that, plus a round trip for its last flight."""
     arrived: asyncio.Future[KpsConnection] = asyncio.get_running_loop().create_future()
 
     async def on_connection(conn: KpsConnection) -> None:
@@ -282,13 +401,17 @@ async def _listen_round(
         with contextlib.suppress(TimeoutError):
             ours.append((await query_demux(listener.demux, stun, timeout=s.stun_timeout)).mapped)
         ours += _local_candidates(listener.port, s.host_candidates)
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         await _send(stream, PunchMessage("connect", tuple(ours), listener.identity.certhash))
         sync = await _read(stream, s.message_timeout)
         if sync.kind != "sync":
             raise PunchError(f"expected sync, got {sync.kind!r}")
+        rtt = loop.time() - sent
         spray = asyncio.ensure_future(_spray(listener.demux.sendto, offer.addrs, 0.0, s))
+        wait = s.dial_timeout + 1.0 if last else s.round_bound(2 * rtt, False) + rtt
         try:
-            async with asyncio.timeout(s.dial_timeout + 1.0):
+            async with asyncio.timeout(wait):
                 conn = await asyncio.shield(arrived)
         except TimeoutError:
             conn = None
@@ -324,12 +447,19 @@ async def _dial_first(
     targets: tuple[Address, ...],
     certhash: str,
     sock: socket.socket,
-    s: PunchSettings,
+    bound: float,
+    rtt: float,
     kps: KpsSettings,
 ) -> KpsConnection | None:
     """Dial every candidate at once (the first from the STUN-mapped socket), keep the first
-    that completes a pinned handshake and close the rest."""
-    settings = dataclasses.replace(kps, handshake_timeout=s.dial_timeout)
+    that completes a pinned handshake within ``bound`` seconds and close the rest.
+
+    The round trip through the relay seeds QUIC's RTT estimate (not its 100 ms guess), so an
+    Initial lost to the race with the peer's spray is sent again after ~3 rtt, well within
+    the bound."""
+    seed = min(max(rtt, MIN_RTT_SEED), kps.initial_rtt * 10)
+    settings = dataclasses.replace(kps, handshake_timeout=bound, initial_rtt=seed)
+    started = asyncio.get_running_loop().time()
     tasks = []
     for index, (host, port) in enumerate(targets):
         own = sock if index == 0 else None
@@ -342,6 +472,11 @@ async def _dial_first(
         for next_done in asyncio.as_completed(tasks):
             try:
                 winner = await next_done
+                log.info(
+                    "hole punch: handshake done %.0f ms into the dial (bound %.0f ms)",
+                    (asyncio.get_running_loop().time() - started) * 1000,
+                    bound * 1000,
+                )
                 break
             except Exception as exc:  # PinMismatch included: that candidate is not the host
                 log.info("hole punch: a candidate failed: %s", exc)
@@ -372,7 +507,8 @@ async def punch_as_client(
     mapped: Address | None = None
     forward_rounds = 0
     try:
-        for _attempt in range(s.attempts):
+        for attempt in range(s.attempts):
+            last = attempt == s.attempts - 1
             if sock is None:  # each round dials from a fresh socket with a fresh mapping
                 sock, mapped, public_ip = await _round_socket(stun, forward_rounds, public_ip, s)
             offer = await _read(stream, s.message_timeout)
@@ -381,19 +517,22 @@ async def punch_as_client(
             if offer.kind != "connect" or offer.certhash is None:
                 raise PunchError("expected the host's connect with its certhash")
             if offer.reverse:
-                conn = await _listen_round(stream, offer, stun, s, kps)
+                conn = await _listen_round(stream, offer, stun, s, kps, last)
                 if conn is not None:
                     return conn
                 continue
             ours = ([mapped] if mapped else []) + _local_candidates(
                 sock.getsockname()[1], s.host_candidates
             )
+            sent = asyncio.get_running_loop().time()
             await _send(stream, PunchMessage("connect", tuple(ours)))
             sync = await _read(stream, s.message_timeout)
             if sync.kind != "sync":
                 raise PunchError(f"expected sync, got {sync.kind!r}")
+            rtt = asyncio.get_running_loop().time() - sent
+            bound = s.round_bound(rtt, last)
             dial_sock, sock = sock, None  # the dial owns it from here
-            conn = await _dial_first(offer.addrs, offer.certhash, dial_sock, s, kps)
+            conn = await _dial_first(offer.addrs, offer.certhash, dial_sock, bound, rtt, kps)
             forward_rounds += 1
             if conn is not None:
                 await _send(stream, PunchMessage("result", ok=True))
