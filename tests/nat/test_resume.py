@@ -365,3 +365,22 @@ async def test_many_streams_resume_while_new_relayed_streams_open(relay: RelayPr
             )
             assert digests[10 + i] == hashlib.sha256(payloads[i]).hexdigest()
         assert all(isinstance(a, ResumableStream) and a.relayed for a, _b in pairs)
+
+
+async def test_no_task_outlives_the_connection(relay: RelayProcess) -> None:
+    """Closing a connection whose streams went direct leaves none of its tasks behind (the
+    acknowledgement writer of each direct connection included)."""
+    async with asyncio.timeout(30), direct_link(relay) as make_pair:
+        async with make_pair() as pair:
+            client, host = pair
+            stream, peer, _direct = await greeted(client, host, b"hello")
+            await stream.close_write()
+            assert await peer.read_all() == b""
+            assert isinstance(client, PathConnection) and isinstance(host, PathConnection)
+            paths = (client, host)
+        for path in paths:
+            for _ in range(40):
+                if not path._pumps:
+                    break
+                await asyncio.sleep(0.05)
+            assert not path._pumps, [t.get_coro() for t in path._pumps]

@@ -273,6 +273,8 @@ class _Link:
         self.dirty: set[ResumableStream] = set()
         self.wake = asyncio.Event()
         self.streams: set[ResumableStream] = set()
+        #: the connection is gone (or the whole ``PathConnection``): the acker stops
+        self.dead = False
 
 
 class ResumeLayer:
@@ -296,6 +298,8 @@ class ResumeLayer:
         #: id → (recv_offset, reset code or None) of streams finished or reset here
         self._tombs: OrderedDict[bytes, tuple[int, int | None]] = OrderedDict()
         self._error: StreamError | None = None
+        #: set by ``end``: nothing can be resumed any more (waiting acceptors stop waiting)
+        self._ended = asyncio.Event()
         #: the application is closing the connection: a path ending now is no cut
         self.closing = False
 
@@ -371,7 +375,7 @@ class ResumeLayer:
         try:
             control = await link.conn.open_stream()
             await control.write(encode_header(None))
-            while True:
+            while not link.dead:
                 link.wake.clear()
                 now = loop.time()
                 records: list[bytes] = []
@@ -429,6 +433,7 @@ class ResumeLayer:
         link = self._links.pop(id(conn), None)
         if link is None:
             return
+        link.dead = True
         link.wake.set()
         error = conn.close_error
         deliberate = self.closing or (
@@ -451,10 +456,14 @@ class ResumeLayer:
                 self.spawn(self._await_resume(stream))
 
     async def _await_resume(self, stream: ResumableStream) -> None:
-        await asyncio.sleep(RESUME_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), RESUME_WAIT)
         if not stream.relayed and not stream._frozen:
             self.forget(stream, tomb=False)
-            stream.fail(StreamError(Code.NETWORK_ERROR, "the direct path died; not resumed"))
+            error = self._error or StreamError(
+                Code.NETWORK_ERROR, "the direct path died; not resumed"
+            )
+            stream.fail(error)
 
     async def _resume(self, stream: ResumableStream) -> None:
         relayed: Stream | None = None
@@ -551,6 +560,10 @@ class ResumeLayer:
     def end(self, error: StreamError) -> None:
         """The relayed session ended: streams between paths fail with it."""
         self._error = error
+        self._ended.set()
+        for link in self._links.values():
+            link.dead = True  # no acknowledgements any more: the ackers stop
+            link.wake.set()
         for stream in list(self.streams.values()):
             if stream._switching is not None:
                 stream.fail(error)
