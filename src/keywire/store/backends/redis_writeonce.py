@@ -21,14 +21,19 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+#: a put's wake-up: the stored value itself, after ``=``, so a waiting get needs no second
+#: read (keywire's module publishes ``1``: read again; so did keywire before 2026-12-03)
+PUBLISH_VALUE = "redis.call('PUBLISH', ARGV[4], '=' .. ARGV[1])\n"
+#: what a wake-up message's data starts with when it carries the value
+VALUE_MARK = b"="
+
 #: KEYS[1] the key; ARGV: value, TTL in ms, the largest value, the wake-up channel
-WRITE_ONCE_SCRIPT = """
+WRITE_ONCE_SCRIPT = f"""
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
   return redis.error_reply('TOOLARGE ' .. string.len(ARGV[1]))
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('PUBLISH', ARGV[4], '1')
-  return 1
+  {PUBLISH_VALUE}  return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 0

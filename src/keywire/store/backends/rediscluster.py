@@ -10,9 +10,9 @@
 * **Get**, ``wakeups="pubsub"`` (default): on a miss, a sharded subscription (``SSUBSCRIBE``)
   to the key's channel on the master that owns its slot — one pub/sub connection per master,
   shared by every waiting get — then a second read once Redis confirmed it, then a wait for
-  the put script's ``SPUBLISH`` (safety net: a read every 2 s). ``wakeups="poll"``: a miss is
-  read again ``POLL_MIN`` growing to ``POLL_MAX`` seconds apart. docs/store.md has both
-  measured.
+  the put script's ``SPUBLISH``, which carries the value (safety net: a read every 2 s).
+  ``wakeups="poll"``: a miss is read again ``POLL_MIN`` growing to ``POLL_MAX`` seconds
+  apart. docs/store.md has both measured.
 * A master that dies fails the requests routed to it (``StoreError``, retried by the stream)
   until the cluster has a new master for its slots (a replica takes over) or it is back.
 """
@@ -30,8 +30,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .backend import StoreError, check_address
-from .redis_writeonce import MODULE_COMMAND, WRITE_ONCE_SCRIPT
-from .redisstore import RedisKeyValue, _Subscriber
+from .redis_writeonce import MODULE_COMMAND, PUBLISH_VALUE, WRITE_ONCE_SCRIPT
+from .redisstore import DRIVER_INFO, RedisKeyValue, _Subscriber
 
 _SET_SCRIPT = """
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
@@ -40,13 +40,14 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-_SET_PUBLISH_SCRIPT = _SET_SCRIPT.replace(
-    "return 1\n", "redis.call('SPUBLISH', ARGV[4], '1')\nreturn 1\n", 1
-)
-#: the write-once script with a sharded publish (the channel shares the key's slot)
-_ONCE_SPUBLISH_SCRIPT = WRITE_ONCE_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'")
-_ONCE_SILENT_SCRIPT = WRITE_ONCE_SCRIPT.replace("  redis.call('PUBLISH', ARGV[4], '1')\n", "")
+#: the sharded publish of the value (the channel shares the key's slot)
+_SPUBLISH_VALUE = PUBLISH_VALUE.replace("'PUBLISH'", "'SPUBLISH'")
+_SET_PUBLISH_SCRIPT = _SET_SCRIPT.replace("return 1\n", _SPUBLISH_VALUE + "return 1\n", 1)
+_ONCE_SPUBLISH_SCRIPT = WRITE_ONCE_SCRIPT.replace(PUBLISH_VALUE, _SPUBLISH_VALUE)
+_ONCE_SILENT_SCRIPT = WRITE_ONCE_SCRIPT.replace("  " + PUBLISH_VALUE, "")
+assert _SET_PUBLISH_SCRIPT != _SET_SCRIPT
 assert _ONCE_SPUBLISH_SCRIPT != WRITE_ONCE_SCRIPT != _ONCE_SILENT_SCRIPT
+assert "PUBLISH" not in _ONCE_SILENT_SCRIPT
 
 DEFAULT_TTL = 3600.0
 DEFAULT_MAX_VALUE = 1 << 16
@@ -95,6 +96,7 @@ class RedisClusterStore(RedisKeyValue):
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
+            driver_info=DRIVER_INFO,
         )
         publish = wakeups == "pubsub"
         self._once_script = self._client.register_script(
@@ -155,7 +157,7 @@ class RedisClusterStore(RedisKeyValue):
         if subscriber is None:
             client = aioredis.Redis(
                 host=node.host, port=int(node.port), socket_connect_timeout=2.0,
-                retry=Retry(NoBackoff(), 0),
+                retry=Retry(NoBackoff(), 0), driver_info=DRIVER_INFO,
             )  # fmt: skip
             self._node_clients.append(client)
             subscriber = self._subscribers[node.name] = _Subscriber(client, sharded=True)

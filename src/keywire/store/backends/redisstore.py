@@ -1,13 +1,15 @@
 """A Redis backend: the shared store that lets any number of machines carry store streams.
 
 * **Put** is one Lua script, so it is atomic: it refuses a value over ``max_value`` (Redis would
-  take 512 MB), ``SET``s it with a TTL (``PX``), and ``PUBLISH``es on the address's channel.
+  take 512 MB), ``SET``s it with a TTL (``PX``), and ``PUBLISH``es the value (``=`` + value) on
+  the address's channel, so a waiting get has it without reading again.
   A signed put is write-once: ``KEYWIRE.PUT`` when the server has keywire's module (it also
   verifies the signature; ``probe`` then turns signing on, as a ``--signed`` map server does),
   else ``redis_writeonce``'s script.
 * **Get** reads the key; on a miss it subscribes to the key's channel, reads again (a put between
   the first read and the subscription is not missed), and waits for the publish or its timeout.
-  One subscriber connection per backend carries every waiting get: no polling at all.
+  One subscriber connection per backend carries every waiting get: no polling at all. A
+  wake-up without the value (``1``, from keywire's module) makes the get read the key.
 * **Memory policy** is the operator's: with ``maxmemory``, use ``volatile-ttl`` or
   ``volatile-lru`` (every stream key has a TTL); an evicted frame is a lost put to the stream,
   which retransmits what is unacknowledged, but a frame that was acknowledged and then evicted
@@ -23,9 +25,11 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import (
     AuthenticationError,
     OutOfMemoryError,
@@ -33,11 +37,14 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.utils import check_protocol_version
 
 from ..tls import explain, verify_failure
 from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
 from .redis_writeonce import (
     MODULE_COMMAND,
+    PUBLISH_VALUE,
+    VALUE_MARK,
     WRITE_ONCE_SCRIPT,
     PutOutcome,
     check_server_check,
@@ -50,20 +57,28 @@ log = logging.getLogger("keywire.store")
 #: stores already warned that they fall back to the script (once per store per process)
 _WARNED: set[str] = set()
 
-_PUT_SCRIPT = """
+_PUT_SCRIPT = f"""
 if string.len(ARGV[1]) > tonumber(ARGV[3]) then
   return redis.error_reply('TOOLARGE ' .. string.len(ARGV[1]))
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[4], '1')
-return 1
+{PUBLISH_VALUE}return 1
 """
+#: given to every client: without it redis-py asks importlib.metadata for its own version on
+#: every new connection (~3 ms of CPU each, a tenth of a short stream's time)
+DRIVER_INFO = DriverInfo(lib_version=redis.__version__)
 
 DEFAULT_TTL = 3600.0
 #: a waiting get reads the key again this often, in case a publish was lost (one GET per
 #: interval per waiting get: a safety net, not a polling loop)
 RECHECK = 2.0
 DEFAULT_MAX_VALUE = 1 << 16
+
+
+async def _pass_push(response: Any) -> Any:
+    """redis-py's default RESP3 pub/sub handler formats every message for a debug log
+    (``str()`` of a 16 KiB value: ~90 µs each) even with the log off; this one does not."""
+    return response
 
 
 async def _close_quietly(pubsub: Any) -> None:
@@ -89,26 +104,26 @@ class _Subscriber:
         self._send_lock = asyncio.Lock()
         self._confirmation = "ssubscribe" if sharded else "subscribe"
         self._pubsub: Any = None
-        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[bytes, set[asyncio.Future[bytes | None]]] = {}
         self._confirmed: set[bytes] = set()
         self._pending: dict[bytes, asyncio.Future[None]] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def _wake(self, channel: bytes | None) -> None:
+    def _wake(self, channel: bytes | None, value: bytes | None = None) -> None:
         channels = list(self._waiters) if channel is None else [channel]
         for ch in channels:
             for fut in self._waiters.get(ch, ()):
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(value)
 
-    async def register(self, channel: bytes) -> asyncio.Future[None]:
-        """A future resolved on the next publish to ``channel`` (or when the connection
-        was lost, so the caller reads again)."""
+    async def register(self, channel: bytes) -> asyncio.Future[bytes | None]:
+        """A future resolved on the next publish to ``channel`` with the value it carried, or
+        None (a wake-up without it, or the connection was lost): the caller reads again."""
         if self._closed:
             raise StoreError("redis subscriber is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(channel, set()).add(fut)
         try:
             await self._subscribed(channel)
@@ -127,7 +142,7 @@ class _Subscriber:
             try:
                 async with self._send_lock:
                     if self._pubsub is None:
-                        self._pubsub = self._client.pubsub()
+                        self._pubsub = self._new_pubsub()
                     if self._sharded:
                         await self._pubsub.ssubscribe(channel)
                     else:
@@ -147,7 +162,14 @@ class _Subscriber:
         except TimeoutError:
             raise StoreError("redis did not confirm a subscription in 5 s") from None
 
-    def unregister(self, channel: bytes, fut: asyncio.Future[None]) -> None:
+    def _new_pubsub(self) -> Any:
+        """RESP3 (redis-py's default) gets the quiet push handler; RESP2 has none to replace."""
+        protocol = self._client.connection_pool.connection_kwargs.get("protocol")
+        if check_protocol_version(protocol, 3):
+            return self._client.pubsub(push_handler_func=_pass_push)
+        return self._client.pubsub()
+
+    def unregister(self, channel: bytes, fut: asyncio.Future[bytes | None]) -> None:
         waiters = self._waiters.get(channel)
         if waiters is not None:
             waiters.discard(fut)
@@ -180,13 +202,15 @@ class _Subscriber:
                 if loop.time() - last_sweep > 1.0:
                     last_sweep = loop.time()
                     idle = [ch for ch in self._confirmed if ch not in self._waiters]
-                    if idle:
-                        self._confirmed.difference_update(idle)
-                        if self._sharded:  # one at a time: channels of other slots
-                            for ch in idle:
+                    if self._sharded:  # one at a time: channels of other slots
+                        for ch in idle:
+                            # a get may have come for it while we sent the last one
+                            if ch not in self._waiters and ch not in self._pending:
+                                self._confirmed.discard(ch)
                                 await pubsub.sunsubscribe(ch)
-                        else:
-                            await pubsub.unsubscribe(*idle)
+                    elif idle:
+                        self._confirmed.difference_update(idle)
+                        await pubsub.unsubscribe(*idle)
                 if not pubsub.subscribed:
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
@@ -201,7 +225,11 @@ class _Subscriber:
                     continue
                 kind, channel = message.get("type"), message.get("channel")
                 if kind == self._message:
-                    self._wake(channel)
+                    data = message.get("data")
+                    if isinstance(data, bytes) and data.startswith(VALUE_MARK):
+                        self._wake(channel, data[len(VALUE_MARK) :])
+                    else:
+                        self._wake(channel)
                 elif kind == self._confirmation:
                     self._confirmed.add(channel)
                     pending = self._pending.pop(channel, None)
@@ -368,10 +396,12 @@ class RedisKeyValue(StoreBackend):
                     return value
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining, RECHECK)):
-                        await fut
+                        value = await fut
+                if value is not None:  # the put's publish carried it
+                    return value
             finally:
                 subscriber.unregister(channel, fut)
-            # woken by a publish, or the safety-net interval passed: read and wait again
+            # woken without the value, or the safety-net interval passed: read and wait again
 
     async def probe(self) -> None:
         """``PING``: shows an untrusted certificate or a refused password before a stream.
@@ -430,8 +460,9 @@ class RedisStore(RedisKeyValue):
             # redis-py verifies the certificate and host name by default; say so anyway
             tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": cafile}
         self._client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, max_connections=512, retry=Retry(NoBackoff(), 0), **tls
-        )
+            url, socket_connect_timeout=2.0, max_connections=512, retry=Retry(NoBackoff(), 0),
+            driver_info=DRIVER_INFO, **tls,
+        )  # fmt: skip
         self._script = self._client.register_script(_PUT_SCRIPT)
         self._once_script = self._client.register_script(WRITE_ONCE_SCRIPT)
         self._publish = "PUBLISH"
