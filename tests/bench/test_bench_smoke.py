@@ -40,7 +40,7 @@ CASES = {
         "--losses",
         "0",
         "--backends",
-        "memory,http,https,rediss",
+        "memory,http,http-signed,redis",
     ],
     "bench_quic_stacks.py": ["--size-mb", "2", "qh3", "aioquic"],
     "bench_webrtc.py": ["--size-mb", "1", "--dials", "2", "--peers", "2", "--rounds", "1"],
