@@ -9,12 +9,17 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from keywire.store.mapserver import MapServer
 
 from .pki import Pki, ServerFiles, make_pki
+
+if TYPE_CHECKING:  # (imported in the fixtures: both import free_port from here)
+    from .natsproc import NatsProcess
+    from .redisclusterproc import RedisClusterProcesses
 
 
 def free_port() -> int:
@@ -194,3 +199,28 @@ def random_bytes(n: int, seed: int) -> bytes:
     import random
 
     return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
+    """A NATS server with JetStream of our own (``tests/store/natsproc.py``)."""
+    from .natsproc import NatsProcess, need_nats
+
+    need_nats()
+    server = NatsProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
+    """Three Redis Cluster masters of our own (``tests/store/redisclusterproc.py``)."""
+    from .redisclusterproc import RedisClusterProcesses
+
+    nodes = RedisClusterProcesses(tmp_path)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()

@@ -9,7 +9,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from keywire.store.capability import WriteCap, parse_signed_put
 from keywire.store.schedule import KeySchedule
 
 from .conftest import RedisProcess, random_bytes
-from .natsproc import NatsProcess, need_nats
+from .natsproc import NatsProcess
 from .roundtrip import echo_through_server
 from .test_stream_memory import SECRET, exchange
 
@@ -141,15 +140,6 @@ async def test_signed_stream_over_redis_is_write_once(redis_server: RedisProcess
         await forger.close()
     finally:
         await asyncio.gather(a.close(), b.close(), client.aclose())
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
-    need_nats()
-    server = NatsProcess(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_nats_preempted_frame_is_never_delivered(nats_server: NatsProcess) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from .test_stream_memory import MB8, SECRET, exchange, send_all
 
 FAST = dict(rto_min=0.05, rto_initial=0.2)
 ADDR = bytes(range(32))
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
-    need_nats()
-    server = NatsProcess(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_url_grammar() -> None:

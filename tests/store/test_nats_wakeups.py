@@ -11,23 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from keywire.store.backends.nats import RECHECK, NatsStore
 
-from .natsproc import NatsProcess, need_nats
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
-    need_nats()
-    server = NatsProcess(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+from .natsproc import NatsProcess
 
 
 async def test_no_get_sleeps_a_recheck_after_its_put(nats_server: NatsProcess) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,16 +26,6 @@ from .conftest import RedisProcess
 from .redisclusterproc import RedisClusterProcesses
 
 BOUND = RECHECK / 4
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
-    nodes = RedisClusterProcesses(tmp_path)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 async def _pairs(writer: RedisKeyValue, reader: RedisKeyValue, reuse: bool) -> list[float]:

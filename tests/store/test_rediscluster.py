@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,16 +17,6 @@ from .roundtrip import echo_through_server
 from .test_stream_memory import MB8, SECRET, exchange, send_all
 
 FAST = dict(rto_min=0.05, rto_initial=0.2)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
-    nodes = RedisClusterProcesses(tmp_path)
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 def test_url_grammar() -> None:
