@@ -151,16 +151,13 @@ def _pem_blocks(text: str) -> list[tuple[str, bytes]]:
     return blocks
 
 
-@dataclass
-class Identity:
-    """This peer's keys: certhash for KPS, Ed25519 for shs and Link."""
+class CertificateNames:
+    """The names a DER certificate goes by: its SHA-256 digest (what a peer pins) and that
+    digest as KPS certhash text. Shared by the identity's certificate and WebTransport's
+    short-lived ones, so both are named the same way."""
 
-    p256_key: ec.EllipticCurvePrivateKey
     certificate_der: bytes
-    ed25519_seed: bytes
-    path: Path | None = None
 
-    # -- derived names ------------------------------------------------------------------------
     @property
     def cert_digest(self) -> bytes:
         return hashlib.sha256(self.certificate_der).digest()
@@ -169,6 +166,17 @@ class Identity:
     def certhash(self) -> str:
         return encode_certhash(self.cert_digest)
 
+
+@dataclass
+class Identity(CertificateNames):
+    """This peer's keys: certhash for KPS, Ed25519 for shs and Link."""
+
+    p256_key: ec.EllipticCurvePrivateKey
+    certificate_der: bytes
+    ed25519_seed: bytes
+    path: Path | None = None
+
+    # -- derived names ------------------------------------------------------------------------
     @property
     def ed25519_key(self) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(self.ed25519_seed)

@@ -104,7 +104,7 @@ async def test_dial_picks_webtransport_and_echoes(rig: Rig) -> None:
 async def test_plain_webtransport_without_keywire_js_reaches_the_listener(rig: Rig) -> None:
     """The browser's own API alone (``new WebTransport(url, {serverCertificateHashes})``): the
     listener is a standard WebTransport server (a stream without a command line is echoed)."""
-    digests = [base64.b64encode(c.digest).decode() for c in rig.wt.certs.pair()]
+    digests = [base64.b64encode(c.cert_digest).decode() for c in rig.wt.certs.pair()]
     url = f"https://127.0.0.1:{rig.wt.port}/keywire"
     assert await rig.browser.run("rawEcho", url, digests) == "hello"
 

@@ -31,7 +31,11 @@ def test_certificates_are_what_browsers_accept_and_bound_to_the_identity() -> No
         assert parsed.not_valid_before_utc <= T0 < parsed.not_valid_after_utc
         record = encode_record([cert.binding])
         verify_record(
-            record, identity.public_key, [cert.digest], presented=cert.digest, now=T0.timestamp()
+            record,
+            identity.public_key,
+            [cert.cert_digest],
+            presented=cert.cert_digest,
+            now=T0.timestamp(),
         )
     assert current.certhash != following.certhash
 
@@ -46,7 +50,7 @@ def test_rotation_promotes_the_next_certificate_so_old_addresses_keep_working() 
     assert second[1] not in first
     # and the server still vouches for the certificate that was current before
     digests = [b.digest for b in store.bindings(T0 + ROTATE_EVERY)]
-    assert digests == [first[0].digest, first[1].digest, second[1].digest]
+    assert digests == [first[0].cert_digest, first[1].cert_digest, second[1].cert_digest]
     third = store.pair(T0 + 2 * ROTATE_EVERY + dt.timedelta(hours=1))
     assert third[0] == second[1]
     # every certificate stays valid until its term as the current one is over
@@ -79,7 +83,7 @@ def test_the_pair_is_kept_beside_the_identity_file(tmp_path: Path) -> None:
     # ... and rotates on the same schedule
     rotated = CertStore(Identity.load(key_file)).pair(T0 + ROTATE_EVERY)
     assert rotated[0].certhash == first[1].certhash
-    assert json.loads(stored.read_text())["previous"]["sha256"] == first[0].digest.hex()
+    assert json.loads(stored.read_text())["previous"]["sha256"] == first[0].cert_digest.hex()
 
 
 def test_a_damaged_file_is_replaced_with_a_warning(
@@ -104,6 +108,6 @@ def test_certificates_of_another_identity_in_the_file_are_not_vouched_for(tmp_pa
     other = Identity.generate()
     loaded = CertStore(other, key_file.with_name("identity.pem" + FILE_SUFFIX)).pair(T0)
     record = encode_record([c.binding for c in loaded])
-    verify_record(record, other.public_key, [pair[0].digest])
+    verify_record(record, other.public_key, [pair[0].cert_digest])
     with pytest.raises(Exception, match="not signed"):
-        verify_record(record, identity.public_key, [pair[0].digest])
+        verify_record(record, identity.public_key, [pair[0].cert_digest])

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import IdentityError
-from ..identity import Identity, build_certificate, encode_certhash
+from ..identity import CertificateNames, Identity, build_certificate
 from .binding import CertBinding, sign_binding
 
 log = logging.getLogger("keywire.webtransport")
@@ -48,20 +48,12 @@ FILE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class WtCertificate:
+class WtCertificate(CertificateNames):
     """One short-lived certificate, its key and the identity's signature over it."""
 
     certificate_der: bytes
     key: ec.EllipticCurvePrivateKey
     binding: CertBinding
-
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.certificate_der).digest()
-
-    @property
-    def certhash(self) -> str:
-        return encode_certhash(self.digest)
 
     @property
     def not_before(self) -> dt.datetime:

@@ -47,13 +47,15 @@ class WebTransportListener(KpsListener):
 
     def _config_for(self, settings: KpsSettings) -> QuicConfiguration:
         current = self.certs.current(dt.datetime.now(dt.UTC))
-        key = (settings.connection_window, current.digest)
+        key = (settings.connection_window, current.cert_digest)
         config = self._wt_configs.get(key)
         if config is None:
             config = server_configuration(self.identity, settings)
             config.certificate = Certificate(current.certificate_der)
             config.private_key = tls.load_pem_private_key(current.private_key_pem)
-            self._wt_configs = {k: v for k, v in self._wt_configs.items() if k[1] == current.digest}
+            self._wt_configs = {
+                k: v for k, v in self._wt_configs.items() if k[1] == current.cert_digest
+            }
             self._wt_configs[key] = config
         return config
 
