@@ -726,18 +726,18 @@ async def main_connect(identity: Identity, key: str, args: argparse.Namespace) -
                 cpus[side.name].append(cpu / args.connects * 1e3)
         for side in sides:
             await side.stop()
-    print(f"connect p50 ms (dial + 1st stream), {args.connects} dials per round:")
-    for name, values in p50s.items():
-        shown = " ".join(f"{v:.2f}" for v in values)
-        print(f"  {name:<5} median {statistics.median(values):.2f}   rounds: {shown}")
-    print("CPU ms per dial (dial, 1st stream, close; client + server processes):")
-    for name, values in cpus.items():
-        shown = " ".join(f"{v:.2f}" for v in values)
-        print(f"  {name:<5} median {statistics.median(values):.2f}   rounds: {shown}")
-    if len(p50s) == 2:
-        ratios = [a / b for a, b in zip(p50s["kps"], p50s["iroh"], strict=True)]
-        shown = " ".join(f"{r:.2f}" for r in ratios)
-        print(f"  kps/iroh median {statistics.median(ratios):.2f}x   rounds: {shown}")
+    for title, table in (
+        (f"connect p50 ms (dial + 1st stream), {args.connects} dials per round:", p50s),
+        ("CPU ms per dial (dial, 1st stream, close; client + server processes):", cpus),
+    ):
+        print(title)
+        for name, values in table.items():
+            shown = " ".join(f"{v:.2f}" for v in values)
+            print(f"  {name:<5} median {statistics.median(values):.2f}   rounds: {shown}")
+        if len(table) == 2:  # the ratio per round: both sides saw the same load
+            ratios = [a / b for a, b in zip(table["kps"], table["iroh"], strict=True)]
+            shown = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"  kps/iroh median {statistics.median(ratios):.2f}x   rounds: {shown}")
 
 
 async def main_iroh(identity: Identity, key: str, payload: bytes, args: argparse.Namespace) -> None:

@@ -81,12 +81,12 @@ class CoreStream(Stream):
 
     async def _wait_credit(self) -> None:
         self._credit = self._conn._loop.create_future()
-        self._conn._blocked.add(self)
+        self._conn._blocked[self] = None
         try:
             await self._credit
         finally:
             self._credit = None
-            self._conn._blocked.discard(self)
+            self._conn._blocked.pop(self, None)
 
     def _wake_writer(self) -> None:
         if self._credit is not None and not self._credit.done():

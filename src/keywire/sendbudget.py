@@ -44,8 +44,9 @@ class SendBudget[C: Buffered]:
         self.stream_low = per_stream // 2
         #: ... while the connection holds at most this many
         self.connection_low = per_connection - min(self.stream_low, per_connection // 2)
-        #: streams refused credit and not yet told they have it again
-        self.blocked: set[int] = set()
+        #: streams refused credit and not yet told they have it again (a dict as an ordered
+        #: set: an empty dict is 64 bytes, an empty set 216, and most connections never block)
+        self.blocked: dict[int, None] = {}
         self._credit: list[CreditAvailable] = []  # (a list: an empty deque is 760 bytes)
 
     def grant(self, stream_id: int, want: int) -> int:
@@ -59,7 +60,7 @@ class SendBudget[C: Buffered]:
             self.per_connection - core.send_buffered_total(),
         )
         if room <= 0:
-            self.blocked.add(stream_id)
+            self.blocked[stream_id] = None
             return 0
         return min(room, want)
 
@@ -79,7 +80,7 @@ class SendBudget[C: Buffered]:
             return
         buffered, low = self.core.send_buffered, self.stream_low
         for stream_id in [s for s in self.blocked if buffered(s) <= low]:
-            self.blocked.discard(stream_id)
+            del self.blocked[stream_id]
             self._credit.append(CreditAvailable(stream_id))
 
     def next_event(self) -> CreditAvailable | None:

@@ -52,10 +52,12 @@ class CoreConnection(Connection):
         self._incoming: list[CoreStream] = []
         self._acceptors: list[asyncio.Future[None]] = []
         self._open_waiters: list[asyncio.Future[None]] = []
-        self._blocked: set[CoreStream] = set()
+        #: streams waiting for credit, as a dict used as an ordered set (an empty set is 216
+        #: bytes, an empty dict 64: most connections never block)
+        self._blocked: dict[CoreStream, None] = {}
         self._datagrams: DatagramQueue | None = None
         self._error: ConnectionClosed | None = None
-        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._done: asyncio.Future[None] | None = None  # made by the first ``wait_closed``
         self._delivered: asyncio.Event | None = None
         self._lingering = False
         self._aborting = False
@@ -191,7 +193,8 @@ class CoreConnection(Connection):
         if self._error is not None:
             return
         self._error = error = event.error()
-        self._done.set_result(None)
+        if self._done is not None:
+            self._done.set_result(None)
         if not self.handshake.done():
             self.handshake.set_exception(fresh(error))
             self.handshake.exception()  # retrieved: a failed dial reports it elsewhere
@@ -332,9 +335,18 @@ class CoreConnection(Connection):
         return self._error
 
     async def wait_closed(self) -> ConnectionClosed:
-        await asyncio.shield(self._done)
+        await self._ended()
         assert self._error is not None
         return self._error
+
+    async def _ended(self) -> None:
+        """Wait until the connection ended (the future is made on first need: an idle
+        connection nobody waits on holds none)."""
+        if self._error is not None:
+            return
+        if self._done is None:
+            self._done = self._loop.create_future()
+        await asyncio.shield(self._done)
 
     # -- datagrams ------------------------------------------------------------------------------
     @property
@@ -404,7 +416,7 @@ class OneStreamConnection(CoreConnection):
 
     async def accept_stream(self) -> CoreStream:
         if self._taken:
-            await asyncio.shield(self._done)
+            await self._ended()
             assert self._error is not None
             raise fresh(self._error)
         return self._take()

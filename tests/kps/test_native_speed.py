@@ -207,3 +207,44 @@ async def test_a_listener_answers_a_two_datagram_client_hello_with_one_flight() 
     finally:
         sock.close()
         await listener.close(abort_connections=True)
+
+
+async def test_a_listener_asks_each_client_for_two_connection_ids() -> None:
+    """KPS does not migrate connections: the listener's transport parameters ask for RFC 9000's
+    minimum of 2 connection ids (qh3's default 8 made every dialer send 7 NEW_CONNECTION_IDs)."""
+    from .helpers import Collector, listening
+
+    collector = Collector()
+    async with asyncio.timeout(20), listening(collector) as listener:
+        client = await dial("127.0.0.1", listener.port, listener.identity.certhash, KpsSettings())
+        params = client.session.quic._tls.remote_transport_parameters
+        assert params is not None and params.active_connection_id_limit == 2
+        stream = await client.open_stream()
+        await stream.write(b"still works")
+        await client.close()
+
+
+def test_peer_streams_arriving_out_of_order_are_each_announced_once() -> None:
+    """The session's record of announced peer stream ids (a counter per direction, and the ids
+    jumped over made into a set only when one is skipped) announces each stream exactly once."""
+    from keywire.events import StreamOpened
+
+    pair = connected()
+    client, server = pair.client, pair.server
+    assert server is not None
+    pair.events(server)
+    packets = []
+    sids = [client.open_stream() for _ in range(3)]
+    for sid in sids:
+        client.send(sid, bytes([sid]) * 10)
+        packets.append([data for data, _ in client.datagrams_to_send(pair.now)])
+    assert server._skipped is None  # nothing skipped yet: no set made
+    for burst in reversed(packets):  # the highest stream id first
+        for data in burst:
+            server.receive_datagram(data, CLIENT, pair.now)
+    pair.pump()
+    events = pair.events(server)
+    opened = [e.stream_id for e in events if isinstance(e, StreamOpened)]
+    assert sorted(opened) == sids and len(opened) == len(set(opened))
+    got = {e.stream_id: e.data for e in events if isinstance(e, StreamData)}
+    assert got == {sid: bytes([sid]) * 10 for sid in sids}

@@ -48,6 +48,8 @@ OnConnection = Callable[[KpsConnection], Awaitable[None]]
 #: seconds without a large connection finishing before memory is reclaimed, and the most a
 #: reclaim is put off by connections that keep finishing
 RECLAIM_SETTLE = 1.0
+#: who a KPS client is to the listener (nobody: clients are not authenticated); frozen, shared
+_ANONYMOUS = RemoteIdentity()
 RECLAIM_MAX_DELAY = 10.0
 #: seconds between two "under load" log lines (Retries, refusals)
 LOAD_LOG_INTERVAL = 60.0
@@ -70,6 +72,8 @@ class KpsListener:
         self.settings = settings
         self._on_connection = on_connection
         self._configs: dict[int, QuicConfiguration] = {}
+        #: settings per granted window, shared by the connections that got it
+        self._shared_settings: dict[int, KpsSettings] = {}
         #: receive windows shared out of ``kps.receive_budget``
         self.budget = ReceiveBudget(
             total=settings.receive_budget,
@@ -77,6 +81,11 @@ class KpsListener:
             ceiling=settings.connection_window,
         )
         self._windows: dict[int, int] = {}
+        # the hooks every connection gets, bound once (a bound method per connection and hook
+        # is 64 bytes of each idle connection)
+        self._send_hook = self._send_many
+        self._cid_hook = self._on_cid
+        self._finished_hook = self._on_finished
         self.reclaimer = Reclaimer()
         self._reclaim_handle: asyncio.TimerHandle | None = None
         self._reclaim_since = 0.0
@@ -165,6 +174,12 @@ class KpsListener:
     def _settings_for(self, window: int) -> KpsSettings:
         if window == self.settings.connection_window:
             return self.settings
+        shared = self._shared_settings.get(window)  # windows are powers of two: a few entries
+        if shared is None:
+            shared = self._shared_settings[window] = self._settings_with_window(window)
+        return shared
+
+    def _settings_with_window(self, window: int) -> KpsSettings:
         # the send side follows the same share: a peer that never reads the answers then
         # parks at most ``window`` queued bytes per stream too
         s = self.settings
@@ -207,12 +222,12 @@ class KpsListener:
         session = self._new_session(decision, settings)
         conn = KpsConnection(
             session,
-            self._send_many,
+            self._send_hook,
             settings,
             address="kps",
-            remote=RemoteIdentity(),
-            on_cid=self._on_cid,
-            on_finished=self._on_finished,
+            remote=_ANONYMOUS,
+            on_cid=self._cid_hook,
+            on_finished=self._finished_hook,
         )
         conn.remote_address = addr
         session.receive_datagram(data, addr, self._loop.time() if self._loop else 0.0)

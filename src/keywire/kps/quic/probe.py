@@ -101,6 +101,7 @@ class ProbeAnsweringQuicConnection(GatedQuicConnection):
     """A listener's QUIC connection that opens HTTP/3's streams and answers HTTP/3 requests."""
 
     release_tls = True
+    __slots__ = ("_last_kps_stream", "h3", "h3_streams", "is_http3", "requests_answered")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

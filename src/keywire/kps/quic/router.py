@@ -98,7 +98,8 @@ class QuicRouter:
         self.validated = 0
         self._by_cid: dict[bytes, Any] = {}
         self._by_addr: dict[Address, Any] = {}
-        self._cids_of: dict[int, set[bytes]] = {}
+        #: a connection's ids (a short list: an empty set alone is 216 bytes per connection)
+        self._cids_of: dict[int, list[bytes]] = {}
         self._addr_of: dict[int, Address] = {}
         self._connections: dict[int, Any] = {}
         self._replies = TokenBucket(replies_per_second)
@@ -115,7 +116,11 @@ class QuicRouter:
         key = id(conn)
         self._connections[key] = conn
         self._by_cid[cid] = conn
-        self._cids_of.setdefault(key, set()).add(cid)
+        cids = self._cids_of.get(key)
+        if cids is None:
+            self._cids_of[key] = [cid]
+        elif cid not in cids:
+            cids.append(cid)
         if addr is not None:
             old = self._addr_of.get(key)
             if old is not None and self._by_addr.get(old) is conn:
@@ -126,11 +131,13 @@ class QuicRouter:
     def retire(self, conn: Any, cid: bytes) -> None:
         if self._by_cid.get(cid) is conn:
             del self._by_cid[cid]
-        self._cids_of.get(id(conn), set()).discard(cid)
+        cids = self._cids_of.get(id(conn))
+        if cids is not None and cid in cids:
+            cids.remove(cid)
 
     def remove(self, conn: Any) -> None:
         key = id(conn)
-        for cid in self._cids_of.pop(key, set()):
+        for cid in self._cids_of.pop(key, ()):
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]
         addr = self._addr_of.pop(key, None)
