@@ -6,7 +6,8 @@
 2. throughput: one stream echoing ``--size-mb`` MiB over the direct path, as a ratio to plain
    ``kps:`` between the same two namespaces (through the same NAT routers) and to the relayed
    path (``link.direct = false``), and the direct path without resumable streams
-   (``link.direct_resume = false``), in the same run.
+   (``link.direct_resume = false``), in the same run: the four connections open first, then
+   each round echoes once on each (rotated order), so load changes hit every path alike.
 
 One lab serves every pair: a relay (STUN on 3478/3479, shaping off) on the internet segment,
 four hosts (one per preset, each its own router) and four clients. No delay is added: the lab
@@ -297,19 +298,19 @@ def run_pair(client: Client, host: Host, dials: int, settle: float) -> PairResul
     return result
 
 
-async def _timed_echo(conn: Connection, size: int) -> float:
+async def _timed_echo(conn: Connection, size: int) -> tuple[float, float]:
+    """MB/s of one echo, and the CPU this process spent per MB carried (both ends run here)."""
     payload = bytes(range(256)) * (size // 256)
-    started = time.monotonic()
+    cpu, started = time.process_time(), time.monotonic()
     echoed = await _echo(conn, payload)
     seconds = time.monotonic() - started
+    cpu = time.process_time() - cpu
     if echoed != payload:
         raise RuntimeError("echo was not byte-exact")
-    return size / seconds / 1e6
+    return size / seconds / 1e6, cpu * 1e3 / (2 * size / 1e6)
 
 
-async def _direct_rate(
-    client: Client, host: Host, size: int, rounds: int, resume: bool = True
-) -> list[float]:
+async def _direct_conn(client: Client, host: Host, resume: bool) -> Connection:
     alt = parse(host.address).alternatives[0]
     extra: dict[str, object] = {} if resume else {"link.direct_resume": "false"}
     conn = await LinkHandler().dial(alt, _link_options(client, host, extra))
@@ -318,19 +319,15 @@ async def _direct_rate(
         async with asyncio.timeout(20):
             while not conn.path.startswith("direct"):
                 await asyncio.sleep(0.02)
-        return [await _timed_echo(conn, size) for _ in range(rounds)]
-    finally:
+    except BaseException:
         await conn.close()
+        raise
+    return conn
 
 
-async def _relay_rate(client: Client, host: Host, size: int, rounds: int) -> list[float]:
+async def _relay_conn(client: Client, host: Host) -> Connection:
     alt = parse(host.address).alternatives[0]
-    options = _link_options(client, host, {"link.direct": "false"})
-    conn = await LinkHandler().dial(alt, options)
-    try:
-        return [await _timed_echo(conn, size) for _ in range(rounds)]
-    finally:
-        await conn.close()
+    return await LinkHandler().dial(alt, _link_options(client, host, {"link.direct": "false"}))
 
 
 async def _kps_server(identity: Identity) -> keywire.Server:
@@ -347,33 +344,43 @@ async def _kps_server(identity: Identity) -> keywire.Server:
     return server
 
 
-async def _kps_rate(address: str, size: int, rounds: int) -> list[float]:
-    conn = await keywire.dial(address)
-    try:
-        return [await _timed_echo(conn, size) for _ in range(rounds)]
-    finally:
-        await conn.close()
-
-
 def throughput(client: Client, host: Host, size: int, rounds: int) -> dict[str, float]:
-    """Median MB/s of an echo over each path between the same two namespaces."""
+    """Median MB/s of an echo over each path between the same two namespaces, the median
+    CPU ms per MB (``PATH cpu``) and of per-round ratios (``A/B``). All four connections are
+    open first and every round runs each path once, the order rotated, so a change of load
+    during the run hits all alike."""
     host.fresh("throughput")
     identity = Identity.generate()
     server = host.loop.run(_kps_server(identity))
+    conns: dict[str, Connection] = {}
     try:
         # the full-cone router forwards any UDP at its wan to the host at the same port
         kps = f"kps:{host.public_ip}:{KPS_PORT}:{identity.certhash}"
-        rates = {
-            "kps": client.loop.run(_kps_rate(kps, size, rounds), timeout=300),
-            "direct": client.loop.run(_direct_rate(client, host, size, rounds), timeout=300),
-            "plain": client.loop.run(
-                _direct_rate(client, host, size, rounds, resume=False), timeout=300
-            ),
-            "relay": client.loop.run(_relay_rate(client, host, size, rounds), timeout=300),
-        }
+        conns["kps"] = client.loop.run(keywire.dial(kps), timeout=30)
+        conns["direct"] = client.loop.run(_direct_conn(client, host, True), timeout=60)
+        conns["plain"] = client.loop.run(_direct_conn(client, host, False), timeout=60)
+        conns["relay"] = client.loop.run(_relay_conn(client, host), timeout=30)
+        paths = list(conns)
+        rates: dict[str, list[float]] = {path: [] for path in paths}
+        cpus: dict[str, list[float]] = {path: [] for path in paths}
+        for n in range(rounds):
+            for path in paths[n % len(paths) :] + paths[: n % len(paths)]:
+                rate, cpu = client.loop.run(_timed_echo(conns[path], size), timeout=300)
+                rates[path].append(rate)
+                cpus[path].append(cpu)
     finally:
+        for conn in conns.values():
+            with contextlib.suppress(Exception):
+                client.loop.run(conn.close(), timeout=10)
         host.loop.run(server.close())
-    return {path: statistics.median(values) for path, values in rates.items()}
+    medians = {path: statistics.median(values) for path, values in rates.items()}
+    medians.update({f"{path} cpu": statistics.median(cpus[path]) for path in paths})
+    # the same round's ratio, then the median: steadier than a ratio of medians under load
+    for a, b in (("direct", "kps"), ("direct", "plain")):
+        medians[f"{a}/{b}"] = statistics.median(
+            x / y for x, y in zip(rates[a], rates[b], strict=True)
+        )
+    return medians
 
 
 def _p50(values: list[float]) -> str:
@@ -420,13 +427,19 @@ def report(
             f"\nthroughput, {args.size_mb} MiB echoed on one stream, median of "
             f"{args.rounds} ({THROUGHPUT_PAIR[0]} host ← {THROUGHPUT_PAIR[1]} client)"
         )
-        print(f"  plain kps:      {kps:7.1f} MB/s")
-        print(f"  direct path:    {direct:7.1f} MB/s  ratio to kps: {direct / kps:.2f}×")
+        print(f"  plain kps:      {kps:7.1f} MB/s  {rates['kps cpu']:.2f} CPU ms/MB")
+        print(
+            f"  direct path:    {direct:7.1f} MB/s  {rates['direct cpu']:.2f} CPU ms/MB  "
+            f"ratio to kps: {direct / kps:.2f}× (per round: {rates['direct/kps']:.2f}×)"
+        )
         plain = rates["plain"]
         print(
-            f"  direct, no resume: {plain:4.1f} MB/s  with resume / without: {direct / plain:.2f}×"
+            f"  direct, no resume: {plain:4.1f} MB/s  {rates['plain cpu']:.2f} CPU ms/MB  "
+            f"with resume / without: {direct / plain:.2f}× "
+            f"(per round: {rates['direct/plain']:.2f}×)"
         )
         print(f"  relayed path:   {relay:7.1f} MB/s  direct / relayed: {direct / relay:.2f}×")
+        print("  (CPU: this process, both ends; the relay runs in its own process)")
 
 
 def _pairs(text: str | None) -> list[tuple[str, str]]:

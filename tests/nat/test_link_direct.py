@@ -136,6 +136,9 @@ def _host_path(setup: Setup) -> str:
     [
         ("full-cone", "eim-apdf"),  # round 1: the client dials the host
         ("edm-pp", "eim-apdf"),  # round 2: the host dials the client's listener
+        # the many-port guess, the random side dialling from the socket a probe reached
+        ("eim-apdf", "edm-random"),
+        ("edm-random", "eim-apdf"),
     ],
 )
 def test_the_path_goes_direct(
@@ -400,6 +403,11 @@ def test_direct_settings_are_checked() -> None:
     assert not s.enabled and s.stun == "198.51.100.1:3478"
     assert direct_settings({"link.direct_exchanges": "2"}).exchanges == 2
     assert direct_settings({}).resume and not direct_settings({"link.direct_resume": "0"}).resume
+    guess = direct_settings(
+        {"link.direct_guess_sockets": "128", "link.direct_guess_rate": 2000}
+    ).punch.guess
+    assert guess.enabled and guess.sockets == 128 and guess.rate == 2000 and guess.probes == 2048
+    assert not direct_settings({"link.direct_guess": "false"}).punch.guess.enabled
     cases: list[tuple[dict[str, object], str]] = [
         ({"link.direct": "maybe"}, "true or false"),
         ({"link.direct_resume": "perhaps"}, "true or false"),
@@ -407,6 +415,12 @@ def test_direct_settings_are_checked() -> None:
         ({"link.direct_exchanges": "1.5"}, "whole"),
         ({"link.direct_idle": "soon"}, "number"),
         ({"link.stun": ""}, "HOST"),
+        ({"link.direct_guess": "sometimes"}, "true or false"),
+        ({"link.direct_guess_sockets": 0}, "link.direct_guess_sockets"),
+        ({"link.direct_guess_sockets": "2.5"}, "whole"),
+        ({"link.direct_guess_probes": 70000}, "link.direct_guess_probes"),
+        ({"link.direct_guess_rate": 1}, "link.direct_guess_rate"),
+        ({"link.direct_guess_time": "0"}, "link.direct_guess_time"),
     ]
     for bad, why in cases:
         with pytest.raises(ValueError, match=why):

@@ -19,7 +19,8 @@ printing), ``link.store_dir`` (a config directory instead of ``config_dir()``),
 ``HOST[:PORT]`` of the STUN server the punch asks, default the relay's host on 3478),
 ``link.direct_exchanges`` (punch exchanges per session, default 3), ``link.direct_idle``
 (seconds of silence that end a direct path, default 6), ``link.direct_resume`` (both: False
-keeps direct streams from continuing over the relay after a cut).
+keeps direct streams from continuing over the relay after a cut), ``link.direct_guess*``
+(the many-port guess for a random-port NAT; docs/nat.md "Port guessing").
 """
 
 from __future__ import annotations
@@ -318,6 +319,11 @@ SETTINGS = (
     "direct_exchanges",
     "direct_idle",
     "direct_resume",
+    "direct_guess",
+    "direct_guess_sockets",
+    "direct_guess_probes",
+    "direct_guess_rate",
+    "direct_guess_time",
     "stun",
 )
 

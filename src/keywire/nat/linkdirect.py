@@ -43,6 +43,7 @@ from ..kps.quic.listener import KpsListener
 from ..kps.settings import KpsSettings
 from ..options import as_number, setting_value
 from ..stream import Connection, ReceiveBuffer, Stream
+from .guess import GuessBudget, GuessSettings
 from .holepunch import PunchError, format_addr
 from .linkconn import PathConnection
 from .punch import PunchSettings, punch_as_client, punch_as_host
@@ -126,6 +127,7 @@ def direct_settings(extra: dict[str, Any]) -> DirectSettings:
         )
     )
     idle = _number(extra.get("link.direct_idle", s.idle), "link.direct_idle", minimum=1.0)
+    guess = _guess_settings(extra, s.punch.guess)
     return dataclasses.replace(
         s,
         enabled=enabled,
@@ -133,7 +135,30 @@ def direct_settings(extra: dict[str, Any]) -> DirectSettings:
         stun=stun if isinstance(stun, str) else None,
         exchanges=exchanges,
         idle=idle,
+        punch=dataclasses.replace(s.punch, guess=guess),
     )
+
+
+#: ``link.*`` key of each ``GuessSettings`` field
+_GUESS_KEYS = {
+    "enabled": "link.direct_guess",
+    "sockets": "link.direct_guess_sockets",
+    "probes": "link.direct_guess_probes",
+    "rate": "link.direct_guess_rate",
+    "seconds": "link.direct_guess_time",
+}
+
+
+def _guess_settings(extra: dict[str, Any], defaults: GuessSettings) -> GuessSettings:
+    """The ``link.direct_guess*`` values over ``defaults``; ``GuessSettings`` checks the
+    ranges (``ValueError`` naming the key)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(GuessSettings)}
+    values: dict[str, Any] = {
+        name: setting_value(key, kinds[name], extra[key])
+        for name, key in _GUESS_KEYS.items()
+        if key in extra
+    }
+    return dataclasses.replace(defaults, **values)
 
 
 def _b64(data: bytes) -> str:
@@ -276,6 +301,7 @@ def _announcer(pipe: LinkPipe) -> Callable[[int], Awaitable[None]]:
 class _ClientSide(_Side):
     def __init__(self, pipe: LinkPipe, conn: PathConnection, s: DirectSettings) -> None:
         self.pipe, self.conn, self.s = pipe, conn, s
+        self.budget = GuessBudget()  # one many-port guess per connection
         conn.announce = _announcer(pipe)
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
         self.stream: EnvelopeStream | None = None
@@ -309,7 +335,9 @@ class _ClientSide(_Side):
             self.conn.resume = self.s.resume and answer.get("resume") == 1
             started = asyncio.get_running_loop().time()
             try:
-                direct = await punch_as_client(self.stream, stun, self.s.punch, self.kps)
+                direct = await punch_as_client(
+                    self.stream, stun, self.s.punch, self.kps, budget=self.budget
+                )
             except (KeywireError, OSError, TimeoutError) as exc:
                 log.info("direct path: exchange %d failed: %s", n, exc)
                 continue
@@ -376,6 +404,7 @@ class _HostSession(_Side):
         self, service: DirectHost, pipe: LinkPipe, conn: PathConnection, s: DirectSettings
     ) -> None:
         self.service, self.pipe, self.conn, self.s = service, pipe, conn, s
+        self.budget = GuessBudget()  # one many-port guess per connection
         self.exchanges = 0
         self.stream: EnvelopeStream | None = None
         self.token: bytes | None = None
@@ -409,6 +438,7 @@ class _HostSession(_Side):
                 self.s.punch,
                 on_direct=self.service.bind,
                 kps=self.service.kps,
+                budget=self.budget,
             )
             log.info("direct path: exchange %d %s", n, "succeeded" if ok else "found none")
         except (KeywireError, OSError, TimeoutError) as exc:

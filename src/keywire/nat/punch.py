@@ -22,6 +22,11 @@ a round that cannot work fails in a few hundred milliseconds instead of the full
 NAT maps endpoint-dependently starts with a reversed round (``probe_mapping``), the kind that
 can work for it.
 
+Each side also tells how its NAT maps (two STUN ports), so an endpoint-dependent client offers
+a predicted candidate from round 1, and a random-port side facing an endpoint-independent,
+address-and-port filtering one runs the many-port guess (``keywire.nat.guess``) in its first
+round; older peers, which send none of this, keep the old behaviour.
+
 A third party cannot take the direct path over: the client accepts only a QUIC server that
 proves the certhash received inside the authenticated Link channel (``PinMismatch`` otherwise).
 """
@@ -35,7 +40,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from ..identity import Identity
 from ..kps.quic.connection import KpsConnection
@@ -45,8 +50,11 @@ from ..kps.settings import KpsSettings
 from ..kps.udp import DatagramDemux, bind_socket
 from ..netinfo import addresses_for_scope
 from ..stream import Stream
+from .guess import GuessBudget, GuessSettings
+from .guessio import GuessSockets, send_probes
 from .holepunch import (
     MAX_MESSAGE,
+    TOKEN_BYTES,
     PunchError,
     PunchMessage,
     decode_message,
@@ -54,7 +62,7 @@ from .holepunch import (
     format_addr,
 )
 from .stun import Address, BindingResult
-from .stunio import StunClient, query_demux, stun_on_demux
+from .stunio import StunClient, open_stun_endpoint, query_demux, stun_on_demux
 
 log = logging.getLogger("keywire.nat")
 
@@ -96,6 +104,9 @@ class PunchSettings:
     #: differ its NAT maps endpoint-dependently, no client dial can reach it, and (with
     #: ``on_direct``) it starts with the round it dials in. No answer: the usual order.
     probe_mapping: bool = True
+    #: the many-port guess, run at most once per exchange when STUN shows one side mapping
+    #: to random ports and the other endpoint-independently (``keywire.nat.guess``)
+    guess: GuessSettings = dataclasses.field(default_factory=GuessSettings)
 
     def round_bound(self, rtt: float, last: bool) -> float:
         """The handshake bound of a round whose connect exchange took ``rtt`` seconds."""
@@ -143,6 +154,7 @@ async def punch_as_host(
     on_direct: OnDirect | None = None,
     kps: KpsSettings | None = None,
     extra_candidates: tuple[Address, ...] = (),
+    budget: GuessBudget | None = None,
 ) -> bool:
     """Run the host's side on ``stream``; True once the client reports a direct connection.
 
@@ -151,15 +163,24 @@ async def punch_as_host(
     endpoint-dependently): the client listens, the host dials it from a fresh socket and hands
     the connection to ``on_direct``. A host that sees its NAT map endpoint-dependently (see
     ``probe_mapping``) reverses the first round instead of the second, so no round is spent
-    on a client dial that cannot reach it."""
+    on a client dial that cannot reach it.
+
+    ``budget``: the guesses left to this connection (shared by its exchanges); without it,
+    one for this exchange."""
     s = settings or PunchSettings()
+    budget = budget or GuessBudget()
     kps = kps or KpsSettings()
     demux = listener.demux
     if demux is None:
         raise PunchError("the KPS listener is not started")
     candidates: list[Address] = list(extra_candidates)
     public_ip: str | None = None
+    filtering = asyncio.ensure_future(_open_filter(stun, s)) if s.guess.enabled else None
     mapped, dependent = await _host_mapping(demux, stun, s)
+    open_ = await _filter_seen(filtering)
+    nat = _nat_kind(mapped, dependent, listener.port)
+    ext = ("guess",) if s.guess.enabled else ()
+    guessed = False  # at most one guess per exchange, and only while the budget lasts
     if mapped is not None:
         candidates.append(mapped)
         public_ip = mapped[0]
@@ -170,19 +191,32 @@ async def punch_as_host(
     best_rtt: float | None = None  # of the forward rounds, whose exchange is a bare round trip
     # an endpoint-dependent host starts with the round it dials in (and ends with it, the last
     # round's full bound going to the kind of round that can work for it)
-    first_reverse = 0 if dependent and on_direct is not None else 1
+    first_reverse = 0 if dependent is True and on_direct is not None else 1
     for attempt in range(s.attempts):
         started = loop.time()
         reverse = on_direct is not None and public_ip is not None and attempt % 2 == first_reverse
         if reverse:
             assert on_direct is not None and public_ip is not None
             last = attempt == s.attempts - 1
-            ok = await _reverse_round(
-                stream, listener, public_ip, s, kps, on_direct, last, best_rtt
+            may_guess = not guessed and nat == "edm-random" and budget.remaining > 0
+            ok, used = await _reverse_round(
+                stream, listener, public_ip, s, kps, on_direct, last, best_rtt, may_guess
             )
+            if used:
+                budget.take()
+            guessed = guessed or used
         else:
             await _send(
-                stream, PunchMessage("connect", tuple(candidates), listener.identity.certhash)
+                stream,
+                PunchMessage(
+                    "connect",
+                    tuple(candidates),
+                    listener.identity.certhash,
+                    nat=nat,
+                    ext=ext,
+                    public=mapped,
+                    open=open_,
+                ),
             )
             answer = await _read(stream, s.message_timeout)
             if answer.kind != "connect":
@@ -190,17 +224,35 @@ async def punch_as_host(
             rtt = loop.time() - started
             best_rtt = rtt if best_rtt is None else min(best_rtt, rtt)
             await _send(stream, PunchMessage("sync"))
-            spray = loop.create_task(_spray(demux.sendto, answer.addrs, rtt / 2, s))
+            side: list[asyncio.Future[object]] = [
+                loop.create_task(_spray(demux.sendto, answer.addrs, rtt / 2, s))
+            ]
+            token, ip = answer.guess_token, answer.guess_ip
+            if (
+                token is not None
+                and ip is not None
+                and ext
+                and nat == "eim"
+                and not guessed
+                and budget.take()
+            ):
+                # the client (random ports) opened its sockets towards our public address
+                guessed = True
+                log.info("hole punch: probing %d guessed ports of %s", s.guess.probes, ip)
+                side.append(loop.create_task(send_probes(demux.sendto, ip, token, s.guess)))
             try:
                 ok = await _read_result(stream, s)
             finally:
-                spray.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await spray
+                for task in side:
+                    task.cancel()
+                for task in side:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         log.info(
-            "hole punch attempt %d (%s): %s",
+            "hole punch attempt %d (%s%s): %s",
             attempt + 1,
             "host dials" if reverse else "client dials",
+            ", guessed" if guessed else "",
             "direct" if ok else "failed",
         )
         if ok:
@@ -209,56 +261,102 @@ async def punch_as_host(
     return False
 
 
+async def _open_filter(stun: Address, s: PunchSettings) -> bool:
+    """Whether this side's NAT lets in datagrams from a port it never sent to: a fresh socket
+    asks the STUN server to answer from its other port (RFC 5780 "change port"). Run beside
+    the mapping probe and only looked at once that is over (``_filter_seen``), so a filtering
+    NAT, whose answer never comes, costs no wait."""
+    endpoint = await open_stun_endpoint()
+    try:
+        await endpoint.client.binding(stun, change_port=True, timeout=s.stun_timeout)
+        return True
+    finally:
+        endpoint.close()
+
+
+async def _filter_seen(task: asyncio.Future[bool] | None) -> bool:
+    """The filter probe's answer if it has come (else, or without a probe: filtering
+    assumed); the probe ends. Only the guess needs it, so it runs only when that is on."""
+    if task is None:
+        return False
+    # an answer already in flight (it left with the mapping queries) gets a moment; a
+    # probe that misses it only means an unneeded guess
+    await asyncio.wait({task}, timeout=0.003)
+    open_ = task.done() and not task.cancelled() and task.exception() is None and task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return bool(open_)
+
+
+def _nat_kind(mapped: Address | None, dependent: bool | None, port: int) -> str | None:
+    """What the peer is told of this side's NAT: ``eim``, ``edm-pp`` (the socket's first
+    mapping kept its port) or ``edm-random``; None when STUN did not show it."""
+    if mapped is None or dependent is None:
+        return None
+    if not dependent:
+        return "eim"
+    return "edm-pp" if mapped[1] == port else "edm-random"
+
+
 async def _host_mapping(
     demux: DatagramDemux, stun: Address, s: PunchSettings
-) -> tuple[Address | None, bool]:
+) -> tuple[Address | None, bool | None]:
     """The listener socket's public address, and whether a second STUN port saw another
-    (endpoint-dependent mapping). The second query goes out with the first; once the first
-    answers, the second gets as long again (at least 50 ms; twice that when the server named
-    another port and it is asked only now) before it counts as unanswered."""
+    (endpoint-dependent mapping; None: unknown)."""
+    with stun_on_demux(demux) as client:
+        return await _probe_mapping(client, stun, s)
+
+
+async def _probe_mapping(
+    client: StunClient, stun: Address, s: PunchSettings
+) -> tuple[Address | None, bool | None]:
+    """Ask ``stun`` and its second port at once. The second query goes out with the first;
+    once the first answers, the second gets as long again (at least 50 ms; twice that when
+    the server named another port and it is asked only now) before it counts as unanswered
+    (the mapping's kind then stays unknown: None)."""
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Future[tuple[BindingResult, Address]]] = []
-    with stun_on_demux(demux) as client:
 
-        def ask(server: Address, timeout: float) -> asyncio.Future[tuple[BindingResult, Address]]:
-            tasks.append(asyncio.ensure_future(client.binding(server, timeout=timeout)))
-            return tasks[-1]
+    def ask(server: Address, timeout: float) -> asyncio.Future[tuple[BindingResult, Address]]:
+        tasks.append(asyncio.ensure_future(client.binding(server, timeout=timeout)))
+        return tasks[-1]
 
-        started = loop.time()
-        first = ask(stun, s.stun_timeout)
-        second = ask((stun[0], stun[1] + 1), s.stun_timeout) if s.probe_mapping else None
+    started = loop.time()
+    first = ask(stun, s.stun_timeout)
+    second = ask((stun[0], stun[1] + 1), s.stun_timeout) if s.probe_mapping else None
+    try:
         try:
-            try:
-                result, _ = await first
-            except TimeoutError:
-                return None, False
-            if second is None:
-                return result.mapped, False
-            grace = max(loop.time() - started, 0.05)
-            other = result.other
-            if other is not None and other != (stun[0], stun[1] + 1):
-                grace *= 2  # the server named its other port: ask that one instead
-                second = ask(other, grace)
-            try:
-                async with asyncio.timeout(grace):
-                    seen, _ = await second
-            except Exception as exc:  # no answer (or no route): the mapping stays unknown
-                log.debug("hole punch: no answer from the second STUN port: %r", exc)
-                return result.mapped, False
-            dependent = seen.mapped != result.mapped
-            if dependent:
-                log.info(
-                    "hole punch: this host's NAT maps endpoint-dependently (%s, then %s)",
-                    format_addr(result.mapped),
-                    format_addr(seen.mapped),
-                )
-            return result.mapped, dependent
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:  # collected, so a query that failed meanwhile is not reported
-                with contextlib.suppress(BaseException):
-                    await task
+            result, _ = await first
+        except TimeoutError:
+            return None, None
+        if second is None:
+            return result.mapped, None
+        grace = max(loop.time() - started, 0.05)
+        other = result.other
+        if other is not None and other != (stun[0], stun[1] + 1):
+            grace *= 2  # the server named its other port: ask that one instead
+            second = ask(other, grace)
+        try:
+            async with asyncio.timeout(grace):
+                seen, _ = await second
+        except Exception as exc:  # no answer (or no route): the mapping stays unknown
+            log.debug("hole punch: no answer from the second STUN port: %r", exc)
+            return result.mapped, None
+        dependent = seen.mapped != result.mapped
+        if dependent:
+            log.info(
+                "hole punch: this side's NAT maps endpoint-dependently (%s, then %s)",
+                format_addr(result.mapped),
+                format_addr(seen.mapped),
+            )
+        return result.mapped, dependent
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:  # collected, so a query that failed meanwhile is not reported
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def _read_result(stream: Stream, s: PunchSettings) -> bool:
@@ -277,21 +375,33 @@ async def _reverse_round(
     on_direct: OnDirect,
     last: bool,
     known_rtt: float | None,
-) -> bool:
+    may_guess: bool,
+) -> tuple[bool, bool]:
     """The host dials: it offers the *predicted* address of a fresh socket (its public IP and
     the socket's port: the first mapping of a port-preserving NAT), the client sprays at it
     from its own listener and the host dials that listener after half the round trip.
 
     This round's exchange also spans the client's listener start and STUN query, so a round
-    trip measured in an earlier round (``known_rtt``), when smaller, is the one used."""
+    trip measured in an earlier round (``known_rtt``), when smaller, is the one used.
+
+    With ``may_guess`` (this host's NAT picks random ports) and a client that says its NAT
+    maps endpoint-independently and takes part, the host also opens the guess sockets towards
+    the client's listener and asks it (in ``sync``) to probe; the first winning socket dials
+    too. Returns (direct, whether the guess ran)."""
     loop = asyncio.get_running_loop()
     sock = bind_socket("0.0.0.0", 0, dual_stack=False)
     port = int(sock.getsockname()[1])
+    guesser: GuessSockets | None = None
+    opening: asyncio.Future[None] | None = None
     try:
         offer = [(public_ip, port), *_local_candidates(port, s.host_candidates)]
         started = loop.time()
+        ext = ("guess",) if s.guess.enabled else ()
         await _send(
-            stream, PunchMessage("connect", tuple(offer), listener.identity.certhash, reverse=True)
+            stream,
+            PunchMessage(
+                "connect", tuple(offer), listener.identity.certhash, reverse=True, ext=ext
+            ),
         )
         answer = await _read(stream, s.message_timeout)
         if answer.kind != "connect" or answer.certhash is None:
@@ -299,21 +409,150 @@ async def _reverse_round(
         rtt = loop.time() - started
         if known_rtt is not None:
             rtt = min(rtt, known_rtt)
-        await _send(stream, PunchMessage("sync"))
+        sync = PunchMessage("sync")
+        if (
+            may_guess
+            and s.guess.enabled
+            and answer.nat == "eim"
+            and not answer.open  # a client open to new ports takes the predicted dial
+            and "guess" in answer.ext
+            and answer.public is not None
+        ):
+            token = os.urandom(TOKEN_BYTES)
+            guesser = GuessSockets(s.guess.sockets, answer.public, token)
+            log.info(
+                "hole punch: %d guess sockets towards %s",
+                s.guess.sockets,
+                format_addr(answer.public),
+            )
+            sync = PunchMessage("sync", guess_token=token, guess_ip=public_ip)
+        await _send(stream, sync)
+        if guesser is not None:  # while sync travels (the client probes once it has it) and
+            # the predicted dial starts: in chunks, so that dial is not held up
+            opening = asyncio.ensure_future(guesser.open_gradually())
         await asyncio.sleep(rtt / 2)
     except BaseException:
         sock.close()
+        if opening is not None:
+            opening.cancel()
+        if guesser is not None:
+            guesser.close()
         raise
     bound = s.round_bound(rtt, last)  # the dial owns the socket from here
-    conn = await _dial_first(answer.addrs, answer.certhash, sock, bound, rtt, kps)
-    ok = await _read_result(stream, s)
+    if guesser is None:
+        conn = await _dial_first(answer.addrs, answer.certhash, sock, bound, rtt, kps)
+        ok = await _read_result(stream, s)
+    else:
+        assert answer.public is not None
+        try:
+            conn, ok = await _dial_both(
+                stream,
+                _dial_first(answer.addrs, answer.certhash, sock, bound, rtt, kps),
+                _guess_dial(guesser, answer.public, answer.certhash, s, bound, rtt, kps),
+                guesser,
+                public_ip,
+                s,
+            )
+        finally:
+            if opening is not None:
+                opening.cancel()
+                with contextlib.suppress(BaseException):
+                    await opening
+            guesser.close()
     if conn is None:
-        return False
+        return False, guesser is not None
     if not ok:
         conn.abort(0, "the client saw no direct connection")
-        return False
+        return False, guesser is not None
     await on_direct(conn)
-    return True
+    return True, guesser is not None
+
+
+async def _guess_dial(
+    guesser: GuessSockets,
+    target: Address,
+    certhash: str,
+    s: PunchSettings,
+    bound: float,
+    rtt: float,
+    kps: KpsSettings,
+) -> KpsConnection | None:
+    """Wait for a guess socket to win, then dial ``target`` from it."""
+    won = await guesser.wait(s.guess.seconds)
+    if won is None:
+        log.info("hole punch: no guess probe arrived (%d rejected)", guesser.rejected)
+        return None
+    log.info("hole punch: guess socket %s won", won.getsockname()[1])
+    return await _dial_first((target,), certhash, guesser.take(won), bound, rtt, kps)
+
+
+async def _dial_both(
+    stream: Stream,
+    predicted: Coroutine[object, object, KpsConnection | None],
+    guessed: Coroutine[object, object, KpsConnection | None],
+    guesser: GuessSockets,
+    public_ip: str,
+    s: PunchSettings,
+) -> tuple[KpsConnection | None, bool]:
+    """The host's two dials of a reversed guess round, kept until the client's ``result``
+    names the one its listener took (``via``: the guess winner's public address, which its
+    probe named, or another one: the predicted socket's); the other is aborted. Both may
+    complete, and the two ends must not keep different ones."""
+    tasks = [asyncio.ensure_future(predicted), asyncio.ensure_future(guessed)]
+    conn: KpsConnection | None = None
+    try:
+        result = await _read(stream, s.message_timeout)
+        if result.kind != "result":
+            raise PunchError(f"expected the client's result, got {result.kind!r}")
+        keep: asyncio.Future[KpsConnection | None] | None = None
+        if result.ok:
+            if result.via is None:  # not said: the first to complete
+                done, _ = await asyncio.wait(tasks, timeout=s.round_bound(0.0, True))
+                keep = next(iter(done)) if done else None
+            else:
+                won = (public_ip, guesser.mapped_port)
+                keep = tasks[1] if result.via == won else tasks[0]
+        if keep is not None:
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(s.round_bound(0.0, True)):
+                    conn = await asyncio.shield(keep)
+        return conn, result.ok
+    finally:
+        await _stop_others(tasks, conn, "the client took the other path")
+
+
+async def _stop_others(
+    tasks: Sequence[asyncio.Future[KpsConnection] | asyncio.Future[KpsConnection | None]],
+    kept: KpsConnection | None,
+    reason: str,
+) -> None:
+    """Cancel the attempts still running and abort every connection but ``kept`` that one
+    of them made (an attempt may complete between the decision and its cancellation)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            other = await task
+            if other is not None and other is not kept:
+                other.abort(0, reason)
+
+
+async def _first_connection(
+    attempts: list[Coroutine[object, object, KpsConnection | None]],
+) -> KpsConnection | None:
+    """Run the attempts at once; the first connection wins and the others are stopped (a
+    connection that completes meanwhile is aborted)."""
+    tasks = [asyncio.ensure_future(a) for a in attempts]
+    winner: KpsConnection | None = None
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            with contextlib.suppress(Exception):
+                winner = await next_done
+            if winner is not None:
+                break
+    finally:
+        await _stop_others(tasks, winner, "another path won")
+    return winner
 
 
 async def _spray(
@@ -336,8 +575,11 @@ async def _spray(
 # -- the client (DCUtR's A) -------------------------------------------------------------------
 
 
-async def _stun_socket(stun: Address, timeout: float) -> tuple[socket.socket, Address | None]:
-    """A fresh UDP socket and its public address as ``stun`` sees it (None: no answer)."""
+async def _stun_socket(
+    stun: Address, s: PunchSettings, probe: bool = False
+) -> tuple[socket.socket, Address | None, bool | None]:
+    """A fresh UDP socket, its public address as ``stun`` sees it (None: no answer) and, with
+    ``probe``, whether the second STUN port saw another mapping (None: not known)."""
     sock = bind_socket("0.0.0.0", 0, dual_stack=False)
     loop = asyncio.get_running_loop()
 
@@ -354,12 +596,17 @@ async def _stun_socket(stun: Address, timeout: float) -> tuple[socket.socket, Ad
     reader = loop.create_task(receive())
     keep = False
     try:
-        result, _ = await client.binding(stun, timeout=timeout)
+        if probe and s.probe_mapping:
+            mapped, dependent = await _probe_mapping(client, stun, s)
+            keep = True
+            return sock, mapped, dependent
+        try:
+            result, _ = await client.binding(stun, timeout=s.stun_timeout)
+        except TimeoutError:
+            keep = True
+            return sock, None, None
         keep = True
-        return sock, result.mapped
-    except TimeoutError:
-        keep = True
-        return sock, None
+        return sock, result.mapped, None
     finally:
         # the pending receive goes first: a socket closed under it frees its fd number for the
         # next socket while asyncio still watches it
@@ -377,9 +624,13 @@ async def _listen_round(
     s: PunchSettings,
     kps: KpsSettings,
     last: bool,
+    nat: str | None,
+    open_: bool,
 ) -> KpsConnection | None:
     """A reversed round: listen on a fresh socket (its own certhash, its STUN mapping), spray
     at the host's predicted address when ``sync`` comes, and take the host's connection.
+    A ``sync`` carrying a guess (the host's NAT picks random ports) also sends the probes
+    from the listener's socket to the host's IP; the host dials from the socket that won.
 
     The host dials when ``sync`` arrives here and gives up after its round bound, which it
     may have taken from a round trip up to twice ours (its exchange also spans our listener
@@ -398,28 +649,55 @@ async def _listen_round(
     try:
         assert listener.demux is not None
         ours: list[Address] = []
+        public: Address | None = None
         with contextlib.suppress(TimeoutError):
-            ours.append((await query_demux(listener.demux, stun, timeout=s.stun_timeout)).mapped)
+            public = (await query_demux(listener.demux, stun, timeout=s.stun_timeout)).mapped
+            ours.append(public)
         ours += _local_candidates(listener.port, s.host_candidates)
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        await _send(stream, PunchMessage("connect", tuple(ours), listener.identity.certhash))
+        takes_part = s.guess.enabled and "guess" in offer.ext
+        await _send(
+            stream,
+            PunchMessage(
+                "connect",
+                tuple(ours),
+                listener.identity.certhash,
+                nat=nat,
+                ext=("guess",) if takes_part else (),
+                public=public,
+                open=open_,
+            ),
+        )
         sync = await _read(stream, s.message_timeout)
         if sync.kind != "sync":
             raise PunchError(f"expected sync, got {sync.kind!r}")
         rtt = loop.time() - sent
-        spray = asyncio.ensure_future(_spray(listener.demux.sendto, offer.addrs, 0.0, s))
+        side: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(_spray(listener.demux.sendto, offer.addrs, 0.0, s))
+        ]
         wait = s.dial_timeout + 1.0 if last else s.round_bound(2 * rtt, False) + rtt
+        if takes_part and sync.guess_token is not None and sync.guess_ip is not None:
+            log.info("hole punch: probing %d guessed ports of %s", s.guess.probes, sync.guess_ip)
+            side.append(
+                asyncio.ensure_future(
+                    send_probes(listener.demux.sendto, sync.guess_ip, sync.guess_token, s.guess)
+                )
+            )
+            wait = max(wait, s.guess.seconds + s.round_bound(2 * rtt, last) + rtt)
         try:
             async with asyncio.timeout(wait):
                 conn = await asyncio.shield(arrived)
         except TimeoutError:
             conn = None
         finally:
-            spray.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await spray
-        await _send(stream, PunchMessage("result", ok=conn is not None))
+            for task in side:
+                task.cancel()
+            for task in side:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        via = _plain(conn.remote_address) if conn is not None else None
+        await _send(stream, PunchMessage("result", ok=conn is not None, via=via))
         keep = conn is not None
         return conn
     finally:
@@ -427,20 +705,55 @@ async def _listen_round(
         await listener.close(abort_connections=not keep)
 
 
+def _plain(addr: tuple[object, ...] | None) -> Address | None:
+    """``(ip, port)`` of a socket address, an IPv4-mapped IPv6 one as plain IPv4."""
+    if addr is None or len(addr) < 2:
+        return None
+    host, port = str(addr[0]), addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return (host, int(port)) if isinstance(port, int) else None
+
+
 async def _round_socket(
-    stun: Address, attempt: int, public_ip: str | None, s: PunchSettings
+    stun: Address, attempt: int, public_ip: str | None, s: PunchSettings, nat: str | None
 ) -> tuple[socket.socket, Address | None, str | None]:
     """The socket for round ``attempt`` and the candidate it offers.
 
     Even rounds ask STUN from the socket itself (right for any endpoint-independent NAT, port
-    preserved or not). Odd rounds, once the public IP is known, offer a *predicted* candidate
-    instead: the public IP and the socket's own port, asking nothing, so the dial to the host
+    preserved or not). Odd rounds, and every round once this side knows its NAT maps
+    endpoint-dependently, offer a *predicted* candidate instead (the public IP is known by
+    then): the public IP and the socket's own port, asking nothing, so the dial to the host
     is the socket's first mapping, which a port-preserving endpoint-dependent NAT keeps."""
-    if attempt % 2 == 1 and public_ip is not None:
+    if (attempt % 2 == 1 or nat in ("edm-pp", "edm-random")) and public_ip is not None:
         sock = bind_socket("0.0.0.0", 0, dual_stack=False)
         return sock, (public_ip, int(sock.getsockname()[1])), public_ip
-    sock, mapped = await _stun_socket(stun, s.stun_timeout)
+    sock, mapped, _ = await _stun_socket(stun, s)
     return sock, mapped, mapped[0] if mapped is not None else public_ip
+
+
+async def _first_socket(
+    stun: Address, s: PunchSettings
+) -> tuple[socket.socket, Address | None, str | None, str | None, bool]:
+    """Round 1's socket, its candidate, the public IP, this side's NAT kind and whether its
+    NAT lets in new ports (``_open_filter``).
+
+    STUN is asked at both of the server's ports: an endpoint-independent NAT gives one mapping
+    and this socket dials with it. Two mappings mean the mapping towards the host will be
+    another one again, so that socket is spent: round 1 offers a predicted candidate from a
+    fresh socket instead (the first mapping of a port-preserving NAT keeps the port), as
+    round 3 used to, and the host learns ``nat`` (a random one may ask for the guess)."""
+    filtering = asyncio.ensure_future(_open_filter(stun, s)) if s.guess.enabled else None
+    sock, mapped, dependent = await _stun_socket(stun, s, probe=True)
+    open_ = await _filter_seen(filtering)
+    if mapped is None:
+        return sock, None, None, None, False
+    nat = _nat_kind(mapped, dependent, int(sock.getsockname()[1]))
+    if not dependent:
+        return sock, mapped, mapped[0], nat, open_
+    sock.close()
+    fresh = bind_socket("0.0.0.0", 0, dual_stack=False)
+    return fresh, (mapped[0], int(fresh.getsockname()[1])), mapped[0], nat, open_
 
 
 async def _dial_first(
@@ -481,14 +794,7 @@ async def _dial_first(
             except Exception as exc:  # PinMismatch included: that candidate is not the host
                 log.info("hole punch: a candidate failed: %s", exc)
     finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                other = await task
-                if other is not winner:
-                    other.abort(0, "another path won")
+        await _stop_others(tasks, winner, "another path won")
     return winner
 
 
@@ -497,48 +803,78 @@ async def punch_as_client(
     stun: Address,
     settings: PunchSettings | None = None,
     kps: KpsSettings | None = None,
+    budget: GuessBudget | None = None,
 ) -> KpsConnection | None:
     """Run the client's side on ``stream``: a direct ``KpsConnection`` to the host, pinned by
-    the certhash the host sent through the session, or None when the host gives up."""
+    the certhash the host sent through the session, or None when the host gives up.
+    ``budget`` as for ``punch_as_host``."""
     s = settings or PunchSettings()
+    budget = budget or GuessBudget()
     kps = kps or KpsSettings()
     sock: socket.socket | None = None
     public_ip: str | None = None
     mapped: Address | None = None
+    nat: str | None = None
+    open_ = False
     forward_rounds = 0
+    first = True
+    guessed = False  # at most one guess per exchange
     try:
         for attempt in range(s.attempts):
             last = attempt == s.attempts - 1
             if sock is None:  # each round dials from a fresh socket with a fresh mapping
-                sock, mapped, public_ip = await _round_socket(stun, forward_rounds, public_ip, s)
+                if first:
+                    sock, mapped, public_ip, nat, open_ = await _first_socket(stun, s)
+                else:
+                    sock, mapped, public_ip = await _round_socket(
+                        stun, forward_rounds, public_ip, s, nat
+                    )
+            first = False
             offer = await _read(stream, s.message_timeout)
             if offer.kind == "bye":
                 return None
             if offer.kind != "connect" or offer.certhash is None:
                 raise PunchError("expected the host's connect with its certhash")
             if offer.reverse:
-                conn = await _listen_round(stream, offer, stun, s, kps, last)
+                conn = await _listen_round(stream, offer, stun, s, kps, last, nat, open_)
                 if conn is not None:
                     return conn
                 continue
-            ours = ([mapped] if mapped else []) + _local_candidates(
-                sock.getsockname()[1], s.host_candidates
-            )
-            sent = asyncio.get_running_loop().time()
-            await _send(stream, PunchMessage("connect", tuple(ours)))
-            sync = await _read(stream, s.message_timeout)
-            if sync.kind != "sync":
-                raise PunchError(f"expected sync, got {sync.kind!r}")
-            rtt = asyncio.get_running_loop().time() - sent
-            bound = s.round_bound(rtt, last)
-            dial_sock, sock = sock, None  # the dial owns it from here
-            conn = await _dial_first(offer.addrs, offer.certhash, dial_sock, bound, rtt, kps)
+            guesser: GuessSockets | None = None
+            token: bytes | None = None
+            if (
+                not guessed
+                and s.guess.enabled
+                and nat == "edm-random"
+                and public_ip is not None
+                and offer.nat == "eim"
+                and not offer.open  # a host open to new ports takes any dial
+                and "guess" in offer.ext
+                and offer.public is not None
+                and budget.take()
+            ):
+                guessed = True
+                token = os.urandom(TOKEN_BYTES)
+                guesser = GuessSockets(s.guess.sockets, offer.public, token)
+                log.info(
+                    "hole punch: %d guess sockets towards %s",
+                    s.guess.sockets,
+                    format_addr(offer.public),
+                )
+            try:
+                conn = await _forward_round(
+                    stream, offer, sock, mapped, public_ip, nat, open_, token, guesser, s, kps, last
+                )
+            finally:
+                sock = None  # the round owned it
+                if guesser is not None:
+                    guesser.close()
             forward_rounds += 1
             if conn is not None:
                 await _send(stream, PunchMessage("result", ok=True))
                 return conn
             # ready before we answer, so the host's timer for the next round is fair
-            sock, mapped, public_ip = await _round_socket(stun, forward_rounds, public_ip, s)
+            sock, mapped, public_ip = await _round_socket(stun, forward_rounds, public_ip, s, nat)
             await _send(stream, PunchMessage("result", ok=False))
         final = await _read(stream, s.message_timeout)
         if final.kind != "bye":
@@ -547,3 +883,59 @@ async def punch_as_client(
     finally:
         if sock is not None:
             sock.close()
+
+
+async def _forward_round(
+    stream: Stream,
+    offer: PunchMessage,
+    sock: socket.socket,
+    mapped: Address | None,
+    public_ip: str | None,
+    nat: str | None,
+    open_: bool,
+    token: bytes | None,
+    guesser: GuessSockets | None,
+    s: PunchSettings,
+    kps: KpsSettings,
+    last: bool,
+) -> KpsConnection | None:
+    """The client dials the host's candidates from ``sock`` (which this round owns); with a
+    ``guesser``, the host probes its sockets meanwhile and the winner dials too."""
+    assert offer.certhash is not None
+    try:
+        ours = ([mapped] if mapped else []) + _local_candidates(
+            sock.getsockname()[1], s.host_candidates
+        )
+        sent = asyncio.get_running_loop().time()
+        await _send(
+            stream,
+            PunchMessage(
+                "connect",
+                tuple(ours),
+                nat=nat,
+                ext=("guess",) if s.guess.enabled else (),
+                public=mapped,
+                open=open_,
+                guess_token=token,
+                guess_ip=public_ip if token is not None else None,
+            ),
+        )
+        if guesser is not None:  # while the answer travels: the host probes once it has it
+            guesser.open()
+        sync = await _read(stream, s.message_timeout)
+        if sync.kind != "sync":
+            raise PunchError(f"expected sync, got {sync.kind!r}")
+    except BaseException:
+        sock.close()
+        raise
+    rtt = asyncio.get_running_loop().time() - sent
+    bound = s.round_bound(rtt, last)
+    attempts = [_dial_first(offer.addrs, offer.certhash, sock, bound, rtt, kps)]
+    if guesser is not None:
+        assert offer.public is not None
+        attempts.append(
+            _guess_dial(
+                guesser, offer.public, offer.certhash, s, s.round_bound(rtt, last), rtt, kps
+            )
+        )
+    return await _first_connection(attempts)

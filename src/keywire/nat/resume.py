@@ -6,9 +6,10 @@ holds what decides it, without any I/O:
 
 * ``ResumeState``: one stream's offsets. ``sent`` counts the bytes the application wrote,
   ``acked`` how many of them the peer confirmed; ``retained`` keeps ``sent - acked`` bytes
-  (bounded by ``limit``: writers wait for ``room``) to send again after a cut. ``recv_offset``
-  counts the bytes handed to the application; ``ack_due`` says when to report it (every
-  ``ACK_BYTES`` or, with anything unreported, after ``ACK_DELAY`` seconds).
+  (bounded by ``limit``: writers wait for ``room``) to send again after a cut, as views of the
+  written objects: nothing is copied when they are kept or when an acknowledgement drops part
+  of one. ``recv_offset`` counts the bytes handed to the application; ``ack_due`` says when
+  to report it (every ``ACK_BYTES`` or, with anything unreported, after ``ACK_DELAY`` seconds).
 * the byte layouts: stream headers (``KWS1``/``KWC1 ‖ 16-byte id``), acknowledgement records
   (``id ‖ u64 recv_offset ‖ u8 flags``), the resume request (``KWR1 ‖ id ‖ u64 ‖ u8``) and its
   answer (``KWA1 ‖ u8 status ‖ u64 ‖ u8 flags ‖ u32 code``). Every parser raises ``ResumeError``
@@ -181,7 +182,8 @@ class ResumeState:
         self.limit = limit
         self.sent = 0
         self.acked = 0
-        self._retained: deque[bytes] = deque()
+        #: views of the written (immutable) bytes not yet acknowledged, oldest first
+        self._retained: deque[memoryview] = deque()
         self.fin_written = False
         self.fin_acked = False
         self.recv_offset = 0
@@ -201,12 +203,18 @@ class ResumeState:
         """May ``n`` more bytes be written now? (Always when nothing is retained.)"""
         return self.retained == 0 or self.retained + n <= self.limit
 
-    def wrote(self, data: bytes) -> None:
+    def wrote(self, data: bytes | bytearray | memoryview) -> None:
+        """``data`` went to the peer: keep it until acknowledged. ``bytes`` and views of
+        ``bytes`` are kept without a copy (they cannot change); anything else is copied."""
         if self.fin_written:
             raise ResumeError("write after FIN")
-        if data:
-            self._retained.append(bytes(data))
-            self.sent += len(data)
+        if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.c_contiguous:
+            view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        else:
+            view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if view:
+            self._retained.append(view)
+            self.sent += len(view)
 
     def wrote_fin(self) -> None:
         self.fin_written = True
@@ -232,7 +240,7 @@ class ResumeState:
             if take == len(head):
                 self._retained.popleft()
             else:
-                self._retained[0] = head[take:]
+                self._retained[0] = head[take:]  # a view: the rest is not copied
             self.acked += take
 
     def resend(self, peer_offset: int, peer_fin: bool) -> tuple[bytes, bool]:

@@ -43,7 +43,8 @@ log = logging.getLogger("keywire.nat.resume")
 
 __all__ = ["ResumableStream", "ResumeLayer"]
 
-#: largest piece a write hands the direct stream at once (so ``retained`` stays near its limit)
+#: a write waits for room for this much (or its rest, if less), then hands on all that fits
+#: under the retained limit (so ``retained`` stays within ``max(limit, CHUNK)``)
 CHUNK = 256 << 10
 #: seconds an acceptor waits for the opener to resume a stream after a cut
 RESUME_WAIT = 30.0
@@ -193,29 +194,41 @@ class ResumableStream(Stream):
             return data
 
     async def write(self, data: bytes) -> None:
-        data = bytes(data)
-        for start in range(0, max(len(data), 1), CHUNK):
-            await self._write_piece(data[start : start + CHUNK])
-
-    async def _write_piece(self, piece: bytes) -> None:
+        """Hand on as much as fits under the retained limit at once (all of a write that
+        fits: one write on the direct stream, no copy); a write waits while there is no room
+        for ``min(CHUNK, rest)``."""
+        # kept until acknowledged: an immutable copy of anything but ``bytes``; a piece of a
+        # larger write is one copy, shared by the retained bytes and the stream's send queue
+        data = data if isinstance(data, bytes) else bytes(data)
+        start = 0
         while True:
-            await self._wait_switch()
-            if self.relayed:
-                await self._after_resend()
-                await self._inner.write(piece)
+            rest = len(data) - start
+            need = min(rest, CHUNK)
+            while True:
+                if self._switching is not None:
+                    await self._wait_switch()
+                if self.relayed:
+                    await self._after_resend()
+                    await self._inner.write(data[start:] if start else data)
+                    return
+                state = self.state
+                if state.fin_written:
+                    raise StreamError(Code.CLOSED, "write after close_write")
+                if state.room(need):
+                    break
+                self._room.clear()
+                await self._room.wait()
+            take = max(need, min(rest, state.limit - state.retained))
+            piece = data if take == len(data) else data[start : start + take]
+            state.wrote(piece)
+            inner = self._inner
+            try:
+                await inner.write(piece)
+            except _Failure as exc:
+                await self._failed(inner, exc)  # the piece is retained: the switch sends it
+            start += take
+            if start >= len(data):
                 return
-            if self.state.fin_written:
-                raise StreamError(Code.CLOSED, "write after close_write")
-            if self.state.room(len(piece)):
-                break
-            self._room.clear()
-            await self._room.wait()
-        self.state.wrote(piece)
-        inner = self._inner
-        try:
-            await inner.write(piece)
-        except _Failure as exc:
-            await self._failed(inner, exc)  # the piece is retained: the switch sends it
 
     async def close_write(self) -> None:
         await self._wait_switch()
@@ -250,6 +263,13 @@ class ResumableStream(Stream):
         self._inner.stop_sending(code)
 
 
+def _settled(task: asyncio.Task[None]) -> None:
+    """Retrieve an acknowledgement write's outcome: one that failed went with its direct
+    path, whose end the connection's pump handles (the resume handshake carries offsets)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _send_again(stream: Stream, data: bytes, fin: bool) -> None:
     if data:
         await stream.write(data)
@@ -275,6 +295,8 @@ class _Link:
         self.streams: set[ResumableStream] = set()
         #: the connection is gone (or the whole ``PathConnection``): the acker stops
         self.dead = False
+        #: our control stream, once open and announced (records due at once go straight to it)
+        self.control: Stream | None = None
 
 
 class ResumeLayer:
@@ -302,6 +324,8 @@ class ResumeLayer:
         self._ended = asyncio.Event()
         #: the application is closing the connection: a path ending now is no cut
         self.closing = False
+        #: acknowledgement writes that had to wait (kept referenced until done)
+        self._writes: set[asyncio.Task[None]] = set()
 
     # -- direct connections ---------------------------------------------------------------------
     def attach(self, conn: Connection) -> None:
@@ -364,17 +388,43 @@ class ResumeLayer:
         link = self._link(stream._conn)
         if link is None or stream not in link.streams:
             return
+        state, control = stream.state, link.control
+        if (
+            control is not None
+            and not link.dead
+            and (state.opener or not state.done)  # (the acceptor's DONE: the acker's)
+            and state.ack_due(asyncio.get_running_loop().time()) == 0.0
+        ):
+            # due now: written in this turn, not by the acker in a later one, so the record
+            # leaves in the transmit pass of the data the application writes in this turn
+            # instead of in one of its own (records keep their order: writes hold a lock)
+            link.dirty.discard(stream)
+            self._write_now(control, state.take_record())
+            return
         if stream not in link.dirty:
             link.dirty.add(stream)
             link.wake.set()
         elif stream.state.ack_due(asyncio.get_running_loop().time()) == 0.0:
             link.wake.set()
 
+    def _write_now(self, control: Stream, record: bytes) -> None:
+        """Write ``record`` at once: an eager task runs the write up to its first wait (a
+        small write on an open stream usually has none)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.Task(control.write(record), loop=loop, eager_start=True)
+        if task.done():
+            _settled(task)
+        else:
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            task.add_done_callback(_settled)
+
     async def _acker(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
         try:
             control = await link.conn.open_stream()
             await control.write(encode_header(None))
+            link.control = control
             while not link.dead:
                 link.wake.clear()
                 now = loop.time()
@@ -393,11 +443,14 @@ class ResumeLayer:
                         wait = due if wait is None else min(wait, due)
                 if records:
                     await control.write(b"".join(records))
-                if wait is None:
+                # a timer, not ``wait_for`` (which makes a task per wait): this runs every
+                # ACK_BYTES of every busy stream
+                timer = None if wait is None else loop.call_later(wait, link.wake.set)
+                try:
                     await link.wake.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(link.wake.wait(), wait)
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except KeywireError:
             return  # the direct connection ended: the resume handshake carries offsets now
 
