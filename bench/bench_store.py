@@ -25,7 +25,12 @@ the noise; the table prints each round's ratio and the median.
 
 Usage: .venv/bin/python bench/bench_store.py [--quick] [--size 8000000] [--windows 1,8,32]
        [--backends http,http-signed,redis,rediscluster,nats] [--rounds 2] [--loss 0]
-       [--pings 0] [--profile FILE]
+       [--pings 0] [--profile FILE] [--count]
+
+``--count`` also prints, per setting, what the stream asked of the store per data frame: the
+core's puts (first puts of data/End, bare acks, retransmissions) and gets by purpose (reads of
+the peer's frames, read-backs, head-of-line probes), the reads that came back empty, and on
+Redis the server's own command counts (``INFO commandstats``: GET, EVALSHA, (UN)SUBSCRIBE).
 """
 
 from __future__ import annotations
@@ -65,10 +70,12 @@ from keywire.store import (  # noqa: E402
     StoreStream,
     generate_secret,
 )
+from keywire.store.backendops import BackendOps  # noqa: E402
 from keywire.store.backends.nats import NatsStore  # noqa: E402
 from keywire.store.backends.rediscluster import RedisClusterStore  # noqa: E402
 from keywire.store.capability import WriteCap  # noqa: E402
 from keywire.store.frame import Geometry  # noqa: E402
+from keywire.store.ops import GetOp, Op, PutOp  # noqa: E402
 
 BACKENDS = ("memory", "http", "http-signed", "redis", "rediscluster", "nats")
 BIG = 1 << 20
@@ -135,6 +142,62 @@ async def clients(name: str, folder: Path) -> AsyncIterator[Callable[[], StoreBa
             nats.stop()
     else:
         raise SystemExit(f"unknown backend {name!r}: {', '.join(BACKENDS)}")
+
+
+class Counts:
+    """What the streams' cores asked of the store, by kind (``--count``)."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = {}
+
+    def add(self, kind: str, n: int = 1) -> None:
+        self.kinds[kind] = self.kinds.get(kind, 0) + n
+
+    def install(self) -> Callable[[], None]:
+        """Count every operation ``BackendOps`` starts and every get that comes back empty;
+        returns the function that undoes it."""
+        start, get = BackendOps.start, BackendOps._get
+        counts = self
+
+        def counted_start(self: BackendOps, ops: list[Op]) -> None:
+            for op in ops:
+                if isinstance(op, PutOp):
+                    sent = self.core.sender.sent.get(op.index)
+                    if sent is not None and sent.transmissions:
+                        counts.add("put: again")
+                    elif sent is not None and not sent.needs_ack:
+                        counts.add("put: bare ack")
+                    else:
+                        counts.add("put: frame")
+                else:
+                    counts.add(f"get: {op.purpose.value}")
+            start(self, ops)
+
+        async def counted_get(self: BackendOps, op: GetOp) -> bytes | None:
+            value = await get(self, op)
+            if value is None:
+                counts.add(f"get: {op.purpose.value} empty")
+            return value
+
+        BackendOps.start = counted_start  # type: ignore[method-assign]
+        BackendOps._get = counted_get  # type: ignore[method-assign]
+
+        def undo() -> None:
+            BackendOps.start, BackendOps._get = start, get  # type: ignore[method-assign]
+
+        return undo
+
+
+async def redis_commands(store: StoreBackend) -> dict[str, int] | None:
+    """Calls per command from ``INFO commandstats`` (a single Redis; else None)."""
+    if not isinstance(store, RedisStore):
+        return None
+    info = await store._client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+def per_frame(counts: dict[str, int], frames: int) -> str:
+    return ", ".join(f"{k} {v / frames:.2f}" for k, v in sorted(counts.items()) if v)
 
 
 @asynccontextmanager
@@ -250,11 +313,29 @@ async def main(args: argparse.Namespace) -> None:
                         a = LossyStore(store_a, put_loss=args.loss, seed=window)
                         b = LossyStore(store_b, put_loss=args.loss, seed=window + 1)
                     ratios, stream_t, raw_t, lats = [], [], [], []
+                    counts, server, raw_server = Counts(), Counts(), Counts()
                     for _ in range(args.rounds):
+                        before = await redis_commands(store_a) if args.count else None
                         raw = await raw_run(store_a, store_b, count, args.value_size, window)
+                        after = await redis_commands(store_a) if args.count else None
+                        if before is not None and after is not None:
+                            for command, calls in after.items():
+                                if command != "info":
+                                    raw_server.add(command, calls - before.get(command, 0))
                         if profiler is not None:
                             profiler.enable()
-                        took, lat = await stream_run(a, b, params, args.size, args.pings)
+                        undo = counts.install() if args.count else None
+                        before = await redis_commands(store_a) if args.count else None
+                        try:
+                            took, lat = await stream_run(a, b, params, args.size, args.pings)
+                        finally:
+                            if undo is not None:
+                                undo()
+                        after = await redis_commands(store_a) if args.count else None
+                        if before is not None and after is not None:
+                            for command, calls in after.items():
+                                if command != "info":
+                                    server.add(command, calls - before.get(command, 0))
                         if profiler is not None:
                             profiler.disable()
                         raw_t.append(raw)
@@ -271,6 +352,13 @@ async def main(args: argparse.Namespace) -> None:
                         f"{statistics.median(ratios):10.2f}  {shown:<18} {lat_text}",
                         flush=True,
                     )
+                    if args.count:
+                        frames = (count - 1) * args.rounds  # data frames
+                        print(f"    per data frame: {per_frame(counts.kinds, frames)}")
+                        if server.kinds:
+                            print(f"    redis per data frame: {per_frame(server.kinds, frames)}")
+                            raw_kinds = per_frame(raw_server.kinds, frames)
+                            print(f"    raw: redis per value: {raw_kinds}")
     if profiler is not None:
         profiler.dump_stats(args.profile)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -302,6 +390,9 @@ if __name__ == "__main__":
         help="minimum retransmission timeout (the library default is 0.2)",
     )
     parser.add_argument("--profile", default=None, help="cProfile the streams into this file")
+    parser.add_argument(
+        "--count", action="store_true", help="print the stream's store requests per data frame"
+    )
     parsed = parser.parse_args()
     if parsed.losses:
         parsed.loss = float(parsed.losses.split(",")[0])

@@ -10,6 +10,7 @@ import pytest
 from keywire.errors import Code
 from keywire.store.core import Mode, StoreCore, StoreParams
 from keywire.store.frame import Frame, FrameType, Geometry, seal_frame
+from keywire.store.ops import GetOp, Op, Purpose, PutOp
 from keywire.store.schedule import KeySchedule, Role
 
 from .sim import Endpoint, SimStore
@@ -234,3 +235,43 @@ def test_restore_after_a_hole_jumps_over_frames_the_reader_may_hold() -> None:
     restored.outbox = payload[restored.core.bytes_written :]
     store.run([restored, b], lambda: b.eof and restored.core.write_finished)
     assert bytes(b.received) == payload
+
+
+@pytest.mark.parametrize(("loss", "window"), [(0.0, 8), (0.3, 8), (0.3, 32)])
+def test_grouped_reads_arrive_exactly(loss: float, window: int) -> None:
+    """Reads started in groups (a Redis store's ``read_group``) lose nothing under loss."""
+    params = StoreParams(window=window, value_size=512, seed=7)
+    a, b = pair(params)
+    a.core.receiver.group_reads()
+    b.core.receiver.group_reads()
+    a.outbox, b.outbox = data(60_000, 3), data(45_000, 4)
+    store = SimStore(loss=loss, duplicate=0.1, latency=0.005, jitter=0.01, seed=window + 1)
+    store.run([a, b], lambda: a.core.finished and b.core.finished)
+    assert bytes(b.received) == data(60_000, 3) and b.eof
+    assert bytes(a.received) == data(45_000, 4) and a.eof
+    assert not a.errors and not b.errors
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_grouped_reads_start_new_gets_in_groups(grouped: bool) -> None:
+    """With ``group_reads`` a reader starts its new read-ahead gets a quarter window at a
+    time (window 8: two), so a store can subscribe them together; without, one at a time."""
+    params = StoreParams(window=8, value_size=512)
+    reader = StoreCore(SECRET, Role.DIALER, params)
+    writer = StoreCore(SECRET, Role.LISTENER, params)
+    if grouped:
+        reader.receiver.group_reads()
+
+    def reads(ops: list[Op]) -> list[GetOp]:
+        return [op for op in ops if isinstance(op, GetOp) and op.purpose is Purpose.READ]
+
+    first = reads(reader.poll(0.0))
+    assert [op.index for op in first] == list(range(16))
+    writer.write(b"x" * 2000)
+    puts = [op for op in writer.poll(0.0) if isinstance(op, PutOp)]
+    reader.get_done(first[0], puts[0].value, 0.01)
+    started = [op.index for op in reads(reader.poll(0.01))]
+    assert started == ([] if grouped else [16])
+    reader.get_done(first[1], puts[1].value, 0.02)
+    started += [op.index for op in reads(reader.poll(0.02))]
+    assert started == [16, 17]

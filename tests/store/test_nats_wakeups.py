@@ -12,12 +12,15 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from keywire.store.backends.nats import RECHECK, NatsStore
 
 from .natsproc import NatsProcess
 
 
-async def test_no_get_sleeps_a_recheck_after_its_put(nats_server: NatsProcess) -> None:
+@pytest.mark.parametrize("ahead", [False, True])
+async def test_no_get_sleeps_a_recheck_after_its_put(nats_server: NatsProcess, ahead: bool) -> None:
     writer = NatsStore(f"{nats_server.url}/wake", signed=False)
     reader = NatsStore(f"{nats_server.url}/wake", signed=False)
     await writer.probe()
@@ -26,7 +29,8 @@ async def test_no_get_sleeps_a_recheck_after_its_put(nats_server: NatsProcess) -
     async def one() -> None:
         address = os.urandom(32)
         value = os.urandom(16384)
-        got = asyncio.ensure_future(reader.get(address, 10))
+        get = reader.get_ahead if ahead else reader.get
+        got = asyncio.ensure_future(get(address, 10))
         await asyncio.sleep(0.005)  # the get subscribes and reads around the put
         start = time.perf_counter()
         await writer.put(address, value)

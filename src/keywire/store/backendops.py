@@ -60,6 +60,8 @@ class BackendOps:
         #: closed by ``stop`` (after the last words) when the connection owns it
         self.owned: StoreBackend | None = None
         self._signer = FrameSigner(core.secret, core.role) if backend.signed else None
+        if backend.read_group:
+            core.receiver.group_reads()
         self._tasks: set[asyncio.Task[None]] = set()
         self._full_since: float | None = None
         self.last_words: asyncio.Task[None] | None = None
@@ -120,10 +122,12 @@ class BackendOps:
             await self.backend.put(*self._signer.put(op.index, op.value))
 
     async def _get(self, op: GetOp) -> bytes | None:
-        if self._signer is None:
-            return await self.backend.get(op.address, op.wait)
         peer = op.purpose is Purpose.READ
-        body = await self.backend.get(self._signer.get_address(op.index, peer), op.wait)
+        # the peer's frames are read ahead of its puts: most of those gets wait
+        get = self.backend.get_ahead if peer else self.backend.get
+        if self._signer is None:
+            return await get(op.address, op.wait)
+        body = await get(self._signer.get_address(op.index, peer), op.wait)
         if body is None:
             return None
         try:

@@ -65,6 +65,9 @@ class StoreReceiver:
         p = ctx.params
         self._ctx = ctx
         self.ack_every = p.ack_every or max(1, p.window // 2)
+        #: new reads are started this many at a time (see ``poll``); the shell sets it
+        #: for a store that gains from it (``read_group``)
+        self.group = 1
         self.max_read_buffer = p.max_read_buffer or 4 * p.window * ctx.capacity
         self.read_idx = 0
         self.state = ReadState.OPEN
@@ -173,6 +176,11 @@ class StoreReceiver:
         return None
 
     # ========================================================================== store ops
+    def group_reads(self) -> None:
+        """Start new reads in groups of a quarter window (``poll``): for a store on which
+        gets started together cost fewer requests."""
+        self.group = max(1, self._ctx.params.window // 4)
+
     def reading(self, awaiting_acks: bool, stoppable: bool) -> bool:
         """Whether to keep reading, given the sender's ``awaiting_acks`` and ``stoppable``."""
         if self._ctx.publisher:
@@ -198,7 +206,19 @@ class StoreReceiver:
         if not self.reading(awaiting_acks, stoppable):
             return
         keys, wait = self._ctx.keys.read, self._ctx.params.get_wait
-        for index in range(self.read_idx, self.read_idx + self._read_span(awaiting_acks)):
+        span = self._read_span(awaiting_acks)
+        end = self.read_idx + span
+        # new indices (never read yet, at the far end of the span) are started in groups of
+        # ``group`` while other gets are in flight (an outcome brings the next poll), so a
+        # store that can start several waiting gets in one request (one Redis SUBSCRIBE)
+        # does; the peer cannot write that far ahead before we ack more (2 × window read)
+        first_new = max(self._slots, default=self.read_idx - 1) + 1
+        fresh = end - max(first_new, self.read_idx)
+        if 0 < fresh < min(self.group, span) and any(
+            slot.op is not None for slot in self._slots.values()
+        ):
+            end -= fresh
+        for index in range(self.read_idx, end):
             if index in self.reorder:
                 continue
             slot = self._slots.get(index)

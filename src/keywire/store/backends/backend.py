@@ -8,6 +8,7 @@ puts silently; the stream's acks and read-backs make up for that.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 
 from ...errors import Code, KeywireError
 from ..schedule import ADDRESS_SIZE
@@ -57,6 +58,9 @@ class StoreBackend(ABC):
     #: puts are signed (docs/store.md "Write capabilities"): frame ``i`` lives at its
     #: direction's blinded Ed25519 key and its value is ``signature || frame``
     signed: bool = False
+    #: waiting gets started together cost fewer requests than one by one (one Redis
+    #: SUBSCRIBE for all): a stream then starts its read-ahead gets in groups
+    read_group: bool = False
 
     @abstractmethod
     async def put(self, address: bytes, value: bytes) -> None:
@@ -66,9 +70,41 @@ class StoreBackend(ABC):
     async def get(self, address: bytes, wait: float) -> bytes | None:
         """The value at ``address``, waiting up to ``wait`` seconds for one; None if none."""
 
+    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
+        """``get`` of a value that is probably not stored yet (a stream reads up to twice its
+        window ahead of the peer's puts). Same result; a store on which a waiting get costs a
+        read, a subscription and a second read (Redis, NATS) subscribes first and reads once."""
+        return await self.get(address, wait)
+
     async def probe(self) -> None:  # noqa: B027 - a store without a cheap check skips it
         """One cheap request, so a refusal (``StoreRefused``) shows before a stream starts;
         other failures raise ``StoreError`` and are the caller's to ignore or report."""
 
     async def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release connections; the store's data stays."""
+
+
+class FirstRead:
+    """Whether a ``get_ahead`` should read before it subscribes: not while many of them had
+    to wait for the put (a live stream: the read before subscribing is a wasted round trip),
+    yes while nearly all found their value at once (a reader catching up on stored frames)."""
+
+    def __init__(self) -> None:
+        self._score = 0.0
+
+    @property
+    def wanted(self) -> bool:
+        return self._score > 0.8
+
+    def found(self, at_once: bool) -> None:
+        """A get_ahead's first read found its value (``at_once``) or it had to wait."""
+        self._score = 0.8 * self._score + (0.2 if at_once else 0.0)
+
+    async def read_first(self, read: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+        """``read()`` when a read first is wanted (and learn from what it found), else None
+        without a request: the caller subscribes and waits when this gives None."""
+        if not self.wanted:
+            return None
+        value = await read()
+        self.found(value is not None)
+        return value

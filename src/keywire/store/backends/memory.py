@@ -95,6 +95,7 @@ class LossyStore(StoreBackend):
         self.inner = inner
         self.max_value = inner.max_value
         self.signed = inner.signed
+        self.read_group = inner.read_group
         self.description = f"lossy {inner.description}"
         self.put_loss = put_loss
         self.get_loss = get_loss
@@ -134,7 +135,12 @@ class LossyStore(StoreBackend):
             self._later(address, value, first + self._rng.uniform(lo, hi))
 
     async def get(self, address: bytes, wait: float) -> bytes | None:
-        value = await self.inner.get(address, wait)
+        return self._lose(await self.inner.get(address, wait))
+
+    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
+        return self._lose(await self.inner.get_ahead(address, wait))
+
+    def _lose(self, value: bytes | None) -> bytes | None:
         if value is not None and self._rng.random() < self.get_loss:
             return None
         return value

@@ -8,7 +8,8 @@
 * **Expiry** is the bucket's TTL (JetStream ``max_age``): every frame lives ``ttl`` seconds
   from its put, acknowledged or not, so storage per stream is bounded by what is written in
   one TTL.
-* **Get** reads the key; on a miss it subscribes (core NATS, no JetStream consumer) to the
+* **Get** reads the key (``get_ahead``, a stream's read-ahead: not first, see ``FirstRead``);
+  on a miss it subscribes (core NATS, no JetStream consumer) to the
   key's subject ``$KV.<bucket>.<key>`` — the subject a KV watch follows — reads again (the
   server handles the subscription first, so a put in between is not missed) and waits for a
   message there. A message is only a wake-up: the value is read from the bucket, since a
@@ -40,7 +41,15 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ...errors import Code
-from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
+from .backend import (
+    FirstRead,
+    StoreBackend,
+    StoreError,
+    StoreFull,
+    StoreRefused,
+    ValueTooLarge,
+    check_address,
+)
 
 DEFAULT_TTL = 3600.0
 DEFAULT_MAX_VALUE = 1 << 16
@@ -99,6 +108,7 @@ class NatsStore(StoreBackend):
         self.ttl = ttl
         self.signed = signed
         self.conflicts = 0
+        self._first_read = FirstRead()
         self._nc: Client | None = None
         self._kv: KeyValue | None = None
         self._lock = asyncio.Lock()
@@ -193,6 +203,24 @@ class NatsStore(StoreBackend):
         value = await self._read(address)
         if value is not None or wait <= 0:
             return value
+        return await self._wait(address, wait)
+
+    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
+        """Subscribe, then read (not read, subscribe, read again): a stream's reads run ahead
+        of the puts, so the read before subscribing mostly finds nothing; a client whose such
+        gets mostly find their value at once reads first (``FirstRead``)."""
+        check_address(address)
+        if wait <= 0:
+            return await self._read(address)
+        guess = self._first_read
+        if (value := await guess.read_first(lambda: self._read(address))) is not None:
+            return value
+        return await self._wait(address, wait, guess)
+
+    async def _wait(
+        self, address: bytes, wait: float, guess: FirstRead | None = None
+    ) -> bytes | None:
+        """Subscribe to the key's subject, then read until a put wakes us or ``wait`` ends."""
         nc, _ = await self._bucket()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -211,6 +239,9 @@ class NatsStore(StoreBackend):
             pause = SETTLE_RECHECK
             while True:
                 value = await self._read(address)
+                if guess is not None:
+                    guess.found(value is not None)
+                    guess = None
                 remaining = deadline - loop.time()
                 if value is not None or remaining <= 0:
                     return value

@@ -10,6 +10,8 @@
   the first read and the subscription is not missed), and waits for the publish or its timeout.
   One subscriber connection per backend carries every waiting get: no polling at all. A
   wake-up without the value (``1``, from keywire's module) makes the get read the key.
+  ``get_ahead`` (a stream's reads, which run ahead of the puts) subscribes first and reads
+  once; on one server, gets started together share one SUBSCRIBE and one MGET.
 * **Memory policy** is the operator's: with ``maxmemory``, use ``volatile-ttl`` or
   ``volatile-lru`` (every stream key has a TTL); an evicted frame is a lost put to the stream,
   which retransmits what is unacknowledged, but a frame that was acknowledged and then evicted
@@ -40,7 +42,15 @@ from redis.exceptions import (
 from redis.utils import check_protocol_version
 
 from ..tls import explain, verify_failure
-from .backend import StoreBackend, StoreError, StoreFull, StoreRefused, ValueTooLarge, check_address
+from .backend import (
+    FirstRead,
+    StoreBackend,
+    StoreError,
+    StoreFull,
+    StoreRefused,
+    ValueTooLarge,
+    check_address,
+)
 from .redis_writeonce import (
     MODULE_COMMAND,
     PUBLISH_VALUE,
@@ -107,6 +117,8 @@ class _Subscriber:
         self._waiters: dict[bytes, set[asyncio.Future[bytes | None]]] = {}
         self._confirmed: set[bytes] = set()
         self._pending: dict[bytes, asyncio.Future[None]] = {}
+        #: channels whose SUBSCRIBE is not sent yet (each has a ``_pending`` future)
+        self._unsent: list[bytes] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -139,20 +151,35 @@ class _Subscriber:
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._pending[channel] = pending
+            self._unsent.append(channel)
             try:
                 async with self._send_lock:
-                    if self._pubsub is None:
+                    # the channels of gets started in the same loop iteration (a stream
+                    # starts its reads in groups), or while the last SUBSCRIBE was sent, go
+                    # out together; SSUBSCRIBE takes channels of one slot only: one at a time
+                    if not self._sharded:
+                        await asyncio.sleep(0)
+                    batch = self._unsent[:1] if self._sharded else self._unsent[:]
+                    del self._unsent[: len(batch)]
+                    if batch and self._pubsub is None:
                         self._pubsub = self._new_pubsub()
-                    if self._sharded:
-                        await self._pubsub.ssubscribe(channel)
-                    else:
-                        await self._pubsub.subscribe(channel)
+                    if batch and self._sharded:
+                        await self._pubsub.ssubscribe(*batch)
+                    elif batch:
+                        await self._pubsub.subscribe(*batch)
             except (RedisError, OSError) as exc:
                 # never reuse a pub/sub connection that failed once: start over cleanly
                 broken = self._reset(f"subscribe failed: {exc}")
                 if broken is not None:
                     asyncio.get_running_loop().create_task(_close_quietly(broken))
                 raise StoreError(f"redis subscribe failed: {exc}") from None
+            except BaseException:  # cancelled before its SUBSCRIBE went out: withdraw it
+                if channel in self._unsent:
+                    self._unsent.remove(channel)
+                    if self._pending.pop(channel, None) is pending and not pending.done():
+                        pending.set_exception(StoreError("redis subscribe was cancelled"))
+                        pending.exception()
+                raise
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._run())
             self._changed.set()
@@ -184,6 +211,7 @@ class _Subscriber:
                 pending.set_exception(StoreError(f"redis subscription lost: {error}"))
                 pending.exception()
         self._pending.clear()
+        self._unsent.clear()
         self._wake(None)  # every waiting get reads again
         return pubsub
 
@@ -253,6 +281,60 @@ class _Subscriber:
                 await old.aclose()
 
 
+def _fail(batch: dict[bytes, list[asyncio.Future[bytes | str | None]]], error: Exception) -> None:
+    for futures in batch.values():
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(error)
+
+
+class _Reads:
+    """The reads asked for in one loop iteration go to the server as one ``MGET`` (the gets
+    a stream starts together are subscribed by one SUBSCRIBE and then read together)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._queue: dict[bytes, list[asyncio.Future[bytes | str | None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: bytes) -> bytes | str | None:
+        loop = asyncio.get_running_loop()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        fut: asyncio.Future[bytes | str | None] = loop.create_future()
+        self._queue.setdefault(key, []).append(fut)
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, {}
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: dict[bytes, list[asyncio.Future[bytes | str | None]]]) -> None:
+        keys = list(batch)
+        try:
+            if len(keys) == 1:
+                values = [await self._client.get(keys[0])]
+            else:
+                values = await self._client.mget(keys)
+        except asyncio.CancelledError:  # the store is closing: its gets must not hang
+            _fail(batch, StoreError("redis store was closed"))
+            raise
+        except (RedisError, OSError) as exc:
+            _fail(batch, exc)
+            return
+        for key, value in zip(keys, values, strict=True):
+            for fut in batch[key]:
+                if not fut.done():
+                    fut.set_result(value)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class RedisKeyValue(StoreBackend):
     """What the single-server and cluster backends share: the put script call, the read, and
     the long-poll get that subscribes before its second read. Subclasses set the attributes
@@ -278,8 +360,10 @@ class RedisKeyValue(StoreBackend):
     #: the module's wake-up: ``PUBLISH``, ``SPUBLISH``, or None (waiting gets poll)
     _publish: str | None
     _module_lock: asyncio.Lock
+    _first_read: FirstRead
 
     def _init_checks(self, server_check: str) -> None:
+        self._first_read = FirstRead()
         self.server_check = check_server_check(server_check)
         self.module = None
         self._module_lock = asyncio.Lock()
@@ -377,11 +461,38 @@ class RedisKeyValue(StoreBackend):
             return None
         return value.encode() if isinstance(value, str) else bytes(value)
 
+    async def _read_subscribed(self, address: bytes) -> bytes | None:
+        """The read after subscribing; the gets of one SUBSCRIBE come here together."""
+        return await self._read(address)
+
     async def get(self, address: bytes, wait: float) -> bytes | None:
         check_address(address)
         value = await self._read(address)
         if value is not None or wait <= 0:
             return value
+        return await self._wait(address, wait)
+
+    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
+        """Subscribe, then read once (not read, subscribe, read again): a stream's reads run
+        ahead of the puts, so the read before subscribing mostly finds nothing. A client whose
+        such gets mostly find their value at once reads first (``FirstRead``), unless gets
+        started together share their SUBSCRIBE and read (``read_group``): then subscribing
+        first costs no more than reading first, and needs no guess."""
+        check_address(address)
+        if wait <= 0:
+            return await self._read(address)
+        if self.read_group:
+            return await self._wait(address, wait)
+        guess = self._first_read
+        if (value := await guess.read_first(lambda: self._read(address))) is not None:
+            return value
+        return await self._wait(address, wait, guess)
+
+    async def _wait(
+        self, address: bytes, wait: float, guess: FirstRead | None = None
+    ) -> bytes | None:
+        """Subscribe to the address's channel, read, and wait for a put's publish (or read
+        again after a wake-up without the value, or every ``RECHECK``)."""
         channel = self._channel(address)
         subscriber = await self._subscriber_for(channel)
         loop = asyncio.get_running_loop()
@@ -390,7 +501,10 @@ class RedisKeyValue(StoreBackend):
             fut = await subscriber.register(channel)
             try:
                 # subscribed before this read: a put after it publishes to us
-                value = await self._read(address)
+                value = await self._read_subscribed(address)
+                if guess is not None:
+                    guess.found(value is not None)
+                    guess = None
                 remaining = deadline - loop.time()
                 if value is not None or remaining <= 0:
                     return value
@@ -430,6 +544,9 @@ class RedisStore(RedisKeyValue):
     """``RedisStore("redis://127.0.0.1:6379/0")``; ``rediss://`` for TLS, verified against the
     system trust store, or against ``cafile`` alone when given."""
 
+    #: waiting gets started together share one SUBSCRIBE and one MGET
+    read_group = True
+
     def __init__(
         self,
         url: str,
@@ -468,6 +585,16 @@ class RedisStore(RedisKeyValue):
         self._publish = "PUBLISH"
         self._init_checks(server_check)
         self._subscriber = _Subscriber(self._client)
+        self._reads = _Reads(self._client)
+
+    async def _read_subscribed(self, address: bytes) -> bytes | None:
+        try:
+            value = await self._reads.get(self._key(address))
+        except (RedisError, OSError) as exc:
+            raise self._error(exc) from None
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def _servers_without_module(self) -> list[str]:
         reply = await self._client.execute_command("COMMAND INFO", MODULE_COMMAND)
@@ -497,5 +624,6 @@ class RedisStore(RedisKeyValue):
 
     async def close(self) -> None:
         await self._subscriber.close()
+        await self._reads.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
