@@ -84,6 +84,49 @@ class StoreBackend(ABC):
         """Release connections; the store's data stays."""
 
 
+class WaitingStore(StoreBackend):
+    """A store whose waiting get reads, else subscribes to the key's wake-ups and reads
+    again until a put arrives (Redis, Redis Cluster, NATS): ``get`` and ``get_ahead`` over
+    the store's own ``_read`` and ``_wait``, written once."""
+
+    #: whether a ``get_ahead`` reads before it subscribes (made by the store's ``__init__``)
+    _first_read: FirstRead
+
+    @abstractmethod
+    async def _read(self, address: bytes) -> bytes | None:
+        """One read of ``address``, no waiting."""
+
+    @abstractmethod
+    async def _wait(
+        self, address: bytes, wait: float, guess: FirstRead | None = None
+    ) -> bytes | None:
+        """Subscribe to ``address``'s wake-ups, read, and wait up to ``wait`` seconds for a
+        put (``guess`` learns whether the first read found the value)."""
+
+    async def get(self, address: bytes, wait: float) -> bytes | None:
+        check_address(address)
+        value = await self._read(address)
+        if value is not None or wait <= 0:
+            return value
+        return await self._wait(address, wait)
+
+    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
+        """Subscribe, then read once (not read, subscribe, read again): a stream's reads run
+        ahead of the puts, so the read before subscribing mostly finds nothing. A client whose
+        such gets mostly find their value at once reads first (``FirstRead``), unless gets
+        started together share their SUBSCRIBE and read (``read_group``): then subscribing
+        first costs no more than reading first, and needs no guess."""
+        check_address(address)
+        if wait <= 0:
+            return await self._read(address)
+        if self.read_group:
+            return await self._wait(address, wait)
+        guess = self._first_read
+        if (value := await guess.read_first(lambda: self._read(address))) is not None:
+            return value
+        return await self._wait(address, wait, guess)
+
+
 class FirstRead:
     """Whether a ``get_ahead`` should read before it subscribes: not while many of them had
     to wait for the put (a live stream: the read before subscribing is a wasted round trip),

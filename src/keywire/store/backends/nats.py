@@ -43,11 +43,11 @@ from nats.js.kv import KeyValue
 from ...errors import Code
 from .backend import (
     FirstRead,
-    StoreBackend,
     StoreError,
     StoreFull,
     StoreRefused,
     ValueTooLarge,
+    WaitingStore,
     check_address,
 )
 
@@ -89,7 +89,7 @@ def parse_nats_url(url: str) -> tuple[list[str], str, int]:
     return servers, bucket, replicas
 
 
-class NatsStore(StoreBackend):
+class NatsStore(WaitingStore):
     """A JetStream KV bucket as a write-once, expiring store (see the module text)."""
 
     def __init__(
@@ -197,25 +197,6 @@ class NatsStore(StoreBackend):
         except _ERRORS as exc:
             raise self._error("get", exc) from None
         return bytes(entry.value) if entry.value is not None else None
-
-    async def get(self, address: bytes, wait: float) -> bytes | None:
-        check_address(address)
-        value = await self._read(address)
-        if value is not None or wait <= 0:
-            return value
-        return await self._wait(address, wait)
-
-    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
-        """Subscribe, then read (not read, subscribe, read again): a stream's reads run ahead
-        of the puts, so the read before subscribing mostly finds nothing; a client whose such
-        gets mostly find their value at once reads first (``FirstRead``)."""
-        check_address(address)
-        if wait <= 0:
-            return await self._read(address)
-        guess = self._first_read
-        if (value := await guess.read_first(lambda: self._read(address))) is not None:
-            return value
-        return await self._wait(address, wait, guess)
 
     async def _wait(
         self, address: bytes, wait: float, guess: FirstRead | None = None

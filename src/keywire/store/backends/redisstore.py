@@ -44,11 +44,11 @@ from redis.utils import check_protocol_version
 from ..tls import explain, verify_failure
 from .backend import (
     FirstRead,
-    StoreBackend,
     StoreError,
     StoreFull,
     StoreRefused,
     ValueTooLarge,
+    WaitingStore,
     check_address,
 )
 from .redis_writeonce import (
@@ -94,6 +94,13 @@ async def _pass_push(response: Any) -> Any:
 async def _close_quietly(pubsub: Any) -> None:
     with contextlib.suppress(Exception):
         await pubsub.aclose()
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    """A GET reply as bytes (a client that decodes responses gives text)."""
+    if value is None:
+        return None
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 class _Subscriber:
@@ -335,7 +342,7 @@ class _Reads:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class RedisKeyValue(StoreBackend):
+class RedisKeyValue(WaitingStore):
     """What the single-server and cluster backends share: the put script call, the read, and
     the long-poll get that subscribes before its second read. Subclasses set the attributes
     below in ``__init__`` and say where a channel's subscriber is."""
@@ -454,39 +461,13 @@ class RedisKeyValue(StoreBackend):
     async def _read(self, address: bytes) -> bytes | None:
         await self._start()
         try:
-            value = await self._client.get(self._key(address))
+            return _as_bytes(await self._client.get(self._key(address)))
         except (RedisError, OSError) as exc:
             raise self._error(exc) from None
-        if value is None:
-            return None
-        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def _read_subscribed(self, address: bytes) -> bytes | None:
         """The read after subscribing; the gets of one SUBSCRIBE come here together."""
         return await self._read(address)
-
-    async def get(self, address: bytes, wait: float) -> bytes | None:
-        check_address(address)
-        value = await self._read(address)
-        if value is not None or wait <= 0:
-            return value
-        return await self._wait(address, wait)
-
-    async def get_ahead(self, address: bytes, wait: float) -> bytes | None:
-        """Subscribe, then read once (not read, subscribe, read again): a stream's reads run
-        ahead of the puts, so the read before subscribing mostly finds nothing. A client whose
-        such gets mostly find their value at once reads first (``FirstRead``), unless gets
-        started together share their SUBSCRIBE and read (``read_group``): then subscribing
-        first costs no more than reading first, and needs no guess."""
-        check_address(address)
-        if wait <= 0:
-            return await self._read(address)
-        if self.read_group:
-            return await self._wait(address, wait)
-        guess = self._first_read
-        if (value := await guess.read_first(lambda: self._read(address))) is not None:
-            return value
-        return await self._wait(address, wait, guess)
 
     async def _wait(
         self, address: bytes, wait: float, guess: FirstRead | None = None
@@ -589,12 +570,9 @@ class RedisStore(RedisKeyValue):
 
     async def _read_subscribed(self, address: bytes) -> bytes | None:
         try:
-            value = await self._reads.get(self._key(address))
+            return _as_bytes(await self._reads.get(self._key(address)))
         except (RedisError, OSError) as exc:
             raise self._error(exc) from None
-        if value is None:
-            return None
-        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def _servers_without_module(self) -> list[str]:
         reply = await self._client.execute_command("COMMAND INFO", MODULE_COMMAND)
