@@ -4,6 +4,9 @@ second instead of paying each earlier round's full ``dial_timeout`` (2.5 s by de
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -11,7 +14,10 @@ import pytest
 
 from keywire.identity import Identity
 from keywire.kps import KpsListener, KpsSettings
-from keywire.nat.punch import PunchSettings, _host_mapping
+from keywire.nat.holepunch import PunchMessage, encode_message
+from keywire.nat.punch import PunchSettings, _host_mapping, punch_as_client
+from keywire.pipeconn import SingleStreamConnection
+from keywire.testing import memory_pipe_pair
 
 from ..kps.helpers import echo_handler
 from .lab import PRESETS, Lab
@@ -98,3 +104,25 @@ async def _probe(s: PunchSettings) -> tuple[tuple[str, int] | None, bool | None,
         return mapped, dependent, time.monotonic() - started
     finally:
         await listener.close(abort_connections=True)
+
+
+async def test_the_listener_started_ahead_is_closed_when_no_reversed_round_comes() -> None:
+    """The client starts a reversed round's listener (socket and STUN query) while the
+    host's first offer travels; a host that says ``bye`` at once leaves no socket behind."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a STUN server that never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        async with asyncio.timeout(20):
+            before = len(os.listdir("/proc/self/fd"))
+            ours, theirs = memory_pipe_pair()
+            conn = SingleStreamConnection(ours, "test")
+            stream = await conn.open_stream()
+            bye = encode_message(PunchMessage("bye"))
+            await theirs.write(bye)  # (length-prefixed already)
+            quick = PunchSettings(stun_timeout=0.3, probe_mapping=False)
+            assert await punch_as_client(stream, silent.getsockname(), quick) is None
+            await conn.abort()
+            await asyncio.sleep(0.1)
+            assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        silent.close()

@@ -617,17 +617,58 @@ async def _stun_socket(
             sock.close()
 
 
+class RoundListener:
+    """A reversed round's listener: a fresh identity on a fresh socket, the socket's STUN
+    mapping, and the first connection it accepts (later ones are refused)."""
+
+    def __init__(self, kps: KpsSettings) -> None:
+        self.arrived: asyncio.Future[KpsConnection] = asyncio.get_running_loop().create_future()
+        self.listener = KpsListener(Identity.generate(), kps, self._on_connection)
+        self.public: Address | None = None
+
+    async def _on_connection(self, conn: KpsConnection) -> None:
+        if not self.arrived.done() and conn.remote_address is not None:
+            self.arrived.set_result(conn)
+        else:
+            conn.abort(0, "one direct connection per round")
+
+    @classmethod
+    async def start(cls, stun: Address, s: PunchSettings, kps: KpsSettings) -> RoundListener:
+        """Listen on a fresh port and learn its mapping (None when STUN does not answer)."""
+        ready = cls(kps)
+        await ready.listener.start("0.0.0.0", 0)
+        assert ready.listener.demux is not None
+        try:
+            with contextlib.suppress(TimeoutError):
+                found = await query_demux(ready.listener.demux, stun, timeout=s.stun_timeout)
+                ready.public = found.mapped
+        except BaseException:
+            await ready.listener.close()
+            raise
+        return ready
+
+
+async def _discard_listener(task: asyncio.Future[RoundListener] | None) -> None:
+    """Close a listener started ahead for a reversed round that never came."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await (await task).listener.close()
+
+
 async def _listen_round(
     stream: Stream,
     offer: PunchMessage,
-    stun: Address,
+    round_listener: Awaitable[RoundListener],
     s: PunchSettings,
     kps: KpsSettings,
     last: bool,
     nat: str | None,
     open_: bool,
 ) -> KpsConnection | None:
-    """A reversed round: listen on a fresh socket (its own certhash, its STUN mapping), spray
+    """A reversed round: listen on ``round_listener`` (a fresh socket with its own certhash
+    and STUN mapping, started ahead when it could be), spray
     at the host's predicted address when ``sync`` comes, and take the host's connection.
     A ``sync`` carrying a guess (the host's NAT picks random ports) also sends the probes
     from the listener's socket to the host's IP; the host dials from the socket that won.
@@ -635,24 +676,12 @@ async def _listen_round(
     The host dials when ``sync`` arrives here and gives up after its round bound, which it
     may have taken from a round trip up to twice ours (its exchange also spans our listener
     start and STUN query); the wait allows that, plus a round trip for its last flight."""
-    arrived: asyncio.Future[KpsConnection] = asyncio.get_running_loop().create_future()
-
-    async def on_connection(conn: KpsConnection) -> None:
-        if not arrived.done() and conn.remote_address is not None:
-            arrived.set_result(conn)
-        else:
-            conn.abort(0, "one direct connection per round")
-
-    listener = KpsListener(Identity.generate(), kps, on_connection)
-    await listener.start("0.0.0.0", 0)
+    ready = await round_listener
+    listener, arrived, public = ready.listener, ready.arrived, ready.public
     keep = False
     try:
         assert listener.demux is not None
-        ours: list[Address] = []
-        public: Address | None = None
-        with contextlib.suppress(TimeoutError):
-            public = (await query_demux(listener.demux, stun, timeout=s.stun_timeout)).mapped
-            ours.append(public)
+        ours: list[Address] = [public] if public is not None else []
         ours += _local_candidates(listener.port, s.host_candidates)
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -819,6 +848,11 @@ async def punch_as_client(
     forward_rounds = 0
     first = True
     guessed = False  # at most one guess per exchange
+    # the listener of a reversed round, started while the first offer travels: a reversed
+    # round then starts with its STUN round trip already done
+    ahead: asyncio.Future[RoundListener] | None = asyncio.ensure_future(
+        RoundListener.start(stun, s, kps)
+    )
     try:
         for attempt in range(s.attempts):
             last = attempt == s.attempts - 1
@@ -836,7 +870,8 @@ async def punch_as_client(
             if offer.kind != "connect" or offer.certhash is None:
                 raise PunchError("expected the host's connect with its certhash")
             if offer.reverse:
-                conn = await _listen_round(stream, offer, stun, s, kps, last, nat, open_)
+                ready, ahead = ahead or RoundListener.start(stun, s, kps), None
+                conn = await _listen_round(stream, offer, ready, s, kps, last, nat, open_)
                 if conn is not None:
                     return conn
                 continue
@@ -883,6 +918,7 @@ async def punch_as_client(
     finally:
         if sock is not None:
             sock.close()
+        await _discard_listener(ahead)
 
 
 async def _forward_round(
