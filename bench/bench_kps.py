@@ -15,7 +15,9 @@ Every figure is measured in the same run as its reference:
   time with the default arguments, aggregate throughput of 1, 4 and 16 concurrent streams on
   one connection, and the listener's RSS per idle connection, each for keywire and iroh;
   ``--only-connect`` measures just connect p50 and CPU per dial, kps and iroh alternating round
-  by round against servers started together (the ratio is taken per round).
+  by round against servers started together (the ratio is taken per round);
+  ``--only-streams`` measures keywire's own 1 → 4 → 16 stream curve, the counts alternated
+  on fresh connections to one server ``--rounds`` times (a load change hits all three alike).
 
 iroh is optional: ``.venv/bin/pip install -r bench/requirements-iroh.txt``. Its uniffi binding
 (``iroh_ffi._UniffiRustBufferBuilder.write``) copies every byte of a ``write`` into the Rust
@@ -740,6 +742,34 @@ async def main_connect(identity: Identity, key: str, args: argparse.Namespace) -
             print(f"  kps/iroh median {statistics.median(ratios):.2f}x   rounds: {shown}")
 
 
+async def main_streams(
+    identity: Identity, key: str, payload: bytes, args: argparse.Namespace
+) -> None:
+    """keywire's aggregate over 1, 4 and 16 streams, the counts alternated round by round."""
+    side = KpsSide(identity)
+    counts = (1, 4, 16)
+    rates: dict[int, list[float]] = {count: [] for count in counts}
+    cpus: dict[int, list[float]] = {count: [] for count in counts}
+    async with child("kps", key) as server:
+        for _ in range(args.rounds):
+            for count in counts:
+                conn = await side.dial(server)
+                started = server.cpu_seconds() + time.process_time()
+                rates[count].append(await side.streams(conn, payload, count))
+                used = server.cpu_seconds() + time.process_time() - started
+                cpus[count].append(used / (len(payload) // count * count) * 1e9)
+                await side.close(conn)
+    print(f"kps aggregate, {args.size_mb} MB per transfer, {args.rounds} alternated rounds:")
+    for count in counts:
+        shown = " ".join(f"{r:.0f}" for r in rates[count])
+        ratio = statistics.median(r / one for r, one in zip(rates[count], rates[1], strict=True))
+        print(
+            f"  {count:>2} stream(s): median {statistics.median(rates[count]):6.1f} MB/s "
+            f"({ratio:.2f}x of 1 stream, per round), CPU-s/GB both ends "
+            f"{statistics.median(cpus[count]):5.2f}; rounds: {shown}"
+        )
+
+
 async def main_iroh(identity: Identity, key: str, payload: bytes, args: argparse.Namespace) -> None:
     try:
         iroh = load_iroh()
@@ -805,6 +835,9 @@ async def main(args: argparse.Namespace) -> None:
         if args.only_iroh:
             await main_iroh(identity, key, payload, args)
             return
+        if args.only_streams:
+            await main_streams(identity, key, payload, args)
+            return
         modes = ("minimal", "qh3", "kps", "tcp")
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
@@ -864,6 +897,9 @@ if __name__ == "__main__":
     parser.add_argument("--iroh", action="store_true", help="compare with iroh (issue 17)")
     parser.add_argument("--only-iroh", action="store_true", help="just the iroh comparison")
     parser.add_argument("--only-connect", action="store_true", help="just connect p50 vs iroh")
+    parser.add_argument(
+        "--only-streams", action="store_true", help="just kps's 1/4/16-stream curve, alternated"
+    )
     parser.add_argument("--idle", type=int, default=100, help="idle connections for RSS")
     parser.add_argument("--only-idle", action="store_true", help="just the idle-RSS row")
     parser.add_argument("--idle-warmup", type=int, default=0, help="connections before --idle")
