@@ -91,6 +91,8 @@ class WaitingStore(StoreBackend):
 
     #: whether a ``get_ahead`` reads before it subscribes (made by the store's ``__init__``)
     _first_read: FirstRead
+    #: False: ``get_ahead`` is ``get`` (read, then subscribe and wait)
+    subscribe_first = True
 
     @abstractmethod
     async def _read(self, address: bytes) -> bytes | None:
@@ -116,6 +118,8 @@ class WaitingStore(StoreBackend):
         such gets mostly find their value at once reads first (``FirstRead``), unless gets
         started together share their SUBSCRIBE and read (``read_group``): then subscribing
         first costs no more than reading first, and needs no guess."""
+        if not self.subscribe_first:
+            return await self.get(address, wait)
         check_address(address)
         if wait <= 0:
             return await self._read(address)
