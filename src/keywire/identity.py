@@ -159,12 +159,31 @@ class CertificateNames:
     certificate_der: bytes
 
     @property
+    def certificate_key(self) -> ec.EllipticCurvePrivateKey:
+        """The certificate's private key (each class says where it keeps it)."""
+        raise NotImplementedError
+
+    @property
     def cert_digest(self) -> bytes:
         return hashlib.sha256(self.certificate_der).digest()
 
     @property
     def certhash(self) -> str:
         return encode_certhash(self.cert_digest)
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return x509.load_der_x509_certificate(self.certificate_der).public_bytes(
+            serialization.Encoding.PEM
+        )
+
+    @property
+    def private_key_pem(self) -> bytes:
+        return self.certificate_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
 
 @dataclass
@@ -177,6 +196,10 @@ class Identity(CertificateNames):
     path: Path | None = None
 
     # -- derived names ------------------------------------------------------------------------
+    @property
+    def certificate_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.p256_key
+
     @property
     def ed25519_key(self) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(self.ed25519_seed)
@@ -195,20 +218,6 @@ class Identity(CertificateNames):
     @property
     def ssb_id(self) -> str:
         return f"@{self.shs_id}.ed25519"
-
-    @property
-    def certificate_pem(self) -> bytes:
-        return x509.load_der_x509_certificate(self.certificate_der).public_bytes(
-            serialization.Encoding.PEM
-        )
-
-    @property
-    def private_key_pem(self) -> bytes:
-        return self.p256_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
 
     # -- creation and storage -----------------------------------------------------------------
     @classmethod

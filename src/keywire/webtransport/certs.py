@@ -64,12 +64,8 @@ class WtCertificate(CertificateNames):
         return dt.datetime.fromtimestamp(self.binding.not_after, dt.UTC)
 
     @property
-    def private_key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    def certificate_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.key
 
 
 def make_wt_certificate(identity: Identity, now: dt.datetime) -> WtCertificate:
