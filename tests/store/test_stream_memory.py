@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 
 import pytest
 
@@ -40,8 +42,10 @@ async def exchange(
     up, down = random_bytes(size, 1), random_bytes(size, 2)
     try:
         async with asyncio.timeout(seconds):
-            _, _, got_b, got_a = await asyncio.gather(
-                send_all(a, up), send_all(b, down), b.read_all(), a.read_all()
+            _, _, got_b, got_a = await watched(
+                (a, b),
+                asyncio.gather(send_all(a, up), send_all(b, down), b.read_all(), a.read_all()),
+                stall=min(60.0, seconds / 2),
             )
             assert got_b == up and got_a == down
             await asyncio.gather(a.wait_finished(), b.wait_finished())
@@ -49,6 +53,37 @@ async def exchange(
     finally:
         await a.abort()
         await b.abort()
+
+
+async def watched[T](streams: tuple[StoreStream, ...], work: Awaitable[T], stall: float) -> T:
+    """``work``'s result; fails with each stream's state (``StoreCore.describe``) and its
+    latest store troubles when no stream reads or confirms anything for ``stall`` seconds, so
+    a stall says where it stands instead of only timing out."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+
+    def progress() -> tuple[int, ...]:
+        return tuple(x for s in streams for x in (s.bytes_read, s.core.sender.peer_ack))
+
+    last, since = progress(), loop.time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if done:
+                return task.result()
+            now = loop.time()
+            if (seen := progress()) != last:
+                last, since = seen, now
+            elif now - since >= stall:
+                report = "\n".join(
+                    f"stream {i}: {s.core.describe(now)}\n  troubles: {list(s.troubles)[-3:]}"
+                    for i, s in enumerate(streams)
+                )
+                raise AssertionError(f"no progress for {stall:g} s:\n{report}")
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 async def test_8mb_each_way_in_memory() -> None:

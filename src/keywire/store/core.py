@@ -370,6 +370,11 @@ class StoreCore:
             self.sender.release(now)
 
     # -- save / restore ----------------------------------------------------------------------
+    def describe(self, now: float) -> str:
+        """Two lines on where both directions stand, for a report of a stream that makes no
+        progress (what is in flight, what waits, the timers)."""
+        return f"{self.sender.describe(now)}\n{self.receiver.describe(now)}"
+
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to resume (plain data, for ``persist.seal_state``)."""
         return {

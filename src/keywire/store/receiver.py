@@ -95,6 +95,26 @@ class StoreReceiver:
             ctx.events.append(ev.StreamData(0, b"", fin=True))
 
     # ============================================================================== status
+    def describe(self, now: float) -> str:
+        """One line on where the peer's direction stands (for a stall report): the next index
+        to deliver, frames held out of order, the reads in flight and waiting, acks."""
+        slots = " ".join(
+            f"{index}:"
+            + (
+                f"get {now - slot.issued:.1f}s"
+                if slot.op is not None
+                else f"@{slot.due - now:+.1f}"
+            )
+            + f"/m{slot.misses}/f{slot.failures}/b{slot.bad}"
+            for index, slot in sorted(self._slots.items())[:12]
+        )
+        due = "-" if self.ack_due is None else f"{self.ack_due - now:+.1f}"
+        return (
+            f"read {self.state.name.lower()} idx {self.read_idx} held {sorted(self.reorder)[:8]} "
+            f"unread {self._unconsumed_size} ack_sent {self.ack_sent} "
+            f"pending_acks {self.pending_acks} ack_due {due}; {len(self._slots)} slots: {slots}"
+        )
+
     @property
     def open(self) -> bool:
         return self.state is ReadState.OPEN

@@ -125,6 +125,23 @@ class StoreSender:
         self.end_code = 0
 
     # ============================================================================== status
+    def describe(self, now: float) -> str:
+        """One line on where our direction stands (for a stall report): frames in flight by
+        state with their transmissions and seconds until due, the timer levels."""
+        frames = " ".join(
+            f"{sent.index}:{sent.state.name.lower()}"
+            f"{'' if sent.needs_ack else '(bare)'}"
+            f"x{sent.transmissions}/f{sent.failures}@{sent.due - now:+.1f}"
+            for sent in sorted(self.sent.values(), key=lambda s: s.index)[:12]
+        )
+        probe = "-" if self._probe_due is None else f"{self._probe_due - now:+.1f}"
+        return (
+            f"write {self.state.name.lower()} idx {self.write_idx} peer_ack {self.peer_ack} "
+            f"buffered {len(self.send_buf)} rto {self.rtt.rto:.3f} level {self._rto_level} "
+            f"probe {probe}/backoff {self._probe_backoff}/{len(self._probe_ops)} out; "
+            f"{len(self.sent)} unconfirmed: {frames}"
+        )
+
     def space(self) -> int:
         if self.state is not WriteState.OPEN:
             return 0
