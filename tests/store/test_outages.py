@@ -103,3 +103,24 @@ def test_full_read_buffer_with_a_blocked_writer_does_not_deadlock(seed: int) -> 
         seed, size=1_500_000, chunk=16384, lost_wakeup=0.3, recheck=2.0, loss=0.02
     )
     _finish(sim, listener, dialer, payload, limit=600)
+
+
+def test_a_store_that_loses_every_put_is_not_hammered() -> None:
+    """A store that acknowledges puts but keeps none (a broken replica, a full disk that does
+    not say so) for a minute: the head-of-line probe finds the frames missing round after
+    round. Re-putting them at probe pace (every ~0.1 s each) sent thousands of puts; with no
+    ack in between, the probes back off like the retransmission timer. Once the store keeps
+    puts again, the echo completes."""
+    sim, listener, dialer, payload = _echo(3)
+    sim.loss = 1.0
+    counted: list[int] = []
+
+    def heal() -> None:
+        counted.append(sim.puts)
+        sim.loss = 0.0
+
+    sim.at(60.0, heal, store_side=False)
+    took = _finish(sim, listener, dialer, payload)
+    # 8 frames of a window plus the dialer's hello, for 60 s: a few dozen puts, not thousands
+    assert counted and counted[0] < 300, counted  # 4616 before the probe backed off
+    assert took < 60 + 45, took

@@ -107,6 +107,8 @@ class StoreSender:
         self._probe_missing = 0
         self._probe_due: float | None = None
         self._probe_backoff = 0
+        #: ``peer_ack`` when the last probe round ended
+        self._probe_ack = -1
         self.send_buf = bytearray()
         self.bytes_written = 0
         self.write_idx = 0
@@ -483,8 +485,12 @@ class StoreSender:
                 sent.state, sent.due = SentState.WAIT_PUT, now
                 self._probe_missing += 1
         if not self._probe_ops:
-            if self._probe_missing == 0:
-                self._probe_backoff += 1  # all there: the peer is slow, not the store
+            # all there: the peer is slow, not the store; frames missing again with no ack
+            # since the last round: the store loses what we put, and re-putting at probe
+            # pace would hammer it (an ack sets the backoff back to 0)
+            if self._probe_missing == 0 or self.peer_ack == self._probe_ack:
+                self._probe_backoff += 1
+            self._probe_ack = self.peer_ack
             self._probe_present = self._probe_missing = 0
             self._probe_due = now + self._probe_delay()
 
