@@ -718,19 +718,23 @@ async def main_connect(identity: Identity, key: str, args: argparse.Namespace) -
             await connect_times(side, servers[side.name], 5)
         p50s: dict[str, list[float]] = {side.name: [] for side in sides}
         cpus: dict[str, list[float]] = {side.name: [] for side in sides}
+        client_cpus: dict[str, list[float]] = {side.name: [] for side in sides}
         for _ in range(args.rounds):
             for side in sides:
                 server = servers[side.name]
-                cpu = server.cpu_seconds() + time.process_time()
+                server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
                 times = await connect_times(side, server, args.connects)
-                cpu = server.cpu_seconds() + time.process_time() - cpu
+                server_cpu = server.cpu_seconds() - server_cpu
+                client_cpu = time.process_time() - client_cpu
                 p50s[side.name].append(pct(times, 0.5) * 1e3)
-                cpus[side.name].append(cpu / args.connects * 1e3)
+                cpus[side.name].append((server_cpu + client_cpu) / args.connects * 1e3)
+                client_cpus[side.name].append(client_cpu / args.connects * 1e3)
         for side in sides:
             await side.stop()
     for title, table in (
         (f"connect p50 ms (dial + 1st stream), {args.connects} dials per round:", p50s),
         ("CPU ms per dial (dial, 1st stream, close; client + server processes):", cpus),
+        ("  of which the client process:", client_cpus),
     ):
         print(title)
         for name, values in table.items():

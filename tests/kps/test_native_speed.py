@@ -337,3 +337,44 @@ def test_peer_streams_arriving_out_of_order_are_each_announced_once() -> None:
     assert sorted(opened) == sids and len(opened) == len(set(opened))
     got = {e.stream_id: e.data for e in events if isinstance(e, StreamData)}
     assert got == {sid: bytes([sid]) * 10 for sid in sids}
+
+
+async def test_a_dialers_socket_is_read_without_waiting_for_event_loop_passes() -> None:
+    """``start_demux`` starts qh3's batched transport in the call (no ``call_soon`` passes before
+    the ClientHello can go out); a caller's blocking socket is made non-blocking, and datagrams
+    sent to it arrive in batches as before."""
+    import socket
+
+    from keywire.kps.udp import start_demux
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))  # blocking, as a caller's (STUN-learned) socket may be
+    got: asyncio.Queue[tuple[list[bytes], object]] = asyncio.Queue()
+    ran: list[bool] = []
+    loop.call_soon(ran.append, True)
+    demux = await start_demux(sock, lambda batch, addr: got.put_nowait((batch, addr)))
+    try:
+        assert not ran, "start_demux waited for an event-loop pass"
+        assert demux.transport is not None and not sock.getblocking()
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        try:
+            for data in (b"one", b"two"):
+                peer.sendto(data, sock.getsockname())
+            received: list[bytes] = []
+            async with asyncio.timeout(5):
+                while len(received) < 2:
+                    batch, addr = await got.get()
+                    assert addr == peer.getsockname()
+                    received += batch
+            assert received == [b"one", b"two"]
+            demux.sendto_many([b"back"], peer.getsockname())
+            peer.settimeout(5)
+            assert peer.recv(100) == b"back"
+        finally:
+            peer.close()
+    finally:
+        demux.close()
+        async with asyncio.timeout(5):
+            await demux.closed

@@ -40,19 +40,17 @@ from qh3 import tls
 from qh3._hazmat import Buffer, Certificate
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
-from qh3.quic.packet import (
-    QuicErrorCode,
-    pull_quic_transport_parameters,
-    push_quic_transport_parameters,
-)
+from qh3.quic.packet import QuicErrorCode, pull_quic_transport_parameters
 from qh3.quic.tls_bridge import QuicTlsBridgeError
 
 from ...identity import Identity
 from ..settings import KpsSettings
-from . import keyschedule, tlsblocks
+from . import keyschedule, tlsblocks, transportparams
+from .transportparams import push_quic_transport_parameters
 
 keyschedule.install()
 tlsblocks.install()
+transportparams.install()
 
 #: KPS's ALPN: looks like HTTP/3 on the wire, names no product
 ALPN = "h3"
