@@ -10,10 +10,9 @@
    each round echoes once on each (rotated order), so load changes hit every path alike.
 
 One lab serves every pair: a relay (STUN on 3478/3479, shaping off) on the internet segment,
-four hosts (one per preset, each its own router) and four clients. No delay is added: the lab
-has no ``tc netem`` and the userspace UDP proxy of the tests is not transparent, so it cannot sit
-inside a NATed path (see docs/performance.md). The lab's namespaces are deleted at the end,
-also after a failure or Ctrl-C.
+four hosts (one per preset, each its own router) and four clients. ``--delay-ms`` is added to
+each client's outgoing packets by ``DelayBox`` (the lab has no ``tc netem``; docs/nat.md
+"Benchmarks"). The lab's namespaces are deleted at the end, also after a failure or Ctrl-C.
 
     sudo .venv/bin/python bench/bench_nat.py                  # 50 dials per pair, 16 pairs
     sudo .venv/bin/python bench/bench_nat.py --dials 3 --size-mb 8
@@ -31,6 +30,7 @@ import os
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -125,11 +125,11 @@ class PairResult:
 class DelayBox:
     """Adds ``delay`` seconds to every packet a lab peer sends (so to its round trip with
     anyone), in userspace because the lab's kernel has no ``tc netem``: the peer's default route
-    goes into a TUN device; a thread reads each IP packet and, ``delay`` later, sends it out of
-    ``eth0`` to the router's MAC on an AF_PACKET socket. Arriving packets are not touched."""
+    goes into a TUN device; a helper process (``_delay_box_main``: its own interpreter, so the
+    delay does not wait for this process's GIL, which both ends' event loops hold most of the
+    time) reads each IP packet and, ``delay`` later, sends it out of ``eth0`` to the router's
+    MAC on an AF_PACKET socket. Arriving packets are not touched."""
 
-    TUNSETIFF = 0x400454CA
-    IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
     DEV = "kwdelay"
 
     def __init__(self, lab: Lab, peer: Peer, delay: float) -> None:
@@ -137,62 +137,24 @@ class DelayBox:
         self.gateway = peer.private_ip.rsplit(".", 1)[0] + ".1"
         router_mac = _mac(lab, peer.router, "lan")
         own_mac = _mac(lab, peer.ns, "eth0")
-        self.header = bytes.fromhex(router_mac.replace(":", "") + own_mac.replace(":", "")) + (
+        header = bytes.fromhex(router_mac.replace(":", "") + own_mac.replace(":", "")) + (
             b"\x08\x00"
         )
         lab.ip(peer.ns, "tuntap", "add", "dev", self.DEV, "mode", "tun")
         lab.ip(peer.ns, "link", "set", self.DEV, "up")
-        made: list[tuple[int, socket.socket] | BaseException] = []
-
-        def open_in_namespace() -> None:
-            try:
-                enter_namespace(peer.ns)
-                fd = os.open("/dev/net/tun", os.O_RDWR)
-                ifr = struct.pack("16sH", self.DEV.encode(), self.IFF_TUN | self.IFF_NO_PI)
-                fcntl.ioctl(fd, self.TUNSETIFF, ifr)
-                out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-                out.bind(("eth0", 0))
-                made.append((fd, out))
-            except BaseException as exc:  # handed to the caller below
-                made.append(exc)
-
-        opener = threading.Thread(target=open_in_namespace, daemon=True)
-        opener.start()
-        opener.join(10)
-        if not made or isinstance(made[0], BaseException):
-            raise RuntimeError(f"delay box in {peer.ns}: {made}")
-        self.fd, self.out = made[0]
-        self.queue: deque[tuple[float, bytes]] = deque()
-        self.ready = threading.Condition()
-        self.closed = False
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._send, daemon=True).start()
-
-    def _read(self) -> None:
-        while not self.closed:
-            try:
-                packet = os.read(self.fd, 65536)
-            except OSError:
-                return
-            with self.ready:
-                self.queue.append((time.monotonic() + self.delay, packet))
-                self.ready.notify()
-
-    def _send(self) -> None:
-        while not self.closed:
-            with self.ready:
-                while not self.queue and not self.closed:
-                    self.ready.wait(0.5)
-                if self.closed:
-                    return
-                due, packet = self.queue[0]
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self.ready.wait(wait)
-                    continue
-                self.queue.popleft()
-            with contextlib.suppress(OSError):
-                self.out.send(self.header + packet)
+        args = ["--delay-box", peer.ns, self.DEV, repr(delay), header.hex()]
+        self.child = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.child.stdout is not None
+        ready = threading.Thread(target=self.child.stdout.readline, daemon=True)
+        ready.start()
+        ready.join(20)
+        if ready.is_alive() or self.child.poll() is not None:
+            self.close()
+            raise RuntimeError(f"delay box in {peer.ns} did not start")
 
     def on(self) -> None:
         src = self.peer.private_ip
@@ -202,14 +164,55 @@ class DelayBox:
         self.lab.ip(self.peer.ns, "route", "replace", "default", "via", self.gateway)
 
     def close(self) -> None:
-        self.closed = True
-        with self.ready:
-            self.ready.notify_all()
         with contextlib.suppress(Exception):
             self.off()
         with contextlib.suppress(OSError):
-            os.close(self.fd)
-        self.out.close()
+            assert self.child.stdin is not None
+            self.child.stdin.close()  # the helper ends when its stdin does
+        try:
+            self.child.wait(5)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait(5)
+
+
+def _delay_box_main(ns: str, dev: str, delay: float, header: bytes) -> None:
+    """The delay box's helper process: TUN ``dev`` in ``ns`` → ``delay`` later → ``eth0``.
+    Prints a line once ready; ends when its stdin closes (also when the bench dies)."""
+    tunsetiff, iff_tun, iff_no_pi = 0x400454CA, 0x0001, 0x1000
+    enter_namespace(ns)
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, tunsetiff, struct.pack("16sH", dev.encode(), iff_tun | iff_no_pi))
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    out.bind(("eth0", 0))
+    queue: deque[tuple[float, bytes]] = deque()
+    ready = threading.Condition()
+
+    def read() -> None:
+        while True:
+            packet = os.read(fd, 65536)
+            with ready:
+                queue.append((time.monotonic() + delay, packet))
+                ready.notify()
+
+    def send() -> None:
+        while True:
+            with ready:
+                while not queue:
+                    ready.wait()
+                due, packet = queue[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    ready.wait(wait)
+                    continue
+                queue.popleft()
+            with contextlib.suppress(OSError):
+                out.send(header + packet)
+
+    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=send, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.buffer.read()  # until the bench closes it
 
 
 def _mac(lab: Lab, ns: str, dev: str) -> str:
@@ -530,4 +533,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--delay-box"]:
+        _delay_box_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), bytes.fromhex(sys.argv[5]))
+    else:
+        main()

@@ -99,7 +99,7 @@ async def test_a_spoofed_probe_does_not_win_and_a_real_one_does() -> None:
 
 async def test_probes_are_paced_distinct_and_carry_the_token() -> None:
     sent: list[tuple[bytes, tuple[str, int]]] = []
-    s = GuessSettings(probes=400, rate=4000.0)
+    s = GuessSettings(probes=400, rate=4000.0, burst=0)
     started = time.monotonic()
     count = await send_probes(lambda d, a: sent.append((d, a)), "198.51.100.7", b"t" * 16, s)
     took = time.monotonic() - started
@@ -107,6 +107,23 @@ async def test_probes_are_paced_distinct_and_carry_the_token() -> None:
     assert all(is_probe(d, b"t" * 16) == a[1] and a[0] == "198.51.100.7" for d, a in sent)
     assert 0.07 <= took < 0.5, took  # 400 at 4000/s: 0.1 s
     assert all(1024 <= p <= 65535 for p in guess_ports(5000))
+
+
+async def test_a_burst_goes_out_at_once_and_the_rest_is_paced() -> None:
+    """The first ``burst`` probes leave before the first pause; the rest keep the rate."""
+    stamps: list[float] = []
+    s = GuessSettings(probes=600, rate=4000.0, burst=200)
+    started = time.monotonic()
+    count = await send_probes(
+        lambda d, a: stamps.append(time.monotonic()), "198.51.100.7", b"t" * 16, s
+    )
+    took = time.monotonic() - started
+    assert count == 600 and len(stamps) == 600
+    assert stamps[199] - started < 0.02  # the burst: no pause inside it
+    assert stamps[200] - started >= 0.008  # then 40 every 10 ms
+    assert 0.08 <= took < 0.5, took  # the other 400 at 4000/s: 0.1 s
+    with pytest.raises(ValueError, match="guess burst"):
+        GuessSettings(burst=-1)
 
 
 def test_the_default_guess_rarely_misses() -> None:

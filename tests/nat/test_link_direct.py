@@ -408,6 +408,10 @@ def test_direct_settings_are_checked() -> None:
     ).punch.guess
     assert guess.enabled and guess.sockets == 128 and guess.rate == 2000 and guess.probes == 2048
     assert not direct_settings({"link.direct_guess": "false"}).punch.guess.enabled
+    assert (
+        guess.burst == 256
+        and direct_settings({"link.direct_guess_burst": "0"}).punch.guess.burst == 0
+    )
     cases: list[tuple[dict[str, object], str]] = [
         ({"link.direct": "maybe"}, "true or false"),
         ({"link.direct_resume": "perhaps"}, "true or false"),
@@ -421,6 +425,8 @@ def test_direct_settings_are_checked() -> None:
         ({"link.direct_guess_probes": 70000}, "link.direct_guess_probes"),
         ({"link.direct_guess_rate": 1}, "link.direct_guess_rate"),
         ({"link.direct_guess_time": "0"}, "link.direct_guess_time"),
+        ({"link.direct_guess_burst": 5000}, "link.direct_guess_burst"),
+        ({"link.direct_guess_burst": "1.5"}, "whole"),
     ]
     for bad, why in cases:
         with pytest.raises(ValueError, match=why):

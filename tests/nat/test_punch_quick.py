@@ -15,7 +15,7 @@ import pytest
 from keywire.identity import Identity
 from keywire.kps import KpsListener, KpsSettings
 from keywire.nat.holepunch import PunchMessage, encode_message
-from keywire.nat.punch import PunchSettings, _host_mapping, punch_as_client
+from keywire.nat.punch import ClientStart, PunchSettings, _host_mapping, punch_as_client
 from keywire.pipeconn import SingleStreamConnection
 from keywire.testing import memory_pipe_pair
 
@@ -121,6 +121,42 @@ async def test_the_listener_started_ahead_is_closed_when_no_reversed_round_comes
             await theirs.write(bye)  # (length-prefixed already)
             quick = PunchSettings(stun_timeout=0.3, probe_mapping=False)
             assert await punch_as_client(stream, silent.getsockname(), quick) is None
+            await conn.abort()
+            await asyncio.sleep(0.1)
+            assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        silent.close()
+
+
+async def test_stun_work_started_before_the_exchange_is_closed_when_unused() -> None:
+    """The Link client starts round 1's socket and a reversed round's listener when it asks
+    the host for an exchange (``ClientStart``): a host that declines (``close`` without an
+    exchange) or ends the exchange with ``bye`` at once leaves no socket behind, with a STUN
+    server that never answers (the queries still pending) and with one that does."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers
+    silent.bind(("127.0.0.1", 0))
+    quick = PunchSettings(stun_timeout=0.3, probe_mapping=False)
+    kps = KpsSettings()
+    try:
+        async with asyncio.timeout(20):
+            before = len(os.listdir("/proc/self/fd"))
+            start = ClientStart(silent.getsockname(), quick, kps)
+            await asyncio.sleep(0.05)  # the queries are out, unanswered
+            await start.close()
+            await start.close()  # idempotent
+            start = ClientStart(silent.getsockname(), quick, kps)
+            await asyncio.sleep(0.5)  # the queries timed out: the sockets are made and kept
+            await start.close()
+            await asyncio.sleep(0.1)
+            assert len(os.listdir("/proc/self/fd")) == before
+
+            ours, theirs = memory_pipe_pair()
+            conn = SingleStreamConnection(ours, "test")
+            stream = await conn.open_stream()
+            await theirs.write(encode_message(PunchMessage("bye")))
+            start = ClientStart(silent.getsockname(), quick, kps)
+            got = await punch_as_client(stream, silent.getsockname(), quick, kps, start=start)
+            assert got is None
             await conn.abort()
             await asyncio.sleep(0.1)
             assert len(os.listdir("/proc/self/fd")) == before

@@ -323,6 +323,7 @@ SETTINGS = (
     "direct_guess_sockets",
     "direct_guess_probes",
     "direct_guess_rate",
+    "direct_guess_burst",
     "direct_guess_time",
     "stun",
 )

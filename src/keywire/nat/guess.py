@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import os
 import random
 import struct
 
@@ -51,6 +52,9 @@ class GuessSettings:
     probes: int = 2048
     #: probes per second
     rate: float = 8000.0
+    #: probes sent at once before the pacing starts: the first hit is expected after ~250
+    #: probes (31 ms at 8000/s), which a burst of 256 (16 kB) gets 64 % of the time at once
+    burst: int = 256
     #: seconds the random side waits for a probe to arrive
     seconds: float = 2.0
 
@@ -67,6 +71,10 @@ class GuessSettings:
         if not 10 <= self.rate <= 100_000:
             raise ValueError(
                 f"guess rate (link.direct_guess_rate) must be 10..100000 a second, got {self.rate}"
+            )
+        if not 0 <= self.burst <= 4096:
+            raise ValueError(
+                f"guess burst (link.direct_guess_burst) must be 0..4096, got {self.burst}"
             )
         if not 0.1 <= self.seconds <= 30:
             raise ValueError(
@@ -104,8 +112,11 @@ def is_probe(data: bytes, token: bytes) -> int | None:
 
 
 def guess_ports(count: int, rng: random.Random | None = None) -> list[int]:
-    """``count`` distinct ports of ``PORT_RANGE`` in random order."""
-    return (rng or random.SystemRandom()).sample(range(PORT_RANGE[0], PORT_RANGE[1] + 1), count)
+    """``count`` distinct ports of ``PORT_RANGE`` in random order. The order need not be
+    secret (the token guards a probe, and anyone on the path sees the ports), so the default
+    generator is a seeded Mersenne Twister: 2048 ports in ~1.7 ms, SystemRandom took ~5."""
+    rng = rng or random.Random(os.urandom(16))
+    return rng.sample(range(PORT_RANGE[0], PORT_RANGE[1] + 1), count)
 
 
 def miss_probability(sockets: int, probes: int) -> float:

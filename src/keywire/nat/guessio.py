@@ -81,6 +81,10 @@ class GuessSockets:
             if port is None:
                 self.rejected += 1
             elif not self.won.done():
+                n = self.sockets.index(sock)
+                log.debug(
+                    "guess: a probe to port %d reached socket %d of %d", port, n, len(self.sockets)
+                )
                 self.mapped_port = port
                 self.won.set_result(sock)
 
@@ -124,22 +128,32 @@ class GuessSockets:
 
 
 async def send_probes(
-    sendto: Callable[[bytes, Address], None], ip: str, token: bytes, s: GuessSettings
+    sendto: Callable[[bytes, Address], None],
+    ip: str,
+    token: bytes,
+    s: GuessSettings,
+    ports: list[int] | None = None,
 ) -> int:
-    """Send ``s.probes`` probes to distinct random ports of ``ip`` at ``s.rate`` per second
-    (in bursts every 10 ms); returns how many went out. Cancel it once a path is up."""
+    """Send ``s.probes`` probes to distinct random ports of ``ip`` (``ports``, drawn ahead
+    off the critical path, else drawn now: a few ms): ``s.burst`` at once, the rest at
+    ``s.rate`` per second (in bursts every 10 ms); returns how many went out. Cancel it once
+    a path is up."""
     loop = asyncio.get_running_loop()
-    ports = guess_ports(s.probes)
+    ports = ports if ports is not None else guess_ports(s.probes)
     per_tick = max(1, round(s.rate * 0.01))
+    first = max(s.burst, per_tick)
     started = loop.time()
     sent = 0
+    batch = first
+    log.debug("guess: the first %d probes go out", min(first, len(ports)))
     while sent < len(ports):
-        for port in ports[sent : sent + per_tick]:
+        for port in ports[sent : sent + batch]:
             with contextlib.suppress(OSError):
                 sendto(probe(token, port), (ip, port))
-        sent = min(sent + per_tick, len(ports))
+        sent = min(sent + batch, len(ports))
+        batch = per_tick
         # paced against the clock, so a slow tick is caught up rather than stretched
-        delay = started + sent / s.rate - loop.time()
+        delay = started + (sent - first + per_tick) / s.rate - loop.time()
         await asyncio.sleep(max(delay, 0.0))
     log.debug("hole punch: %d guess probes sent to %s", sent, ip)
     return sent

@@ -46,7 +46,7 @@ from ..stream import Connection, ReceiveBuffer, Stream
 from .guess import GuessBudget, GuessSettings
 from .holepunch import PunchError, format_addr
 from .linkconn import PathConnection
-from .punch import PunchSettings, punch_as_client, punch_as_host
+from .punch import ClientStart, PunchSettings, punch_as_client, punch_as_host
 from .stun import Address
 from .stunio import parse_host_port, resolve_server
 
@@ -145,6 +145,7 @@ _GUESS_KEYS = {
     "sockets": "link.direct_guess_sockets",
     "probes": "link.direct_guess_probes",
     "rate": "link.direct_guess_rate",
+    "burst": "link.direct_guess_burst",
     "seconds": "link.direct_guess_time",
 }
 
@@ -320,29 +321,28 @@ class _ClientSide(_Side):
                 await asyncio.sleep(delay)
                 delay *= 2
             self.stream = EnvelopeStream(self.pipe, n)
-            await _send(self.pipe, "hello", n, **({"resume": 1} if self.s.resume else {}))
+            # the STUN queries run while hello and ready travel (they do not need the host)
+            start = ClientStart(stun, self.s.punch, self.kps)
             try:
-                async with asyncio.timeout(self.s.ready_timeout):
-                    while (answer := await self.inbox.get())["n"] != n:
-                        pass
-            except TimeoutError:
-                log.info("direct path: the host did not answer; staying on the relay")
-                return
-            if answer["op"] != "ready":
-                log.info("direct path: the host declined; staying on the relay")
-                return
-            token = _unb64(answer.get("token"))
-            self.conn.resume = self.s.resume and answer.get("resume") == 1
-            started = asyncio.get_running_loop().time()
-            try:
+                answer = await self._ask(n)
+                if answer is None:
+                    log.info("direct path: the host did not answer; staying on the relay")
+                    return
+                if answer["op"] != "ready":
+                    log.info("direct path: the host declined; staying on the relay")
+                    return
+                token = _unb64(answer.get("token"))
+                self.conn.resume = self.s.resume and answer.get("resume") == 1
+                started = asyncio.get_running_loop().time()
                 direct = await punch_as_client(
-                    self.stream, stun, self.s.punch, self.kps, budget=self.budget
+                    self.stream, stun, self.s.punch, self.kps, budget=self.budget, start=start
                 )
             except (KeywireError, OSError, TimeoutError) as exc:
                 log.info("direct path: exchange %d failed: %s", n, exc)
                 continue
             finally:
                 self.stream = None
+                await start.close()  # what the exchange did not take
             if direct is None:
                 log.info("direct path: exchange %d found no direct path", n)
                 continue
@@ -359,6 +359,17 @@ class _ClientSide(_Side):
             if self.conn.closed:
                 return
             log.info("direct path lost; new streams go over the relay")
+
+    async def _ask(self, n: int) -> dict[str, Any] | None:
+        """Ask the host for exchange ``n``: its ``ready`` or ``no`` (None: no answer in time)."""
+        await _send(self.pipe, "hello", n, **({"resume": 1} if self.s.resume else {}))
+        try:
+            async with asyncio.timeout(self.s.ready_timeout):
+                while (answer := await self.inbox.get())["n"] != n:
+                    pass
+        except TimeoutError:
+            return None
+        return answer
 
     async def _bind(self, direct: KpsConnection, token: bytes) -> bool:
         try:

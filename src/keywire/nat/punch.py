@@ -50,7 +50,7 @@ from ..kps.settings import KpsSettings
 from ..kps.udp import DatagramDemux, bind_socket
 from ..netinfo import addresses_for_scope
 from ..stream import Stream
-from .guess import GuessBudget, GuessSettings
+from .guess import GuessBudget, GuessSettings, guess_ports
 from .guessio import GuessSockets, send_probes
 from .holepunch import (
     MAX_MESSAGE,
@@ -66,7 +66,7 @@ from .stunio import StunClient, open_stun_endpoint, query_demux, stun_on_demux
 
 log = logging.getLogger("keywire.nat")
 
-__all__ = ["OnDirect", "PunchSettings", "punch_as_client", "punch_as_host"]
+__all__ = ["ClientStart", "OnDirect", "PunchSettings", "punch_as_client", "punch_as_host"]
 
 #: the smallest round trip a punch dial seeds QUIC's estimate with (a LAN's is below a
 #: millisecond; a PTO that short would only resend into the same race)
@@ -129,6 +129,23 @@ async def _read(stream: Stream, timeout: float) -> PunchMessage:
             raise PunchError("the peer ended the hole-punch stream") from None
 
 
+async def _expect(stream: Stream, kind: str, what: str, timeout: float) -> PunchMessage:
+    """Read the next message and fail naming ``what`` was expected unless it is ``kind``."""
+    message = await _read(stream, timeout)
+    if message.kind != kind:
+        raise PunchError(f"expected {what}, got {message.kind!r}")
+    return message
+
+
+async def _cancel_all(side: list[asyncio.Future[object]]) -> None:
+    """Cancel a round's side tasks (sprays, probes) and wait until each has ended."""
+    for task in side:
+        task.cancel()
+    for task in side:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _send(stream: Stream, message: PunchMessage) -> None:
     await stream.write(encode_message(message))
 
@@ -179,6 +196,7 @@ async def punch_as_host(
     mapped, dependent = await _host_mapping(demux, stun, s)
     open_ = await _filter_seen(filtering)
     nat = _nat_kind(mapped, dependent, listener.port)
+    log.debug("punch host: stun %s %s open=%s", mapped, nat, open_)
     ext = ("guess",) if s.guess.enabled else ()
     guessed = False  # at most one guess per exchange, and only while the budget lasts
     if mapped is not None:
@@ -218,9 +236,13 @@ async def punch_as_host(
                     open=open_,
                 ),
             )
-            answer = await _read(stream, s.message_timeout)
-            if answer.kind != "connect":
-                raise PunchError(f"expected the client's connect, got {answer.kind!r}")
+            # the ports to probe if the client asks for the guess, drawn while its answer travels
+            ports = (
+                guess_ports(s.guess.probes)
+                if ext and nat == "eim" and not open_ and not guessed and budget.remaining > 0
+                else None
+            )
+            answer = await _expect(stream, "connect", "the client's connect", s.message_timeout)
             rtt = loop.time() - started
             best_rtt = rtt if best_rtt is None else min(best_rtt, rtt)
             await _send(stream, PunchMessage("sync"))
@@ -239,15 +261,11 @@ async def punch_as_host(
                 # the client (random ports) opened its sockets towards our public address
                 guessed = True
                 log.info("hole punch: probing %d guessed ports of %s", s.guess.probes, ip)
-                side.append(loop.create_task(send_probes(demux.sendto, ip, token, s.guess)))
+                side.append(loop.create_task(send_probes(demux.sendto, ip, token, s.guess, ports)))
             try:
                 ok = await _read_result(stream, s)
             finally:
-                for task in side:
-                    task.cancel()
-                for task in side:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await _cancel_all(side)
         log.info(
             "hole punch attempt %d (%s%s): %s",
             attempt + 1,
@@ -274,14 +292,15 @@ async def _open_filter(stun: Address, s: PunchSettings) -> bool:
         endpoint.close()
 
 
-async def _filter_seen(task: asyncio.Future[bool] | None) -> bool:
+async def _filter_seen(task: asyncio.Future[bool] | None, wait: bool = True) -> bool:
     """The filter probe's answer if it has come (else, or without a probe: filtering
     assumed); the probe ends. Only the guess needs it, so it runs only when that is on."""
     if task is None:
         return False
-    # an answer already in flight (it left with the mapping queries) gets a moment; a
-    # probe that misses it only means an unneeded guess
-    await asyncio.wait({task}, timeout=0.003)
+    if wait:
+        # an answer already in flight (it left with the mapping queries) gets a moment; a
+        # probe that misses it only means an unneeded guess
+        await asyncio.wait({task}, timeout=0.003)
     open_ = task.done() and not task.cancelled() and task.exception() is None and task.result()
     task.cancel()
     with contextlib.suppress(BaseException):
@@ -360,9 +379,7 @@ async def _probe_mapping(
 
 
 async def _read_result(stream: Stream, s: PunchSettings) -> bool:
-    result = await _read(stream, s.message_timeout)
-    if result.kind != "result":
-        raise PunchError(f"expected the client's result, got {result.kind!r}")
+    result = await _expect(stream, "result", "the client's result", s.message_timeout)
     return result.ok
 
 
@@ -407,6 +424,7 @@ async def _reverse_round(
         if answer.kind != "connect" or answer.certhash is None:
             raise PunchError("expected the client's connect with its listener's certhash")
         rtt = loop.time() - started
+        log.debug("punch host: client's connect in, rtt %.1f ms", rtt * 1000)
         if known_rtt is not None:
             rtt = min(rtt, known_rtt)
         sync = PunchMessage("sync")
@@ -427,6 +445,7 @@ async def _reverse_round(
             )
             sync = PunchMessage("sync", guess_token=token, guess_ip=public_ip)
         await _send(stream, sync)
+        log.debug("punch host: sync sent, guess=%s", guesser is not None)
         if guesser is not None:  # while sync travels (the client probes once it has it) and
             # the predicted dial starts: in chunks, so that dial is not held up
             opening = asyncio.ensure_future(guesser.open_gradually())
@@ -439,6 +458,7 @@ async def _reverse_round(
             guesser.close()
         raise
     bound = s.round_bound(rtt, last)  # the dial owns the socket from here
+    log.debug("punch host: dials, %d guess sockets open", len(guesser.sockets) if guesser else 0)
     if guesser is None:
         conn = await _dial_first(answer.addrs, answer.certhash, sock, bound, rtt, kps)
         ok = await _read_result(stream, s)
@@ -483,6 +503,7 @@ async def _guess_dial(
         log.info("hole punch: no guess probe arrived (%d rejected)", guesser.rejected)
         return None
     log.info("hole punch: guess socket %s won", won.getsockname()[1])
+    log.debug("punch: guess winner dials")
     return await _dial_first((target,), certhash, guesser.take(won), bound, rtt, kps)
 
 
@@ -501,9 +522,7 @@ async def _dial_both(
     tasks = [asyncio.ensure_future(predicted), asyncio.ensure_future(guessed)]
     conn: KpsConnection | None = None
     try:
-        result = await _read(stream, s.message_timeout)
-        if result.kind != "result":
-            raise PunchError(f"expected the client's result, got {result.kind!r}")
+        result = await _expect(stream, "result", "the client's result", s.message_timeout)
         keep: asyncio.Future[KpsConnection | None] | None = None
         if result.ok:
             if result.via is None:  # not said: the first to complete
@@ -627,6 +646,7 @@ class RoundListener:
         self.public: Address | None = None
 
     async def _on_connection(self, conn: KpsConnection) -> None:
+        log.debug("punch client: listener accepted %s", conn.remote_address)
         if not self.arrived.done() and conn.remote_address is not None:
             self.arrived.set_result(conn)
         else:
@@ -698,10 +718,13 @@ async def _listen_round(
                 open=open_,
             ),
         )
-        sync = await _read(stream, s.message_timeout)
-        if sync.kind != "sync":
-            raise PunchError(f"expected sync, got {sync.kind!r}")
+        log.debug("punch client: listener connect sent (public %s)", public)
+        # the ports to probe, drawn while sync travels: the host guesses against this side
+        # only if it maps independently and filters (its choice; unused ports cost nothing)
+        ports = guess_ports(s.guess.probes) if takes_part and nat == "eim" and not open_ else None
+        sync = await _expect(stream, "sync", "sync", s.message_timeout)
         rtt = loop.time() - sent
+        log.debug("punch client: sync in, rtt %.1f ms", rtt * 1000)
         side: list[asyncio.Future[object]] = [
             asyncio.ensure_future(_spray(listener.demux.sendto, offer.addrs, 0.0, s))
         ]
@@ -710,7 +733,9 @@ async def _listen_round(
             log.info("hole punch: probing %d guessed ports of %s", s.guess.probes, sync.guess_ip)
             side.append(
                 asyncio.ensure_future(
-                    send_probes(listener.demux.sendto, sync.guess_ip, sync.guess_token, s.guess)
+                    send_probes(
+                        listener.demux.sendto, sync.guess_ip, sync.guess_token, s.guess, ports
+                    )
                 )
             )
             wait = max(wait, s.guess.seconds + s.round_bound(2 * rtt, last) + rtt)
@@ -720,12 +745,9 @@ async def _listen_round(
         except TimeoutError:
             conn = None
         finally:
-            for task in side:
-                task.cancel()
-            for task in side:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _cancel_all(side)
         via = _plain(conn.remote_address) if conn is not None else None
+        log.debug("punch client: listener took %s", via)
         await _send(stream, PunchMessage("result", ok=conn is not None, via=via))
         keep = conn is not None
         return conn
@@ -773,7 +795,11 @@ async def _first_socket(
     fresh socket instead (the first mapping of a port-preserving NAT keeps the port), as
     round 3 used to, and the host learns ``nat`` (a random one may ask for the guess)."""
     filtering = asyncio.ensure_future(_open_filter(stun, s)) if s.guess.enabled else None
-    sock, mapped, dependent = await _stun_socket(stun, s, probe=True)
+    try:
+        sock, mapped, dependent = await _stun_socket(stun, s, probe=True)
+    except BaseException:  # cancelled (an exchange that did not run): the probe ends too
+        await _filter_seen(filtering, wait=False)
+        raise
     open_ = await _filter_seen(filtering)
     if mapped is None:
         return sock, None, None, None, False
@@ -800,6 +826,7 @@ async def _dial_first(
     Initial lost to the race with the peer's spray is sent again after ~3 rtt, well within
     the bound."""
     seed = min(max(rtt, MIN_RTT_SEED), kps.initial_rtt * 10)
+    log.debug("punch: dial %d candidates, rtt seed %.1f ms", len(targets), seed * 1000)
     settings = dataclasses.replace(kps, handshake_timeout=bound, initial_rtt=seed)
     started = asyncio.get_running_loop().time()
     tasks = []
@@ -827,19 +854,63 @@ async def _dial_first(
     return winner
 
 
+class ClientStart:
+    """The client's STUN work for one exchange, begun before the exchange itself: round 1's
+    socket (its mapping, NAT kind and filtering) and a reversed round's listener (its own
+    mapping). Started when the client asks the host for an exchange, its round trips overlap
+    the host's answer instead of following it. ``punch_as_client`` takes what it uses and
+    closes the rest; ``close`` (idempotent) does that for an exchange that never ran."""
+
+    def __init__(self, stun: Address, s: PunchSettings, kps: KpsSettings) -> None:
+        self.first: asyncio.Future[
+            tuple[socket.socket, Address | None, str | None, str | None, bool]
+        ] = asyncio.ensure_future(_first_socket(stun, s))
+        self.listener: asyncio.Future[RoundListener] | None = asyncio.ensure_future(
+            RoundListener.start(stun, s, kps)
+        )
+        self._first_taken = False
+
+    async def take_first(
+        self,
+    ) -> tuple[socket.socket, Address | None, str | None, str | None, bool]:
+        """Round 1's socket and what STUN showed (the caller owns the socket)."""
+        found = await self.first
+        self._first_taken = True
+        return found
+
+    def take_listener(self) -> asyncio.Future[RoundListener] | None:
+        """The reversed round's listener (the caller owns it), or None if taken already."""
+        ready, self.listener = self.listener, None
+        return ready
+
+    async def close(self) -> None:
+        """Free what was not taken."""
+        await _discard_listener(self.take_listener())
+        if not self._first_taken:
+            self._first_taken = True
+            self.first.cancel()
+            with contextlib.suppress(BaseException):
+                (await self.first)[0].close()
+
+
 async def punch_as_client(
     stream: Stream,
     stun: Address,
     settings: PunchSettings | None = None,
     kps: KpsSettings | None = None,
     budget: GuessBudget | None = None,
+    start: ClientStart | None = None,
 ) -> KpsConnection | None:
     """Run the client's side on ``stream``: a direct ``KpsConnection`` to the host, pinned by
     the certhash the host sent through the session, or None when the host gives up.
-    ``budget`` as for ``punch_as_host``."""
+    ``budget`` as for ``punch_as_host``; ``start``: STUN work begun ahead (made with the same
+    ``stun``, settings and ``kps``; this call owns it and closes what it does not use)."""
     s = settings or PunchSettings()
     budget = budget or GuessBudget()
     kps = kps or KpsSettings()
+    # round 1's socket and a reversed round's listener: their STUN round trips run while
+    # the first offer travels (or from before the exchange, with ``start``)
+    start = start or ClientStart(stun, s, kps)
     sock: socket.socket | None = None
     public_ip: str | None = None
     mapped: Address | None = None
@@ -848,17 +919,14 @@ async def punch_as_client(
     forward_rounds = 0
     first = True
     guessed = False  # at most one guess per exchange
-    # the listener of a reversed round, started while the first offer travels: a reversed
-    # round then starts with its STUN round trip already done
-    ahead: asyncio.Future[RoundListener] | None = asyncio.ensure_future(
-        RoundListener.start(stun, s, kps)
-    )
     try:
         for attempt in range(s.attempts):
             last = attempt == s.attempts - 1
             if sock is None:  # each round dials from a fresh socket with a fresh mapping
                 if first:
-                    sock, mapped, public_ip, nat, open_ = await _first_socket(stun, s)
+                    log.debug("punch client: exchange starts")
+                    sock, mapped, public_ip, nat, open_ = await start.take_first()
+                    log.debug("punch client: stun %s %s open=%s", mapped, nat, open_)
                 else:
                     sock, mapped, public_ip = await _round_socket(
                         stun, forward_rounds, public_ip, s, nat
@@ -870,7 +938,8 @@ async def punch_as_client(
             if offer.kind != "connect" or offer.certhash is None:
                 raise PunchError("expected the host's connect with its certhash")
             if offer.reverse:
-                ready, ahead = ahead or RoundListener.start(stun, s, kps), None
+                log.debug("punch client: reverse offer in")
+                ready = start.take_listener() or RoundListener.start(stun, s, kps)
                 conn = await _listen_round(stream, offer, ready, s, kps, last, nat, open_)
                 if conn is not None:
                     return conn
@@ -911,14 +980,12 @@ async def punch_as_client(
             # ready before we answer, so the host's timer for the next round is fair
             sock, mapped, public_ip = await _round_socket(stun, forward_rounds, public_ip, s, nat)
             await _send(stream, PunchMessage("result", ok=False))
-        final = await _read(stream, s.message_timeout)
-        if final.kind != "bye":
-            raise PunchError(f"expected bye, got {final.kind!r}")
+        await _expect(stream, "bye", "bye", s.message_timeout)
         return None
     finally:
         if sock is not None:
             sock.close()
-        await _discard_listener(ahead)
+        await start.close()
 
 
 async def _forward_round(
@@ -958,9 +1025,7 @@ async def _forward_round(
         )
         if guesser is not None:  # while the answer travels: the host probes once it has it
             guesser.open()
-        sync = await _read(stream, s.message_timeout)
-        if sync.kind != "sync":
-            raise PunchError(f"expected sync, got {sync.kind!r}")
+        await _expect(stream, "sync", "sync", s.message_timeout)
     except BaseException:
         sock.close()
         raise
