@@ -292,8 +292,10 @@ async def main(args: argparse.Namespace) -> None:
     )
     header = (
         f"{'backend':13} {'window':>6} {'stream MB/s':>11} {'raw MB/s':>9} "
-        f"{'stream/raw':>10}  {'rounds':<18} {'lat ms':>7}"
+        f"{'stream/raw':>10}  {'rounds':<18} {'lat ms':>7} {'stream ms':>9} {'raw ms':>9}"
     )
+    # the last two columns: this process's CPU per MB (both ends of the stream, or both raw
+    # clients, run in it; the servers are other processes)
     print(header)
     print("-" * len(header))
     profiler = cProfile.Profile() if args.profile else None
@@ -313,10 +315,13 @@ async def main(args: argparse.Namespace) -> None:
                         a = LossyStore(store_a, put_loss=args.loss, seed=window)
                         b = LossyStore(store_b, put_loss=args.loss, seed=window + 1)
                     ratios, stream_t, raw_t, lats = [], [], [], []
+                    stream_cpu, raw_cpu = [], []
                     counts, server, raw_server = Counts(), Counts(), Counts()
                     for _ in range(args.rounds):
                         before = await redis_commands(store_a) if args.count else None
+                        cpu = time.process_time()
                         raw = await raw_run(store_a, store_b, count, args.value_size, window)
+                        raw_cpu.append(time.process_time() - cpu)
                         after = await redis_commands(store_a) if args.count else None
                         if before is not None and after is not None:
                             for command, calls in after.items():
@@ -326,8 +331,10 @@ async def main(args: argparse.Namespace) -> None:
                             profiler.enable()
                         undo = counts.install() if args.count else None
                         before = await redis_commands(store_a) if args.count else None
+                        cpu = time.process_time()
                         try:
                             took, lat = await stream_run(a, b, params, args.size, args.pings)
+                            stream_cpu.append(time.process_time() - cpu)
                         finally:
                             if undo is not None:
                                 undo()
@@ -349,7 +356,9 @@ async def main(args: argparse.Namespace) -> None:
                     print(
                         f"{name:13} {window:6d} {mb / statistics.median(stream_t):11.2f} "
                         f"{mb / statistics.median(raw_t):9.2f} "
-                        f"{statistics.median(ratios):10.2f}  {shown:<18} {lat_text}",
+                        f"{statistics.median(ratios):10.2f}  {shown:<18} {lat_text} "
+                        f"{statistics.median(stream_cpu) / mb * 1e3:9.1f} "
+                        f"{statistics.median(raw_cpu) / mb * 1e3:9.1f}",
                         flush=True,
                     )
                     if args.count:
