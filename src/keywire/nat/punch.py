@@ -89,7 +89,7 @@ class PunchSettings:
     #: through the relay. The spray opens the host's mapping at rtt/2, so a handshake that
     #: has not finished by then will not, and the next round (often the one that works) starts
     #: early. The floor covers an Initial lost to the race with the spray (one retransmission
-    #: at ~3 rtt) and the CPU of a Python handshake on a loaded machine; the last round keeps
+    #: at ~1.5 rtt) and the CPU of a Python handshake on a loaded machine; the last round keeps
     #: ``dial_timeout`` for a slower machine. Figures: docs/nat.md "Results in the lab".
     quick_rtts: float = 4.0
     quick_margin: float = 0.2
@@ -822,10 +822,14 @@ async def _dial_first(
     """Dial every candidate at once (the first from the STUN-mapped socket), keep the first
     that completes a pinned handshake within ``bound`` seconds and close the rest.
 
-    The round trip through the relay seeds QUIC's RTT estimate (not its 100 ms guess), so an
-    Initial lost to the race with the peer's spray is sent again after ~3 rtt, well within
-    the bound."""
-    seed = min(max(rtt, MIN_RTT_SEED), kps.initial_rtt * 10)
+    Half the round trip through the relay seeds QUIC's RTT estimate (not its 100 ms guess),
+    so an Initial lost to the race with the peer's spray is sent again after ~1.5 rtt (QUIC's
+    first PTO is three times the seed), well within the bound. The direct path is no longer
+    than the relayed one, so the reply to the first Initial is due within ~1 rtt and the resend
+    is never early; where the delays are lopsided (the peer's spray leaves its NAT late), a
+    whole seed made the resend come at ~3 rtt: the edm-pp host with an eim-apdf client took
+    294–311 ms p50 with it, 275–278 ms with half (docs/performance.md)."""
+    seed = min(max(rtt / 2, MIN_RTT_SEED), kps.initial_rtt * 10)
     log.debug("punch: dial %d candidates, rtt seed %.1f ms", len(targets), seed * 1000)
     settings = dataclasses.replace(kps, handshake_timeout=bound, initial_rtt=seed)
     started = asyncio.get_running_loop().time()
