@@ -668,13 +668,25 @@ class RoundListener:
         return ready
 
 
+async def _abandon[T](task: asyncio.Future[T]) -> T | None:
+    """Cancel work started ahead and wait until it has ended: what it made all the same (it
+    finished first; the caller frees it), else None. Unlike awaiting the task under a blanket
+    ``suppress``, a cancellation of the caller itself still propagates."""
+    task.cancel()
+    await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
 async def _discard_listener(task: asyncio.Future[RoundListener] | None) -> None:
     """Close a listener started ahead for a reversed round that never came."""
     if task is None:
         return
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await (await task).listener.close()
+    ready = await _abandon(task)
+    if ready is not None:
+        with contextlib.suppress(Exception):
+            await ready.listener.close()
 
 
 async def _listen_round(
@@ -892,9 +904,9 @@ class ClientStart:
         await _discard_listener(self.take_listener())
         if not self._first_taken:
             self._first_taken = True
-            self.first.cancel()
-            with contextlib.suppress(BaseException):
-                (await self.first)[0].close()
+            found = await _abandon(self.first)
+            if found is not None:
+                found[0].close()
 
 
 async def punch_as_client(
